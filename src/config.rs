@@ -1,0 +1,615 @@
+//! The config file: its schema, and validation whose every error names the
+//! file, the line and the key, so an operator can fix it without guessing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::model::{MeterSelector, Permission, Profile, check_name, line_col};
+
+/// A config that cannot be used, with where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+/// Something legal but worth a second look (`check-config` prints these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.line, self.key, self.message)
+    }
+}
+
+/// What to do when an event cannot be made durable (DESIGN §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Writes, logins and admin changes that cannot be logged are refused;
+    /// reads and running sessions go on (IEC 62443 CR 2.10).
+    #[default]
+    FailClosed,
+    /// Everything goes on; an alarm is raised in metrics and status.
+    FailOpen,
+}
+
+/// What to do when the log reaches its capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    #[default]
+    DropOldest,
+    Refuse,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub on_failure: OnFailure,
+    pub when_full: WhenFull,
+    /// Capacity of the log, counted in events (not bytes: sled reclaims
+    /// space lazily, so its size on disk says little).
+    pub capacity_events: u64,
+    /// A warning event and metric when the log is this full.
+    pub warn_at_percent: u8,
+    /// Reads are counted in metrics; set this to also log every read.
+    pub read_events: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            on_failure: OnFailure::FailClosed,
+            when_full: WhenFull::DropOldest,
+            capacity_events: 10_000_000,
+            warn_at_percent: 90,
+            read_events: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Minimum time between two peak demand resets of one meter.
+    pub peak_demand_reset_interval: Interval,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            peak_demand_reset_interval: Interval(Duration::from_secs(15 * 60)),
+        }
+    }
+}
+
+/// Password lockout (IEC 62443 CR 1.11): consecutive failures within a
+/// window lock password login for a while; keys and Modbus never lock.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lockout {
+    pub failures: u32,
+    pub window: Interval,
+    pub duration: Interval,
+}
+
+impl Default for Lockout {
+    fn default() -> Self {
+        let fifteen = Interval(Duration::from_secs(15 * 60));
+        Lockout {
+            failures: 5,
+            window: fifteen,
+            duration: fifteen,
+        }
+    }
+}
+
+/// The bounded pool that hashes passwords and access-key secrets.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Passwords {
+    /// Threads that run argon2: few, so a password flood cannot starve the
+    /// Modbus path of CPU.
+    pub hash_threads: usize,
+    /// Hash jobs that may wait; beyond that logins are refused as busy.
+    pub hash_queue: usize,
+}
+
+impl Default for Passwords {
+    fn default() -> Self {
+        Passwords {
+            hash_threads: 1,
+            hash_queue: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupportConfig {
+    /// The vendor's SSH public keys (OpenSSH lines).
+    pub keys: Vec<String>,
+    /// The meters support may ever reach, whatever its policies say (the
+    /// site owner's boundary on the vendor). Default: every meter.
+    pub meters: Option<Vec<MeterSelector>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub socket: Option<PathBuf>,
+    pub group: Option<String>,
+}
+
+/// A meter as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterConfig {
+    pub id: String,
+    pub tags: BTreeMap<String, String>,
+    /// Where the meter answers Modbus/TCP (`host:port`).
+    pub address: Option<String>,
+    pub unit_id: u8,
+    pub profile: String,
+}
+
+/// A plain Modbus/TCP client known only by its source address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModbusClient {
+    pub cidr: IpNet,
+    pub service_user: String,
+    /// Plain Modbus identity is spoofable and collapsed by NAT, so a plain
+    /// client is read-only unless this says otherwise.
+    pub allow_writes: bool,
+}
+
+impl ModbusClient {
+    /// The entry for `addr`: longest prefix wins; IPv4-mapped IPv6 addresses
+    /// are matched as IPv4.
+    pub fn lookup(clients: &[ModbusClient], addr: IpAddr) -> Option<&ModbusClient> {
+        let addr = unmap(addr);
+        clients
+            .iter()
+            .filter(|c| c.cidr.contains(&addr))
+            .max_by_key(|c| c.cidr.prefix_len())
+    }
+}
+
+fn unmap(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
+/// IPv4-mapped IPv6 networks (`::ffff:a.b.c.d/n`, n ≥ 96) become IPv4 ones.
+fn normalize_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let Some(v4) = v6.addr().to_ipv4_mapped() {
+            if v6.prefix_len() >= 96 {
+                if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
+                    return IpNet::V4(n.trunc());
+                }
+            }
+        }
+    }
+    net.trunc()
+}
+
+/// The whole configuration, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    pub control: ControlConfig,
+    pub audit: AuditConfig,
+    pub limits: Limits,
+    pub lockout: Lockout,
+    pub passwords: Passwords,
+    pub separation_of_duties: Vec<(Permission, Permission)>,
+    pub support: SupportConfig,
+    pub meters: Vec<MeterConfig>,
+    pub profiles: BTreeMap<String, Profile>,
+    pub modbus_clients: Vec<ModbusClient>,
+}
+
+/// A duration written as a number with a unit: `900s`, `15m`, `2h`, `30d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interval(pub Duration);
+
+impl Interval {
+    pub fn parse(text: &str) -> Result<Interval, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration: use e.g. 90s, 15m, 2h, 30d"))?;
+        let secs = match unit {
+            "s" => Some(n),
+            "m" => n.checked_mul(60),
+            "h" => n.checked_mul(3600),
+            "d" => n.checked_mul(86_400),
+            _ => None,
+        };
+        secs.map(|s| Interval(Duration::from_secs(s)))
+            .ok_or_else(|| format!("`{text}` is not a duration: use e.g. 90s, 15m, 2h, 30d"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Interval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Interval::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: PathBuf,
+    #[serde(default)]
+    control: ControlConfig,
+    #[serde(default)]
+    audit: Option<Spanned<AuditConfig>>,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    lockout: Option<Spanned<Lockout>>,
+    #[serde(default)]
+    passwords: Option<Spanned<Passwords>>,
+    #[serde(default)]
+    separation_of_duties: Vec<RawSod>,
+    #[serde(default)]
+    support: SupportConfig,
+    #[serde(default)]
+    meters: Vec<RawMeter>,
+    #[serde(default)]
+    profiles: BTreeMap<String, Spanned<Profile>>,
+    #[serde(default)]
+    modbus: RawModbus,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSod {
+    permissions: Spanned<Vec<Permission>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeter {
+    id: Spanned<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default = "one")]
+    unit_id: u8,
+    profile: Spanned<String>,
+}
+
+fn one() -> u8 {
+    1
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawModbus {
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    cidr: Spanned<String>,
+    service_user: Spanned<String>,
+    #[serde(default)]
+    allow_writes: Option<Spanned<bool>>,
+}
+
+const WRITE_FUNCTIONS: [u8; 7] = [5, 6, 15, 16, 21, 22, 23];
+const READ_FUNCTIONS: [u8; 5] = [1, 2, 3, 4, 23];
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            key: "-".into(),
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `path` is used in messages and to resolve
+    /// relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+        let file = path.display().to_string();
+        let err_at = |offset: usize, key: &str, message: String| ConfigError {
+            file: file.clone(),
+            line: line_col(text, offset).0,
+            key: key.to_string(),
+            message,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            err_at(
+                e.span().map(|s| s.start).unwrap_or(0),
+                "-",
+                e.message().trim().to_string(),
+            )
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let offset = inner.span().map(|s| s.start).unwrap_or(0);
+            // Spanned sections add a private path segment; people never wrote it.
+            let key = key.replace("$__serde_spanned_private_value.", "");
+            let key = if key == "." { "-".to_string() } else { key };
+            err_at(offset, &key, inner.message().trim().to_string())
+        })?;
+        let mut warnings = Vec::new();
+
+        let base = path.parent().unwrap_or(Path::new("."));
+        let state_dir = if raw.state_dir.is_relative() {
+            base.join(&raw.state_dir)
+        } else {
+            raw.state_dir.clone()
+        };
+
+        let mut pairs = Vec::new();
+        for (i, sod) in raw.separation_of_duties.iter().enumerate() {
+            let p = sod.permissions.get_ref();
+            if p.len() != 2 || p[0] == p[1] {
+                return Err(err_at(
+                    sod.permissions.span().start,
+                    &format!("separation_of_duties[{i}].permissions"),
+                    "a separation-of-duties entry names exactly two different permissions".into(),
+                ));
+            }
+            pairs.push((p[0], p[1]));
+        }
+
+        let mut profiles = BTreeMap::new();
+        for (name, spanned) in &raw.profiles {
+            let at = spanned.span().start;
+            let key = format!("profiles.{name}");
+            check_name(name).map_err(|e| err_at(at, &key, e.to_string()))?;
+            let profile = spanned.get_ref();
+            for (i, r) in profile.read.iter().enumerate() {
+                check_range(&r.functions, &READ_FUNCTIONS, r.start, r.count)
+                    .map_err(|m| err_at(at, &format!("{key}.read[{i}]"), m))?;
+            }
+            for (i, w) in profile.write.iter().enumerate() {
+                check_range(&w.functions, &WRITE_FUNCTIONS, w.start, w.count)
+                    .map_err(|m| err_at(at, &format!("{key}.write[{i}]"), m))?;
+                if w.values.as_ref().is_some_and(|v| v.is_empty()) {
+                    return Err(err_at(
+                        at,
+                        &format!("{key}.write[{i}].values"),
+                        "an empty value list allows nothing; leave `values` out to allow any value"
+                            .into(),
+                    ));
+                }
+            }
+            for (i, p) in profile.paths.iter().enumerate() {
+                if p.pattern.trim_matches('/').is_empty() || p.pattern.contains("..") {
+                    return Err(err_at(
+                        at,
+                        &format!("{key}.paths[{i}].pattern"),
+                        format!(
+                            "`{}` is not a path pattern under the meter's root",
+                            p.pattern
+                        ),
+                    ));
+                }
+            }
+            profiles.insert(name.clone(), profile.clone());
+        }
+
+        let mut meters = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, m) in raw.meters.iter().enumerate() {
+            let id = m.id.get_ref();
+            let at = m.id.span().start;
+            check_name(id).map_err(|e| err_at(at, &format!("meters[{i}].id"), e.to_string()))?;
+            if let Some(first) = seen.insert(id.clone(), at) {
+                return Err(err_at(
+                    at,
+                    &format!("meters[{i}].id"),
+                    format!(
+                        "duplicate meter id `{id}` (first at line {})",
+                        line_col(text, first).0
+                    ),
+                ));
+            }
+            let profile = m.profile.get_ref();
+            if !profiles.contains_key(profile) {
+                return Err(err_at(
+                    m.profile.span().start,
+                    &format!("meters[{i}].profile"),
+                    if profiles.is_empty() {
+                        format!("unknown profile `{profile}` (no [profiles.NAME] is defined)")
+                    } else {
+                        format!(
+                            "unknown profile `{profile}` (defined: {})",
+                            profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+                        )
+                    },
+                ));
+            }
+            for (k, v) in &m.tags {
+                if check_name(k).is_err() || MeterSelector::parse(&format!("{k}={v}")).is_err() {
+                    return Err(err_at(
+                        at,
+                        &format!("meters[{i}].tags.{k}"),
+                        format!(
+                            "tag `{k} = \"{v}\"` must be a name and a value of letters, digits, `.`, `_`, `-`"
+                        ),
+                    ));
+                }
+            }
+            if m.unit_id == 0 || m.unit_id > 247 {
+                return Err(err_at(
+                    at,
+                    &format!("meters[{i}].unit_id"),
+                    format!("unit id {} is outside 1-247", m.unit_id),
+                ));
+            }
+            meters.push(MeterConfig {
+                id: id.clone(),
+                tags: m.tags.clone(),
+                address: m.address.clone(),
+                unit_id: m.unit_id,
+                profile: profile.clone(),
+            });
+        }
+
+        let mut clients = Vec::new();
+        let mut prefixes: HashMap<IpNet, usize> = HashMap::new();
+        for (i, c) in raw.modbus.clients.iter().enumerate() {
+            let at = c.cidr.span().start;
+            let key = format!("modbus.clients[{i}].cidr");
+            let net: IpNet = c
+                .cidr
+                .get_ref()
+                .parse()
+                .or_else(|_| c.cidr.get_ref().parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    err_at(
+                        at,
+                        &key,
+                        format!(
+                            "`{}` is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
+                            c.cidr.get_ref()
+                        ),
+                    )
+                })?;
+            let net = normalize_net(net);
+            if let Some(first) = prefixes.insert(net, at) {
+                return Err(err_at(
+                    at,
+                    &key,
+                    format!(
+                        "prefix {net} is listed twice (first at line {}): which service user it means would be ambiguous",
+                        line_col(text, first).0
+                    ),
+                ));
+            }
+            let su = c.service_user.get_ref();
+            check_name(su).map_err(|e| {
+                err_at(
+                    c.service_user.span().start,
+                    &format!("modbus.clients[{i}].service_user"),
+                    e.to_string(),
+                )
+            })?;
+            let allow_writes = c.allow_writes.as_ref().is_some_and(|w| *w.get_ref());
+            if let Some(w) = c.allow_writes.as_ref().filter(|w| *w.get_ref()) {
+                warnings.push(ConfigWarning {
+                    line: line_col(text, w.span().start).0,
+                    key: format!("modbus.clients[{i}].allow_writes"),
+                    message: format!("plain Modbus clients from {net} may write: their identity is only a source address, which is spoofable on a flat network and collapsed by NAT; prefer Modbus/TCP Security"),
+                });
+            }
+            clients.push(ModbusClient {
+                cidr: net,
+                service_user: su.clone(),
+                allow_writes,
+            });
+        }
+
+        let (audit_at, lockout_at, passwords_at) = (
+            section_at(&raw.audit),
+            section_at(&raw.lockout),
+            section_at(&raw.passwords),
+        );
+        let audit = raw.audit.map(Spanned::into_inner).unwrap_or_default();
+        let lockout = raw.lockout.map(Spanned::into_inner).unwrap_or_default();
+        let passwords = raw.passwords.map(Spanned::into_inner).unwrap_or_default();
+        if lockout.failures == 0 {
+            return Err(err_at(
+                lockout_at,
+                "lockout.failures",
+                "must be at least 1".into(),
+            ));
+        }
+        if passwords.hash_threads == 0 || passwords.hash_queue == 0 {
+            return Err(err_at(
+                passwords_at,
+                "passwords",
+                "hash_threads and hash_queue must be at least 1".into(),
+            ));
+        }
+        if !(1..=99).contains(&audit.warn_at_percent) {
+            return Err(err_at(
+                audit_at,
+                "audit.warn_at_percent",
+                "must be between 1 and 99".into(),
+            ));
+        }
+        if audit.capacity_events < 1000 {
+            return Err(err_at(
+                audit_at,
+                "audit.capacity_events",
+                "must be at least 1000 events".into(),
+            ));
+        }
+
+        Ok((
+            Config {
+                path: path.to_path_buf(),
+                state_dir,
+                control: raw.control,
+                audit,
+                limits: raw.limits,
+                lockout,
+                passwords,
+                separation_of_duties: pairs,
+                support: raw.support,
+                meters,
+                profiles,
+                modbus_clients: clients,
+            },
+            warnings,
+        ))
+    }
+}
+
+fn section_at<T>(s: &Option<Spanned<T>>) -> usize {
+    s.as_ref().map(|x| x.span().start).unwrap_or(0)
+}
+
+fn check_range(functions: &[u8], allowed: &[u8], start: u16, count: u16) -> Result<(), String> {
+    if functions.is_empty() {
+        return Err("`functions` is empty".into());
+    }
+    if let Some(f) = functions.iter().find(|f| !allowed.contains(f)) {
+        return Err(format!(
+            "function code {f} is not allowed here (allowed: {allowed:?})"
+        ));
+    }
+    if count == 0 || start as u32 + count as u32 > 65_536 {
+        return Err(format!(
+            "range start {start} count {count} is empty or runs past register 65535"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! The guard's answer: Allow or Deny, with the reason that decided it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::model::{Day, Permission, PermissionSet, rfc3339};
+
+/// Why the guard decided as it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// An allow statement decided (and no deny applied).
+    Allowed {
+        policy: Arc<str>,
+        statement: usize,
+        role: Option<Arc<str>>,
+    },
+    /// An explicit deny decided; it beats every allow.
+    Denied {
+        policy: Arc<str>,
+        statement: usize,
+        role: Option<Arc<str>>,
+    },
+    /// Default deny.
+    NoStatementAllows,
+    /// The principal may come in (login); no permission involved.
+    PrincipalActive,
+    UnknownPrincipal,
+    Inactive,
+    AccessEnded(Day),
+    TemporaryPasswordExpired {
+        at: i64,
+    },
+    SupportNotGranted,
+    SupportEnded(Day),
+    OutsideSupportBoundary,
+    UnknownMeter,
+    /// The profile does not let Data View read this range with this function.
+    NotReadable {
+        function: u8,
+        start: u16,
+        count: u16,
+    },
+    /// No allowlist entry of the profile covers this register write.
+    NotInAllowlist {
+        function: u8,
+        address: u16,
+        value: Option<u16>,
+    },
+    /// FC 8 and the like: never forwarded.
+    Privileged(&'static str),
+    /// Service users need the Administrator policy for API calls; some
+    /// operations need it for anyone.
+    AdministratorRequired(&'static str),
+    /// A peak demand reset inside the configured interval.
+    PeakDemandLockout {
+        next_allowed: i64,
+    },
+    /// The security log could not make the event durable (fail-closed).
+    AuditUnavailable,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let via = |role: &Option<Arc<str>>| {
+            role.as_ref()
+                .map(|r| format!(" via role {r}"))
+                .unwrap_or_default()
+        };
+        match self {
+            Reason::Allowed {
+                policy,
+                statement,
+                role,
+            } => {
+                write!(
+                    f,
+                    "allowed by policy `{policy}` statement {statement}{}",
+                    via(role)
+                )
+            }
+            Reason::Denied {
+                policy,
+                statement,
+                role,
+            } => {
+                write!(
+                    f,
+                    "denied by policy `{policy}` statement {statement}{} (an explicit deny beats every allow)",
+                    via(role)
+                )
+            }
+            Reason::NoStatementAllows => f.write_str("no statement allows it"),
+            Reason::PrincipalActive => f.write_str("principal is active"),
+            Reason::UnknownPrincipal => f.write_str("unknown principal"),
+            Reason::Inactive => f.write_str("principal is inactive"),
+            Reason::AccessEnded(d) => write!(f, "access ended at {d} 00:00 UTC"),
+            Reason::TemporaryPasswordExpired { at } => {
+                write!(f, "temporary password expired at {}", rfc3339(*at))
+            }
+            Reason::SupportNotGranted => f.write_str("support access is not granted"),
+            Reason::SupportEnded(d) => write!(f, "support access ended at {d} 00:00 UTC"),
+            Reason::OutsideSupportBoundary => {
+                f.write_str("meter is outside the config's support.meters boundary")
+            }
+            Reason::UnknownMeter => f.write_str("no such meter"),
+            Reason::NotReadable {
+                function,
+                start,
+                count,
+            } => write!(
+                f,
+                "the meter's profile does not let Data View read registers {start}..{} with FC {function}",
+                *start as u32 + *count as u32
+            ),
+            Reason::NotInAllowlist {
+                function,
+                address,
+                value,
+            } => match value {
+                Some(v) => write!(
+                    f,
+                    "no allowlist entry of the meter's profile allows FC {function} writing {v} to register {address}"
+                ),
+                None => write!(
+                    f,
+                    "no allowlist entry of the meter's profile allows FC {function} writing any value to register {address}"
+                ),
+            },
+            Reason::Privileged(what) => write!(f, "{what} is privileged and never forwarded"),
+            Reason::AdministratorRequired(why) => write!(f, "{why} needs the Administrator policy"),
+            Reason::PeakDemandLockout { next_allowed } => {
+                write!(
+                    f,
+                    "peak demand was reset recently; the next reset is allowed at {}",
+                    rfc3339(*next_allowed)
+                )
+            }
+            Reason::AuditUnavailable => {
+                f.write_str("the security log cannot record it (audit.on_failure = fail-closed)")
+            }
+        }
+    }
+}
+
+/// Allow or Deny, the permission it was about, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// The permission the reason speaks of (the one used, or the one missing).
+    pub permission: Option<Permission>,
+    /// Every permission an allowed action used (an FC 16 may span entries).
+    pub used: PermissionSet,
+    pub reason: Reason,
+    /// Seq of the event that recorded the decision, once logged.
+    pub event: Option<u64>,
+}
+
+impl Decision {
+    pub fn allow(permission: Option<Permission>, reason: Reason) -> Decision {
+        let used = permission.into_iter().collect();
+        Decision {
+            allowed: true,
+            permission,
+            used,
+            reason,
+            event: None,
+        }
+    }
+
+    pub fn deny(permission: Option<Permission>, reason: Reason) -> Decision {
+        Decision {
+            allowed: false,
+            permission,
+            used: PermissionSet::EMPTY,
+            reason,
+            event: None,
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.allowed { "ALLOW" } else { "DENY" })?;
+        if let Some(p) = self.permission {
+            write!(f, " {p}")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}

@@ -1,0 +1,751 @@
+//! The guard: the single authorizer. Every door turns what it received into
+//! an [`Action`] and asks here; the guard answers Allow or Deny with the
+//! reason, keeps the little state decisions need, and writes the event.
+
+pub mod action;
+mod compiled;
+pub mod decision;
+mod state;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use time::OffsetDateTime;
+
+use crate::config::{Config, Lockout, MeterConfig, OnFailure};
+use crate::model::{
+    Directory, MeterSelector, Permission, PermissionSet, PrincipalId, Profile, micros,
+};
+use crate::store::{Category, EventDraft, Op, Outcome, Store, StoreError};
+
+pub use action::{Action, AdminOp, Request, WriteValues};
+use compiled::{CompiledMeter, Gate, Snapshot};
+pub use decision::{Decision, Reason};
+pub use state::SourceGate;
+
+/// The rules from the config that decisions depend on.
+#[derive(Clone, Debug)]
+pub struct GuardSettings {
+    pub peak_demand_reset_interval: Duration,
+    pub lockout: Lockout,
+    pub on_failure: OnFailure,
+    pub read_events: bool,
+    pub separation_of_duties: Vec<(Permission, Permission)>,
+    pub support_meters: Option<Vec<MeterSelector>>,
+}
+
+impl GuardSettings {
+    pub fn from_config(c: &Config) -> GuardSettings {
+        GuardSettings {
+            peak_demand_reset_interval: c.limits.peak_demand_reset_interval.0,
+            lockout: c.lockout.clone(),
+            on_failure: c.audit.on_failure,
+            read_events: c.audit.read_events,
+            separation_of_duties: c.separation_of_duties.clone(),
+            support_meters: c.support.meters.clone(),
+        }
+    }
+}
+
+/// How a principal proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    Password,
+    KeyboardInteractive,
+    PublicKey,
+    AccessKey,
+    Certificate,
+}
+
+impl Credential {
+    /// Only these count toward lockout and source throttling (CR 1.11
+    /// without its denial-of-service trap: keys and certificates never lock).
+    pub fn is_password(self) -> bool {
+        matches!(self, Credential::Password | Credential::KeyboardInteractive)
+    }
+    fn word(self) -> &'static str {
+        match self {
+            Credential::Password => "password",
+            Credential::KeyboardInteractive => "keyboard-interactive",
+            Credential::PublicKey => "publickey",
+            Credential::AccessKey => "access-key",
+            Credential::Certificate => "certificate",
+        }
+    }
+}
+
+/// Why a password attempt is refused before it is even checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordGate {
+    Open,
+    Delay(Duration),
+    SourceRefused,
+    Locked { until: i64 },
+}
+
+/// Counters that metrics read.
+#[derive(Default)]
+pub struct Counters {
+    pub reads_allowed: AtomicU64,
+    pub reads_denied: AtomicU64,
+    /// Set when an event could not be made durable and the config said
+    /// fail-open: the alarm of DESIGN §4.
+    pub audit_alarm: AtomicBool,
+}
+
+/// The single authorizer.
+pub struct Guard {
+    store: Arc<Store>,
+    state: state::GuardState,
+    snapshot: ArcSwap<Snapshot>,
+    settings: ArcSwap<GuardSettings>,
+    meters: ArcSwap<(
+        Vec<MeterConfig>,
+        std::collections::BTreeMap<String, Profile>,
+    )>,
+    pub counters: Counters,
+}
+
+impl Guard {
+    pub fn new(store: Arc<Store>, config: &Config) -> Guard {
+        Guard::with_fleet(
+            store,
+            GuardSettings::from_config(config),
+            config.meters.clone(),
+            config.profiles.clone(),
+        )
+    }
+
+    pub fn with_fleet(
+        store: Arc<Store>,
+        settings: GuardSettings,
+        meters: Vec<MeterConfig>,
+        profiles: std::collections::BTreeMap<String, Profile>,
+    ) -> Guard {
+        let snapshot = Snapshot::compile(&store.directory(), &meters, &profiles);
+        Guard {
+            state: state::GuardState::new(store.guard_tree().clone()),
+            store,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            settings: ArcSwap::from_pointee(settings),
+            meters: ArcSwap::from_pointee((meters, profiles)),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn settings(&self) -> Arc<GuardSettings> {
+        self.settings.load_full()
+    }
+
+    fn recompile(&self) {
+        let fleet = self.meters.load();
+        self.snapshot.store(Arc::new(Snapshot::compile(
+            &self.store.directory(),
+            &fleet.0,
+            &fleet.1,
+        )));
+    }
+
+    /// Applies a change to identities and rules (atomic, versioned,
+    /// separation of duties enforced) and makes the guard decide on it.
+    pub fn change(
+        &self,
+        ops: Vec<Op>,
+        by: &PrincipalId,
+        now: OffsetDateTime,
+    ) -> Result<Arc<Directory>, StoreError> {
+        let settings = self.settings.load();
+        let dir = self
+            .store
+            .apply(ops, &by.to_string(), now, &settings.separation_of_duties)?;
+        self.recompile();
+        Ok(dir)
+    }
+
+    /// Replaces the fleet (meters and profiles) and the settings (reload).
+    pub fn reload(
+        &self,
+        settings: GuardSettings,
+        meters: Vec<MeterConfig>,
+        profiles: std::collections::BTreeMap<String, Profile>,
+    ) {
+        self.settings.store(Arc::new(settings));
+        self.meters.store(Arc::new((meters, profiles)));
+        self.recompile();
+    }
+
+    /// What the guard would decide, with the reason; no state changes, no
+    /// event. Doors call [`Guard::authorize`]; `check` and benchmarks call this.
+    pub fn decide(&self, req: &Request, now: OffsetDateTime) -> Decision {
+        let snap = self.snapshot.load();
+        let local;
+        let principal = match snap.principals.get(&req.principal) {
+            Some(p) => p,
+            None if matches!(req.principal, PrincipalId::Local(_)) => {
+                local = compiled::CompiledPrincipal {
+                    gate: Gate::Local,
+                    policies: vec![snap.administrator],
+                    administrator: true,
+                };
+                &local
+            }
+            None if req.principal == PrincipalId::Support => {
+                return Decision::deny(None, Reason::SupportNotGranted);
+            }
+            None => return Decision::deny(None, Reason::UnknownPrincipal),
+        };
+        if let Err(reason) = principal.gate.check(now) {
+            return Decision::deny(None, reason);
+        }
+        let ctx = Ctx {
+            guard: self,
+            snap: &snap,
+            who: &req.principal,
+            policies: &principal.policies,
+        };
+        match &req.action {
+            Action::Login => Decision::allow(None, Reason::PrincipalActive),
+            Action::ReadRegisters {
+                meter,
+                function,
+                start,
+                count,
+            } => {
+                let Some(m) = snap.meters.get(meter) else {
+                    return Decision::deny(None, Reason::UnknownMeter);
+                };
+                ctx.read(meter, m, *function, *start, *count)
+            }
+            Action::WriteRegisters {
+                meter,
+                function,
+                start,
+                values,
+                read,
+            } => {
+                let Some(m) = snap.meters.get(meter) else {
+                    return Decision::deny(None, Reason::UnknownMeter);
+                };
+                if let Some((rs, rc)) = read {
+                    // FC 23's read part reads holding registers, as FC 3 does.
+                    let d = ctx.read(meter, m, 3, *rs, *rc);
+                    if !d.allowed {
+                        return d;
+                    }
+                }
+                ctx.write(meter, m, *function, *start, values)
+            }
+            Action::Diagnostics { .. } => {
+                Decision::deny(None, Reason::Privileged("FC 8 diagnostics"))
+            }
+            Action::File { meter, op, path } => {
+                let Some(m) = snap.meters.get(meter) else {
+                    return Decision::deny(None, Reason::UnknownMeter);
+                };
+                let needed = snap.profiles[m.profile as usize].file_permissions(*op, path);
+                ctx.any_of(&needed, Some((meter, m)))
+            }
+            Action::Terminal { meter } => {
+                let Some(m) = snap.meters.get(meter) else {
+                    return Decision::deny(None, Reason::UnknownMeter);
+                };
+                ctx.evaluate(Permission::TerminalAccess, Some((meter, m)))
+            }
+            Action::Admin { op, .. } => {
+                if matches!(req.principal, PrincipalId::Service(_)) && !principal.administrator {
+                    return Decision::deny(
+                        None,
+                        Reason::AdministratorRequired(
+                            "an API call (admin command) by a service user",
+                        ),
+                    );
+                }
+                match op {
+                    AdminOp::Change => ctx.evaluate(Permission::UserManagement, None),
+                    AdminOp::View => ctx.any_of(
+                        &[Permission::UserManagement, Permission::SecurityLogsAccess],
+                        None,
+                    ),
+                    AdminOp::ResendPassword if !principal.administrator => Decision::deny(
+                        None,
+                        Reason::AdministratorRequired("re-issuing a temporary password"),
+                    ),
+                    AdminOp::ResendPassword => ctx.evaluate(Permission::UserManagement, None),
+                    AdminOp::OwnPassword => ctx.evaluate(Permission::PasswordSelfManagement, None),
+                    AdminOp::OwnProfile => Decision::allow(None, Reason::PrincipalActive),
+                }
+            }
+            Action::ReadAudit { .. } => ctx.evaluate(Permission::SecurityLogsAccess, None),
+        }
+    }
+
+    /// `check`: may `who` use `permission` on `meter` (or globally)?
+    pub fn decide_permission(
+        &self,
+        who: &PrincipalId,
+        permission: Permission,
+        meter: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Decision {
+        let snap = self.snapshot.load();
+        let local;
+        let principal = match snap.principals.get(who) {
+            Some(p) => p,
+            None if matches!(who, PrincipalId::Local(_)) => {
+                local = compiled::CompiledPrincipal {
+                    gate: Gate::Local,
+                    policies: vec![snap.administrator],
+                    administrator: true,
+                };
+                &local
+            }
+            None if *who == PrincipalId::Support => {
+                return Decision::deny(Some(permission), Reason::SupportNotGranted);
+            }
+            None => return Decision::deny(Some(permission), Reason::UnknownPrincipal),
+        };
+        if let Err(reason) = principal.gate.check(now) {
+            return Decision::deny(Some(permission), reason);
+        }
+        let ctx = Ctx {
+            guard: self,
+            snap: &snap,
+            who,
+            policies: &principal.policies,
+        };
+        match meter {
+            Some(id) => match snap.meters.get(id) {
+                Some(m) => ctx.evaluate(permission, Some((id, m))),
+                None => Decision::deny(Some(permission), Reason::UnknownMeter),
+            },
+            None => ctx.evaluate(permission, None),
+        }
+    }
+
+    /// Decides, keeps the state the decision needs (the Peak Demand Reset
+    /// slot), and writes the event. An allowed action other than a read is
+    /// returned only once its event is durable; if it cannot be made durable
+    /// the config's `audit.on_failure` applies.
+    pub async fn authorize(&self, req: &Request, now: OffsetDateTime) -> Decision {
+        let mut d = self.decide(req, now);
+        if d.allowed {
+            if let Action::WriteRegisters { meter, .. } = &req.action {
+                d = self.peak_demand_slot(meter, d, now);
+            }
+        }
+        let settings = self.settings.load();
+        if req.action.is_read() {
+            let counter = if d.allowed {
+                &self.counters.reads_allowed
+            } else {
+                &self.counters.reads_denied
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if d.allowed && !settings.read_events {
+                return d;
+            }
+        }
+        match self.store.log().append(decision_event(req, &d)).await {
+            Ok(seq) => d.event = Some(seq),
+            Err(e) => {
+                tracing::error!(error = %e, action = %req.action, "decision could not be logged");
+                if d.allowed && !req.action.is_read() {
+                    match settings.on_failure {
+                        OnFailure::FailClosed => {
+                            d = Decision::deny(d.permission, Reason::AuditUnavailable)
+                        }
+                        OnFailure::FailOpen => {
+                            self.counters.audit_alarm.store(true, Ordering::Relaxed)
+                        }
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    fn peak_demand_slot(&self, meter: &str, d: Decision, now: OffsetDateTime) -> Decision {
+        let interval = self.settings.load().peak_demand_reset_interval;
+        let now_us = micros(now);
+        if d.used.contains(Permission::PeakDemandReset) {
+            match self.state.reserve_peak_reset(meter, now_us, interval) {
+                Ok(Ok(())) => {}
+                Ok(Err(next_allowed)) => {
+                    return Decision::deny(
+                        Some(Permission::PeakDemandReset),
+                        Reason::PeakDemandLockout { next_allowed },
+                    );
+                }
+                // The slot cannot be kept: refuse rather than allow resets
+                // the lockout cannot count.
+                Err(_) => {
+                    return Decision::deny(
+                        Some(Permission::PeakDemandReset),
+                        Reason::AuditUnavailable,
+                    );
+                }
+            }
+        }
+        if d.used.contains(Permission::MasterReset)
+            && self.state.restart_peak_interval(meter, now_us).is_err()
+        {
+            return Decision::deny(Some(Permission::MasterReset), Reason::AuditUnavailable);
+        }
+        d
+    }
+
+    /// Before checking a password: is the principal locked, or the source
+    /// throttled? Public keys and certificates never ask this.
+    pub fn password_gate(
+        &self,
+        who: &PrincipalId,
+        source: Option<IpAddr>,
+        now: OffsetDateTime,
+    ) -> PasswordGate {
+        let now_us = micros(now);
+        if let Ok(Some(until)) = self.state.locked_until(who, now_us) {
+            return PasswordGate::Locked { until };
+        }
+        let window = self.settings.load().lockout.window.0;
+        match source.map(|a| self.state.source_gate(a, now_us, window)) {
+            Some(SourceGate::Refuse) => PasswordGate::SourceRefused,
+            Some(SourceGate::Delay(d)) => PasswordGate::Delay(d),
+            _ => PasswordGate::Open,
+        }
+    }
+
+    /// Records a login attempt whose credential was checked (`verified`),
+    /// applies lockout and the gate checks, and logs it. The secret itself
+    /// never reaches this function.
+    pub async fn login(
+        &self,
+        who: &PrincipalId,
+        source: Option<IpAddr>,
+        door: &'static str,
+        credential: Credential,
+        verified: bool,
+        now: OffsetDateTime,
+    ) -> Decision {
+        let now_us = micros(now);
+        let settings = self.settings.load();
+        let req = Request {
+            principal: who.clone(),
+            source: source.map(|s| s.to_string()),
+            door,
+            action: Action::Login,
+        };
+        let mut locked = None;
+        let d = if !verified {
+            if credential.is_password() {
+                let l = &settings.lockout;
+                locked = self
+                    .state
+                    .password_failed(who, now_us, l.failures, l.window.0, l.duration.0)
+                    .ok()
+                    .flatten();
+                if let Some(a) = source {
+                    self.state.source_failed(a, now_us, l.window.0);
+                }
+            }
+            Decision::deny(None, Reason::NoStatementAllows)
+        } else {
+            let d = self.decide(&req, now);
+            if d.allowed {
+                if credential.is_password() {
+                    let _ = self.state.password_succeeded(who);
+                }
+                if let Some(a) = source {
+                    self.state.source_succeeded(a);
+                }
+            }
+            d
+        };
+        let (code, outcome) = if d.allowed {
+            ("login.success", Outcome::Success)
+        } else {
+            ("login.failure", Outcome::Failure)
+        };
+        let reason = if verified {
+            d.reason.to_string()
+        } else {
+            format!("wrong {}", credential.word())
+        };
+        let mut ev = EventDraft::new(code, Category::Authentication, outcome)
+            .principal(who)
+            .door(door)
+            .action("login")
+            .reason(reason)
+            .detail("credential", credential.word());
+        if let Some(s) = source {
+            ev = ev.source(s);
+        }
+        let mut d = d;
+        match self.store.log().append(ev.clone()).await {
+            Ok(seq) => d.event = Some(seq),
+            Err(_) if d.allowed && settings.on_failure == OnFailure::FailClosed => {
+                d = Decision::deny(None, Reason::AuditUnavailable);
+            }
+            Err(_) => self.counters.audit_alarm.store(true, Ordering::Relaxed),
+        }
+        if let Some(until) = locked {
+            let lock = EventDraft::new("login.lockout", Category::Authentication, Outcome::Deny)
+                .principal(who)
+                .door(door)
+                .reason(format!(
+                    "{} consecutive password failures; password login locked until {}",
+                    settings.lockout.failures,
+                    crate::model::rfc3339(until)
+                ));
+            let _ = self.store.log().append(lock).await;
+        }
+        d
+    }
+
+    /// `user unlock`: ends a password lock.
+    pub fn unlock(&self, who: &PrincipalId) -> Result<bool, StoreError> {
+        self.state.unlock(who)
+    }
+}
+
+/// The event for a decision.
+fn decision_event(req: &Request, d: &Decision) -> EventDraft {
+    let category = match &req.action {
+        Action::Login => Category::Authentication,
+        Action::ReadRegisters { .. }
+        | Action::WriteRegisters { .. }
+        | Action::Diagnostics { .. } => Category::Modbus,
+        Action::File { .. } => Category::File,
+        Action::Terminal { .. } => Category::Session,
+        Action::Admin { .. } => Category::Admin,
+        Action::ReadAudit { .. } => Category::Audit,
+    };
+    let (suffix, outcome) = if d.allowed {
+        ("allow", Outcome::Allow)
+    } else {
+        ("deny", Outcome::Deny)
+    };
+    let mut ev = EventDraft::new(
+        &format!("{}.{suffix}", req.action.word()),
+        category,
+        outcome,
+    )
+    .principal(&req.principal)
+    .door(req.door)
+    .action(&req.action)
+    .reason(&d.reason);
+    if let Some(s) = &req.source {
+        ev = ev.source(s);
+    }
+    if let Some(m) = req.action.meter() {
+        ev = ev.meter(m);
+    }
+    if let Some(p) = d.permission {
+        ev = ev.permission(p);
+    }
+    if d.used.iter().count() > 1 {
+        ev = ev.detail(
+            "permissions",
+            d.used
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    ev
+}
+
+/// One decision's context: the snapshot and the principal's policies.
+struct Ctx<'a> {
+    guard: &'a Guard,
+    snap: &'a Snapshot,
+    who: &'a PrincipalId,
+    policies: &'a [u32],
+}
+
+impl Ctx<'_> {
+    /// Default deny; an explicit deny anywhere beats every allow.
+    fn evaluate(&self, permission: Permission, meter: Option<(&str, &CompiledMeter)>) -> Decision {
+        if !permission.is_global() {
+            let Some((id, m)) = meter else {
+                return Decision::deny(Some(permission), Reason::NoStatementAllows);
+            };
+            if *self.who == PrincipalId::Support {
+                if let Some(boundary) = &self.guard.settings.load().support_meters {
+                    if !boundary.iter().any(|s| s.matches(id, &m.tags)) {
+                        return Decision::deny(Some(permission), Reason::OutsideSupportBoundary);
+                    }
+                }
+            }
+        }
+        let mut allow: Option<Reason> = None;
+        for &pi in self.policies {
+            let policy = &self.snap.policies[pi as usize];
+            for (si, st) in policy.statements.iter().enumerate() {
+                if !st.covers.contains(permission) {
+                    continue;
+                }
+                let applies = permission.is_global()
+                    || meter
+                        .is_some_and(|(id, m)| st.meters.iter().any(|s| s.matches(id, &m.tags)));
+                if !applies {
+                    continue;
+                }
+                let role = if st.direct.contains(permission) {
+                    None
+                } else {
+                    st.roles
+                        .iter()
+                        .find(|(_, ps)| ps.contains(permission))
+                        .map(|(n, _)| n.clone())
+                };
+                match st.effect {
+                    crate::model::Effect::Deny => {
+                        return Decision::deny(
+                            Some(permission),
+                            Reason::Denied {
+                                policy: policy.name.clone(),
+                                statement: si + 1,
+                                role,
+                            },
+                        );
+                    }
+                    crate::model::Effect::Allow if allow.is_none() => {
+                        allow = Some(Reason::Allowed {
+                            policy: policy.name.clone(),
+                            statement: si + 1,
+                            role,
+                        });
+                    }
+                    crate::model::Effect::Allow => {}
+                }
+            }
+        }
+        match allow {
+            Some(reason) => Decision::allow(Some(permission), reason),
+            None => Decision::deny(Some(permission), Reason::NoStatementAllows),
+        }
+    }
+
+    /// Allowed if any of `needed` is; otherwise the first one's denial.
+    fn any_of(&self, needed: &[Permission], meter: Option<(&str, &CompiledMeter)>) -> Decision {
+        let mut first = None;
+        for &p in needed {
+            let d = self.evaluate(p, meter);
+            if d.allowed {
+                return d;
+            }
+            first.get_or_insert(d);
+        }
+        first.unwrap_or_else(|| Decision::deny(None, Reason::NoStatementAllows))
+    }
+
+    fn read(&self, id: &str, m: &CompiledMeter, function: u8, start: u16, count: u16) -> Decision {
+        let profile = &self.snap.profiles[m.profile as usize];
+        if !profile
+            .read
+            .iter()
+            .any(|r| r.covers(function, start, count))
+        {
+            return Decision::deny(
+                Some(Permission::DataView),
+                Reason::NotReadable {
+                    function,
+                    start,
+                    count,
+                },
+            );
+        }
+        self.evaluate(Permission::DataView, Some((id, m)))
+    }
+
+    /// Every register written must be covered by an allowlist entry (value
+    /// included) of a permission the principal holds on this meter.
+    fn write(
+        &self,
+        id: &str,
+        m: &CompiledMeter,
+        function: u8,
+        start: u16,
+        values: &WriteValues,
+    ) -> Decision {
+        let profile = &self.snap.profiles[m.profile as usize];
+        let mut cache: Vec<(Permission, Decision)> = Vec::new();
+        let mut used = PermissionSet::EMPTY;
+        let mut first_allow: Option<Decision> = None;
+        for i in 0..values.len() {
+            let addr32 = start as u32 + i as u32;
+            let value = values.value(i);
+            let Ok(address) = u16::try_from(addr32) else {
+                return Decision::deny(
+                    None,
+                    Reason::NotInAllowlist {
+                        function,
+                        address: u16::MAX,
+                        value,
+                    },
+                );
+            };
+            let mut denial: Option<Decision> = None;
+            let mut covered = false;
+            for rule in profile.write.iter().filter(|r| r.covers(function, address)) {
+                let value_ok = match (&rule.values, value) {
+                    (None, _) => true,
+                    (Some(allowed), Some(v)) => allowed.contains(&v),
+                    (Some(_), None) => false,
+                };
+                if !value_ok {
+                    continue;
+                }
+                let d = match cache.iter().find(|(p, _)| *p == rule.permission) {
+                    Some((_, d)) => d.clone(),
+                    None => {
+                        let d = self.evaluate(rule.permission, Some((id, m)));
+                        cache.push((rule.permission, d.clone()));
+                        d
+                    }
+                };
+                if d.allowed {
+                    used.insert(rule.permission);
+                    first_allow.get_or_insert(d);
+                    covered = true;
+                    break;
+                }
+                denial.get_or_insert(d);
+            }
+            if !covered {
+                return denial.unwrap_or_else(|| {
+                    Decision::deny(
+                        None,
+                        Reason::NotInAllowlist {
+                            function,
+                            address,
+                            value,
+                        },
+                    )
+                });
+            }
+        }
+        match first_allow {
+            Some(mut d) => {
+                d.used = used;
+                d
+            }
+            None => Decision::deny(
+                None,
+                Reason::NotInAllowlist {
+                    function,
+                    address: start,
+                    value: None,
+                },
+            ),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The little state decisions need, kept in the store so it survives
+//! restarts: Peak Demand Reset slots per meter and password-failure counters
+//! per principal; plus the per-address throttle, which is kept in memory.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::PrincipalId;
+use crate::store::StoreError;
+
+/// Persistent guard state over one sled tree.
+pub(crate) struct GuardState {
+    tree: sled::Tree,
+    sources: Mutex<HashMap<IpAddr, SourceFailures>>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct LoginFailures {
+    /// Times (µs) of consecutive failures still inside the window.
+    failures: Vec<i64>,
+    locked_until: Option<i64>,
+}
+
+#[derive(Clone, Copy)]
+struct SourceFailures {
+    count: u32,
+    last: i64,
+}
+
+/// What to do with a password attempt from an address that keeps failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceGate {
+    Open,
+    /// Answer only after this delay.
+    Delay(Duration),
+    /// Refuse password and keyboard-interactive attempts outright.
+    Refuse,
+}
+
+/// Failures from one address before its attempts are delayed; after
+/// [`SOURCE_REFUSE_AFTER`] they are refused. Public-key logins are never
+/// throttled, so an attacker guessing passwords cannot lock out a crew.
+const SOURCE_DELAY_AFTER: u32 = 3;
+const SOURCE_REFUSE_AFTER: u32 = 20;
+
+impl GuardState {
+    pub fn new(tree: sled::Tree) -> GuardState {
+        GuardState {
+            tree,
+            sources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reserves the meter's peak-demand-reset slot at `now` unless the last
+    /// reset is younger than `interval`: compare-and-swap, so two doors
+    /// racing get one success. Returns the time the next reset is allowed
+    /// when refused.
+    pub fn reserve_peak_reset(
+        &self,
+        meter: &str,
+        now: i64,
+        interval: Duration,
+    ) -> Result<Result<(), i64>, StoreError> {
+        let key = format!("pdr/{meter}");
+        let span = interval.as_micros() as i64;
+        loop {
+            let current = self.tree.get(&key)?;
+            if let Some(last) = current.as_deref().and_then(decode_i64) {
+                if now < last.saturating_add(span) {
+                    return Ok(Err(last.saturating_add(span)));
+                }
+            }
+            match self
+                .tree
+                .compare_and_swap(&key, current, Some(&now.to_be_bytes()[..]))?
+            {
+                Ok(()) => return Ok(Ok(())),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// A master reset clears peaks too, so it (re)starts the interval.
+    pub fn restart_peak_interval(&self, meter: &str, now: i64) -> Result<(), StoreError> {
+        self.tree
+            .insert(format!("pdr/{meter}"), &now.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn login_key(who: &PrincipalId) -> String {
+        format!("login/{who}")
+    }
+
+    fn read_login(&self, who: &PrincipalId) -> Result<LoginFailures, StoreError> {
+        Ok(self
+            .tree
+            .get(Self::login_key(who))?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default())
+    }
+
+    /// Until when password login is locked for `who`, if it is.
+    pub fn locked_until(&self, who: &PrincipalId, now: i64) -> Result<Option<i64>, StoreError> {
+        Ok(self.read_login(who)?.locked_until.filter(|u| *u > now))
+    }
+
+    /// Counts a password failure; locks when `limit` failures fall inside
+    /// `window`. Returns the lock's end if this failure set it.
+    pub fn password_failed(
+        &self,
+        who: &PrincipalId,
+        now: i64,
+        limit: u32,
+        window: Duration,
+        duration: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        let key = Self::login_key(who);
+        let window = window.as_micros() as i64;
+        let mut locked = None;
+        self.tree.update_and_fetch(&key, |old| {
+            let mut st: LoginFailures = old
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or_default();
+            st.failures.retain(|t| now - *t < window);
+            st.failures.push(now);
+            if st.failures.len() as u32 >= limit {
+                let until = now.saturating_add(duration.as_micros() as i64);
+                st.locked_until = Some(until);
+                st.failures.clear();
+                locked = Some(until);
+            } else {
+                locked = None;
+            }
+            serde_json::to_vec(&st).ok()
+        })?;
+        Ok(locked)
+    }
+
+    /// A successful password login ends the run of consecutive failures.
+    pub fn password_succeeded(&self, who: &PrincipalId) -> Result<(), StoreError> {
+        self.tree.remove(Self::login_key(who))?;
+        Ok(())
+    }
+
+    /// `user unlock`: ends a lock and forgets the failures.
+    pub fn unlock(&self, who: &PrincipalId) -> Result<bool, StoreError> {
+        Ok(self.tree.remove(Self::login_key(who))?.is_some())
+    }
+
+    /// How to treat the next password attempt from `addr`.
+    pub fn source_gate(&self, addr: IpAddr, now: i64, window: Duration) -> SourceGate {
+        let Ok(map) = self.sources.lock() else {
+            return SourceGate::Open;
+        };
+        match map.get(&addr) {
+            Some(f) if now - f.last < window.as_micros() as i64 => {
+                if f.count >= SOURCE_REFUSE_AFTER {
+                    SourceGate::Refuse
+                } else if f.count >= SOURCE_DELAY_AFTER {
+                    SourceGate::Delay(Duration::from_millis(
+                        250 * (f.count - SOURCE_DELAY_AFTER + 1) as u64,
+                    ))
+                } else {
+                    SourceGate::Open
+                }
+            }
+            _ => SourceGate::Open,
+        }
+    }
+
+    pub fn source_failed(&self, addr: IpAddr, now: i64, window: Duration) {
+        if let Ok(mut map) = self.sources.lock() {
+            // Bound the table: forget quiet addresses when it grows large.
+            if map.len() > 100_000 {
+                map.retain(|_, f| now - f.last < window.as_micros() as i64);
+            }
+            let e = map.entry(addr).or_insert(SourceFailures {
+                count: 0,
+                last: now,
+            });
+            if now - e.last >= window.as_micros() as i64 {
+                e.count = 0;
+            }
+            e.count += 1;
+            e.last = now;
+        }
+    }
+
+    pub fn source_succeeded(&self, addr: IpAddr) {
+        if let Ok(mut map) = self.sources.lock() {
+            map.remove(&addr);
+        }
+    }
+}
+
+fn decode_i64(b: &[u8]) -> Option<i64> {
+    b.try_into().ok().map(i64::from_be_bytes)
+}

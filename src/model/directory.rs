@@ -1,0 +1,491 @@
+//! The identities and rules an administrator manages: users, service users,
+//! groups, roles, custom policies and support access. Kept in the store; the
+//! guard compiles them with the config's meters into what it decides on.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::permission::{Permission, PermissionSet};
+use super::policy::{PolicyDocument, Statement, is_managed};
+use super::principal::{Day, PrincipalId};
+
+/// How long a temporary password may be used for its first login.
+pub const TEMPORARY_PASSWORD_DAYS: i64 = 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    #[default]
+    Active,
+    Inactive,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Active => "ACTIVE",
+            Status::Inactive => "INACTIVE",
+        })
+    }
+}
+
+/// When and by whom something was created or last changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Stamp {
+    /// Microseconds since the epoch, UTC.
+    pub at: i64,
+    pub by: String,
+}
+
+/// A password as the store keeps it: an argon2 PHC string, never the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasswordRecord {
+    pub hash: String,
+    /// A temporary password must be replaced at first login and expires
+    /// [`TEMPORARY_PASSWORD_DAYS`] after `issued_at`.
+    pub temporary: bool,
+    pub issued_at: i64,
+}
+
+impl std::fmt::Debug for PasswordRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordRecord")
+            .field("temporary", &self.temporary)
+            .field("issued_at", &self.issued_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordRecord {
+    /// The instant (µs) a temporary password stops working.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.temporary
+            .then(|| self.issued_at + TEMPORARY_PASSWORD_DAYS * 86_400 * 1_000_000)
+    }
+}
+
+/// A person.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    /// Unique id that never changes, even if the name does.
+    pub id: String,
+    pub email: String,
+    #[serde(default)]
+    pub first_name: String,
+    #[serde(default)]
+    pub last_name: String,
+    pub status: Status,
+    pub end_date: Option<Day>,
+    pub created: Stamp,
+    pub modified: Stamp,
+    pub last_login: Option<i64>,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    pub password: Option<PasswordRecord>,
+    /// Names of managed or custom policies attached to this user.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// The user's own inline policy (`user grant-role` adds to it).
+    #[serde(default)]
+    pub inline: Vec<Statement>,
+    pub version: u64,
+}
+
+/// An access key of a service user: the secret is kept only as a hash.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKey {
+    pub id: String,
+    pub secret_hash: String,
+    pub status: Status,
+    pub created: i64,
+    pub last_used: Option<i64>,
+}
+
+impl std::fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("id", &self.id)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An automated process (SCADA poller, integration).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceUser {
+    pub name: String,
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    pub status: Status,
+    pub end_date: Option<Day>,
+    pub created: Stamp,
+    pub modified: Stamp,
+    pub last_login: Option<i64>,
+    #[serde(default)]
+    pub keys: Vec<AccessKey>,
+    #[serde(default)]
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub inline: Vec<Statement>,
+    pub version: u64,
+}
+
+/// A named set of users; its policies apply to every member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub policies: Vec<String>,
+    pub created: Stamp,
+    pub modified: Stamp,
+    pub version: u64,
+}
+
+/// A named, reusable set of permissions (a new role has none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub permissions: PermissionSet,
+    pub created: Stamp,
+    pub modified: Stamp,
+    pub version: u64,
+}
+
+/// A custom permission policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub statements: Vec<Statement>,
+    pub created: Stamp,
+    pub modified: Stamp,
+    pub version: u64,
+}
+
+impl Policy {
+    pub fn from_document(doc: PolicyDocument, stamp: Stamp) -> Policy {
+        Policy {
+            name: doc.name,
+            description: doc.description,
+            statements: doc.statements,
+            created: stamp.clone(),
+            modified: stamp,
+            version: 0,
+        }
+    }
+}
+
+/// The time-bound grant to the vendor's `support` principal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupportAccess {
+    /// Access ends at 00:00 UTC at the start of this day.
+    pub end_date: Day,
+    pub policies: Vec<String>,
+    pub created: Stamp,
+    pub modified: Stamp,
+    pub version: u64,
+}
+
+/// Everything the store keeps about identities and rules, in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Directory {
+    pub users: BTreeMap<String, User>,
+    pub service_users: BTreeMap<String, ServiceUser>,
+    pub groups: BTreeMap<String, Group>,
+    pub roles: BTreeMap<String, Role>,
+    pub policies: BTreeMap<String, Policy>,
+    pub support: Option<SupportAccess>,
+}
+
+/// A reference in the directory that points at nothing, or a broken rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("{owner} refers to policy `{policy}`, which does not exist")]
+    UnknownPolicy { owner: String, policy: String },
+    #[error("{owner} refers to role `{role}`, which does not exist")]
+    UnknownRole { owner: String, role: String },
+    #[error("group `{group}` lists user `{user}`, who does not exist")]
+    UnknownMember { group: String, user: String },
+    #[error("`{0}` is a managed policy: it cannot be created, changed or deleted")]
+    ManagedPolicy(String),
+    #[error("access key id `{0}` is used twice")]
+    DuplicateKeyId(String),
+}
+
+impl Directory {
+    /// Every reference resolves and managed policies are left alone.
+    pub fn validate(&self) -> Result<(), DirectoryError> {
+        let policy_exists = |p: &str| is_managed(p) || self.policies.contains_key(p);
+        let check_policies = |owner: String, list: &[String]| {
+            list.iter().try_for_each(|p| {
+                if policy_exists(p) {
+                    Ok(())
+                } else {
+                    Err(DirectoryError::UnknownPolicy {
+                        owner: owner.clone(),
+                        policy: p.clone(),
+                    })
+                }
+            })
+        };
+        let check_roles = |owner: String, sts: &[Statement]| {
+            sts.iter().flat_map(|s| s.roles.iter()).try_for_each(|r| {
+                if self.roles.contains_key(r) {
+                    Ok(())
+                } else {
+                    Err(DirectoryError::UnknownRole {
+                        owner: owner.clone(),
+                        role: r.clone(),
+                    })
+                }
+            })
+        };
+        for u in self.users.values() {
+            check_policies(format!("user `{}`", u.name), &u.policies)?;
+            check_roles(format!("user `{}`'s inline policy", u.name), &u.inline)?;
+        }
+        let mut key_ids = std::collections::BTreeSet::new();
+        for s in self.service_users.values() {
+            check_policies(format!("service user `{}`", s.name), &s.policies)?;
+            check_roles(
+                format!("service user `{}`'s inline policy", s.name),
+                &s.inline,
+            )?;
+            for k in &s.keys {
+                if !key_ids.insert(k.id.as_str()) {
+                    return Err(DirectoryError::DuplicateKeyId(k.id.clone()));
+                }
+            }
+        }
+        for g in self.groups.values() {
+            check_policies(format!("group `{}`", g.name), &g.policies)?;
+            for m in &g.members {
+                if !self.users.contains_key(m) {
+                    return Err(DirectoryError::UnknownMember {
+                        group: g.name.clone(),
+                        user: m.clone(),
+                    });
+                }
+            }
+        }
+        for p in self.policies.values() {
+            if is_managed(&p.name) {
+                return Err(DirectoryError::ManagedPolicy(p.name.clone()));
+            }
+            check_roles(format!("policy `{}`", p.name), &p.statements)?;
+        }
+        if let Some(s) = &self.support {
+            check_policies("support access".into(), &s.policies)?;
+        }
+        Ok(())
+    }
+
+    /// Groups a user belongs to.
+    pub fn groups_of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a Group> + 'a {
+        self.groups
+            .values()
+            .filter(move |g| g.members.iter().any(|m| m == user))
+    }
+
+    /// Policy names and inline statements that apply to a principal, with a
+    /// label saying where each came from (for reasons and reviews).
+    pub fn policy_sources(&self, who: &PrincipalId) -> (Vec<String>, Vec<Statement>) {
+        match who {
+            PrincipalId::User(n) => match self.users.get(n) {
+                Some(u) => {
+                    let mut names = u.policies.clone();
+                    for g in self.groups_of(n) {
+                        names.extend(g.policies.iter().cloned());
+                    }
+                    names.sort();
+                    names.dedup();
+                    (names, u.inline.clone())
+                }
+                None => (vec![], vec![]),
+            },
+            PrincipalId::Service(n) => match self.service_users.get(n) {
+                Some(s) => (s.policies.clone(), s.inline.clone()),
+                None => (vec![], vec![]),
+            },
+            PrincipalId::Support => match &self.support {
+                Some(s) => (s.policies.clone(), vec![]),
+                None => (vec![], vec![]),
+            },
+            PrincipalId::Local(_) => (vec![super::policy::ADMINISTRATOR.to_string()], vec![]),
+        }
+    }
+
+    /// Every principal the directory knows (users, service users, support).
+    pub fn principals(&self) -> Vec<PrincipalId> {
+        let mut all: Vec<PrincipalId> = self
+            .users
+            .keys()
+            .map(|n| PrincipalId::User(n.clone()))
+            .collect();
+        all.extend(
+            self.service_users
+                .keys()
+                .map(|n| PrincipalId::Service(n.clone())),
+        );
+        if self.support.is_some() {
+            all.push(PrincipalId::Support);
+        }
+        all
+    }
+}
+
+/// The example roles after IEC 62351-8, seeded into a new store (editable).
+pub fn example_roles() -> Vec<(&'static str, &'static str, PermissionSet)> {
+    use Permission::*;
+    let viewer: PermissionSet = [DataView].into_iter().collect();
+    let operator = viewer.union(
+        [
+            PeakDemandReset,
+            TimeSynchronization,
+            TerminalAccess,
+            FileSystemReadOnlyAccess,
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let engineer = operator.union(
+        [
+            CommConfig,
+            DssConfig,
+            IonModuleConfig,
+            TestModeToggle,
+            FileSystemReadAndWriteAccess,
+            FirmwareManagement,
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let installer = engineer.union([CertificateManagement, MasterReset].into_iter().collect());
+    vec![
+        ("Viewer", "Reads measurements", viewer),
+        ("Operator", "Runs the meter day to day", operator),
+        (
+            "Engineer",
+            "Configures meters and manages firmware",
+            engineer,
+        ),
+        (
+            "Installer",
+            "Commissions meters, certificates and master reset",
+            installer,
+        ),
+        (
+            "SecAdmin",
+            "Manages users and certificates",
+            [UserManagement, CertificateManagement]
+                .into_iter()
+                .collect(),
+        ),
+        (
+            "SecAuditor",
+            "Reviews the security log",
+            [SecurityLogsAccess].into_iter().collect(),
+        ),
+    ]
+}
+
+/// Constructors with sane defaults; the store fills versions and stamps.
+impl User {
+    pub fn new(name: &str, email: &str) -> User {
+        User {
+            name: name.into(),
+            id: String::new(),
+            email: email.into(),
+            first_name: String::new(),
+            last_name: String::new(),
+            status: Status::Active,
+            end_date: None,
+            created: Stamp::default(),
+            modified: Stamp::default(),
+            last_login: None,
+            ssh_keys: vec![],
+            password: None,
+            policies: vec![],
+            inline: vec![],
+            version: 0,
+        }
+    }
+}
+
+impl ServiceUser {
+    pub fn new(name: &str) -> ServiceUser {
+        ServiceUser {
+            name: name.into(),
+            id: String::new(),
+            description: String::new(),
+            status: Status::Active,
+            end_date: None,
+            created: Stamp::default(),
+            modified: Stamp::default(),
+            last_login: None,
+            keys: vec![],
+            policies: vec![],
+            inline: vec![],
+            version: 0,
+        }
+    }
+}
+
+impl Group {
+    pub fn new(name: &str, members: &[&str], policies: &[&str]) -> Group {
+        Group {
+            name: name.into(),
+            members: members.iter().map(|s| s.to_string()).collect(),
+            policies: policies.iter().map(|s| s.to_string()).collect(),
+            created: Stamp::default(),
+            modified: Stamp::default(),
+            version: 0,
+        }
+    }
+}
+
+impl Role {
+    pub fn new(name: &str, permissions: PermissionSet) -> Role {
+        Role {
+            name: name.into(),
+            description: String::new(),
+            permissions,
+            created: Stamp::default(),
+            modified: Stamp::default(),
+            version: 0,
+        }
+    }
+}
+
+impl Policy {
+    pub fn new(name: &str, statements: Vec<Statement>) -> Policy {
+        Policy {
+            name: name.into(),
+            description: String::new(),
+            statements,
+            created: Stamp::default(),
+            modified: Stamp::default(),
+            version: 0,
+        }
+    }
+}
+
+impl SupportAccess {
+    pub fn new(end_date: Day, policies: &[&str]) -> SupportAccess {
+        SupportAccess {
+            end_date,
+            policies: policies.iter().map(|s| s.to_string()).collect(),
+            created: Stamp::default(),
+            modified: Stamp::default(),
+            version: 0,
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The security log: hash-chained events in sled, appended by one writer
+//! thread that group-commits (one flush for every event queued meanwhile) and
+//! acknowledges an event only after sled has flushed it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use ring::digest::{SHA256, digest};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::model::micros;
+
+/// The encoding version of [`SecurityEvent`]; the hash covers the encoding,
+/// so a field is never added without a new version.
+pub const EVENT_VERSION: u32 = 1;
+
+/// `prev_hash` of the first event.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Most events one flush may cover; bounds the latency of the first.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Authentication,
+    Authorization,
+    Session,
+    Modbus,
+    File,
+    Admin,
+    Audit,
+    System,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Allow,
+    Deny,
+}
+
+/// One security event exactly as DESIGN §4 fixes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityEvent {
+    pub v: u32,
+    pub seq: u64,
+    /// UTC, microseconds since the epoch.
+    pub time: i64,
+    pub code: String,
+    pub category: Category,
+    pub outcome: Outcome,
+    pub principal: Option<String>,
+    pub source: Option<String>,
+    pub door: Option<String>,
+    pub meter: Option<String>,
+    pub action: Option<String>,
+    pub permission: Option<String>,
+    pub reason: Option<String>,
+    pub detail: BTreeMap<String, String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The canonical encoding the hash covers: every field but `hash`, in this
+/// order, as compact JSON.
+#[derive(Serialize)]
+struct Canonical<'a> {
+    v: u32,
+    seq: u64,
+    time: i64,
+    code: &'a str,
+    category: Category,
+    outcome: Outcome,
+    principal: &'a Option<String>,
+    source: &'a Option<String>,
+    door: &'a Option<String>,
+    meter: &'a Option<String>,
+    action: &'a Option<String>,
+    permission: &'a Option<String>,
+    reason: &'a Option<String>,
+    detail: &'a BTreeMap<String, String>,
+    prev_hash: &'a str,
+}
+
+impl SecurityEvent {
+    /// SHA-256 over (previous event's hash, canonical encoding), hex.
+    pub fn compute_hash(&self) -> String {
+        let body = Canonical {
+            v: self.v,
+            seq: self.seq,
+            time: self.time,
+            code: &self.code,
+            category: self.category,
+            outcome: self.outcome,
+            principal: &self.principal,
+            source: &self.source,
+            door: &self.door,
+            meter: &self.meter,
+            action: &self.action,
+            permission: &self.permission,
+            reason: &self.reason,
+            detail: &self.detail,
+            prev_hash: &self.prev_hash,
+        };
+        // Serializing plain strings, integers and a BTreeMap cannot fail.
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut input =
+            hex::decode(&self.prev_hash).unwrap_or_else(|_| self.prev_hash.as_bytes().to_vec());
+        input.extend_from_slice(&json);
+        hex::encode(digest(&SHA256, &input).as_ref())
+    }
+}
+
+/// What a door or the guard wants logged; the log adds seq, time and hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventDraft {
+    pub code: String,
+    pub category: Category,
+    pub outcome: Outcome,
+    pub principal: Option<String>,
+    pub source: Option<String>,
+    pub door: Option<String>,
+    pub meter: Option<String>,
+    pub action: Option<String>,
+    pub permission: Option<String>,
+    pub reason: Option<String>,
+    pub detail: BTreeMap<String, String>,
+}
+
+impl EventDraft {
+    pub fn new(code: &str, category: Category, outcome: Outcome) -> EventDraft {
+        EventDraft {
+            code: code.to_string(),
+            category,
+            outcome,
+            principal: None,
+            source: None,
+            door: None,
+            meter: None,
+            action: None,
+            permission: None,
+            reason: None,
+            detail: BTreeMap::new(),
+        }
+    }
+
+    pub fn principal(mut self, p: impl ToString) -> Self {
+        self.principal = Some(p.to_string());
+        self
+    }
+    pub fn source(mut self, s: impl ToString) -> Self {
+        self.source = Some(s.to_string());
+        self
+    }
+    pub fn door(mut self, d: impl ToString) -> Self {
+        self.door = Some(d.to_string());
+        self
+    }
+    pub fn meter(mut self, m: impl ToString) -> Self {
+        self.meter = Some(m.to_string());
+        self
+    }
+    pub fn action(mut self, a: impl ToString) -> Self {
+        self.action = Some(a.to_string());
+        self
+    }
+    pub fn permission(mut self, p: impl ToString) -> Self {
+        self.permission = Some(p.to_string());
+        self
+    }
+    pub fn reason(mut self, r: impl ToString) -> Self {
+        self.reason = Some(r.to_string());
+        self
+    }
+    pub fn detail(mut self, k: &str, v: impl ToString) -> Self {
+        self.detail.insert(k.to_string(), v.to_string());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    #[error("the security log cannot make the event durable: {0}")]
+    Unavailable(String),
+    #[error("the security log is closed")]
+    Closed,
+}
+
+type Ack = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
+
+struct Job {
+    draft: EventDraft,
+    ack: Ack,
+}
+
+struct Shared {
+    /// Set by tests (and by a failed flush) to make every append fail.
+    failing: AtomicBool,
+    injected: AtomicBool,
+    last_seq: AtomicU64,
+    flushes: AtomicU64,
+}
+
+struct Inner {
+    tx: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Handle to the security log; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+    tree: sled::Tree,
+}
+
+impl AuditLog {
+    /// Opens the log on `tree`, flushing through `db`.
+    pub fn open(db: &sled::Db, tree: sled::Tree) -> Result<AuditLog, sled::Error> {
+        let (last_seq, last_hash, last_time) = match tree.last()? {
+            Some((_, v)) => match serde_json::from_slice::<SecurityEvent>(&v) {
+                Ok(ev) => (ev.seq, ev.hash, ev.time),
+                // A broken head still lets the daemon start; verify names it.
+                Err(_) => (
+                    key_seq(&tree.last()?.map(|(k, _)| k).unwrap_or_default()),
+                    GENESIS_HASH.to_string(),
+                    0,
+                ),
+            },
+            None => (0, GENESIS_HASH.to_string(), 0),
+        };
+        let shared = Arc::new(Shared {
+            failing: AtomicBool::new(false),
+            injected: AtomicBool::new(false),
+            last_seq: AtomicU64::new(last_seq),
+            flushes: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer = {
+            let db = db.clone();
+            let tree = tree.clone();
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || writer_loop(db, tree, rx, shared, last_seq, last_hash, last_time))
+                .map_err(|e| sled::Error::Io(e))?
+        };
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                writer: Some(writer),
+                shared,
+            }),
+            tree,
+        })
+    }
+
+    fn submit(&self, draft: EventDraft) -> tokio::sync::oneshot::Receiver<Result<u64, AuditError>> {
+        let (ack, rx) = tokio::sync::oneshot::channel();
+        if let Some(tx) = &self.inner.tx {
+            // A send error drops `ack`, which the receiver sees as Closed.
+            let _ = tx.send(Job { draft, ack });
+        }
+        rx
+    }
+
+    /// Appends an event; resolves with its seq once it is durable.
+    pub async fn append(&self, draft: EventDraft) -> Result<u64, AuditError> {
+        self.submit(draft).await.unwrap_or(Err(AuditError::Closed))
+    }
+
+    /// Like [`AuditLog::append`], for threads outside the async runtime.
+    pub fn append_blocking(&self, draft: EventDraft) -> Result<u64, AuditError> {
+        self.submit(draft)
+            .blocking_recv()
+            .unwrap_or(Err(AuditError::Closed))
+    }
+
+    /// Seq of the newest event.
+    pub fn last_seq(&self) -> u64 {
+        self.inner.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// How many flushes the writer has done (group commit makes it far fewer
+    /// than events).
+    pub fn flushes(&self) -> u64 {
+        self.inner.shared.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Whether a flush has failed since start (the alarm of DESIGN §4).
+    pub fn is_failing(&self) -> bool {
+        self.inner.shared.failing.load(Ordering::Relaxed)
+            || self.inner.shared.injected.load(Ordering::Relaxed)
+    }
+
+    /// Makes every append fail as if the disk had gone away (for tests of
+    /// the failure rule and for drills).
+    pub fn inject_failure(&self, on: bool) {
+        self.inner.shared.injected.store(on, Ordering::Relaxed);
+    }
+
+    /// Reads one event.
+    pub fn get(&self, seq: u64) -> Result<Option<SecurityEvent>, sled::Error> {
+        Ok(self
+            .tree
+            .get(seq.to_be_bytes())?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
+    /// The newest `n` events, oldest first.
+    pub fn tail(&self, n: usize) -> Result<Vec<SecurityEvent>, sled::Error> {
+        let mut out = Vec::with_capacity(n.min(1024));
+        for item in self.tree.iter().rev().take(n) {
+            let (_, v) = item?;
+            if let Ok(ev) = serde_json::from_slice(&v) {
+                out.push(ev);
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Walks the whole chain.
+    pub fn verify(&self) -> VerifyReport {
+        verify_tree(&self.tree)
+    }
+}
+
+fn key_seq(key: &[u8]) -> u64 {
+    key.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn writer_loop(
+    db: sled::Db,
+    tree: sled::Tree,
+    rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    mut seq: u64,
+    mut prev_hash: String,
+    mut last_time: i64,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if shared.injected.load(Ordering::Relaxed) {
+            for j in jobs {
+                let _ = j
+                    .ack
+                    .send(Err(AuditError::Unavailable("failure injected".into())));
+            }
+            continue;
+        }
+        let now = micros(OffsetDateTime::now_utc());
+        let mut batch = sled::Batch::default();
+        let (mut s, mut h) = (seq, prev_hash.clone());
+        let time = now.max(last_time);
+        let mut seqs = Vec::with_capacity(jobs.len());
+        for j in &jobs {
+            s += 1;
+            let d = &j.draft;
+            let mut ev = SecurityEvent {
+                v: EVENT_VERSION,
+                seq: s,
+                time,
+                code: d.code.clone(),
+                category: d.category,
+                outcome: d.outcome,
+                principal: d.principal.clone(),
+                source: d.source.clone(),
+                door: d.door.clone(),
+                meter: d.meter.clone(),
+                action: d.action.clone(),
+                permission: d.permission.clone(),
+                reason: d.reason.clone(),
+                detail: d.detail.clone(),
+                prev_hash: h,
+                hash: String::new(),
+            };
+            ev.hash = ev.compute_hash();
+            h = ev.hash.clone();
+            batch.insert(
+                &s.to_be_bytes(),
+                serde_json::to_vec(&ev).unwrap_or_default(),
+            );
+            seqs.push(s);
+        }
+        let result = match tree.apply_batch(batch) {
+            Err(e) => Err(AuditError::Unavailable(e.to_string())),
+            Ok(()) => {
+                // The records are in the tree now, whatever the flush does.
+                seq = s;
+                prev_hash = h;
+                last_time = time;
+                shared.last_seq.store(seq, Ordering::Release);
+                db.flush()
+                    .map(|_| ())
+                    .map_err(|e| AuditError::Unavailable(e.to_string()))
+            }
+        };
+        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                shared.failing.store(false, Ordering::Relaxed);
+                for (j, s) in jobs.into_iter().zip(seqs) {
+                    let _ = j.ack.send(Ok(s));
+                }
+            }
+            Err(e) => {
+                shared.failing.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "security log flush failed");
+                for j in jobs {
+                    let _ = j.ack.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub head_hash: String,
+    /// The first bad seq and what is wrong with it.
+    pub problem: Option<(u64, String)>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// Walks the chain from seq 1 and stops at the first bad record.
+pub fn verify_tree(tree: &sled::Tree) -> VerifyReport {
+    let mut report = VerifyReport {
+        events: 0,
+        first_seq: None,
+        last_seq: None,
+        head_hash: GENESIS_HASH.into(),
+        problem: None,
+    };
+    let mut expected = 1u64;
+    let mut prev = GENESIS_HASH.to_string();
+    for item in tree.iter() {
+        let (k, v) = match item {
+            Ok(kv) => kv,
+            Err(e) => {
+                report.problem = Some((expected, format!("the store cannot be read here: {e}")));
+                return report;
+            }
+        };
+        let key = key_seq(&k);
+        let fail = |seq: u64, why: String| Some((seq, why));
+        if key != expected {
+            report.problem = fail(
+                expected,
+                format!("event {expected} is missing (the next stored event is {key})"),
+            );
+            return report;
+        }
+        let ev: SecurityEvent = match serde_json::from_slice(&v) {
+            Ok(ev) => ev,
+            Err(e) => {
+                report.problem = fail(key, format!("event {key} cannot be decoded: {e}"));
+                return report;
+            }
+        };
+        if ev.seq != key {
+            report.problem = fail(
+                key,
+                format!(
+                    "the record stored as event {key} says it is event {} (records moved or swapped)",
+                    ev.seq
+                ),
+            );
+            return report;
+        }
+        if ev.v != EVENT_VERSION {
+            report.problem = fail(
+                key,
+                format!("event {key} has unknown encoding version {}", ev.v),
+            );
+            return report;
+        }
+        if ev.prev_hash != prev {
+            report.problem = fail(
+                key,
+                format!(
+                    "event {key} does not follow event {}: its prev_hash does not match (a record before it was changed, removed or reordered)",
+                    key - 1
+                ),
+            );
+            return report;
+        }
+        if ev.compute_hash() != ev.hash {
+            report.problem = fail(
+                key,
+                format!("event {key} was modified: its content does not match its hash"),
+            );
+            return report;
+        }
+        report.first_seq.get_or_insert(key);
+        report.last_seq = Some(key);
+        report.events += 1;
+        prev = ev.hash;
+        expected += 1;
+    }
+    report.head_hash = prev;
+    report
+}

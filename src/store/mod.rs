@@ -1,0 +1,560 @@
+//! The store in sled: identities, roles, policies and support access (each
+//! change atomic and versioned), the guard's small state, and the
+//! hash-chained security log. sled locks its directory: one process at a time.
+
+pub mod log;
+pub mod secrets;
+pub mod signing;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use time::OffsetDateTime;
+
+use crate::model::{
+    ADMINISTRATOR, Directory, DirectoryError, Effect, Group, Permission, PermissionSet, Policy,
+    PrincipalId, Role, ServiceUser, Stamp, SupportAccess, User, example_roles, managed_statements,
+    micros,
+};
+pub use log::{AuditError, AuditLog, Category, EventDraft, Outcome, SecurityEvent, VerifyReport};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {error}")]
+    Io { path: String, error: String },
+    #[error(
+        "the store at {0} is in use by another process (is the daemon running? then ask it instead)"
+    )]
+    Locked(String),
+    #[error("the store failed: {0}")]
+    Sled(String),
+    #[error("stored record `{key}` cannot be read: {error}")]
+    Corrupt { key: String, error: String },
+    #[error("{kind} `{name}` already exists")]
+    Exists { kind: &'static str, name: String },
+    #[error("{kind} `{name}` does not exist")]
+    NotFound { kind: &'static str, name: String },
+    #[error(
+        "{kind} `{name}` was changed by someone else (version {actual}, you had {expected}); read it again and retry"
+    )]
+    StaleVersion {
+        kind: &'static str,
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error(transparent)]
+    Invalid(#[from] DirectoryError),
+    #[error(
+        "refused: {principal} would hold both \"{first}\" and \"{second}\", which separation of duties keeps apart"
+    )]
+    SeparationOfDuties {
+        principal: String,
+        first: Permission,
+        second: Permission,
+    },
+    #[error("refused: failure injected after {0} writes (test)")]
+    Injected(usize),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e.to_string())
+    }
+}
+
+/// Something the directory keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entity {
+    User(User),
+    ServiceUser(ServiceUser),
+    Group(Group),
+    Role(Role),
+    Policy(Policy),
+    Support(SupportAccess),
+}
+
+/// The kind of an entity, for deletes and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    ServiceUser,
+    Group,
+    Role,
+    Policy,
+    Support,
+}
+
+impl Kind {
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::User => "user",
+            Kind::ServiceUser => "service user",
+            Kind::Group => "group",
+            Kind::Role => "role",
+            Kind::Policy => "policy",
+            Kind::Support => "support access",
+        }
+    }
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::User => "user/",
+            Kind::ServiceUser => "svc/",
+            Kind::Group => "group/",
+            Kind::Role => "role/",
+            Kind::Policy => "policy/",
+            Kind::Support => "support/",
+        }
+    }
+}
+
+impl Entity {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Entity::User(_) => Kind::User,
+            Entity::ServiceUser(_) => Kind::ServiceUser,
+            Entity::Group(_) => Kind::Group,
+            Entity::Role(_) => Kind::Role,
+            Entity::Policy(_) => Kind::Policy,
+            Entity::Support(_) => Kind::Support,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Entity::User(x) => &x.name,
+            Entity::ServiceUser(x) => &x.name,
+            Entity::Group(x) => &x.name,
+            Entity::Role(x) => &x.name,
+            Entity::Policy(x) => &x.name,
+            Entity::Support(_) => "support",
+        }
+    }
+
+    fn stamps(&mut self) -> (&mut u64, &mut Stamp, &mut Stamp) {
+        match self {
+            Entity::User(x) => (&mut x.version, &mut x.created, &mut x.modified),
+            Entity::ServiceUser(x) => (&mut x.version, &mut x.created, &mut x.modified),
+            Entity::Group(x) => (&mut x.version, &mut x.created, &mut x.modified),
+            Entity::Role(x) => (&mut x.version, &mut x.created, &mut x.modified),
+            Entity::Policy(x) => (&mut x.version, &mut x.created, &mut x.modified),
+            Entity::Support(x) => (&mut x.version, &mut x.created, &mut x.modified),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let r = match self {
+            Entity::User(x) => serde_json::to_vec(x),
+            Entity::ServiceUser(x) => serde_json::to_vec(x),
+            Entity::Group(x) => serde_json::to_vec(x),
+            Entity::Role(x) => serde_json::to_vec(x),
+            Entity::Policy(x) => serde_json::to_vec(x),
+            Entity::Support(x) => serde_json::to_vec(x),
+        };
+        r.unwrap_or_default()
+    }
+}
+
+/// How an operation expects the entity to be when it applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// It must not exist yet.
+    New,
+    /// It must exist at this version (optimistic concurrency).
+    Version(u64),
+}
+
+/// One step of a change; a change is a list of them, applied all or none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Entity, Expect),
+    Delete(Kind, String, u64),
+}
+
+fn current_version(dir: &Directory, kind: Kind, name: &str) -> Option<u64> {
+    match kind {
+        Kind::User => dir.users.get(name).map(|x| x.version),
+        Kind::ServiceUser => dir.service_users.get(name).map(|x| x.version),
+        Kind::Group => dir.groups.get(name).map(|x| x.version),
+        Kind::Role => dir.roles.get(name).map(|x| x.version),
+        Kind::Policy => dir.policies.get(name).map(|x| x.version),
+        Kind::Support => dir.support.as_ref().map(|x| x.version),
+    }
+}
+
+fn created_of(dir: &Directory, kind: Kind, name: &str) -> Option<Stamp> {
+    match kind {
+        Kind::User => dir.users.get(name).map(|x| x.created.clone()),
+        Kind::ServiceUser => dir.service_users.get(name).map(|x| x.created.clone()),
+        Kind::Group => dir.groups.get(name).map(|x| x.created.clone()),
+        Kind::Role => dir.roles.get(name).map(|x| x.created.clone()),
+        Kind::Policy => dir.policies.get(name).map(|x| x.created.clone()),
+        Kind::Support => dir.support.as_ref().map(|x| x.created.clone()),
+    }
+}
+
+fn put(dir: &mut Directory, e: Entity) {
+    match e {
+        Entity::User(x) => {
+            dir.users.insert(x.name.clone(), x);
+        }
+        Entity::ServiceUser(x) => {
+            dir.service_users.insert(x.name.clone(), x);
+        }
+        Entity::Group(x) => {
+            dir.groups.insert(x.name.clone(), x);
+        }
+        Entity::Role(x) => {
+            dir.roles.insert(x.name.clone(), x);
+        }
+        Entity::Policy(x) => {
+            dir.policies.insert(x.name.clone(), x);
+        }
+        Entity::Support(x) => dir.support = Some(x),
+    }
+}
+
+fn remove(dir: &mut Directory, kind: Kind, name: &str) {
+    match kind {
+        Kind::User => {
+            dir.users.remove(name);
+        }
+        Kind::ServiceUser => {
+            dir.service_users.remove(name);
+        }
+        Kind::Group => {
+            dir.groups.remove(name);
+        }
+        Kind::Role => {
+            dir.roles.remove(name);
+        }
+        Kind::Policy => {
+            dir.policies.remove(name);
+        }
+        Kind::Support => dir.support = None,
+    }
+}
+
+/// The permissions a principal can be granted anywhere by its policies,
+/// leaving out the managed Administrator policy (the break-glass path is
+/// exempt from separation of duties). Denies are not subtracted: a deny does
+/// not resolve a conflict, removing the grant does.
+pub fn granted_without_administrator(dir: &Directory, who: &PrincipalId) -> PermissionSet {
+    let (names, inline) = dir.policy_sources(who);
+    let mut statements = inline;
+    for n in names.iter().filter(|n| *n != ADMINISTRATOR) {
+        if let Some(m) = managed_statements(n) {
+            statements.extend(m);
+        } else if let Some(p) = dir.policies.get(n) {
+            statements.extend(p.statements.iter().cloned());
+        }
+    }
+    let mut set = PermissionSet::EMPTY;
+    for st in statements.iter().filter(|s| s.effect == Effect::Allow) {
+        set = set.union(st.permission_set());
+        for r in &st.roles {
+            if let Some(role) = dir.roles.get(r) {
+                set = set.union(role.permissions);
+            }
+        }
+    }
+    set
+}
+
+/// Every (principal, first, second) that holds both permissions of a pair.
+pub fn sod_conflicts(
+    dir: &Directory,
+    pairs: &[(Permission, Permission)],
+) -> BTreeSet<(PrincipalId, Permission, Permission)> {
+    let mut out = BTreeSet::new();
+    if pairs.is_empty() {
+        return out;
+    }
+    for who in dir.principals() {
+        let set = granted_without_administrator(dir, &who);
+        for &(a, b) in pairs {
+            if set.contains(a) && set.contains(b) {
+                out.insert((who.clone(), a, b));
+            }
+        }
+    }
+    out
+}
+
+/// The store. One per state directory and process.
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    directory_tree: sled::Tree,
+    guard_tree: sled::Tree,
+    log: AuditLog,
+    directory: RwLock<Arc<Directory>>,
+    changes: Mutex<()>,
+    fail_after: AtomicUsize,
+}
+
+const SLED_DIR: &str = "store";
+
+impl Store {
+    /// Opens (or creates) the store under `state_dir`, which is made 0700.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let io = |e: std::io::Error| StoreError::Io {
+            path: state_dir.display().to_string(),
+            error: e.to_string(),
+        };
+        std::fs::create_dir_all(state_dir).map_err(io)?;
+        // Identities, hashes and the log live here: nobody else reads it.
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        let db = open_sled(&state_dir.join(SLED_DIR))?;
+        let directory_tree = db.open_tree("directory")?;
+        let guard_tree = db.open_tree("guard")?;
+        let log = AuditLog::open(&db, db.open_tree("audit")?)?;
+        let store = Store {
+            path: state_dir.to_path_buf(),
+            directory: RwLock::new(Arc::new(load_directory(&directory_tree)?)),
+            db,
+            directory_tree,
+            guard_tree,
+            log,
+            changes: Mutex::new(()),
+            fail_after: AtomicUsize::new(usize::MAX),
+        };
+        if store.directory_tree.is_empty() {
+            store.seed()?;
+        }
+        Ok(store)
+    }
+
+    fn seed(&self) -> Result<(), StoreError> {
+        let stamp = Stamp {
+            at: micros(OffsetDateTime::now_utc()),
+            by: "system".into(),
+        };
+        let ops = example_roles()
+            .into_iter()
+            .map(|(name, description, permissions)| {
+                Op::Put(
+                    Entity::Role(Role {
+                        name: name.into(),
+                        description: description.into(),
+                        permissions,
+                        created: stamp.clone(),
+                        modified: stamp.clone(),
+                        version: 0,
+                    }),
+                    Expect::New,
+                )
+            })
+            .collect();
+        self.apply(ops, "system", OffsetDateTime::now_utc(), &[])
+            .map(|_| ())
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory as of now (cheap: shared, immutable).
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    pub fn log(&self) -> &AuditLog {
+        &self.log
+    }
+
+    pub(crate) fn guard_tree(&self) -> &sled::Tree {
+        &self.guard_tree
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Makes the next change fail after `n` of its writes (tests prove that
+    /// nothing half-written remains). Cleared after it fires.
+    pub fn inject_failure_after(&self, n: usize) {
+        self.fail_after.store(n, Ordering::SeqCst);
+    }
+
+    /// Applies a change: every op or none, versions checked, references
+    /// validated, separation of duties enforced, durable before it returns.
+    /// `by` is recorded as who made it.
+    pub fn apply(
+        &self,
+        ops: Vec<Op>,
+        by: &str,
+        now: OffsetDateTime,
+        sod_pairs: &[(Permission, Permission)],
+    ) -> Result<Arc<Directory>, StoreError> {
+        let _serial = self
+            .changes
+            .lock()
+            .map_err(|_| StoreError::Sled("change lock poisoned".into()))?;
+        let before = self.directory();
+        let mut next = (*before).clone();
+        let stamp = Stamp {
+            at: micros(now),
+            by: by.to_string(),
+        };
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Put(mut entity, expect) => {
+                    let (kind, name) = (entity.kind(), entity.name().to_string());
+                    let current = current_version(&next, kind, &name);
+                    let version = match (expect, current) {
+                        (Expect::New, None) => 1,
+                        (Expect::New, Some(_)) => {
+                            return Err(StoreError::Exists {
+                                kind: kind.word(),
+                                name,
+                            });
+                        }
+                        (Expect::Version(_), None) => {
+                            return Err(StoreError::NotFound {
+                                kind: kind.word(),
+                                name,
+                            });
+                        }
+                        (Expect::Version(v), Some(actual)) if v != actual => {
+                            return Err(StoreError::StaleVersion {
+                                kind: kind.word(),
+                                name,
+                                expected: v,
+                                actual,
+                            });
+                        }
+                        (Expect::Version(v), Some(_)) => v + 1,
+                    };
+                    let created = created_of(&next, kind, &name).unwrap_or_else(|| stamp.clone());
+                    let (v, c, m) = entity.stamps();
+                    *v = version;
+                    *c = created;
+                    *m = stamp.clone();
+                    writes.push((
+                        format!("{}{}", kind.prefix(), name).into_bytes(),
+                        Some(entity.encode()),
+                    ));
+                    put(&mut next, entity);
+                }
+                Op::Delete(kind, name, expected) => {
+                    match current_version(&next, kind, &name) {
+                        None => {
+                            return Err(StoreError::NotFound {
+                                kind: kind.word(),
+                                name,
+                            });
+                        }
+                        Some(actual) if actual != expected => {
+                            return Err(StoreError::StaleVersion {
+                                kind: kind.word(),
+                                name,
+                                expected,
+                                actual,
+                            });
+                        }
+                        Some(_) => {}
+                    }
+                    writes.push((format!("{}{}", kind.prefix(), name).into_bytes(), None));
+                    remove(&mut next, kind, &name);
+                }
+            }
+        }
+        next.validate()?;
+        let old = sod_conflicts(&before, sod_pairs);
+        if let Some((who, a, b)) = sod_conflicts(&next, sod_pairs)
+            .into_iter()
+            .find(|c| !old.contains(c))
+        {
+            return Err(StoreError::SeparationOfDuties {
+                principal: who.to_string(),
+                first: a,
+                second: b,
+            });
+        }
+        let fail_after = self.fail_after.swap(usize::MAX, Ordering::SeqCst);
+        let result: Result<(), TransactionError<StoreError>> =
+            self.directory_tree.transaction(|tx| {
+                for (i, (key, value)) in writes.iter().enumerate() {
+                    if i == fail_after {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Injected(i)));
+                    }
+                    match value {
+                        Some(v) => tx.insert(key.as_slice(), v.as_slice())?,
+                        None => tx.remove(key.as_slice())?,
+                    };
+                }
+                Ok(())
+            });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        self.db.flush()?;
+        let next = Arc::new(next);
+        if let Ok(mut d) = self.directory.write() {
+            *d = next.clone();
+        }
+        Ok(next)
+    }
+}
+
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new().path(path).open().map_err(|e| match e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+        {
+            StoreError::Locked(path.display().to_string())
+        }
+        other => StoreError::Sled(other.to_string()),
+    })
+}
+
+fn load_directory(tree: &sled::Tree) -> Result<Directory, StoreError> {
+    let mut dir = Directory::default();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        let key = String::from_utf8_lossy(&k).to_string();
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            key: key.clone(),
+            error: e.to_string(),
+        };
+        let entity = match key.split_once('/') {
+            Some(("user", _)) => Entity::User(serde_json::from_slice(&v).map_err(corrupt)?),
+            Some(("svc", _)) => Entity::ServiceUser(serde_json::from_slice(&v).map_err(corrupt)?),
+            Some(("group", _)) => Entity::Group(serde_json::from_slice(&v).map_err(corrupt)?),
+            Some(("role", _)) => Entity::Role(serde_json::from_slice(&v).map_err(corrupt)?),
+            Some(("policy", _)) => Entity::Policy(serde_json::from_slice(&v).map_err(corrupt)?),
+            Some(("support", _)) => Entity::Support(serde_json::from_slice(&v).map_err(corrupt)?),
+            _ => {
+                return Err(StoreError::Corrupt {
+                    key,
+                    error: "unknown record kind".into(),
+                });
+            }
+        };
+        put(&mut dir, entity);
+    }
+    Ok(dir)
+}
+
+/// Verifies the log of a stopped daemon's store (`audit verify --state-dir`).
+pub fn verify_stopped(state_dir: &Path) -> Result<VerifyReport, StoreError> {
+    let db = open_sled(&state_dir.join(SLED_DIR))?;
+    let tree = db.open_tree("audit")?;
+    Ok(log::verify_tree(&tree))
+}
+
+/// Opens the raw sled database of a stopped store (tamper tests and repair
+/// tools need the records as they are on disk).
+pub fn open_raw(state_dir: &Path) -> Result<sled::Db, StoreError> {
+    open_sled(&state_dir.join(SLED_DIR))
+}
