@@ -361,7 +361,7 @@ impl Config {
             let inner = e.into_inner();
             let offset = inner.span().map(|s| s.start).unwrap_or(0);
             // Spanned sections add a private path segment; people never wrote it.
-            let key = key.replace("$__serde_spanned_private_value.", "");
+            let key = key.replace(".$__serde_spanned_private_value", "");
             let key = if key == "." { "-".to_string() } else { key };
             err_at(offset, &key, inner.message().trim().to_string())
         })?;
