@@ -1,1 +1,116 @@
-fn main() {}
+//! Guard decision cost at fleet scale (audit sink excluded): 10k principals,
+//! 10k meters, and 100 / 1k / 10k policies. Each principal has the same
+//! number of policies in every world, so the ratio shows whether the total
+//! number of policies leaks into a decision.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use metergate::config::{Config, MeterConfig};
+use metergate::guard::{Action, Guard, GuardSettings, Request};
+use metergate::model::*;
+use metergate::store::{Entity, Expect, Op, Store};
+use time::macros::datetime;
+
+const PRINCIPALS: usize = 10_000;
+const METERS: usize = 10_000;
+const SITES: usize = 50;
+
+fn world(policies: usize, dir: &Path) -> Guard {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/metergate.toml")).unwrap();
+    let (config, _) = Config::parse(Path::new("metergate.toml"), &text).unwrap();
+    let meters: Vec<MeterConfig> = (0..METERS)
+        .map(|i| MeterConfig {
+            id: format!("m-{i:05}"),
+            tags: BTreeMap::from([("site".to_string(), format!("s{}", i % SITES))]),
+            address: None,
+            unit_id: 1,
+            profile: "ion-sim".into(),
+        })
+        .collect();
+    let store = Arc::new(Store::open(dir).unwrap());
+    let guard = Guard::with_fleet(store, GuardSettings::from_config(&config), meters, config.profiles.clone());
+    let roles = ["Viewer", "Operator", "Engineer", "Installer"];
+    let mut ops = Vec::new();
+    for p in 0..policies {
+        let statements = vec![
+            Statement::allow_role(roles[p % 4], vec![MeterSelector::parse(&format!("site=s{}", p % SITES)).unwrap()]),
+            Statement {
+                effect: Effect::Allow,
+                permissions: vec![Permission::DataView, Permission::TerminalAccess],
+                roles: vec![],
+                meters: vec![MeterSelector::parse(&format!("m-{:03}*", p % 100)).unwrap()],
+            },
+            Statement {
+                effect: Effect::Deny,
+                permissions: vec![Permission::MasterReset],
+                roles: vec![],
+                meters: vec![MeterSelector::parse(&format!("m-{:05}", (p * 7) % METERS)).unwrap()],
+            },
+        ];
+        ops.push(Op::Put(Entity::Policy(Policy::new(&format!("pol-{p}"), statements)), Expect::New));
+    }
+    for g in 0..100 {
+        let ps = [format!("pol-{}", (g * 13) % policies), format!("pol-{}", (g * 17 + 1) % policies)];
+        let members: Vec<String> = (0..PRINCIPALS).filter(|u| u % 100 == g).map(|u| format!("u{u}")).collect();
+        let mut group = Group::new(&format!("g{g}"), &[], &[]);
+        group.members = members;
+        group.policies = ps.to_vec();
+        ops.push(Op::Put(Entity::Group(group), Expect::New));
+    }
+    for u in 0..PRINCIPALS {
+        let mut user = User::new(&format!("u{u}"), "u@example.net");
+        user.policies = (0..3).map(|k| format!("pol-{}", (u * 31 + k * 101) % policies)).collect();
+        user.policies.sort();
+        user.policies.dedup();
+        ops.insert(0, Op::Put(Entity::User(user), Expect::New));
+    }
+    guard.change(ops, &PrincipalId::Local("bench".into()), datetime!(2026-11-23 12:00 UTC)).unwrap();
+    guard
+}
+
+fn requests() -> Vec<Request> {
+    (0..4096)
+        .map(|i| Request {
+            principal: PrincipalId::User(format!("u{}", (i * 7919) % PRINCIPALS)),
+            source: None,
+            door: "bench",
+            action: if i % 2 == 0 {
+                Action::ReadRegisters { meter: format!("m-{:05}", (i * 104_729) % METERS), function: 3, start: 3000, count: 10 }
+            } else {
+                Action::WriteRegisters {
+                    meter: format!("m-{:05}", (i * 104_729) % METERS),
+                    function: 6,
+                    start: 5000,
+                    values: metergate::guard::WriteValues::Known(vec![21212]),
+                    read: None,
+                }
+            },
+        })
+        .collect()
+}
+
+fn decisions(c: &mut Criterion) {
+    let now = datetime!(2026-11-23 12:00 UTC);
+    let reqs = requests();
+    let mut group = c.benchmark_group("guard_decide");
+    for policies in [100usize, 1_000, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let guard = world(policies, dir.path());
+        let allowed = reqs.iter().filter(|r| guard.decide(r, now).allowed).count();
+        eprintln!("{policies} policies: {allowed} of {} sample requests allowed", reqs.len());
+        let mut i = 0usize;
+        group.bench_function(BenchmarkId::new("10k_principals_10k_meters", format!("{policies}_policies")), |b| {
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                std::hint::black_box(guard.decide(&reqs[i], now))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decisions);
+criterion_main!(benches);

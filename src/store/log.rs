@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use ring::digest::{SHA256, digest};
+use ring::digest::SHA256;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -91,7 +91,9 @@ struct Canonical<'a> {
 }
 
 impl SecurityEvent {
-    /// SHA-256 over (previous event's hash, canonical encoding), hex.
+    /// SHA-256 over (previous event's hash, canonical encoding), hex. Derived
+    /// here from the fields through [`Canonical`], independently of the
+    /// writer's splicing, so verify checks both agree.
     pub fn compute_hash(&self) -> String {
         let body = Canonical {
             v: self.v,
@@ -110,12 +112,14 @@ impl SecurityEvent {
             detail: &self.detail,
             prev_hash: &self.prev_hash,
         };
-        // Serializing plain strings, integers and a BTreeMap cannot fail.
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        let mut input =
-            hex::decode(&self.prev_hash).unwrap_or_else(|_| self.prev_hash.as_bytes().to_vec());
-        input.extend_from_slice(&json);
-        hex::encode(digest(&SHA256, &input).as_ref())
+        let mut ctx = ring::digest::Context::new(&SHA256);
+        match hex::decode(&self.prev_hash) {
+            Ok(raw) => ctx.update(&raw),
+            Err(_) => ctx.update(self.prev_hash.as_bytes()),
+        }
+        ctx.update(&json);
+        hex::encode(ctx.finish().as_ref())
     }
 }
 
@@ -197,7 +201,10 @@ pub enum AuditError {
 type Ack = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
 
 struct Job {
-    draft: EventDraft,
+    /// The draft's fields (`code` to `detail`) as canonical JSON without
+    /// braces, serialized by the appending task so the one writer thread
+    /// only splices in seq, time and prev_hash and hashes.
+    fields: Vec<u8>,
     ack: Ack,
 }
 
@@ -211,15 +218,17 @@ struct Shared {
 
 struct Inner {
     tx: Option<mpsc::Sender<Job>>,
-    writer: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Closing the queue ends the writer, which ends the flusher after a
+        // last flush: nothing acknowledged is left behind.
         self.tx.take();
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
     }
 }
@@ -253,21 +262,24 @@ impl AuditLog {
             flushes: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel::<Job>();
+        let (flush_tx, flush_rx) = mpsc::channel::<Vec<(Ack, u64)>>();
+        let flusher = {
+            let (db, shared) = (db.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("audit-flusher".into())
+                .spawn(move || flusher_loop(db, flush_rx, shared))
+                .map_err(sled::Error::Io)?
+        };
         let writer = {
-            let db = db.clone();
-            let tree = tree.clone();
-            let shared = shared.clone();
+            let (tree, shared) = (tree.clone(), shared.clone());
+            let head = Head { seq: last_seq, hash: last_hash, time: last_time };
             std::thread::Builder::new()
                 .name("audit-writer".into())
-                .spawn(move || writer_loop(db, tree, rx, shared, last_seq, last_hash, last_time))
-                .map_err(|e| sled::Error::Io(e))?
+                .spawn(move || writer_loop(tree, rx, flush_tx, shared, head))
+                .map_err(sled::Error::Io)?
         };
         Ok(AuditLog {
-            inner: Arc::new(Inner {
-                tx: Some(tx),
-                writer: Some(writer),
-                shared,
-            }),
+            inner: Arc::new(Inner { tx: Some(tx), threads: vec![writer, flusher], shared }),
             tree,
         })
     }
@@ -276,7 +288,7 @@ impl AuditLog {
         let (ack, rx) = tokio::sync::oneshot::channel();
         if let Some(tx) = &self.inner.tx {
             // A send error drops `ack`, which the receiver sees as Closed.
-            let _ = tx.send(Job { draft, ack });
+            let _ = tx.send(Job { fields: draft_fields(&draft), ack });
         }
         rx
     }
@@ -347,15 +359,80 @@ fn key_seq(key: &[u8]) -> u64 {
     key.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
 
-fn writer_loop(
-    db: sled::Db,
-    tree: sled::Tree,
-    rx: mpsc::Receiver<Job>,
-    shared: Arc<Shared>,
-    mut seq: u64,
-    mut prev_hash: String,
-    mut last_time: i64,
-) {
+/// The newest event the writer has put in the tree.
+struct Head {
+    seq: u64,
+    hash: String,
+    time: i64,
+}
+
+/// The fields of the canonical encoding that come from the draft, in order.
+#[derive(Serialize)]
+struct DraftFields<'a> {
+    code: &'a str,
+    category: Category,
+    outcome: Outcome,
+    principal: &'a Option<String>,
+    source: &'a Option<String>,
+    door: &'a Option<String>,
+    meter: &'a Option<String>,
+    action: &'a Option<String>,
+    permission: &'a Option<String>,
+    reason: &'a Option<String>,
+    detail: &'a BTreeMap<String, String>,
+}
+
+/// `"code":…,"detail":{…}`: the draft's part of the canonical encoding.
+fn draft_fields(d: &EventDraft) -> Vec<u8> {
+    let f = DraftFields {
+        code: &d.code,
+        category: d.category,
+        outcome: d.outcome,
+        principal: &d.principal,
+        source: &d.source,
+        door: &d.door,
+        meter: &d.meter,
+        action: &d.action,
+        permission: &d.permission,
+        reason: &d.reason,
+        detail: &d.detail,
+    };
+    // Serializing plain strings, enums and a BTreeMap cannot fail.
+    let mut bytes = serde_json::to_vec(&f).unwrap_or_else(|_| b"{}".to_vec());
+    bytes.pop();
+    bytes.remove(0);
+    bytes
+}
+
+/// Seals an event: builds its canonical encoding from the draft's fields,
+/// hashes (previous hash, encoding) and returns the stored record (the
+/// encoding with `"hash"` appended) and the hash. The bytes equal what
+/// `serde_json` makes of [`Canonical`], which `compute_hash` re-derives.
+fn seal(v: u32, seq: u64, time: i64, fields: &[u8], prev_hash: &str) -> (Vec<u8>, String) {
+    let mut bytes = Vec::with_capacity(fields.len() + 200);
+    bytes.extend_from_slice(format!("{{\"v\":{v},\"seq\":{seq},\"time\":{time},").as_bytes());
+    bytes.extend_from_slice(fields);
+    bytes.extend_from_slice(b",\"prev_hash\":\"");
+    bytes.extend_from_slice(prev_hash.as_bytes());
+    bytes.extend_from_slice(b"\"}");
+    let mut ctx = ring::digest::Context::new(&SHA256);
+    match hex::decode(prev_hash) {
+        Ok(raw) => ctx.update(&raw),
+        Err(_) => ctx.update(prev_hash.as_bytes()),
+    }
+    ctx.update(&bytes);
+    let hash = hex::encode(ctx.finish().as_ref());
+    bytes.pop();
+    bytes.extend_from_slice(b",\"hash\":\"");
+    bytes.extend_from_slice(hash.as_bytes());
+    bytes.extend_from_slice(b"\"}");
+    (bytes, hash)
+}
+
+/// Takes every event queued meanwhile, seals and inserts them in one batch,
+/// and hands their acknowledgements to the flusher. While the flusher
+/// flushes, the next batch is already being written: group commit.
+fn writer_loop(tree: sled::Tree, rx: mpsc::Receiver<Job>, flusher: mpsc::Sender<Vec<(Ack, u64)>>, shared: Arc<Shared>, mut head: Head) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -366,72 +443,80 @@ fn writer_loop(
         }
         if shared.injected.load(Ordering::Relaxed) {
             for j in jobs {
-                let _ = j
-                    .ack
-                    .send(Err(AuditError::Unavailable("failure injected".into())));
+                let _ = j.ack.send(Err(AuditError::Unavailable("failure injected".into())));
             }
             continue;
         }
-        let now = micros(OffsetDateTime::now_utc());
+        let time = micros(OffsetDateTime::now_utc()).max(head.time);
         let mut batch = sled::Batch::default();
-        let (mut s, mut h) = (seq, prev_hash.clone());
-        let time = now.max(last_time);
-        let mut seqs = Vec::with_capacity(jobs.len());
-        for j in &jobs {
-            s += 1;
-            let d = &j.draft;
-            let mut ev = SecurityEvent {
-                v: EVENT_VERSION,
-                seq: s,
-                time,
-                code: d.code.clone(),
-                category: d.category,
-                outcome: d.outcome,
-                principal: d.principal.clone(),
-                source: d.source.clone(),
-                door: d.door.clone(),
-                meter: d.meter.clone(),
-                action: d.action.clone(),
-                permission: d.permission.clone(),
-                reason: d.reason.clone(),
-                detail: d.detail.clone(),
-                prev_hash: h,
-                hash: String::new(),
-            };
-            ev.hash = ev.compute_hash();
-            h = ev.hash.clone();
-            batch.insert(
-                &s.to_be_bytes(),
-                serde_json::to_vec(&ev).unwrap_or_default(),
-            );
-            seqs.push(s);
+        let (mut seq, mut hash) = (head.seq, head.hash.clone());
+        let mut acks = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            seq += 1;
+            let (bytes, h) = seal(EVENT_VERSION, seq, time, &j.fields, &hash);
+            hash = h;
+            batch.insert(&seq.to_be_bytes(), bytes);
+            acks.push((j.ack, seq));
         }
-        let result = match tree.apply_batch(batch) {
-            Err(e) => Err(AuditError::Unavailable(e.to_string())),
+        match tree.apply_batch(batch) {
             Ok(()) => {
-                // The records are in the tree now, whatever the flush does.
-                seq = s;
-                prev_hash = h;
-                last_time = time;
+                head = Head { seq, hash, time };
                 shared.last_seq.store(seq, Ordering::Release);
-                db.flush()
-                    .map(|_| ())
-                    .map_err(|e| AuditError::Unavailable(e.to_string()))
+                if let Err(mpsc::SendError(acks)) = flusher.send(acks) {
+                    for (ack, _) in acks {
+                        let _ = ack.send(Err(AuditError::Closed));
+                    }
+                }
             }
-        };
+            Err(e) => {
+                shared.failing.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "security log write failed");
+                for (ack, _) in acks {
+                    let _ = ack.send(Err(AuditError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// How long a flush may wait for the writers that the previous flush
+/// released to queue their next event (PostgreSQL's `commit_delay` idea):
+/// only when that flush covered several events, so a lone writer never waits.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Flushes once for every acknowledgement waiting, then acknowledges them:
+/// an event is acknowledged only after sled has flushed it.
+fn flusher_loop(db: sled::Db, rx: mpsc::Receiver<Vec<(Ack, u64)>>, shared: Arc<Shared>) {
+    let mut last_batch = 1usize;
+    while let Ok(mut acks) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            acks.extend(more);
+        }
+        if last_batch > 1 && acks.len() < last_batch {
+            let deadline = std::time::Instant::now() + COMMIT_DELAY;
+            while acks.len() < last_batch {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(more) => acks.extend(more),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_batch = acks.len();
+        let result = db.flush().map(|_| ()).map_err(|e| AuditError::Unavailable(e.to_string()));
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 shared.failing.store(false, Ordering::Relaxed);
-                for (j, s) in jobs.into_iter().zip(seqs) {
-                    let _ = j.ack.send(Ok(s));
+                for (ack, seq) in acks {
+                    let _ = ack.send(Ok(seq));
                 }
             }
             Err(e) => {
                 shared.failing.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, "security log flush failed");
-                for j in jobs {
-                    let _ = j.ack.send(Err(e.clone()));
+                for (ack, _) in acks {
+                    let _ = ack.send(Err(e.clone()));
                 }
             }
         }
