@@ -28,7 +28,10 @@ async fn burst(store: &Arc<Store>, writers: u64, events: u64) -> Duration {
             let s = store.clone();
             tokio::spawn(async move {
                 for i in 0..per {
-                    s.log().append(event(w * per + i)).await.expect("durable append");
+                    s.log()
+                        .append(event(w * per + i))
+                        .await
+                        .expect("durable append");
                 }
             })
         })
@@ -40,7 +43,11 @@ async fn burst(store: &Arc<Store>, writers: u64, events: u64) -> Duration {
 }
 
 fn appends(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let mut group = c.benchmark_group("audit_durable_append");
@@ -60,8 +67,14 @@ fn appends(c: &mut Criterion) {
     }
     group.finish();
     let (flushes, events) = (store.log().flushes(), store.log().last_seq());
-    eprintln!("flushes: {flushes} for {events} events ({:.1} events per flush)", events as f64 / flushes.max(1) as f64);
-    assert!(store.log().verify().ok(), "the chain written by the benchmark verifies");
+    eprintln!(
+        "flushes: {flushes} for {events} events ({:.1} events per flush)",
+        events as f64 / flushes.max(1) as f64
+    );
+    assert!(
+        store.log().verify().ok(),
+        "the chain written by the benchmark verifies"
+    );
 }
 
 criterion_group!(benches, appends);

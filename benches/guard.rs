@@ -19,7 +19,11 @@ const METERS: usize = 10_000;
 const SITES: usize = 50;
 
 fn world(policies: usize, dir: &Path) -> Guard {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/metergate.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/metergate.toml"
+    ))
+    .unwrap();
     let (config, _) = Config::parse(Path::new("metergate.toml"), &text).unwrap();
     let meters: Vec<MeterConfig> = (0..METERS)
         .map(|i| MeterConfig {
@@ -31,12 +35,20 @@ fn world(policies: usize, dir: &Path) -> Guard {
         })
         .collect();
     let store = Arc::new(Store::open(dir).unwrap());
-    let guard = Guard::with_fleet(store, GuardSettings::from_config(&config), meters, config.profiles.clone());
+    let guard = Guard::with_fleet(
+        store,
+        GuardSettings::from_config(&config),
+        meters,
+        config.profiles.clone(),
+    );
     let roles = ["Viewer", "Operator", "Engineer", "Installer"];
     let mut ops = Vec::new();
     for p in 0..policies {
         let statements = vec![
-            Statement::allow_role(roles[p % 4], vec![MeterSelector::parse(&format!("site=s{}", p % SITES)).unwrap()]),
+            Statement::allow_role(
+                roles[p % 4],
+                vec![MeterSelector::parse(&format!("site=s{}", p % SITES)).unwrap()],
+            ),
             Statement {
                 effect: Effect::Allow,
                 permissions: vec![Permission::DataView, Permission::TerminalAccess],
@@ -50,11 +62,20 @@ fn world(policies: usize, dir: &Path) -> Guard {
                 meters: vec![MeterSelector::parse(&format!("m-{:05}", (p * 7) % METERS)).unwrap()],
             },
         ];
-        ops.push(Op::Put(Entity::Policy(Policy::new(&format!("pol-{p}"), statements)), Expect::New));
+        ops.push(Op::Put(
+            Entity::Policy(Policy::new(&format!("pol-{p}"), statements)),
+            Expect::New,
+        ));
     }
     for g in 0..100 {
-        let ps = [format!("pol-{}", (g * 13) % policies), format!("pol-{}", (g * 17 + 1) % policies)];
-        let members: Vec<String> = (0..PRINCIPALS).filter(|u| u % 100 == g).map(|u| format!("u{u}")).collect();
+        let ps = [
+            format!("pol-{}", (g * 13) % policies),
+            format!("pol-{}", (g * 17 + 1) % policies),
+        ];
+        let members: Vec<String> = (0..PRINCIPALS)
+            .filter(|u| u % 100 == g)
+            .map(|u| format!("u{u}"))
+            .collect();
         let mut group = Group::new(&format!("g{g}"), &[], &[]);
         group.members = members;
         group.policies = ps.to_vec();
@@ -62,12 +83,20 @@ fn world(policies: usize, dir: &Path) -> Guard {
     }
     for u in 0..PRINCIPALS {
         let mut user = User::new(&format!("u{u}"), "u@example.net");
-        user.policies = (0..3).map(|k| format!("pol-{}", (u * 31 + k * 101) % policies)).collect();
+        user.policies = (0..3)
+            .map(|k| format!("pol-{}", (u * 31 + k * 101) % policies))
+            .collect();
         user.policies.sort();
         user.policies.dedup();
         ops.insert(0, Op::Put(Entity::User(user), Expect::New));
     }
-    guard.change(ops, &PrincipalId::Local("bench".into()), datetime!(2026-11-23 12:00 UTC)).unwrap();
+    guard
+        .change(
+            ops,
+            &PrincipalId::Local("bench".into()),
+            datetime!(2026-11-23 12:00 UTC),
+        )
+        .unwrap();
     guard
 }
 
@@ -78,7 +107,12 @@ fn requests() -> Vec<Request> {
             source: None,
             door: "bench",
             action: if i % 2 == 0 {
-                Action::ReadRegisters { meter: format!("m-{:05}", (i * 104_729) % METERS), function: 3, start: 3000, count: 10 }
+                Action::ReadRegisters {
+                    meter: format!("m-{:05}", (i * 104_729) % METERS),
+                    function: 3,
+                    start: 3000,
+                    count: 10,
+                }
             } else {
                 Action::WriteRegisters {
                     meter: format!("m-{:05}", (i * 104_729) % METERS),
@@ -100,14 +134,20 @@ fn decisions(c: &mut Criterion) {
         let dir = tempfile::tempdir().unwrap();
         let guard = world(policies, dir.path());
         let allowed = reqs.iter().filter(|r| guard.decide(r, now).allowed).count();
-        eprintln!("{policies} policies: {allowed} of {} sample requests allowed", reqs.len());
+        eprintln!(
+            "{policies} policies: {allowed} of {} sample requests allowed",
+            reqs.len()
+        );
         let mut i = 0usize;
-        group.bench_function(BenchmarkId::new("10k_principals_10k_meters", format!("{policies}_policies")), |b| {
-            b.iter(|| {
-                i = (i + 1) & 4095;
-                std::hint::black_box(guard.decide(&reqs[i], now))
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("10k_principals_10k_meters", format!("{policies}_policies")),
+            |b| {
+                b.iter(|| {
+                    i = (i + 1) & 4095;
+                    std::hint::black_box(guard.decide(&reqs[i], now))
+                })
+            },
+        );
     }
     group.finish();
 }

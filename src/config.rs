@@ -199,14 +199,12 @@ fn unmap(addr: IpAddr) -> IpAddr {
 
 /// IPv4-mapped IPv6 networks (`::ffff:a.b.c.d/n`, n ≥ 96) become IPv4 ones.
 fn normalize_net(net: IpNet) -> IpNet {
-    if let IpNet::V6(v6) = net {
-        if let Some(v4) = v6.addr().to_ipv4_mapped() {
-            if v6.prefix_len() >= 96 {
-                if let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
-                    return IpNet::V4(n.trunc());
-                }
-            }
-        }
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+        && let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n.trunc());
     }
     net.trunc()
 }

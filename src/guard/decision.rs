@@ -1,24 +1,63 @@
 //! The guard's answer: Allow or Deny, with the reason that decided it.
 
 use std::fmt;
-use std::sync::Arc;
 
 use crate::model::{Day, Permission, PermissionSet, rfc3339};
+
+/// A short name kept inline (policy and role names are at most 64 bytes;
+/// inline-policy labels a little more), so building a reason touches no
+/// shared memory and no reference count.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Label {
+    len: u8,
+    buf: [u8; 95],
+}
+
+impl Label {
+    pub fn new(text: &str) -> Label {
+        let mut end = text.len().min(95);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut buf = [0u8; 95];
+        buf[..end].copy_from_slice(&text.as_bytes()[..end]);
+        Label {
+            len: end as u8,
+            buf,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
 
 /// Why the guard decided as it did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reason {
     /// An allow statement decided (and no deny applied).
     Allowed {
-        policy: Arc<str>,
+        policy: Label,
         statement: usize,
-        role: Option<Arc<str>>,
+        role: Option<Label>,
     },
     /// An explicit deny decided; it beats every allow.
     Denied {
-        policy: Arc<str>,
+        policy: Label,
         statement: usize,
-        role: Option<Arc<str>>,
+        role: Option<Label>,
     },
     /// Default deny.
     NoStatementAllows,
@@ -61,7 +100,7 @@ pub enum Reason {
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let via = |role: &Option<Arc<str>>| {
+        let via = |role: &Option<Label>| {
             role.as_ref()
                 .map(|r| format!(" via role {r}"))
                 .unwrap_or_default()

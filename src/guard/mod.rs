@@ -22,8 +22,8 @@ use crate::model::{
 use crate::store::{Category, EventDraft, Op, Outcome, Store, StoreError};
 
 pub use action::{Action, AdminOp, Request, WriteValues};
-use compiled::{CompiledMeter, Gate, Snapshot};
-pub use decision::{Decision, Reason};
+use compiled::{CompiledPrincipal, MeterRef, Snapshot};
+pub use decision::{Decision, Label, Reason};
 pub use state::SourceGate;
 
 /// The rules from the config that decisions depend on.
@@ -185,21 +185,9 @@ impl Guard {
     /// event. Doors call [`Guard::authorize`]; `check` and benchmarks call this.
     pub fn decide(&self, req: &Request, now: OffsetDateTime) -> Decision {
         let snap = self.snapshot.load();
-        let local;
-        let principal = match snap.principals.get(&req.principal) {
-            Some(p) => p,
-            None if matches!(req.principal, PrincipalId::Local(_)) => {
-                local = compiled::CompiledPrincipal {
-                    gate: Gate::Local,
-                    policies: vec![snap.administrator],
-                    administrator: true,
-                };
-                &local
-            }
-            None if req.principal == PrincipalId::Support => {
-                return Decision::deny(None, Reason::SupportNotGranted);
-            }
-            None => return Decision::deny(None, Reason::UnknownPrincipal),
+        let principal = match lookup(&snap, &req.principal) {
+            Ok(p) => p,
+            Err(reason) => return Decision::deny(None, reason),
         };
         if let Err(reason) = principal.gate.check(now) {
             return Decision::deny(None, reason);
@@ -208,7 +196,7 @@ impl Guard {
             guard: self,
             snap: &snap,
             who: &req.principal,
-            policies: &principal.policies,
+            principal,
         };
         match &req.action {
             Action::Login => Decision::allow(None, Reason::PrincipalActive),
@@ -218,10 +206,10 @@ impl Guard {
                 start,
                 count,
             } => {
-                let Some(m) = snap.meters.get(meter) else {
+                let Some(m) = snap.meter(meter) else {
                     return Decision::deny(None, Reason::UnknownMeter);
                 };
-                ctx.read(meter, m, *function, *start, *count)
+                ctx.read(m, *function, *start, *count)
             }
             Action::WriteRegisters {
                 meter,
@@ -230,33 +218,33 @@ impl Guard {
                 values,
                 read,
             } => {
-                let Some(m) = snap.meters.get(meter) else {
+                let Some(m) = snap.meter(meter) else {
                     return Decision::deny(None, Reason::UnknownMeter);
                 };
                 if let Some((rs, rc)) = read {
                     // FC 23's read part reads holding registers, as FC 3 does.
-                    let d = ctx.read(meter, m, 3, *rs, *rc);
+                    let d = ctx.read(m, 3, *rs, *rc);
                     if !d.allowed {
                         return d;
                     }
                 }
-                ctx.write(meter, m, *function, *start, values)
+                ctx.write(m, *function, *start, values)
             }
             Action::Diagnostics { .. } => {
                 Decision::deny(None, Reason::Privileged("FC 8 diagnostics"))
             }
             Action::File { meter, op, path } => {
-                let Some(m) = snap.meters.get(meter) else {
+                let Some(m) = snap.meter(meter) else {
                     return Decision::deny(None, Reason::UnknownMeter);
                 };
-                let needed = snap.profiles[m.profile as usize].file_permissions(*op, path);
-                ctx.any_of(&needed, Some((meter, m)))
+                let needed = snap.profiles[m.meter.profile as usize].file_permissions(*op, path);
+                ctx.any_of(&needed, Some(m))
             }
             Action::Terminal { meter } => {
-                let Some(m) = snap.meters.get(meter) else {
+                let Some(m) = snap.meter(meter) else {
                     return Decision::deny(None, Reason::UnknownMeter);
                 };
-                ctx.evaluate(Permission::TerminalAccess, Some((meter, m)))
+                ctx.evaluate(Permission::TerminalAccess, Some(m))
             }
             Action::Admin { op, .. } => {
                 if matches!(req.principal, PrincipalId::Service(_)) && !principal.administrator {
@@ -295,21 +283,9 @@ impl Guard {
         now: OffsetDateTime,
     ) -> Decision {
         let snap = self.snapshot.load();
-        let local;
-        let principal = match snap.principals.get(who) {
-            Some(p) => p,
-            None if matches!(who, PrincipalId::Local(_)) => {
-                local = compiled::CompiledPrincipal {
-                    gate: Gate::Local,
-                    policies: vec![snap.administrator],
-                    administrator: true,
-                };
-                &local
-            }
-            None if *who == PrincipalId::Support => {
-                return Decision::deny(Some(permission), Reason::SupportNotGranted);
-            }
-            None => return Decision::deny(Some(permission), Reason::UnknownPrincipal),
+        let principal = match lookup(&snap, who) {
+            Ok(p) => p,
+            Err(reason) => return Decision::deny(Some(permission), reason),
         };
         if let Err(reason) = principal.gate.check(now) {
             return Decision::deny(Some(permission), reason);
@@ -318,11 +294,11 @@ impl Guard {
             guard: self,
             snap: &snap,
             who,
-            policies: &principal.policies,
+            principal,
         };
         match meter {
-            Some(id) => match snap.meters.get(id) {
-                Some(m) => ctx.evaluate(permission, Some((id, m))),
+            Some(id) => match snap.meter(id) {
+                Some(m) => ctx.evaluate(permission, Some(m)),
                 None => Decision::deny(Some(permission), Reason::UnknownMeter),
             },
             None => ctx.evaluate(permission, None),
@@ -335,10 +311,10 @@ impl Guard {
     /// the config's `audit.on_failure` applies.
     pub async fn authorize(&self, req: &Request, now: OffsetDateTime) -> Decision {
         let mut d = self.decide(req, now);
-        if d.allowed {
-            if let Action::WriteRegisters { meter, .. } = &req.action {
-                d = self.peak_demand_slot(meter, d, now);
-            }
+        if d.allowed
+            && let Action::WriteRegisters { meter, .. } = &req.action
+        {
+            d = self.peak_demand_slot(meter, d, now);
         }
         let settings = self.settings.load();
         if req.action.is_read() {
@@ -508,6 +484,17 @@ impl Guard {
         d
     }
 
+    /// A configured meter's tags (for the support boundary, a cold path).
+    fn meter_tags(&self, id: &str) -> std::collections::BTreeMap<String, String> {
+        self.meters
+            .load()
+            .0
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.tags.clone())
+            .unwrap_or_default()
+    }
+
     /// `user unlock`: ends a password lock.
     pub fn unlock(&self, who: &PrincipalId) -> Result<bool, StoreError> {
         self.state.unlock(who)
@@ -562,80 +549,87 @@ fn decision_event(req: &Request, d: &Decision) -> EventDraft {
     ev
 }
 
-/// One decision's context: the snapshot and the principal's policies.
+/// The compiled principal for an id; `local:` callers hold Administrator.
+// The Reason is built only on the deny path; boxing it would allocate there.
+#[allow(clippy::result_large_err)]
+fn lookup<'a>(snap: &'a Snapshot, who: &PrincipalId) -> Result<&'a CompiledPrincipal, Reason> {
+    match snap.principals.get(who) {
+        Some(p) => Ok(p),
+        None if matches!(who, PrincipalId::Local(_)) => Ok(&snap.local),
+        None if *who == PrincipalId::Support => Err(Reason::SupportNotGranted),
+        None => Err(Reason::UnknownPrincipal),
+    }
+}
+
+/// One decision's context: the snapshot and the principal's statements.
 struct Ctx<'a> {
     guard: &'a Guard,
     snap: &'a Snapshot,
     who: &'a PrincipalId,
-    policies: &'a [u32],
+    principal: &'a CompiledPrincipal,
 }
 
 impl Ctx<'_> {
     /// Default deny; an explicit deny anywhere beats every allow.
-    fn evaluate(&self, permission: Permission, meter: Option<(&str, &CompiledMeter)>) -> Decision {
+    fn evaluate(&self, permission: Permission, meter: Option<MeterRef<'_>>) -> Decision {
         if !permission.is_global() {
-            let Some((id, m)) = meter else {
+            let Some(m) = meter else {
                 return Decision::deny(Some(permission), Reason::NoStatementAllows);
             };
-            if *self.who == PrincipalId::Support {
-                if let Some(boundary) = &self.guard.settings.load().support_meters {
-                    if !boundary.iter().any(|s| s.matches(id, &m.tags)) {
-                        return Decision::deny(Some(permission), Reason::OutsideSupportBoundary);
-                    }
-                }
+            if *self.who == PrincipalId::Support
+                && let Some(boundary) = &self.guard.settings.load().support_meters
+                && !boundary
+                    .iter()
+                    .any(|s| s.matches(m.id, &self.guard.meter_tags(m.id)))
+            {
+                return Decision::deny(Some(permission), Reason::OutsideSupportBoundary);
             }
         }
-        let mut allow: Option<Reason> = None;
-        for &pi in self.policies {
-            let policy = &self.snap.policies[pi as usize];
-            for (si, st) in policy.statements.iter().enumerate() {
-                if !st.covers.contains(permission) {
-                    continue;
-                }
-                let applies = permission.is_global()
-                    || meter
-                        .is_some_and(|(id, m)| st.meters.iter().any(|s| s.matches(id, &m.tags)));
-                if !applies {
-                    continue;
-                }
-                let role = if st.direct.contains(permission) {
-                    None
-                } else {
-                    st.roles
-                        .iter()
-                        .find(|(_, ps)| ps.contains(permission))
-                        .map(|(n, _)| n.clone())
-                };
-                match st.effect {
-                    crate::model::Effect::Deny => {
-                        return Decision::deny(
-                            Some(permission),
-                            Reason::Denied {
-                                policy: policy.name.clone(),
-                                statement: si + 1,
-                                role,
-                            },
-                        );
-                    }
-                    crate::model::Effect::Allow if allow.is_none() => {
-                        allow = Some(Reason::Allowed {
-                            policy: policy.name.clone(),
-                            statement: si + 1,
+        let mut allow = None;
+        for (i, st) in self.principal.statements.iter().enumerate() {
+            if !st.covers.contains(permission) {
+                continue;
+            }
+            let applies = permission.is_global()
+                || meter.is_some_and(|m| self.principal.selectors(st).iter().any(|s| s.matches(m)));
+            if !applies {
+                continue;
+            }
+            match st.effect {
+                crate::model::Effect::Deny => {
+                    let (policy, statement, role) = self.principal.origin(i, permission);
+                    return Decision::deny(
+                        Some(permission),
+                        Reason::Denied {
+                            policy,
+                            statement,
                             role,
-                        });
-                    }
-                    crate::model::Effect::Allow => {}
+                        },
+                    );
+                }
+                crate::model::Effect::Allow => {
+                    allow.get_or_insert(i);
                 }
             }
         }
         match allow {
-            Some(reason) => Decision::allow(Some(permission), reason),
+            Some(i) => {
+                let (policy, statement, role) = self.principal.origin(i, permission);
+                Decision::allow(
+                    Some(permission),
+                    Reason::Allowed {
+                        policy,
+                        statement,
+                        role,
+                    },
+                )
+            }
             None => Decision::deny(Some(permission), Reason::NoStatementAllows),
         }
     }
 
     /// Allowed if any of `needed` is; otherwise the first one's denial.
-    fn any_of(&self, needed: &[Permission], meter: Option<(&str, &CompiledMeter)>) -> Decision {
+    fn any_of(&self, needed: &[Permission], meter: Option<MeterRef<'_>>) -> Decision {
         let mut first = None;
         for &p in needed {
             let d = self.evaluate(p, meter);
@@ -647,8 +641,8 @@ impl Ctx<'_> {
         first.unwrap_or_else(|| Decision::deny(None, Reason::NoStatementAllows))
     }
 
-    fn read(&self, id: &str, m: &CompiledMeter, function: u8, start: u16, count: u16) -> Decision {
-        let profile = &self.snap.profiles[m.profile as usize];
+    fn read(&self, m: MeterRef<'_>, function: u8, start: u16, count: u16) -> Decision {
+        let profile = &self.snap.profiles[m.meter.profile as usize];
         if !profile
             .read
             .iter()
@@ -663,27 +657,19 @@ impl Ctx<'_> {
                 },
             );
         }
-        self.evaluate(Permission::DataView, Some((id, m)))
+        self.evaluate(Permission::DataView, Some(m))
     }
 
     /// Every register written must be covered by an allowlist entry (value
     /// included) of a permission the principal holds on this meter.
-    fn write(
-        &self,
-        id: &str,
-        m: &CompiledMeter,
-        function: u8,
-        start: u16,
-        values: &WriteValues,
-    ) -> Decision {
-        let profile = &self.snap.profiles[m.profile as usize];
+    fn write(&self, m: MeterRef<'_>, function: u8, start: u16, values: &WriteValues) -> Decision {
+        let profile = &self.snap.profiles[m.meter.profile as usize];
         let mut cache: Vec<(Permission, Decision)> = Vec::new();
         let mut used = PermissionSet::EMPTY;
         let mut first_allow: Option<Decision> = None;
         for i in 0..values.len() {
-            let addr32 = start as u32 + i as u32;
             let value = values.value(i);
-            let Ok(address) = u16::try_from(addr32) else {
+            let Ok(address) = u16::try_from(start as u32 + i as u32) else {
                 return Decision::deny(
                     None,
                     Reason::NotInAllowlist {
@@ -707,7 +693,7 @@ impl Ctx<'_> {
                 let d = match cache.iter().find(|(p, _)| *p == rule.permission) {
                     Some((_, d)) => d.clone(),
                     None => {
-                        let d = self.evaluate(rule.permission, Some((id, m)));
+                        let d = self.evaluate(rule.permission, Some(m));
                         cache.push((rule.permission, d.clone()));
                         d
                     }

@@ -69,10 +69,10 @@ impl GuardState {
         let span = interval.as_micros() as i64;
         loop {
             let current = self.tree.get(&key)?;
-            if let Some(last) = current.as_deref().and_then(decode_i64) {
-                if now < last.saturating_add(span) {
-                    return Ok(Err(last.saturating_add(span)));
-                }
+            if let Some(last) = current.as_deref().and_then(decode_i64)
+                && now < last.saturating_add(span)
+            {
+                return Ok(Err(last.saturating_add(span)));
             }
             match self
                 .tree

@@ -272,14 +272,22 @@ impl AuditLog {
         };
         let writer = {
             let (tree, shared) = (tree.clone(), shared.clone());
-            let head = Head { seq: last_seq, hash: last_hash, time: last_time };
+            let head = Head {
+                seq: last_seq,
+                hash: last_hash,
+                time: last_time,
+            };
             std::thread::Builder::new()
                 .name("audit-writer".into())
                 .spawn(move || writer_loop(tree, rx, flush_tx, shared, head))
                 .map_err(sled::Error::Io)?
         };
         Ok(AuditLog {
-            inner: Arc::new(Inner { tx: Some(tx), threads: vec![writer, flusher], shared }),
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                threads: vec![writer, flusher],
+                shared,
+            }),
             tree,
         })
     }
@@ -288,7 +296,10 @@ impl AuditLog {
         let (ack, rx) = tokio::sync::oneshot::channel();
         if let Some(tx) = &self.inner.tx {
             // A send error drops `ack`, which the receiver sees as Closed.
-            let _ = tx.send(Job { fields: draft_fields(&draft), ack });
+            let _ = tx.send(Job {
+                fields: draft_fields(&draft),
+                ack,
+            });
         }
         rx
     }
@@ -432,7 +443,13 @@ fn seal(v: u32, seq: u64, time: i64, fields: &[u8], prev_hash: &str) -> (Vec<u8>
 /// Takes every event queued meanwhile, seals and inserts them in one batch,
 /// and hands their acknowledgements to the flusher. While the flusher
 /// flushes, the next batch is already being written: group commit.
-fn writer_loop(tree: sled::Tree, rx: mpsc::Receiver<Job>, flusher: mpsc::Sender<Vec<(Ack, u64)>>, shared: Arc<Shared>, mut head: Head) {
+fn writer_loop(
+    tree: sled::Tree,
+    rx: mpsc::Receiver<Job>,
+    flusher: mpsc::Sender<Vec<(Ack, u64)>>,
+    shared: Arc<Shared>,
+    mut head: Head,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -443,7 +460,9 @@ fn writer_loop(tree: sled::Tree, rx: mpsc::Receiver<Job>, flusher: mpsc::Sender<
         }
         if shared.injected.load(Ordering::Relaxed) {
             for j in jobs {
-                let _ = j.ack.send(Err(AuditError::Unavailable("failure injected".into())));
+                let _ = j
+                    .ack
+                    .send(Err(AuditError::Unavailable("failure injected".into())));
             }
             continue;
         }
@@ -503,7 +522,10 @@ fn flusher_loop(db: sled::Db, rx: mpsc::Receiver<Vec<(Ack, u64)>>, shared: Arc<S
             }
         }
         last_batch = acks.len();
-        let result = db.flush().map(|_| ()).map_err(|e| AuditError::Unavailable(e.to_string()));
+        let result = db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| AuditError::Unavailable(e.to_string()));
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -549,9 +571,8 @@ pub fn verify_tree(tree: &sled::Tree) -> VerifyReport {
         head_hash: GENESIS_HASH.into(),
         problem: None,
     };
-    let mut expected = 1u64;
     let mut prev = GENESIS_HASH.to_string();
-    for item in tree.iter() {
+    for (expected, item) in (1u64..).zip(tree.iter()) {
         let (k, v) = match item {
             Ok(kv) => kv,
             Err(e) => {
@@ -613,7 +634,6 @@ pub fn verify_tree(tree: &sled::Tree) -> VerifyReport {
         report.last_seq = Some(key);
         report.events += 1;
         prev = ev.hash;
-        expected += 1;
     }
     report.head_hash = prev;
     report

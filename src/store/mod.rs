@@ -169,6 +169,8 @@ pub enum Expect {
 }
 
 /// One step of a change; a change is a list of them, applied all or none.
+// Ops live only for the length of one admin change: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     Put(Entity, Expect),

@@ -210,7 +210,7 @@ mod tests {
         let jobs: Vec<_> = (0..8).map(|_| pool.hash(s.clone())).collect();
         let results = futures_join(jobs).await;
         assert!(results.iter().any(|r| r.is_ok()));
-        assert!(results.iter().any(|r| *r == Err(SecretError::Busy)));
+        assert!(results.contains(&Err(SecretError::Busy)));
     }
 
     async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output> {
