@@ -224,8 +224,8 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue ends the writer, which ends the flusher after a
-        // last flush: nothing acknowledged is left behind.
+        // Closing the queue ends the writer after its last flush: nothing
+        // acknowledged is left behind.
         self.tx.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -262,16 +262,8 @@ impl AuditLog {
             flushes: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel::<Job>();
-        let (flush_tx, flush_rx) = mpsc::channel::<Vec<(Ack, u64)>>();
-        let flusher = {
-            let (db, shared) = (db.clone(), shared.clone());
-            std::thread::Builder::new()
-                .name("audit-flusher".into())
-                .spawn(move || flusher_loop(db, flush_rx, shared))
-                .map_err(sled::Error::Io)?
-        };
         let writer = {
-            let (tree, shared) = (tree.clone(), shared.clone());
+            let (db, tree, shared) = (db.clone(), tree.clone(), shared.clone());
             let head = Head {
                 seq: last_seq,
                 hash: last_hash,
@@ -279,13 +271,13 @@ impl AuditLog {
             };
             std::thread::Builder::new()
                 .name("audit-writer".into())
-                .spawn(move || writer_loop(tree, rx, flush_tx, shared, head))
+                .spawn(move || writer_loop(tree, db, rx, shared, head))
                 .map_err(sled::Error::Io)?
         };
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx: Some(tx),
-                threads: vec![writer, flusher],
+                threads: vec![writer],
                 shared,
             }),
             tree,
@@ -440,16 +432,23 @@ fn seal(v: u32, seq: u64, time: i64, fields: &[u8], prev_hash: &str) -> (Vec<u8>
     (bytes, hash)
 }
 
-/// Takes every event queued meanwhile, seals and inserts them in one batch,
-/// and hands their acknowledgements to the flusher. While the flusher
-/// flushes, the next batch is already being written: group commit.
+/// How long the writer may wait for the writers that the previous flush
+/// released to queue their next event (PostgreSQL's `commit_delay` idea):
+/// only when that flush covered several events, so a lone writer never waits.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Takes every event queued meanwhile (waiting briefly for as many as the
+/// last flush covered), seals and inserts them in one batch, flushes once and
+/// acknowledges them all: group commit. An event is acknowledged only after
+/// sled has flushed it.
 fn writer_loop(
     tree: sled::Tree,
+    db: sled::Db,
     rx: mpsc::Receiver<Job>,
-    flusher: mpsc::Sender<Vec<(Ack, u64)>>,
     shared: Arc<Shared>,
     mut head: Head,
 ) {
+    let mut last_batch = 1usize;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -458,6 +457,17 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        if last_batch > 1 && jobs.len() < last_batch {
+            let deadline = std::time::Instant::now() + COMMIT_DELAY;
+            while jobs.len() < last_batch.min(MAX_BATCH) {
+                match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_batch = jobs.len();
         if shared.injected.load(Ordering::Relaxed) {
             for j in jobs {
                 let _ = j
@@ -477,55 +487,17 @@ fn writer_loop(
             batch.insert(&seq.to_be_bytes(), bytes);
             acks.push((j.ack, seq));
         }
-        match tree.apply_batch(batch) {
+        let result = match tree.apply_batch(batch) {
+            Err(e) => Err(AuditError::Unavailable(e.to_string())),
             Ok(()) => {
+                // The records are in the tree now, whatever the flush does.
                 head = Head { seq, hash, time };
                 shared.last_seq.store(seq, Ordering::Release);
-                if let Err(mpsc::SendError(acks)) = flusher.send(acks) {
-                    for (ack, _) in acks {
-                        let _ = ack.send(Err(AuditError::Closed));
-                    }
-                }
+                db.flush()
+                    .map(|_| ())
+                    .map_err(|e| AuditError::Unavailable(e.to_string()))
             }
-            Err(e) => {
-                shared.failing.store(true, Ordering::Relaxed);
-                tracing::error!(error = %e, "security log write failed");
-                for (ack, _) in acks {
-                    let _ = ack.send(Err(AuditError::Unavailable(e.to_string())));
-                }
-            }
-        }
-    }
-}
-
-/// How long a flush may wait for the writers that the previous flush
-/// released to queue their next event (PostgreSQL's `commit_delay` idea):
-/// only when that flush covered several events, so a lone writer never waits.
-const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(500);
-
-/// Flushes once for every acknowledgement waiting, then acknowledges them:
-/// an event is acknowledged only after sled has flushed it.
-fn flusher_loop(db: sled::Db, rx: mpsc::Receiver<Vec<(Ack, u64)>>, shared: Arc<Shared>) {
-    let mut last_batch = 1usize;
-    while let Ok(mut acks) = rx.recv() {
-        while let Ok(more) = rx.try_recv() {
-            acks.extend(more);
-        }
-        if last_batch > 1 && acks.len() < last_batch {
-            let deadline = std::time::Instant::now() + COMMIT_DELAY;
-            while acks.len() < last_batch {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(more) => acks.extend(more),
-                    Err(_) => break,
-                }
-            }
-        }
-        last_batch = acks.len();
-        let result = db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| AuditError::Unavailable(e.to_string()));
+        };
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -536,7 +508,7 @@ fn flusher_loop(db: sled::Db, rx: mpsc::Receiver<Vec<(Ack, u64)>>, shared: Arc<S
             }
             Err(e) => {
                 shared.failing.store(true, Ordering::Relaxed);
-                tracing::error!(error = %e, "security log flush failed");
+                tracing::error!(error = %e, "security log write failed");
                 for (ack, _) in acks {
                     let _ = ack.send(Err(e.clone()));
                 }

@@ -311,6 +311,9 @@ impl Store {
         std::fs::create_dir_all(state_dir).map_err(io)?;
         // Identities, hashes and the log live here: nobody else reads it.
         std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        // The audit-signing key exists from the first start on, so every
+        // checkpoint the log ever signs uses the same key.
+        signing::load_or_create(state_dir)?;
         let db = open_sled(&state_dir.join(SLED_DIR))?;
         let directory_tree = db.open_tree("directory")?;
         let guard_tree = db.open_tree("guard")?;
