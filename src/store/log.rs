@@ -70,23 +70,15 @@ pub struct SecurityEvent {
 }
 
 /// The canonical encoding the hash covers: every field but `hash`, in this
-/// order, as compact JSON.
+/// order, as compact JSON. The writer produces the same bytes by splicing
+/// (see [`seal`]); verify re-derives them through this struct.
 #[derive(Serialize)]
 struct Canonical<'a> {
     v: u32,
     seq: u64,
     time: i64,
-    code: &'a str,
-    category: Category,
-    outcome: Outcome,
-    principal: &'a Option<String>,
-    source: &'a Option<String>,
-    door: &'a Option<String>,
-    meter: &'a Option<String>,
-    action: &'a Option<String>,
-    permission: &'a Option<String>,
-    reason: &'a Option<String>,
-    detail: &'a BTreeMap<String, String>,
+    #[serde(flatten)]
+    fields: DraftFields<'a>,
     prev_hash: &'a str,
 }
 
@@ -95,10 +87,7 @@ impl SecurityEvent {
     /// here from the fields through [`Canonical`], independently of the
     /// writer's splicing, so verify checks both agree.
     pub fn compute_hash(&self) -> String {
-        let body = Canonical {
-            v: self.v,
-            seq: self.seq,
-            time: self.time,
+        let fields = DraftFields {
             code: &self.code,
             category: self.category,
             outcome: self.outcome,
@@ -110,6 +99,12 @@ impl SecurityEvent {
             permission: &self.permission,
             reason: &self.reason,
             detail: &self.detail,
+        };
+        let body = Canonical {
+            v: self.v,
+            seq: self.seq,
+            time: self.time,
+            fields,
             prev_hash: &self.prev_hash,
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
