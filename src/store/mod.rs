@@ -512,15 +512,37 @@ impl Store {
     }
 }
 
-fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
-    sled::Config::new().path(path).open().map_err(|e| match e {
-        sled::Error::Io(io)
-            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
-        {
-            StoreError::Locked(path.display().to_string())
+impl Drop for Store {
+    /// Writes everything out before the handles go: sled otherwise finishes
+    /// pending writes on its shared I/O pool and holds the directory lock
+    /// until it has, which a busy process can stretch to seconds.
+    fn drop(&mut self) {
+        if let Err(e) = self.db.flush() {
+            tracing::error!(error = %e, "store flush at close failed");
         }
-        other => StoreError::Sled(other.to_string()),
-    })
+    }
+}
+
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    // sled's I/O pool can hold the directory lock a moment after the last
+    // handle is dropped (seconds on a loaded machine): a reopen in the same
+    // process (a restart in tests, a reload) waits for it, boundedly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Locked(path.display().to_string()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(other) => return Err(StoreError::Sled(other.to_string())),
+        }
+    }
 }
 
 fn load_directory(tree: &sled::Tree) -> Result<Directory, StoreError> {
