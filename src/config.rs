@@ -150,11 +150,60 @@ pub struct SupportConfig {
     pub meters: Option<Vec<MeterSelector>>,
 }
 
+/// The control socket of DESIGN §3.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
+    /// Default /run/metergate/control.sock.
     pub socket: Option<PathBuf>,
+    /// Group whose members may use the socket; default `metergate-admin`;
+    /// "" for none (then only root and the daemon's own user).
     pub group: Option<String>,
+    /// Octal file mode of the socket; default "0660".
+    pub mode: Option<String>,
+}
+
+impl ControlConfig {
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/metergate/control.sock"))
+    }
+
+    pub fn group_name(&self) -> Option<String> {
+        match self.group.as_deref() {
+            None => Some("metergate-admin".into()),
+            Some("") => None,
+            Some(g) => Some(g.into()),
+        }
+    }
+
+    /// The socket's mode (validated at load).
+    pub fn mode_bits(&self) -> u32 {
+        self.mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .unwrap_or(0o660)
+    }
+}
+
+/// When `review` says a review is due, and when an account counts as unused
+/// ("audit users and roles on a schedule and after staff changes").
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    pub interval: Interval,
+    pub unused_after: Interval,
+}
+
+impl Default for ReviewConfig {
+    fn default() -> Self {
+        let ninety = Interval(Duration::from_secs(90 * 86_400));
+        ReviewConfig {
+            interval: ninety,
+            unused_after: ninety,
+        }
+    }
 }
 
 /// A meter as configured.
@@ -224,6 +273,7 @@ pub struct Config {
     pub meters: Vec<MeterConfig>,
     pub profiles: BTreeMap<String, Profile>,
     pub modbus_clients: Vec<ModbusClient>,
+    pub review: ReviewConfig,
 }
 
 /// A duration written as a number with a unit: `900s`, `15m`, `2h`, `30d`.
@@ -262,7 +312,9 @@ impl<'de> Deserialize<'de> for Interval {
 struct RawConfig {
     state_dir: PathBuf,
     #[serde(default)]
-    control: ControlConfig,
+    control: Option<Spanned<ControlConfig>>,
+    #[serde(default)]
+    review: ReviewConfig,
     #[serde(default)]
     audit: Option<Spanned<AuditConfig>>,
     #[serde(default)]
@@ -542,6 +594,17 @@ impl Config {
         let audit = raw.audit.map(Spanned::into_inner).unwrap_or_default();
         let lockout = raw.lockout.map(Spanned::into_inner).unwrap_or_default();
         let passwords = raw.passwords.map(Spanned::into_inner).unwrap_or_default();
+        let control_at = section_at(&raw.control);
+        let control = raw.control.map(Spanned::into_inner).unwrap_or_default();
+        if let Some(m) = &control.mode
+            && u32::from_str_radix(m, 8).map_or(true, |b| b > 0o777)
+        {
+            return Err(err_at(
+                control_at,
+                "control.mode",
+                format!("`{m}` is not an octal file mode such as \"0660\""),
+            ));
+        }
         if lockout.failures == 0 {
             return Err(err_at(
                 lockout_at,
@@ -575,7 +638,8 @@ impl Config {
             Config {
                 path: path.to_path_buf(),
                 state_dir,
-                control: raw.control,
+                control,
+                review: raw.review,
                 audit,
                 limits: raw.limits,
                 lockout,

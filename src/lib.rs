@@ -2,6 +2,10 @@
 //! asks one guard; every decision that matters lands in one hash-chained log.
 
 pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod doors;
 pub mod guard;
 pub mod model;
+pub mod sessions;
 pub mod store;

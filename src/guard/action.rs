@@ -173,7 +173,7 @@ impl fmt::Display for Action {
             }
             Action::File { op, path, .. } => write!(f, "{op:?} {path}"),
             Action::Terminal { .. } => f.write_str("console session"),
-            Action::Admin { op, target } => write!(f, "{op:?} {target}"),
+            Action::Admin { target, .. } => f.write_str(target),
             Action::ReadAudit { what } => write!(f, "audit {what}"),
         }
     }

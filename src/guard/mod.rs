@@ -166,6 +166,10 @@ impl Guard {
             .store
             .apply(ops, &by.to_string(), now, &settings.separation_of_duties)?;
         self.recompile();
+        // `review` says when users and roles changed since the last review.
+        if let Err(e) = self.state.set_meta("directory_changed", &micros(now)) {
+            tracing::warn!(error = %e, "could not record the time of the change");
+        }
         Ok(dir)
     }
 
@@ -437,6 +441,7 @@ impl Guard {
                 if credential.is_password() {
                     let _ = self.state.password_succeeded(who);
                 }
+                let _ = self.state.set_last_login(who, now_us);
                 if let Some(a) = source {
                     self.state.source_succeeded(a);
                 }
@@ -493,6 +498,25 @@ impl Guard {
             .find(|m| m.id == id)
             .map(|m| m.tags.clone())
             .unwrap_or_default()
+    }
+
+    /// When `who` last logged in (UTC µs).
+    pub fn last_login(&self, who: &PrincipalId) -> Option<i64> {
+        self.state.last_login(who).ok().flatten()
+    }
+
+    /// Until when password login is locked for `who`, if it is.
+    pub fn locked_until(&self, who: &PrincipalId, now: OffsetDateTime) -> Option<i64> {
+        self.state.locked_until(who, micros(now)).ok().flatten()
+    }
+
+    /// Small persistent records of the guard's (last review, last change).
+    pub fn set_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.state.set_meta(key, value)
+    }
+
+    pub fn meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &str) -> Option<T> {
+        self.state.meta(key).ok().flatten()
     }
 
     /// `user unlock`: ends a password lock.

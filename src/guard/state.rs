@@ -151,6 +151,35 @@ impl GuardState {
         Ok(self.tree.remove(Self::login_key(who))?.is_some())
     }
 
+    /// Records a successful login (`user show`, `review`'s unused accounts).
+    pub fn set_last_login(&self, who: &PrincipalId, at: i64) -> Result<(), StoreError> {
+        self.tree
+            .insert(format!("lastlogin/{who}"), &at.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn last_login(&self, who: &PrincipalId) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .tree
+            .get(format!("lastlogin/{who}"))?
+            .as_deref()
+            .and_then(decode_i64))
+    }
+
+    /// Small named records (last review, last directory change), as JSON.
+    pub fn set_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Sled(e.to_string()))?;
+        self.tree.insert(format!("meta/{key}"), bytes)?;
+        Ok(())
+    }
+
+    pub fn meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        Ok(self
+            .tree
+            .get(format!("meta/{key}"))?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
     /// How to treat the next password attempt from `addr`.
     pub fn source_gate(&self, addr: IpAddr, now: i64, window: Duration) -> SourceGate {
         let Ok(map) = self.sources.lock() else {

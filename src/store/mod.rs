@@ -57,6 +57,10 @@ pub enum StoreError {
         first: Permission,
         second: Permission,
     },
+    #[error(
+        "refused: no active user or service user would hold the Administrator policy any more (never lock everyone out)"
+    )]
+    LastAdministrator,
     #[error("refused: failure injected after {0} writes (test)")]
     Injected(usize),
 }
@@ -287,6 +291,29 @@ pub fn sod_conflicts(
     out
 }
 
+/// Active users and service users holding the managed Administrator policy,
+/// directly or through a group (support is time-bound and not counted).
+pub fn administrators(dir: &Directory) -> usize {
+    use crate::model::Status;
+    let users = dir
+        .users
+        .values()
+        .filter(|u| u.status == Status::Active)
+        .filter(|u| {
+            dir.policy_sources(&PrincipalId::User(u.name.clone()))
+                .0
+                .iter()
+                .any(|p| p == ADMINISTRATOR)
+        })
+        .count();
+    let services = dir
+        .service_users
+        .values()
+        .filter(|s| s.status == Status::Active && s.policies.iter().any(|p| p == ADMINISTRATOR))
+        .count();
+    users + services
+}
+
 /// The store. One per state directory and process.
 pub struct Store {
     path: PathBuf,
@@ -483,6 +510,9 @@ impl Store {
                 first: a,
                 second: b,
             });
+        }
+        if administrators(&before) > 0 && administrators(&next) == 0 {
+            return Err(StoreError::LastAdministrator);
         }
         let fail_after = self.fail_after.swap(usize::MAX, Ordering::SeqCst);
         let result: Result<(), TransactionError<StoreError>> =

@@ -1,0 +1,147 @@
+//! The daemon: opens the store, starts the guard and every listener, runs
+//! until SIGTERM or Ctrl-C, then stops accepting and leaves the log flushed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::doors::admin::exec::{AdminContext, ReviewSettings, review_due};
+use crate::doors::admin::server::{self, Access, ControlError};
+use crate::guard::Guard;
+use crate::model::micros;
+use crate::sessions::Sessions;
+use crate::store::secrets::HashPool;
+use crate::store::{Category, EventDraft, Outcome, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// What a started daemon tells whoever started it.
+pub struct Running {
+    pub socket: PathBuf,
+    pub guard: Arc<Guard>,
+}
+
+/// How often the daemon checks whether a review is due.
+const REVIEW_CHECK: Duration = Duration::from_secs(3600);
+
+/// Runs the daemon until SIGTERM or SIGINT; `ready` is called once every
+/// listener is bound and the store is open.
+pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), DaemonError> {
+    let store = Arc::new(Store::open(&config.state_dir)?);
+    let guard = Arc::new(Guard::new(store.clone(), &config));
+    let review = ReviewSettings {
+        interval: config.review.interval.0,
+        unused_after: config.review.unused_after.0,
+    };
+    let ctx = Arc::new(AdminContext {
+        guard: guard.clone(),
+        sessions: Arc::new(Sessions::default()),
+        hashes: Arc::new(HashPool::new(
+            config.passwords.hash_threads,
+            config.passwords.hash_queue,
+        )),
+        review: review.clone(),
+    });
+    let socket = config.control.socket_path();
+    let (listener, gid) = server::bind(
+        &socket,
+        config.control.mode_bits(),
+        config.control.group_name().as_deref(),
+    )?;
+    let access = Access {
+        group: gid,
+        own_uid: nix::unistd::Uid::effective(),
+    };
+
+    let started = EventDraft::new("system.start", Category::System, Outcome::Success)
+        .reason(format!("metergate {} started", env!("CARGO_PKG_VERSION")))
+        .detail("config", config.path.display());
+    if let Err(e) = store.log().append(started).await {
+        tracing::error!(error = %e, "the start could not be logged");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let control = tokio::spawn(server::serve(
+        listener,
+        ctx.clone(),
+        access,
+        stop_rx.clone(),
+    ));
+    tokio::spawn(check_chain(guard.clone()));
+    tokio::spawn(review_reminder(guard.clone(), review, stop_rx.clone()));
+
+    ready(&Running {
+        socket: socket.clone(),
+        guard: guard.clone(),
+    });
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let _ = stop_tx.send(true);
+    let _ = control.await;
+    let _ = std::fs::remove_file(&socket);
+    let stopped = EventDraft::new("system.stop", Category::System, Outcome::Success)
+        .reason(format!("stopped on {which}"));
+    if let Err(e) = store.log().append(stopped).await {
+        tracing::error!(error = %e, "the stop could not be logged");
+    }
+    store.flush()?;
+    Ok(())
+}
+
+/// A broken chain does not stop the daemon (that would blind the control
+/// room); it is logged as critical, naming the first bad seq.
+async fn check_chain(guard: Arc<Guard>) {
+    let g = guard.clone();
+    let Ok(report) = tokio::task::spawn_blocking(move || g.store().log().verify()).await else {
+        return;
+    };
+    if let Some((seq, why)) = report.problem {
+        tracing::error!(seq, %why, "security log chain is broken");
+        let ev = EventDraft::new("audit.chain-broken", Category::Audit, Outcome::Failure)
+            .reason(format!("CRITICAL: first bad seq {seq}: {why}"))
+            .detail("first_bad_seq", seq);
+        let _ = guard.store().log().append(ev).await;
+    }
+}
+
+/// Says, in an event, when no review was recorded for the configured
+/// interval or users and roles changed since the last one (at most daily).
+async fn review_reminder(
+    guard: Arc<Guard>,
+    review: ReviewSettings,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let now = OffsetDateTime::now_utc();
+        if let Some(why) = review_due(&guard, &review, now) {
+            let last: Option<i64> = guard.meta("review_reminded");
+            if last.is_none_or(|t| micros(now) - t > 86_400_000_000) {
+                let ev = EventDraft::new("review.due", Category::Admin, Outcome::Failure)
+                    .reason(format!("a review of users and roles is due: {why}"));
+                if guard.store().log().append(ev).await.is_ok() {
+                    let _ = guard.set_meta("review_reminded", &micros(now));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REVIEW_CHECK) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

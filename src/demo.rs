@@ -1,0 +1,254 @@
+//! `metergate demo`: the embedded default. Sets up (or resumes) a demo in a
+//! directory — config, state, users with saved credentials, service users,
+//! the example roles — and runs the daemon on it in the foreground.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::config::{Config, ConfigError};
+use crate::model::*;
+use crate::store::secrets::{self, Secret};
+use crate::store::{Entity, Expect, Op, Store, StoreError};
+
+const EXAMPLE: &str = include_str!("../config/metergate.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{path}: {error}")]
+    Io { path: String, error: String },
+    #[error(
+        "{0} is not empty and holds no demo (no metergate.toml): give an empty or new directory"
+    )]
+    NotADemo(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Secret(String),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> DemoError + '_ {
+    move |e| DemoError::Io {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    }
+}
+
+/// `DIR/credentials.toml`: the demo users' passwords, 0600.
+#[derive(Serialize, Deserialize, Default)]
+pub struct Credentials {
+    pub users: BTreeMap<String, String>,
+}
+
+/// A demo ready to run.
+pub struct Demo {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub credentials: Credentials,
+    pub fresh: bool,
+}
+
+/// The demo's config: the example's profile, three meters, the two plain
+/// Modbus clients, a private control socket and state inside DIR.
+fn config_text(dir: &Path) -> String {
+    let profile = EXAMPLE
+        .split_once("# --- profile ion-sim")
+        .and_then(|(_, rest)| rest.split_once("# --- end profile ---"))
+        .map(|(p, _)| format!("# --- profile ion-sim{p}"))
+        .unwrap_or_default();
+    format!(
+        r#"# metergate demo configuration (written by `metergate demo`).
+state_dir = "state"
+
+[control]
+# The demo's socket belongs to whoever runs the demo, and only to them.
+socket = {socket:?}
+mode = "0600"
+group = ""
+
+[limits]
+peak_demand_reset_interval = "15m"
+
+[lockout]
+failures = 5
+window = "15m"
+duration = "15m"
+
+[[separation_of_duties]]
+permissions = ["User Management", "Security Logs Access"]
+
+{profile}
+[[meters]]
+id = "meter-1"
+tags = {{ site = "north" }}
+profile = "ion-sim"
+
+[[meters]]
+id = "meter-2"
+tags = {{ site = "north" }}
+profile = "ion-sim"
+
+[[meters]]
+id = "meter-3"
+tags = {{ site = "south" }}
+profile = "ion-sim"
+
+[[modbus.clients]]
+cidr = "127.0.0.1/32"
+service_user = "scada-operator"
+allow_writes = true
+
+[[modbus.clients]]
+cidr = "127.0.0.2/32"
+service_user = "scada-viewer"
+"#,
+        socket = dir.join("control.sock").display().to_string(),
+    )
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io(path))
+}
+
+/// Sets up a fresh demo in `dir` (new or empty) or resumes the one there.
+pub fn prepare(dir: Option<PathBuf>) -> Result<Demo, DemoError> {
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let suffix = secrets::generate_id().map_err(|e| DemoError::Secret(e.to_string()))?;
+            std::env::temp_dir().join(format!("metergate-demo-{}", &suffix[..8]))
+        }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let dir = dir.canonicalize().map_err(io(&dir))?;
+    let config_path = dir.join("metergate.toml");
+    let creds_path = dir.join("credentials.toml");
+    if config_path.exists() {
+        let (config, _) = Config::load(&config_path)?;
+        let text = std::fs::read_to_string(&creds_path).map_err(io(&creds_path))?;
+        let credentials: Credentials = toml::from_str(&text).map_err(|e| DemoError::Io {
+            path: creds_path.display().to_string(),
+            error: e.to_string(),
+        })?;
+        return Ok(Demo {
+            dir,
+            config,
+            credentials,
+            fresh: false,
+        });
+    }
+    if std::fs::read_dir(&dir).map_err(io(&dir))?.next().is_some() {
+        return Err(DemoError::NotADemo(dir.display().to_string()));
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+    write_private(&config_path, &config_text(&dir))?;
+    let (config, _) = Config::load(&config_path)?;
+    let credentials = populate(&config)?;
+    let text = toml::to_string(&credentials).map_err(|e| DemoError::Secret(e.to_string()))?;
+    write_private(
+        &creds_path,
+        &format!("# Demo passwords (not temporary). Keep this file private.\n{text}"),
+    )?;
+    Ok(Demo {
+        dir,
+        config,
+        credentials,
+        fresh: true,
+    })
+}
+
+/// The demo's principals: admin (Administrator), crew (Operator on
+/// site=north), viewer (ReadOnly); scada-operator (Operator) and scada-viewer
+/// (Viewer) for the Modbus clients.
+fn populate(config: &Config) -> Result<Credentials, DemoError> {
+    let store = Store::open(&config.state_dir)?;
+    let now = OffsetDateTime::now_utc();
+    let mut credentials = Credentials::default();
+    let mut ops = Vec::new();
+    let secret_err = |e: secrets::SecretError| DemoError::Secret(e.to_string());
+    for (name, policies, role) in [
+        ("admin", vec![ADMINISTRATOR], None),
+        ("crew", vec![], Some(("Operator", "site=north"))),
+        ("viewer", vec![READ_ONLY], None),
+    ] {
+        let password: Secret = secrets::generate_password().map_err(secret_err)?;
+        let mut u = User::new(name, &format!("{name}@demo.invalid"));
+        u.id = secrets::generate_id().map_err(secret_err)?;
+        u.policies = policies.iter().map(|p| p.to_string()).collect();
+        if let Some((r, sel)) = role {
+            u.inline = vec![Statement::allow_role(
+                r,
+                vec![MeterSelector::parse(sel).map_err(|e| DemoError::Secret(e.to_string()))?],
+            )];
+        }
+        u.password = Some(PasswordRecord {
+            hash: secrets::hash_now(&password).map_err(secret_err)?,
+            temporary: false,
+            issued_at: micros(now),
+        });
+        credentials
+            .users
+            .insert(name.to_string(), password.expose().to_string());
+        ops.push(Op::Put(Entity::User(u), Expect::New));
+    }
+    for (name, role) in [("scada-operator", "Operator"), ("scada-viewer", "Viewer")] {
+        let mut s = ServiceUser::new(name);
+        s.id = secrets::generate_id().map_err(secret_err)?;
+        s.description = format!("demo SCADA client, role {role}");
+        s.inline = vec![Statement::allow_role(role, vec![MeterSelector::All])];
+        ops.push(Op::Put(Entity::ServiceUser(s), Expect::New));
+    }
+    store.apply(ops, "system:demo", now, &config.separation_of_duties)?;
+    Ok(credentials)
+}
+
+/// What the demo prints once everything is up.
+pub fn instructions(demo: &Demo) -> String {
+    let sock = demo.config.control.socket_path();
+    let mg = format!("metergate --socket {}", sock.display());
+    let mut out = format!(
+        "metergate demo in {dir} ({state})\n\
+         users (passwords in {dir}/credentials.toml):\n",
+        dir = demo.dir.display(),
+        state = if demo.fresh { "fresh" } else { "resumed" },
+    );
+    for (u, p) in &demo.credentials.users {
+        out += &format!("  {u:<8} {p}\n");
+    }
+    out += &format!(
+        "\ntry (you act as local:{who}, the break-glass Administrator):\n\
+         \x20 {mg} user list\n\
+         \x20 {mg} role show Operator\n\
+         \x20 {mg} check --principal crew --permission \"Peak Demand Reset\" --meter meter-1\n\
+         \x20 {mg} check --principal crew --permission \"Master Reset\" --meter meter-1\n\
+         \x20 {mg} review\n\
+         \x20 {mg} audit tail\n\
+         stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
+        who = whoami(),
+        dir = demo.dir.display(),
+    );
+    out
+}
+
+fn whoami() -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "you".into())
+}

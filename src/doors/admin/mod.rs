@@ -1,0 +1,342 @@
+//! The admin door: the command shapes (shared by the CLI, the control socket
+//! and, later, the SSH shell), the socket protocol, and their execution.
+
+pub mod exec;
+pub mod protocol;
+pub mod server;
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// Every admin command. The CLI parses these and sends the words to the
+/// daemon, which parses them again with the same definitions.
+#[derive(Subcommand, Debug, Clone)]
+pub enum AdminCommand {
+    /// People: accounts, passwords, keys, roles, policies.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Automated processes (SCADA pollers, integrations) and their access keys.
+    ServiceUser {
+        #[command(subcommand)]
+        command: ServiceUserCommand,
+    },
+    /// Named sets of users; a group's policies apply to every member.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// Named, reusable sets of permissions.
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+    /// Permission policies (Administrator and ReadOnly are managed and immutable).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The vendor's time-bound support access.
+    Support {
+        #[command(subcommand)]
+        command: SupportCommand,
+    },
+    /// Live sessions on every door.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// The security log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// What the guard would decide for a principal, with the reason.
+    Check(CheckArgs),
+    /// Who can do what where, and what needs attention.
+    Review {
+        /// Record that a review was done (who, when).
+        #[arg(long)]
+        ack: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Typed id (user:alice, svc:scada-1, support) or a bare user name.
+    #[arg(long)]
+    pub principal: String,
+    /// As in the product documents ("Peak Demand Reset") or kebab form.
+    #[arg(long)]
+    pub permission: String,
+    /// Meter id (needed for meter permissions).
+    #[arg(long)]
+    pub meter: Option<String>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum UserCommand {
+    /// Create a user; prints the temporary password once.
+    Add {
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        first: Option<String>,
+        #[arg(long)]
+        last: Option<String>,
+        /// Access ends at 00:00 UTC at the start of this date (YYYY-MM-DD).
+        #[arg(long)]
+        end_date: Option<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Change email or names.
+    Edit {
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        first: Option<String>,
+        #[arg(long)]
+        last: Option<String>,
+    },
+    /// Remove the account (its events stay).
+    Delete {
+        name: String,
+    },
+    /// Keep the account but let nothing in; ends live sessions.
+    Deactivate {
+        name: String,
+    },
+    Activate {
+        name: String,
+    },
+    /// Issue a new temporary password (Administrator only).
+    ResendPassword {
+        name: String,
+    },
+    /// Set (YYYY-MM-DD) or clear (`none`) the access end date.
+    SetEndDate {
+        name: String,
+        date: String,
+    },
+    /// Add an OpenSSH public key (the line itself, or @FILE).
+    AddKey {
+        name: String,
+        key: String,
+    },
+    /// Remove a public key (the line, its base64 part, or its comment).
+    RemoveKey {
+        name: String,
+        key: String,
+    },
+    /// Allow a role on meters (adds a statement to the user's inline policy).
+    GrantRole {
+        name: String,
+        role: String,
+        #[arg(long, default_value = "*")]
+        meters: String,
+    },
+    /// End a password lockout.
+    Unlock {
+        name: String,
+    },
+    Attach {
+        name: String,
+        policy: String,
+    },
+    Detach {
+        name: String,
+        policy: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ServiceUserCommand {
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Edit {
+        name: String,
+        #[arg(long)]
+        description: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Let nothing in; ends its live sessions and Modbus connections.
+    Deactivate {
+        name: String,
+    },
+    Activate {
+        name: String,
+    },
+    /// Access keys (key id + secret; the secret is shown once).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    Attach {
+        name: String,
+        policy: String,
+    },
+    Detach {
+        name: String,
+        policy: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum KeyCommand {
+    Create { name: String },
+    List { name: String },
+    Deactivate { name: String, key_id: String },
+    Delete { name: String, key_id: String },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum GroupCommand {
+    Add {
+        name: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Rename {
+        name: String,
+        new_name: String,
+    },
+    /// Members stay users; they lose the group's policies.
+    Delete {
+        name: String,
+    },
+    AddMember {
+        name: String,
+        user: String,
+    },
+    RemoveMember {
+        name: String,
+        user: String,
+    },
+    Attach {
+        name: String,
+        policy: String,
+    },
+    Detach {
+        name: String,
+        policy: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum RoleCommand {
+    List,
+    Show {
+        name: String,
+    },
+    /// A new role has no permission unless given some.
+    Create {
+        name: String,
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Edit {
+        name: String,
+        #[arg(long = "add")]
+        add: Vec<String>,
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum PolicyCommand {
+    List,
+    Show {
+        name: String,
+    },
+    /// From a TOML policy file (DESIGN §3).
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SupportCommand {
+    Show,
+    /// Grant access until a date (earliest: tomorrow); Administrator by default.
+    Grant {
+        #[arg(long)]
+        until: String,
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+    },
+    Update {
+        #[arg(long)]
+        until: String,
+    },
+    Attach {
+        policy: String,
+    },
+    Detach {
+        policy: String,
+    },
+    /// End support access now; ends support's live sessions.
+    Revoke,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SessionCommand {
+    List,
+    Kill { id: u64 },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum AuditCommand {
+    /// The newest events.
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+    },
+    /// Walk the hash chain and name the first bad event.
+    Verify {
+        /// State directory of a stopped daemon (checked here, not by the daemon).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+/// The words the daemon parses: `metergate <AdminCommand …>`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "metergate",
+    no_binary_name = false,
+    disable_help_subcommand = true
+)]
+pub struct AdminLine {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}

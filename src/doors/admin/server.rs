@@ -1,0 +1,206 @@
+//! The control socket: a Unix socket whose every caller is identified by its
+//! peer credentials and acts as `local:USERNAME` (Administrator, the
+//! break-glass path, attributed per person). Callers who are not root, the
+//! daemon's own user or members of the socket's group are refused and logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::unistd::{Gid, Uid};
+use time::OffsetDateTime;
+use tokio::net::{UnixListener, UnixStream};
+
+use super::exec::{AdminContext, execute};
+use super::protocol::{Request, Response, read_frame, write_frame};
+use crate::model::{PrincipalId, check_name};
+use crate::store::{Category, EventDraft, Outcome};
+
+/// A request must arrive this fast; a silent client is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {error}")]
+    Io { path: String, error: String },
+    #[error(
+        "control socket group `{0}` does not exist (create it: groupadd {0}) or set control.group"
+    )]
+    NoSuchGroup(String),
+}
+
+/// Who may connect besides root and the daemon's own user.
+#[derive(Clone, Copy, Debug)]
+pub struct Access {
+    pub group: Option<Gid>,
+    pub own_uid: Uid,
+}
+
+impl Access {
+    fn allows(&self, uid: u32, gid: u32) -> bool {
+        if uid == 0 || uid == self.own_uid.as_raw() {
+            return true;
+        }
+        let Some(group) = self.group else {
+            return false;
+        };
+        if gid == group.as_raw() {
+            return true;
+        }
+        // Supplementary groups of the caller's account.
+        nix::unistd::User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .and_then(|u| {
+                let name = std::ffi::CString::new(u.name).ok()?;
+                nix::unistd::getgrouplist(&name, u.gid).ok()
+            })
+            .is_some_and(|groups| groups.contains(&group))
+    }
+}
+
+/// Binds the socket: removes a stale one, sets its mode and group.
+pub fn bind(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<(UnixListener, Option<Gid>), ControlError> {
+    let io = |e: &dyn std::fmt::Display| ControlError::Io {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    };
+    let gid = match group {
+        None => None,
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)
+                .map_err(|e| io(&e))?
+                .ok_or_else(|| ControlError::NoSuchGroup(g.into()))?
+                .gid,
+        ),
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io(&e))?;
+    }
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path).map_err(|e| io(&e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io(&e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| io(&e))?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| io(&e))?;
+    }
+    Ok((listener, gid))
+}
+
+/// Accepts connections until `stop` fires; each runs in its own task.
+pub async fn serve(
+    listener: UnixListener,
+    ctx: Arc<AdminContext>,
+    access: Access,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move { connection(stream, &ctx, access).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The principal for a local account: `local:NAME`, or `local:uidN` when the
+/// account has no name that is a valid principal name.
+fn local_principal(uid: u32) -> PrincipalId {
+    let name = nix::unistd::User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    match name.filter(|n| check_name(n).is_ok()) {
+        Some(n) => PrincipalId::Local(n),
+        None => PrincipalId::Local(format!("uid{uid}")),
+    }
+}
+
+async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "control socket peer without credentials");
+            return;
+        }
+    };
+    let (uid, gid) = (cred.uid(), cred.gid());
+    let who = local_principal(uid);
+    let source = format!("uid={uid} pid={}", cred.pid().unwrap_or(0));
+    if !access.allows(uid, gid) {
+        let ev = EventDraft::new("admin.socket-refused", Category::Admin, Outcome::Deny)
+            .principal(&who)
+            .source(&source)
+            .door("control-socket")
+            .reason(
+                "caller is not root, the daemon's user or a member of the control socket's group",
+            );
+        let _ = ctx.guard.store().log().append(ev).await;
+        let refusal = Response {
+            code: 2,
+            stdout: String::new(),
+            stderr: "error: you may not use this control socket (not in its group)\n".into(),
+        };
+        let _ = write_frame(&mut stream, &refusal).await;
+        return;
+    }
+    let request: Request =
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let bad = Response {
+                    code: 2,
+                    stdout: String::new(),
+                    stderr: format!("error: bad request: {e}\n"),
+                };
+                let _ = write_frame(&mut stream, &bad).await;
+                return;
+            }
+            Err(_) => return,
+        };
+    let response = execute(
+        ctx,
+        &who,
+        &source,
+        "control-socket",
+        &request,
+        OffsetDateTime::now_utc(),
+    )
+    .await;
+    if let Err(e) = write_frame(&mut stream, &response).await {
+        tracing::debug!(error = %e, "control socket client left before the answer");
+    }
+}
+
+/// Sends one request to a daemon and returns its answer (the CLI side).
+pub async fn call(socket: &Path, request: &Request) -> Result<Response, String> {
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot reach the daemon at {}: {e}", socket.display()))?;
+    write_frame(&mut stream, request)
+        .await
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    read_frame(&mut stream)
+        .await
+        .map_err(|e| format!("{}: no answer: {e}", socket.display()))
+}
+
+/// Where the admin commands look for the daemon by default.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/metergate/control.sock")
+}

@@ -1,0 +1,4 @@
+//! The front doors. Each turns what it received into guard actions and back;
+//! none decides on its own.
+
+pub mod admin;

@@ -1,0 +1,928 @@
+//! The admin surface through the real binary: `metergate serve` on a
+//! temporary directory, every command through the control socket with the
+//! words and exit codes of DESIGN §3, bad input refused with nothing written,
+//! a SIGKILL mid-burst, and dates checked under libfaketime.
+
+#[path = "common/daemon.rs"]
+mod daemon;
+
+use daemon::{BIN, Daemon};
+use std::process::Command;
+
+fn temp_password(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary password: "))
+        .expect("a `temporary password:` line")
+        .to_string()
+}
+
+#[test]
+fn users_through_the_socket() {
+    let d = Daemon::start();
+    let add = d.mg(&[
+        "user",
+        "add",
+        "alice",
+        "--email",
+        "alice@example.net",
+        "--first",
+        "Alice",
+        "--last",
+        "Liddell",
+    ]);
+    add.ok();
+    let pw = temp_password(&add.stdout);
+    assert_eq!(pw.len(), 20);
+    assert_eq!(
+        add.stdout.matches(&pw).count(),
+        1,
+        "the temporary password is printed once"
+    );
+
+    let list = d.mg(&["user", "list"]);
+    list.ok();
+    let header = list.stdout.lines().next().unwrap();
+    for col in ["NAME", "EMAIL", "STATUS", "ACCESS END DATE"] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(
+        list.stdout.lines().any(|l| l.starts_with("alice")
+            && l.contains("alice@example.net")
+            && l.contains("ACTIVE")),
+        "{}",
+        list.stdout
+    );
+
+    let show = d.mg(&["user", "show", "alice"]);
+    show.ok();
+    for words in [
+        "unique id:",
+        "email:            alice@example.net",
+        "first name:       Alice",
+        "last name:        Liddell",
+        "status:           ACTIVE",
+        "created:",
+        "by local:",
+        "last modified:",
+        "last login:       never",
+        "password:         temporary",
+    ] {
+        assert!(
+            show.stdout.contains(words),
+            "missing {words:?} in\n{}",
+            show.stdout
+        );
+    }
+
+    d.mg(&["user", "edit", "alice", "--first", "Alicia"]).ok();
+    assert!(
+        d.mg(&["user", "show", "alice"])
+            .stdout
+            .contains("first name:       Alicia")
+    );
+    d.mg(&["user", "deactivate", "alice"]).ok();
+    assert!(
+        d.mg(&["user", "list"])
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("alice") && l.contains("INACTIVE"))
+    );
+    let check = d.mg(&[
+        "check",
+        "--principal",
+        "alice",
+        "--permission",
+        "Data View",
+        "--meter",
+        "meter-1",
+    ]);
+    assert!(
+        check.ok().stdout.starts_with("DENY") && check.stdout.contains("inactive"),
+        "{check:?}"
+    );
+    d.mg(&["user", "activate", "alice"]).ok();
+
+    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .date()
+        .to_string();
+    d.mg(&["user", "set-end-date", "alice", &tomorrow]).ok();
+    assert!(d.mg(&["user", "list"]).stdout.contains(&tomorrow));
+    d.mg(&["user", "set-end-date", "alice", "none"]).ok();
+
+    let resend = d.mg(&["user", "resend-password", "alice"]);
+    let pw2 = temp_password(&resend.ok().stdout);
+    assert_ne!(pw, pw2);
+
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGv0Xbq5s7m0p0tS7fV8r1l5yqQy3b4m7b0v4Yk2b4wX alice@laptop";
+    d.mg(&["user", "add-key", "alice", key]).ok();
+    let keyfile = d.dir.path().join("alice.pub");
+    std::fs::write(
+        &keyfile,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB second\n",
+    )
+    .unwrap();
+    d.mg(&[
+        "user",
+        "add-key",
+        "alice",
+        &format!("@{}", keyfile.display()),
+    ])
+    .ok();
+    assert!(
+        d.mg(&["user", "show", "alice"])
+            .stdout
+            .contains("ssh keys:         2")
+    );
+    d.mg(&["user", "remove-key", "alice", "second"]).ok();
+    assert!(
+        d.mg(&["user", "show", "alice"])
+            .stdout
+            .contains("ssh keys:         1")
+    );
+
+    d.mg(&[
+        "user",
+        "grant-role",
+        "alice",
+        "Operator",
+        "--meters",
+        "site=north",
+    ])
+    .ok();
+    let check = d.mg(&[
+        "check",
+        "--principal",
+        "user:alice",
+        "--permission",
+        "peak-demand-reset",
+        "--meter",
+        "meter-1",
+    ]);
+    assert!(check.ok().stdout.starts_with("ALLOW Peak Demand Reset: allowed by policy `inline policy of user:alice` statement 1 via role Operator"), "{check:?}");
+    let check = d.mg(&[
+        "check",
+        "--principal",
+        "alice",
+        "--permission",
+        "Peak Demand Reset",
+        "--meter",
+        "meter-3",
+    ]);
+    assert!(check.ok().stdout.starts_with("DENY"), "{check:?}");
+    d.mg(&["user", "attach", "alice", "ReadOnly"]).ok();
+    assert!(
+        d.mg(&[
+            "check",
+            "--principal",
+            "alice",
+            "--permission",
+            "Data View",
+            "--meter",
+            "meter-3"
+        ])
+        .stdout
+        .starts_with("ALLOW")
+    );
+    d.mg(&["user", "detach", "alice", "ReadOnly"]).ok();
+    let unlock = d.mg(&["user", "unlock", "alice"]);
+    assert!(unlock.ok().stdout.contains("was not locked"));
+    let json = d.mg(&["--json", "user", "list"]);
+    let v: serde_json::Value = serde_json::from_str(&json.ok().stdout).unwrap();
+    assert_eq!(v[0]["name"], "alice");
+
+    d.mg(&["user", "delete", "alice"]).ok();
+    assert!(!d.mg(&["user", "list"]).stdout.contains("alice"));
+    // Deleting removes the account, never its events.
+    let tail = d.mg(&["audit", "tail", "-n", "200"]);
+    assert!(
+        tail.ok().stdout.contains("created user alice"),
+        "{}",
+        tail.stdout
+    );
+    assert!(tail.stdout.contains("deleted user alice"));
+    assert!(
+        !tail.stdout.contains(&pw) && !tail.stdout.contains(&pw2),
+        "a password reached the log"
+    );
+}
+
+#[test]
+fn service_users_groups_roles_policies_support_sessions_review_audit() {
+    let d = Daemon::start();
+    d.mg(&[
+        "service-user",
+        "add",
+        "scada-1",
+        "--description",
+        "north poller",
+    ])
+    .ok();
+    let key = d.mg(&["service-user", "key", "create", "scada-1"]);
+    let out = &key.ok().stdout;
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key id: "))
+        .expect("key id line")
+        .to_string();
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("secret line")
+        .to_string();
+    assert!(secret.len() >= 32);
+    let list = d.mg(&["service-user", "key", "list", "scada-1"]);
+    assert!(list.ok().stdout.contains(&id) && !list.stdout.contains(&secret));
+    d.mg(&["service-user", "attach", "scada-1", "ReadOnly"])
+        .ok();
+    assert!(
+        d.mg(&["service-user", "show", "scada-1"])
+            .stdout
+            .contains("ReadOnly")
+    );
+    d.mg(&["service-user", "key", "deactivate", "scada-1", &id])
+        .ok();
+    assert!(
+        d.mg(&["service-user", "key", "list", "scada-1"])
+            .stdout
+            .contains("INACTIVE")
+    );
+    d.mg(&["service-user", "key", "delete", "scada-1", &id])
+        .ok();
+    d.mg(&[
+        "service-user",
+        "edit",
+        "scada-1",
+        "--description",
+        "south poller",
+    ])
+    .ok();
+    d.mg(&["service-user", "detach", "scada-1", "ReadOnly"])
+        .ok();
+    assert!(
+        d.mg(&["service-user", "list"])
+            .ok()
+            .stdout
+            .contains("scada-1")
+    );
+
+    // Roles: a new role has no permission; front panel is marked.
+    d.mg(&["role", "create", "Reader"]).ok();
+    assert!(d.mg(&["role", "show", "Reader"]).stdout.contains("(none)"));
+    d.mg(&[
+        "role",
+        "edit",
+        "Reader",
+        "--add",
+        "Data View",
+        "--add",
+        "front-panel-restart",
+    ])
+    .ok();
+    let show = d.mg(&["role", "show", "Reader"]);
+    assert!(
+        show.ok()
+            .stdout
+            .contains("Front Panel Restart (not enforceable at the gateway"),
+        "{}",
+        show.stdout
+    );
+    assert!(d.mg(&["role", "list"]).stdout.contains("Installer"));
+
+    // A custom policy with a deny, a group, a member.
+    let policy = d.dir.path().join("north.toml");
+    std::fs::write(
+        &policy,
+        "name = \"north-operators\"\ndescription = \"Operators on the northern site, never master reset\"\n[[statement]]\neffect = \"allow\"\nroles = [\"Operator\"]\nmeters = [\"site=north\"]\n[[statement]]\neffect = \"deny\"\npermissions = [\"Master Reset\"]\nmeters = [\"*\"]\n",
+    )
+    .unwrap();
+    d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
+        .ok();
+    assert!(
+        d.mg(&["policy", "show", "north-operators"])
+            .stdout
+            .contains("2. deny \"Master Reset\" on meters *")
+    );
+    d.mg(&["user", "add", "nora", "--email", "nora@example.net"])
+        .ok();
+    d.mg(&["group", "add", "crews"]).ok();
+    d.mg(&["group", "attach", "crews", "north-operators"]).ok();
+    d.mg(&["group", "add-member", "crews", "nora"]).ok();
+    let check = d.mg(&[
+        "check",
+        "--principal",
+        "nora",
+        "--permission",
+        "Peak Demand Reset",
+        "--meter",
+        "meter-1",
+    ]);
+    assert!(check.ok().stdout.starts_with("ALLOW Peak Demand Reset: allowed by policy `north-operators` statement 1 via role Operator"), "{check:?}");
+    // Even a role that includes Master Reset does not beat the group's deny.
+    d.mg(&["user", "grant-role", "nora", "Installer"]).ok();
+    let check = d.mg(&[
+        "check",
+        "--principal",
+        "nora",
+        "--permission",
+        "Master Reset",
+        "--meter",
+        "meter-1",
+    ]);
+    assert!(
+        check
+            .ok()
+            .stdout
+            .starts_with("DENY Master Reset: denied by policy `north-operators` statement 2"),
+        "{check:?}"
+    );
+    assert!(d.mg(&["policy", "list"]).stdout.contains("group:crews"));
+    let del = d.mg(&["policy", "delete", "north-operators"]);
+    assert_eq!(del.code, 2, "{del:?}");
+    assert!(del.stderr.contains("attached to group:crews"));
+    d.mg(&["group", "rename", "crews", "north-crews"]).ok();
+    assert!(
+        d.mg(&["group", "show", "north-crews"])
+            .stdout
+            .contains("nora")
+    );
+    d.mg(&["group", "remove-member", "north-crews", "nora"])
+        .ok();
+    d.mg(&["group", "add-member", "north-crews", "nora"]).ok();
+    let del = d.mg(&["group", "delete", "north-crews"]);
+    assert!(
+        del.ok()
+            .stdout
+            .contains("no longer get its policies (north-operators)"),
+        "{del:?}"
+    );
+    d.mg(&["policy", "delete", "north-operators"]).ok();
+    for managed in ["Administrator", "ReadOnly"] {
+        let r = d.mg(&["policy", "delete", managed]);
+        assert_eq!(r.code, 2);
+        assert!(r.stderr.contains("managed policy"), "{r:?}");
+    }
+
+    // Support access.
+    assert!(d.mg(&["support", "show"]).stdout.contains("not granted"));
+    let tomorrow = (time::OffsetDateTime::now_utc() + time::Duration::days(1))
+        .date()
+        .to_string();
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::days(7))
+        .date()
+        .to_string();
+    d.mg(&["support", "grant", "--until", &tomorrow]).ok();
+    assert!(
+        d.mg(&[
+            "check",
+            "--principal",
+            "support",
+            "--permission",
+            "Master Reset",
+            "--meter",
+            "meter-3"
+        ])
+        .stdout
+        .starts_with("ALLOW")
+    );
+    d.mg(&["support", "update", "--until", &later]).ok();
+    d.mg(&["support", "attach", "ReadOnly"]).ok();
+    d.mg(&["support", "detach", "Administrator"]).ok();
+    assert!(
+        d.mg(&[
+            "check",
+            "--principal",
+            "support",
+            "--permission",
+            "Master Reset",
+            "--meter",
+            "meter-3"
+        ])
+        .stdout
+        .starts_with("DENY")
+    );
+    assert!(
+        d.mg(&["support", "show"])
+            .stdout
+            .contains(&format!("granted until {later}"))
+    );
+    d.mg(&["support", "revoke"]).ok();
+    assert!(
+        d.mg(&[
+            "check",
+            "--principal",
+            "support",
+            "--permission",
+            "Data View",
+            "--meter",
+            "meter-3"
+        ])
+        .stdout
+        .contains("not granted")
+    );
+
+    // Sessions (none yet on this daemon), review, audit.
+    assert!(d.mg(&["session", "list"]).ok().stdout.starts_with("ID"));
+    let kill = d.mg(&["session", "kill", "42"]);
+    assert_eq!(kill.code, 2);
+    assert!(kill.stderr.contains("no live session 42"));
+    let review = d.mg(&["review"]);
+    assert!(
+        review.ok().stdout.contains("WHO CAN DO WHAT WHERE")
+            && review
+                .stdout
+                .contains("review: no review has been recorded yet"),
+        "{}",
+        review.stdout
+    );
+    d.mg(&["review", "--ack"]).ok();
+    assert!(d.mg(&["review"]).stdout.contains("review: up to date"));
+    d.mg(&["user", "add", "late", "--email", "late@example.net"])
+        .ok();
+    assert!(
+        d.mg(&["review"])
+            .stdout
+            .contains("users or roles changed since the last review")
+    );
+    let verify = d.mg(&["audit", "verify"]);
+    assert!(verify.ok().stdout.starts_with("ok: "), "{verify:?}");
+    let tail = d.mg(&["--json", "audit", "tail", "-n", "5"]);
+    for line in tail.ok().stdout.lines() {
+        let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(ev["seq"].as_u64().is_some() && ev["hash"].as_str().is_some());
+    }
+    let tail = d.mg(&["audit", "tail", "-n", "500"]);
+    assert!(
+        tail.stdout.contains("review.due") || tail.stdout.contains("review acknowledged"),
+        "the review is in the log"
+    );
+    assert!(
+        !tail.stdout.contains(&secret),
+        "an access key secret reached the log"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_exit_2_and_writes_nothing() {
+    let d = Daemon::start();
+    d.mg(&["user", "add", "bob", "--email", "bob@example.net"])
+        .ok();
+    let before = d.mg(&["--json", "user", "list"]).stdout;
+    let policy = d.dir.path().join("bad.toml");
+    std::fs::write(
+        &policy,
+        "name = \"p\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Sudo\"]\n",
+    )
+    .unwrap();
+    let long = "x".repeat(5000);
+    let yesterday = (time::OffsetDateTime::now_utc() - time::Duration::days(1))
+        .date()
+        .to_string();
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["user", "add", "bob", "--email", "b@example.net"],
+            "already exists",
+        ),
+        (vec!["user", "show", "nobody"], "no user `nobody`"),
+        (
+            vec!["user", "add", "bad name", "--email", "x@example.net"],
+            "not a valid name",
+        ),
+        (
+            vec!["user", "add", "carol", "--email", "not-an-email"],
+            "not an email address",
+        ),
+        (
+            vec![
+                "user",
+                "add",
+                "carol",
+                "--email",
+                "c@example.net",
+                "--first",
+                &long,
+            ],
+            "longer than 4096 bytes",
+        ),
+        (
+            vec![
+                "user",
+                "add",
+                "carol",
+                "--email",
+                "c@example.net",
+                "--end-date",
+                &yesterday,
+            ],
+            "before tomorrow",
+        ),
+        (
+            vec!["user", "set-end-date", "bob", &today],
+            "before tomorrow",
+        ),
+        (
+            vec!["support", "grant", "--until", &today],
+            "earliest is tomorrow",
+        ),
+        (vec!["user", "attach", "bob", "Nope"], "no policy `Nope`"),
+        (
+            vec!["user", "grant-role", "bob", "Wizard"],
+            "no role `Wizard`",
+        ),
+        (
+            vec!["user", "grant-role", "bob", "Operator", "--meters", "site="],
+            "not a meter selector",
+        ),
+        (
+            vec!["user", "add-key", "bob", "ssh-dss AAAAB3NzaC1kc3MAAACBAP"],
+            "not accepted",
+        ),
+        (
+            vec!["group", "add-member", "ghosts", "bob"],
+            "no group `ghosts`",
+        ),
+        (
+            vec!["role", "create", "R", "--permission", "Sudo"],
+            "unknown permission `Sudo`",
+        ),
+        (
+            vec!["policy", "create", "--file", policy.to_str().unwrap()],
+            "bad.toml:4:",
+        ),
+        (
+            vec![
+                "check",
+                "--principal",
+                "robot:x",
+                "--permission",
+                "Data View",
+                "--meter",
+                "meter-1",
+            ],
+            "not a principal id",
+        ),
+        (
+            vec!["check", "--principal", "bob", "--permission", "Data View"],
+            "give --meter",
+        ),
+        (vec!["user", "frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let r = d.mg(&args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.starts_with("error: ") || r.stderr.contains("error:"),
+            "{args:?}: {r:?}"
+        );
+        assert!(
+            r.stderr.contains(needle),
+            "{args:?}: expected {needle:?} in {}",
+            r.stderr
+        );
+    }
+    assert_eq!(
+        d.mg(&["--json", "user", "list"]).stdout,
+        before,
+        "nothing was written"
+    );
+
+    // Never lock everyone out: the last Administrator holder stays one.
+    d.mg(&["user", "add", "root-admin", "--email", "r@example.net"])
+        .ok();
+    d.mg(&["user", "attach", "root-admin", "Administrator"])
+        .ok();
+    for args in [
+        vec!["user", "detach", "root-admin", "Administrator"],
+        vec!["user", "deactivate", "root-admin"],
+        vec!["user", "delete", "root-admin"],
+    ] {
+        let r = d.mg(&args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("never lock everyone out"), "{r:?}");
+    }
+    // Separation of duties: User Management and Security Logs Access.
+    d.mg(&["user", "grant-role", "bob", "SecAdmin"]).ok();
+    let r = d.mg(&["user", "grant-role", "bob", "SecAuditor"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("user:bob would hold both \"User Management\" and \"Security Logs Access\""),
+        "{r:?}"
+    );
+
+    // Non-UTF-8 arguments never leave the CLI.
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(BIN)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["user", "show"])
+        .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
+}
+
+#[test]
+fn the_socket_refuses_callers_outside_its_group_and_logs_them() {
+    let d = Daemon::start();
+    // nobody (65534) is not root, not the daemon's user, and the config
+    // names no group: refused by the daemon even with the file opened up.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let r = d.mg_as(Some(65534), &["user", "list"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("may not use this control socket"),
+        "{r:?}"
+    );
+    let tail = d.mg(&["audit", "tail", "-n", "20"]);
+    assert!(
+        tail.stdout.contains("admin.socket-refused") && tail.stdout.contains("local:nobody"),
+        "{}",
+        tail.stdout
+    );
+    // With the socket at its configured 0660, the file system refuses first.
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let r = d.mg_as(Some(65534), &["user", "list"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("cannot reach the daemon at") && r.stderr.contains("control.sock"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_daemon_exits_1_naming_the_socket() {
+    let out = Command::new(BIN)
+        .args(["--socket", "/nonexistent/metergate.sock", "user", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot reach the daemon at /nonexistent/metergate.sock")
+    );
+}
+
+#[test]
+fn acknowledged_changes_survive_sigkill_and_the_chain_verifies() {
+    let mut d = Daemon::start();
+    let socket = d.socket.clone();
+    // A burst of changes from several CLI processes; kill -9 in the middle.
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..200 {
+                    let name = format!("u{w}x{i}");
+                    let out = Command::new(BIN)
+                        .arg("--socket")
+                        .arg(&socket)
+                        .args(["group", "add", &name])
+                        .output()
+                        .unwrap();
+                    if out.status.code() == Some(0) {
+                        acked.push(name);
+                    } else {
+                        break;
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    d.kill9();
+    let acked: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acked.len() > 5,
+        "the burst was under way: {} acknowledged",
+        acked.len()
+    );
+    let verify = Command::new(BIN)
+        .args(["audit", "verify", "--state-dir"])
+        .arg(d.state_dir())
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    d.restart(None);
+    let groups = d.mg(&["group", "list"]);
+    for name in &acked {
+        assert!(
+            groups
+                .stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "acknowledged change `group add {name}` is lost"
+        );
+    }
+    let tail = d.mg(&["audit", "tail", "-n", "2000"]);
+    for name in &acked {
+        assert!(
+            tail.stdout.contains(&format!("created group {name}")),
+            "the event of `group add {name}` is lost"
+        );
+    }
+    assert!(d.mg(&["audit", "verify"]).ok().stdout.starts_with("ok: "));
+}
+
+#[test]
+fn temporary_passwords_expire_after_30_days_and_support_at_midnight_utc() {
+    // Created on 2026-11-01 at noon (daemon under faketime)...
+    let mut d = Daemon::start_with(Some("2026-11-01 12:00:00"));
+    d.mg(&["user", "add", "tina", "--email", "tina@example.net"])
+        .ok();
+    d.mg(&["user", "attach", "tina", "ReadOnly"]).ok();
+    d.mg(&["support", "grant", "--until", "2026-11-02"]).ok();
+    let refused = d.mg(&["support", "update", "--until", "2026-11-01"]);
+    assert!(
+        refused.stderr.contains("before tomorrow (2026-11-02)"),
+        "{refused:?}"
+    );
+    let ask = |d: &Daemon, who: &str| {
+        d.mg(&[
+            "check",
+            "--principal",
+            who,
+            "--permission",
+            "Data View",
+            "--meter",
+            "meter-1",
+        ])
+        .stdout
+    };
+    assert!(ask(&d, "tina").starts_with("ALLOW"));
+    assert!(ask(&d, "support").starts_with("ALLOW"));
+    // ...support ends at 00:00 UTC at the start of its end date...
+    d.restart(Some("2026-11-01 23:59:50"));
+    assert!(ask(&d, "support").starts_with("ALLOW"));
+    d.restart(Some("2026-11-02 00:00:01"));
+    let s = ask(&d, "support");
+    assert!(
+        s.starts_with("DENY") && s.contains("support access ended at 2026-11-02"),
+        "{s}"
+    );
+    // ...and the temporary password 30 days after issue.
+    d.restart(Some("2026-12-01 11:59:00"));
+    assert!(ask(&d, "tina").starts_with("ALLOW"));
+    d.restart(Some("2026-12-01 12:00:30"));
+    let t = ask(&d, "tina");
+    assert!(
+        t.starts_with("DENY") && t.contains("temporary password expired at 2026-12-01T12:00:00"),
+        "{t}"
+    );
+    let show = d.mg(&["user", "show", "tina"]);
+    assert!(
+        show.stdout
+            .contains("temporary, expires 2026-12-01T12:00:00"),
+        "{}",
+        show.stdout
+    );
+}
+
+#[test]
+fn the_demo_starts_prints_ready_and_resumes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut first_password = String::new();
+    for round in 0..2 {
+        let mut child = Command::new(BIN)
+            .args(["demo", "--dir"])
+            .arg(&demo_dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            let ready = line.contains("metergate demo ready");
+            seen.push(line);
+            if ready || std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        assert!(
+            seen.iter().any(|l| l.contains("metergate demo ready")),
+            "round {round}: {seen:?}"
+        );
+        assert!(
+            seen[0].contains(if round == 0 { "(fresh)" } else { "(resumed)" }),
+            "{seen:?}"
+        );
+        let creds = std::fs::read_to_string(demo_dir.join("credentials.toml")).unwrap();
+        let admin = creds
+            .lines()
+            .find_map(|l| l.strip_prefix("admin = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        if round == 0 {
+            first_password = admin.clone();
+        } else {
+            assert_eq!(
+                admin, first_password,
+                "the demo resumed with its credentials"
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        for (path, mode) in [
+            (demo_dir.join("credentials.toml"), 0o600),
+            (demo_dir.join("control.sock"), 0o600),
+        ] {
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                mode,
+                "{}",
+                path.display()
+            );
+        }
+        let sock = demo_dir.join("control.sock");
+        let mg = |args: &[&str]| {
+            Command::new(BIN)
+                .arg("--socket")
+                .arg(&sock)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let users = String::from_utf8_lossy(&mg(&["user", "list"]).stdout).to_string();
+        for u in ["admin", "crew", "viewer"] {
+            assert!(users.contains(u), "{users}");
+        }
+        let check = String::from_utf8_lossy(
+            &mg(&[
+                "check",
+                "--principal",
+                "crew",
+                "--permission",
+                "Peak Demand Reset",
+                "--meter",
+                "meter-1",
+            ])
+            .stdout,
+        )
+        .to_string();
+        assert!(check.starts_with("ALLOW"), "{check}");
+        let check = String::from_utf8_lossy(
+            &mg(&[
+                "check",
+                "--principal",
+                "crew",
+                "--permission",
+                "Peak Demand Reset",
+                "--meter",
+                "meter-3",
+            ])
+            .stdout,
+        )
+        .to_string();
+        assert!(check.starts_with("DENY"), "{check}");
+        if round == 0 {
+            assert_eq!(
+                mg(&["group", "add", "made-in-round-0"]).status.code(),
+                Some(0)
+            );
+        } else {
+            assert!(
+                String::from_utf8_lossy(&mg(&["group", "list"]).stdout).contains("made-in-round-0")
+            );
+        }
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "the demo stops cleanly on SIGTERM: {status}"
+        );
+    }
+    // A directory that holds something else is not taken over.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no demo"));
+}

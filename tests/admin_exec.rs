@@ -1,0 +1,125 @@
+//! Who may run which admin command (DESIGN §3's table), for principals that
+//! cannot reach the control socket themselves: service users (API calls need
+//! Administrator) and users without the permission.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use metergate::doors::admin::exec::{AdminContext, ReviewSettings, execute};
+use metergate::doors::admin::protocol::Request;
+use metergate::model::*;
+use metergate::sessions::Sessions;
+use metergate::store::Entity;
+use metergate::store::secrets::HashPool;
+
+fn ctx() -> (Fixture, AdminContext) {
+    let f = Fixture::new();
+    let mut svc_admin = ServiceUser::new("integration");
+    svc_admin.policies = vec![ADMINISTRATOR.into()];
+    let mut svc_um = ServiceUser::new("provisioner");
+    svc_um.inline = vec![Statement::allow_role("SecAdmin", vec![MeterSelector::All])];
+    f.add(vec![
+        Entity::ServiceUser(svc_admin),
+        Entity::ServiceUser(svc_um),
+        Entity::User(user_with_role("sam", "SecAdmin", "*")),
+        Entity::User(user_with_role("aud", "SecAuditor", "*")),
+        Entity::User(user_with_role("olga", "Operator", "*")),
+        Entity::User(user("root-admin", &[ADMINISTRATOR])),
+    ]);
+    let day = std::time::Duration::from_secs(86_400);
+    let ctx = AdminContext {
+        guard: f.guard.clone(),
+        sessions: Arc::new(Sessions::default()),
+        hashes: Arc::new(HashPool::new(1, 8)),
+        review: ReviewSettings {
+            interval: day * 90,
+            unused_after: day * 90,
+        },
+    };
+    (f, ctx)
+}
+
+#[tokio::test]
+async fn who_may_run_which_admin_command() {
+    let (_f, ctx) = ctx();
+    let svc = |n: &str| PrincipalId::Service(n.into());
+    #[rustfmt::skip]
+    let table: Vec<(PrincipalId, &str, u8, &str)> = vec![
+        // Service users: an admin command is an API call, Administrator only.
+        (svc("provisioner"), "user list", 2, "error: DENY: an API call (admin command) by a service user needs the Administrator policy"),
+        (svc("provisioner"), "group add g1", 2, "needs the Administrator policy"),
+        (svc("integration"), "group add g2", 0, "group g2 created"),
+        // User Management changes; Security Logs Access only views.
+        (uid("sam"), "group add g3", 0, "group g3 created"),
+        (uid("aud"), "group add g4", 2, "error: DENY: no statement allows it"),
+        (uid("aud"), "user list", 0, "NAME"),
+        (uid("aud"), "review", 0, "WHO CAN DO WHAT WHERE"),
+        (uid("aud"), "audit tail -n 1", 0, ""),
+        (uid("sam"), "audit tail -n 1", 2, "error: DENY"),
+        (uid("olga"), "user list", 2, "error: DENY: no statement allows it"),
+        // Re-issuing a temporary password needs Administrator, not just UM.
+        (uid("sam"), "user resend-password olga", 2, "needs the Administrator policy"),
+        (uid("root-admin"), "user resend-password olga", 0, "temporary password: "),
+        // Anyone let in may edit their own names (and nothing else).
+        (uid("olga"), "user edit olga --first Olga", 0, "user olga updated"),
+        (uid("olga"), "user edit olga --email o@example.net", 2, "error: DENY"),
+        (uid("olga"), "user edit sam --first Samuel", 2, "error: DENY"),
+    ];
+    let mut failures = Vec::new();
+    for (who, line, code, needle) in table {
+        let req = Request {
+            argv: line.split(' ').map(String::from).collect(),
+            json: false,
+            files: Default::default(),
+        };
+        let r = execute(&ctx, &who, "test", "test", &req, NOW).await;
+        let text = format!("{}{}", r.stdout, r.stderr);
+        if r.code != code || !text.contains(needle) {
+            failures.push(format!(
+                "{who} `{line}`: expected {code} with {needle:?}, got {} {text:?}",
+                r.code
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every refusal and every change left an event naming the caller.
+    let tail = ctx.guard.store().log().tail(200).unwrap();
+    assert!(
+        tail.iter()
+            .any(|e| e.code == "admin.deny" && e.principal.as_deref() == Some("svc:provisioner"))
+    );
+    assert!(tail.iter().any(|e| e.code == "admin.change"
+        && e.principal.as_deref() == Some("user:sam")
+        && e.reason.as_deref() == Some("created group g3")));
+}
+
+#[tokio::test]
+async fn deactivating_a_user_ends_their_live_sessions() {
+    let (_f, ctx) = ctx();
+    let olga = uid("olga");
+    let session = ctx.sessions.register(&olga, "10.0.0.7", "ssh", None, 0);
+    let mut ended = session.ended.clone();
+    let req = Request {
+        argv: ["user", "deactivate", "olga"].map(String::from).to_vec(),
+        json: false,
+        files: Default::default(),
+    };
+    let r = execute(
+        &ctx,
+        &PrincipalId::Local("root".into()),
+        "test",
+        "test",
+        &req,
+        NOW,
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("1 live sessions ended"), "{r:?}");
+    tokio::time::timeout(std::time::Duration::from_secs(5), ended.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.borrow().as_deref(), Some("user deactivated"));
+}

@@ -1,0 +1,202 @@
+//! A real `metergate serve` on a temporary directory, driven through the
+//! real CLI; stopped (SIGTERM, then SIGKILL) when dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_metergate");
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+/// What a CLI run printed and how it exited.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "expected success: {self:?}");
+        self
+    }
+}
+
+impl Daemon {
+    /// A config with the example's meters and profile, the socket and state
+    /// in a fresh temporary directory.
+    pub fn start() -> Daemon {
+        Daemon::start_with(None)
+    }
+
+    /// Starts under libfaketime at `fake_time` ("YYYY-MM-DD hh:mm:ss").
+    pub fn start_with(fake_time: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("metergate.toml");
+        let socket = dir.path().join("control.sock");
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/metergate.toml"
+        ))
+        .unwrap();
+        let text = example
+            .replace(
+                "state_dir = \"/var/lib/metergate\"",
+                "state_dir = \"state\"",
+            )
+            .replace(
+                "socket = \"/run/metergate/control.sock\"",
+                &format!("socket = {:?}", socket.display().to_string()),
+            )
+            .replace(
+                "group = \"metergate-admin\"",
+                "group = \"\"\nmode = \"0660\"",
+            );
+        std::fs::write(&config, text).unwrap();
+        let mut d = Daemon {
+            dir,
+            config,
+            socket,
+            child: None,
+        };
+        d.spawn(fake_time);
+        d
+    }
+
+    fn spawn(&mut self, fake_time: Option<&str>) {
+        // libfaketime is preloaded into the daemon itself (the `faketime`
+        // wrapper forks, and a signal to it would not reach the daemon).
+        let mut cmd = Command::new(BIN);
+        if let Some(t) = fake_time {
+            cmd.env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", format!("@{t}"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("metergate serve starts");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                panic!("metergate serve exited with {status}: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "metergate serve did not open {} within 30 s",
+            self.socket.display()
+        );
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Runs `metergate --socket S ARGS…`.
+    pub fn mg(&self, args: &[&str]) -> Run {
+        self.mg_as(None, args)
+    }
+
+    pub fn mg_as(&self, uid: Option<u32>, args: &[&str]) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        if let Some(uid) = uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
+        }
+        let out = cmd.output().expect("metergate runs");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    /// SIGTERM and wait (graceful stop).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = nix_kill(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self, fake_time: Option<&str>) {
+        self.stop();
+        self.spawn(fake_time);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn nix_kill(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+}
+
+/// libfaketime (Debian package `faketime`); the test fails saying how to
+/// install it.
+pub fn libfaketime() -> &'static str {
+    const PATHS: [&str; 3] = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    PATHS
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "libfaketime is missing: install it with `apt-get install faketime` (.ci/run does)"
+            )
+        })
+}
