@@ -453,8 +453,13 @@ fn service_users_groups_roles_policies_support_sessions_review_audit() {
     }
     let tail = d.mg(&["audit", "tail", "-n", "500"]);
     assert!(
-        tail.stdout.contains("review.due") || tail.stdout.contains("review acknowledged"),
-        "the review is in the log"
+        tail.stdout.contains("review.due")
+            && tail.stdout.contains("a review of users and roles is due"),
+        "the reminder is in the log"
+    );
+    assert!(
+        tail.stdout.contains("review acknowledged"),
+        "the acknowledgement is in the log"
     );
     assert!(
         !tail.stdout.contains(&secret),
@@ -925,4 +930,32 @@ fn the_demo_starts_prints_ready_and_resumes() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no demo"));
+}
+
+#[test]
+fn garbage_on_the_control_socket_never_stops_the_daemon() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let d = Daemon::start();
+    let frames: Vec<Vec<u8>> = vec![
+        vec![],                                   // connect and close
+        vec![0xff, 0xff, 0xff, 0xff],             // a 4 GiB length
+        vec![0, 0, 0, 5, b'{', b'{', 0xff, 0, 1], // not JSON
+        vec![0, 0, 0, 2, b'[', b']'],             // JSON, not a request
+        vec![0, 0, 0, 40, b'{'],                  // a frame that never ends
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),       // another protocol
+    ];
+    for frame in &frames {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        let _ = s.write_all(frame);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+    }
+    // A silent client does not hold anything up either.
+    let _silent = UnixStream::connect(&d.socket).unwrap();
+    let r = d.mg(&["user", "list"]);
+    assert_eq!(r.code, 0, "the daemon still serves: {r:?}");
 }
