@@ -32,6 +32,10 @@ fn world(policies: usize, dir: &Path) -> Guard {
             address: None,
             unit_id: 1,
             profile: "ion-sim".into(),
+            gateway_unit: None,
+            listener: 0,
+            max_connections: 2,
+            timeout: std::time::Duration::from_secs(1),
         })
         .collect();
     let store = Arc::new(Store::open(dir).unwrap());
@@ -103,6 +107,7 @@ fn world(policies: usize, dir: &Path) -> Guard {
 fn requests() -> Vec<Request> {
     (0..4096)
         .map(|i| Request {
+            read_only: false,
             principal: PrincipalId::User(format!("u{}", (i * 7919) % PRINCIPALS)),
             source: None,
             door: "bench",

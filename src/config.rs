@@ -215,6 +215,15 @@ pub struct MeterConfig {
     pub address: Option<String>,
     pub unit_id: u8,
     pub profile: String,
+    /// The unit id SCADA uses to reach this meter through the proxy.
+    pub gateway_unit: Option<u8>,
+    /// Which listener's unit map it is in (index into `modbus.listen`).
+    pub listener: usize,
+    /// Connections the gateway opens to the meter at most (meters accept
+    /// about 8 in all).
+    pub max_connections: usize,
+    /// How long the meter has to answer one request.
+    pub timeout: Duration,
 }
 
 /// A plain Modbus/TCP client known only by its source address.
@@ -273,6 +282,10 @@ pub struct Config {
     pub meters: Vec<MeterConfig>,
     pub profiles: BTreeMap<String, Profile>,
     pub modbus_clients: Vec<ModbusClient>,
+    /// Addresses of the plain Modbus/TCP listeners; each has its own unit map.
+    pub modbus_listen: Vec<String>,
+    /// Requests that may wait for one meter's connections; beyond: 0x06.
+    pub modbus_max_queue: usize,
     pub review: ReviewConfig,
 }
 
@@ -352,6 +365,22 @@ struct RawMeter {
     #[serde(default = "one")]
     unit_id: u8,
     profile: Spanned<String>,
+    #[serde(default)]
+    gateway_unit: Option<Spanned<u8>>,
+    #[serde(default)]
+    listener: Option<String>,
+    #[serde(default = "two")]
+    max_connections: usize,
+    #[serde(default)]
+    timeout: Option<Interval>,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn sixty_four() -> usize {
+    64
 }
 
 fn one() -> u8 {
@@ -363,6 +392,10 @@ fn one() -> u8 {
 struct RawModbus {
     #[serde(default)]
     clients: Vec<RawClient>,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default = "sixty_four")]
+    max_queue: usize,
 }
 
 #[derive(Deserialize)]
@@ -523,12 +556,78 @@ impl Config {
                     format!("unit id {} is outside 1-247", m.unit_id),
                 ));
             }
+            let listener = match &m.listener {
+                None => 0,
+                Some(l) => raw
+                    .modbus
+                    .listen
+                    .iter()
+                    .position(|x| x == l)
+                    .ok_or_else(|| {
+                        err_at(
+                            at,
+                            &format!("meters[{i}].listener"),
+                            format!(
+                                "`{l}` is not one of modbus.listen ({})",
+                                raw.modbus.listen.join(", ")
+                            ),
+                        )
+                    })?,
+            };
+            let gateway_unit = match &m.gateway_unit {
+                None => None,
+                Some(u) => {
+                    let unit = *u.get_ref();
+                    let key = format!("meters[{i}].gateway_unit");
+                    if !(1..=247).contains(&unit) {
+                        return Err(err_at(
+                            u.span().start,
+                            &key,
+                            format!(
+                                "unit {unit} is outside 1-247 (0 is broadcast, 248-255 are reserved)"
+                            ),
+                        ));
+                    }
+                    if let Some(other) = meters.iter().find(|o: &&MeterConfig| {
+                        o.listener == listener && o.gateway_unit == Some(unit)
+                    }) {
+                        return Err(err_at(
+                            u.span().start,
+                            &key,
+                            format!(
+                                "gateway unit {unit} is already meter `{}`'s on this listener",
+                                other.id
+                            ),
+                        ));
+                    }
+                    if m.address.is_none() {
+                        return Err(err_at(
+                            u.span().start,
+                            &key,
+                            "a meter reached through the proxy needs an `address` (host:port)"
+                                .into(),
+                        ));
+                    }
+                    Some(unit)
+                }
+            };
+            if m.max_connections == 0 {
+                return Err(err_at(
+                    at,
+                    &format!("meters[{i}].max_connections"),
+                    "must be at least 1".into(),
+                ));
+            }
             meters.push(MeterConfig {
                 id: id.clone(),
                 tags: m.tags.clone(),
                 address: m.address.clone(),
                 unit_id: m.unit_id,
                 profile: profile.clone(),
+                gateway_unit,
+                listener,
+                max_connections: m.max_connections,
+                timeout: m.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
             });
         }
 
@@ -584,6 +683,15 @@ impl Config {
                 service_user: su.clone(),
                 allow_writes,
             });
+        }
+        for (i, l) in raw.modbus.listen.iter().enumerate() {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                return Err(err_at(
+                    0,
+                    &format!("modbus.listen[{i}]"),
+                    format!("`{l}` is not an address such as 0.0.0.0:502 or [::1]:5502"),
+                ));
+            }
         }
 
         let (audit_at, lockout_at, passwords_at) = (
@@ -649,6 +757,8 @@ impl Config {
                 meters,
                 profiles,
                 modbus_clients: clients,
+                modbus_listen: raw.modbus.listen.clone(),
+                modbus_max_queue: raw.modbus.max_queue,
             },
             warnings,
         ))

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::doors::admin::exec::{AdminContext, ReviewSettings, review_due};
 use crate::doors::admin::server::{self, Access, ControlError};
+use crate::doors::modbus::ModbusDoor;
 use crate::guard::Guard;
 use crate::model::micros;
 use crate::sessions::Sessions;
@@ -24,6 +25,11 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error("modbus listener {address}: {error}")]
+    Listen {
+        address: String,
+        error: std::io::Error,
+    },
 }
 
 /// What a started daemon tells whoever started it.
@@ -44,9 +50,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         interval: config.review.interval.0,
         unused_after: config.review.unused_after.0,
     };
+    let sessions = Arc::new(Sessions::default());
     let ctx = Arc::new(AdminContext {
         guard: guard.clone(),
-        sessions: Arc::new(Sessions::default()),
+        sessions: sessions.clone(),
         hashes: Arc::new(HashPool::new(
             config.passwords.hash_threads,
             config.passwords.hash_queue,
@@ -77,6 +84,21 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         access,
         stop_rx.clone(),
     ));
+    let mut doors = Vec::new();
+    for (door, address) in ModbusDoor::from_config(&config, guard.clone(), sessions.clone())
+        .into_iter()
+        .zip(&config.modbus_listen)
+    {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|error| DaemonError::Listen {
+                address: address.clone(),
+                error,
+            })?;
+        doors.push(tokio::spawn(
+            Arc::new(door).serve(listener, stop_rx.clone()),
+        ));
+    }
     tokio::spawn(check_chain(guard.clone()));
     tokio::spawn(review_reminder(guard.clone(), review, stop_rx.clone()));
 
@@ -94,6 +116,9 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     };
     let _ = stop_tx.send(true);
     let _ = control.await;
+    for d in doors {
+        let _ = d.await;
+    }
     let _ = std::fs::remove_file(&socket);
     let stopped = EventDraft::new("system.stop", Category::System, Outcome::Success)
         .reason(format!("stopped on {which}"));

@@ -88,16 +88,25 @@ permissions = ["User Management", "Security Logs Access"]
 id = "meter-1"
 tags = {{ site = "north" }}
 profile = "ion-sim"
+address = "127.0.0.1:15021"
+gateway_unit = 1
 
 [[meters]]
 id = "meter-2"
 tags = {{ site = "north" }}
 profile = "ion-sim"
+address = "127.0.0.1:15022"
+gateway_unit = 2
 
 [[meters]]
 id = "meter-3"
 tags = {{ site = "south" }}
 profile = "ion-sim"
+address = "127.0.0.1:15023"
+gateway_unit = 3
+
+[modbus]
+listen = ["127.0.0.1:5502"]
 
 [[modbus.clients]]
 cidr = "127.0.0.1/32"
@@ -238,6 +247,9 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 {mg} check --principal crew --permission \"Master Reset\" --meter meter-1\n\
          \x20 {mg} review\n\
          \x20 {mg} audit tail\n\
+         \x20 mbpoll -m tcp -p 5502 -a 1 -0 -r 3000 -c 10 -1 127.0.0.1     # Data View, as scada-operator\n\
+         \x20 mbpoll -m tcp -p 5502 -a 1 -0 -r 5000 -1 127.0.0.1 21212     # Peak Demand Reset (once per 15 min)\n\
+         \x20 mbpoll -m tcp -p 5502 -a 1 -0 -r 5000 -1 127.0.0.1 1115      # Master Reset: refused (exception 01)\n\
          stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
         who = whoami(),
         dir = demo.dir.display(),
@@ -251,4 +263,19 @@ fn whoami() -> String {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| "you".into())
+}
+
+/// Starts the demo's simulated meters (the addresses its config names).
+pub async fn start_meters(
+    config: &Config,
+) -> std::io::Result<Vec<crate::fleet::simulator::SimulatedMeter>> {
+    let mut meters = Vec::new();
+    for m in &config.meters {
+        if let Some(addr) = m.address.as_deref().and_then(|a| a.parse().ok()) {
+            meters.push(
+                crate::fleet::simulator::SimulatedMeter::start(addr, Default::default()).await?,
+            );
+        }
+    }
+    Ok(meters)
 }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod doors;
+pub mod fleet;
 pub mod guard;
 pub mod model;
 pub mod sessions;

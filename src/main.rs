@@ -46,6 +46,22 @@ enum Command {
     Serve,
     /// Validate a config file and exit (2 with file, line and key on error).
     CheckConfig,
+    /// Simulated meters as their own process: meter sim-K on port P+K-1.
+    Simulate {
+        #[arg(long, default_value_t = 1)]
+        meters: u16,
+        #[arg(long)]
+        base_port: u16,
+        /// Added to every answer.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Share of requests left unanswered (0.0-1.0).
+        #[arg(long, default_value_t = 0.0)]
+        drop_rate: f64,
+        /// Connections each meter accepts (a real ION9000: 8).
+        #[arg(long, default_value_t = 8)]
+        max_connections: usize,
+    },
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -124,6 +140,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Simulate {
+            meters,
+            base_port,
+            latency_ms,
+            drop_rate,
+            max_connections,
+        } => {
+            if !(0.0..=1.0).contains(&drop_rate)
+                || meters == 0
+                || base_port as u32 + meters as u32 > 65_536
+            {
+                eprintln!(
+                    "error: --drop-rate must be within 0.0-1.0, --meters at least 1, and the ports must fit below 65536"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let faults = metergate::fleet::simulator::Faults {
+                latency: std::time::Duration::from_millis(latency_ms),
+                drop_per_mille: (drop_rate * 1000.0) as u32,
+                max_connections,
+            };
+            runtime()?.block_on(async move {
+                let mut running = Vec::new();
+                for k in 0..meters {
+                    let addr: std::net::SocketAddr = ([127, 0, 0, 1], base_port + k).into();
+                    running.push(
+                        metergate::fleet::simulator::SimulatedMeter::start(addr, faults).await?,
+                    );
+                    println!("sim-{} on {addr}", k + 1);
+                }
+                println!("metergate simulate ready");
+                tokio::signal::ctrl_c().await?;
+                drop(running);
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { dir } => {
             let demo = match demo::prepare(dir) {
                 Ok(d) => d,
@@ -134,7 +187,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             };
             let text = demo::instructions(&demo);
-            runtime()?.block_on(daemon::run(demo.config, |_| {
+            let rt = runtime()?;
+            let _meters = rt.block_on(demo::start_meters(&demo.config))?;
+            rt.block_on(daemon::run(demo.config, |_| {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
                 let _ = write!(out, "{text}\nmetergate demo ready\n");

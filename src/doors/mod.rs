@@ -2,3 +2,4 @@
 //! none decides on its own.
 
 pub mod admin;
+pub mod modbus;

@@ -186,4 +186,7 @@ pub struct Request {
     pub source: Option<String>,
     pub door: &'static str,
     pub action: Action,
+    /// The identity allows reads only: a plain Modbus client entry without
+    /// `allow_writes` (a source address is spoofable and collapsed by NAT).
+    pub read_only: bool,
 }

@@ -94,6 +94,8 @@ pub enum Reason {
     PeakDemandLockout {
         next_allowed: i64,
     },
+    /// A plain Modbus client entry without `allow_writes`.
+    ReadOnlyClient,
     /// The security log could not make the event durable (fail-closed).
     AuditUnavailable,
 }
@@ -173,6 +175,9 @@ impl fmt::Display for Reason {
                     "peak demand was reset recently; the next reset is allowed at {}",
                     rfc3339(*next_allowed)
                 )
+            }
+            Reason::ReadOnlyClient => {
+                f.write_str("plain Modbus clients from this address are read-only (no allow_writes in the config)")
             }
             Reason::AuditUnavailable => {
                 f.write_str("the security log cannot record it (audit.on_failure = fail-closed)")

@@ -203,6 +203,9 @@ impl Guard {
             principal,
         };
         match &req.action {
+            Action::WriteRegisters { .. } | Action::Diagnostics { .. } if req.read_only => {
+                Decision::deny(None, Reason::ReadOnlyClient)
+            }
             Action::Login => Decision::allow(None, Reason::PrincipalActive),
             Action::ReadRegisters {
                 meter,
@@ -420,6 +423,7 @@ impl Guard {
             source: source.map(|s| s.to_string()),
             door,
             action: Action::Login,
+            read_only: false,
         };
         let mut locked = None;
         let d = if !verified {
@@ -667,10 +671,12 @@ impl Ctx<'_> {
 
     fn read(&self, m: MeterRef<'_>, function: u8, start: u16, count: u16) -> Decision {
         let profile = &self.snap.profiles[m.meter.profile as usize];
-        if !profile
-            .read
-            .iter()
-            .any(|r| r.covers(function, start, count))
+        // 43/14 (device identification) reads no registers: Data View alone.
+        if function != 43
+            && !profile
+                .read
+                .iter()
+                .any(|r| r.covers(function, start, count))
         {
             return Decision::deny(
                 Some(Permission::DataView),

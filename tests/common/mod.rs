@@ -101,6 +101,7 @@ pub fn uid(name: &str) -> PrincipalId {
 
 pub fn req(who: &PrincipalId, action: Action) -> Request {
     Request {
+        read_only: false,
         principal: who.clone(),
         source: Some("127.0.0.1".into()),
         door: "test",

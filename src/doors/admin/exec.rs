@@ -148,6 +148,7 @@ pub async fn execute(
         .guard
         .authorize(
             &GuardRequest {
+                read_only: false,
                 principal: who.clone(),
                 source: Some(source.to_string()),
                 door,

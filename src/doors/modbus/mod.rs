@@ -1,0 +1,344 @@
+//! The plain Modbus/TCP door: SCADA clients, known by source address, reach
+//! meters through the guard. Every ADU is parsed and authorized on its own;
+//! outcomes follow DESIGN §4's table.
+
+pub mod frame;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{Config, ModbusClient};
+use crate::fleet::pool::{MeterLink, UpstreamError};
+use crate::guard::{Action, Guard, Request, WriteValues};
+use crate::model::{PrincipalId, micros};
+use crate::sessions::Sessions;
+use crate::store::{Category, EventDraft, Outcome};
+use frame::{FrameError, Header, Pdu, exception};
+
+/// A connection with nothing to say for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A frame begun must be finished this fast (slowloris).
+const PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events from unauthenticated or malformed traffic: one per source and
+/// kind for each interval, with a count, so garbage cannot flood the log.
+const FLOOD_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One listener's view: its unit map and the shared pieces.
+pub struct ModbusDoor {
+    guard: Arc<Guard>,
+    sessions: Arc<Sessions>,
+    clients: Vec<ModbusClient>,
+    units: HashMap<u8, (String, Arc<MeterLink>)>,
+    floods: Arc<Floods>,
+}
+
+impl ModbusDoor {
+    /// The doors for every configured listener (index = `modbus.listen`).
+    pub fn from_config(
+        config: &Config,
+        guard: Arc<Guard>,
+        sessions: Arc<Sessions>,
+    ) -> Vec<ModbusDoor> {
+        let floods = Arc::new(Floods::default());
+        (0..config.modbus_listen.len())
+            .map(|l| {
+                let units = config
+                    .meters
+                    .iter()
+                    .filter(|m| m.listener == l)
+                    .filter_map(|m| {
+                        let unit = m.gateway_unit?;
+                        let link = MeterLink::new(
+                            m.address.as_deref()?,
+                            m.unit_id,
+                            m.max_connections,
+                            m.timeout,
+                            config.modbus_max_queue,
+                        );
+                        Some((unit, (m.id.clone(), Arc::new(link))))
+                    })
+                    .collect();
+                ModbusDoor {
+                    guard: guard.clone(),
+                    sessions: sessions.clone(),
+                    clients: config.modbus_clients.clone(),
+                    units,
+                    floods: floods.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Accepts until `stop` fires.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let flusher = tokio::spawn(
+            self.floods
+                .clone()
+                .flush_every(self.guard.clone(), FLOOD_INTERVAL),
+        );
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let door = self.clone();
+                        tokio::spawn(async move { door.connection(stream, peer).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "modbus accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+        flusher.abort();
+        self.floods.flush(&self.guard).await;
+    }
+
+    async fn connection(&self, mut stream: TcpStream, peer: SocketAddr) {
+        let Some(client) = ModbusClient::lookup(&self.clients, peer.ip()) else {
+            self.floods.count(
+                peer.ip(),
+                "modbus.refused-source",
+                "source matches no modbus.clients entry",
+            );
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let principal = PrincipalId::Service(client.service_user.clone());
+        let read_only = !client.allow_writes;
+        let session = self.sessions.register(
+            &principal,
+            &peer.to_string(),
+            "modbus",
+            None,
+            micros(OffsetDateTime::now_utc()),
+        );
+        let mut ended = session.ended.clone();
+        let mut buf: Vec<u8> = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 2048];
+        loop {
+            let wait = if buf.is_empty() {
+                IDLE_TIMEOUT
+            } else {
+                PARTIAL_TIMEOUT
+            };
+            let n = tokio::select! {
+                _ = ended.changed() => return,
+                r = tokio::time::timeout(wait, stream.read(&mut chunk)) => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                    Ok(Ok(n)) => n,
+                },
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut out = Vec::new();
+            let mut consumed = 0;
+            loop {
+                match frame::split(&buf[consumed..]) {
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.floods
+                            .count(peer.ip(), "modbus.bad-frame", &close_reason(e));
+                        let _ = stream.write_all(&out).await;
+                        return;
+                    }
+                    Ok(Some((h, pdu, used))) => {
+                        let pdu = pdu.to_vec();
+                        consumed += used;
+                        if let Some(answer) =
+                            self.request(&principal, read_only, peer, h, &pdu).await
+                        {
+                            out.extend_from_slice(&frame::adu(h, &answer));
+                        }
+                    }
+                }
+            }
+            buf.drain(..consumed);
+            if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One ADU: its answer PDU, or None when nothing may be answered.
+    async fn request(
+        &self,
+        who: &PrincipalId,
+        read_only: bool,
+        peer: SocketAddr,
+        h: Header,
+        raw: &[u8],
+    ) -> Option<Vec<u8>> {
+        let f = raw[0];
+        let fail = |code: u8| Some(frame::exception_pdu(f, code).to_vec());
+        if h.unit == 0 {
+            // Broadcast: no reply is possible, so it is never forwarded.
+            self.floods.count(
+                peer.ip(),
+                "modbus.broadcast",
+                "unit 0 (broadcast) is never forwarded",
+            );
+            return None;
+        }
+        let Some((meter, link)) = self.units.get(&h.unit) else {
+            return fail(exception::GATEWAY_PATH_UNAVAILABLE);
+        };
+        let pdu = match Pdu::decode(raw) {
+            Ok(p) => p,
+            Err(code) => return fail(code),
+        };
+        let Some(action) = action_of(meter, &pdu) else {
+            return fail(exception::ILLEGAL_FUNCTION);
+        };
+        let req = Request {
+            principal: who.clone(),
+            source: Some(peer.ip().to_string()),
+            door: "modbus",
+            action,
+            read_only,
+        };
+        let decision = self.guard.authorize(&req, OffsetDateTime::now_utc()).await;
+        if !decision.allowed {
+            return fail(exception::ILLEGAL_FUNCTION);
+        }
+        match link.call(raw).await {
+            Ok(answer) => Some(answer),
+            Err(UpstreamError::Busy) => fail(exception::SERVER_DEVICE_BUSY),
+            Err(UpstreamError::Timeout) => fail(exception::GATEWAY_TARGET_FAILED),
+            Err(UpstreamError::Unreachable(_)) => fail(exception::GATEWAY_PATH_UNAVAILABLE),
+        }
+    }
+}
+
+fn close_reason(e: FrameError) -> String {
+    format!("connection closed: {e}")
+}
+
+/// The guard action for a decoded request; None for codes the gateway never
+/// forwards (43 other than 14, user-defined codes): exception 01.
+pub fn action_of(meter: &str, pdu: &Pdu) -> Option<Action> {
+    let meter = meter.to_string();
+    let write = |function: u8, start: u16, values: WriteValues, read: Option<(u16, u16)>| {
+        Action::WriteRegisters {
+            meter: meter.clone(),
+            function,
+            start,
+            values,
+            read,
+        }
+    };
+    Some(match pdu {
+        Pdu::ReadBits {
+            function,
+            start,
+            count,
+        }
+        | Pdu::ReadRegisters {
+            function,
+            start,
+            count,
+        } => Action::ReadRegisters {
+            meter,
+            function: *function,
+            start: *start,
+            count: *count,
+        },
+        Pdu::DeviceId { .. } => Action::ReadRegisters {
+            meter,
+            function: 43,
+            start: 0,
+            count: 0,
+        },
+        Pdu::WriteCoil { address, on } => {
+            write(5, *address, WriteValues::Known(vec![*on as u16]), None)
+        }
+        Pdu::WriteRegister { address, value } => {
+            write(6, *address, WriteValues::Known(vec![*value]), None)
+        }
+        Pdu::WriteCoils { start, values } => write(
+            15,
+            *start,
+            WriteValues::Known(values.iter().map(|b| *b as u16).collect()),
+            None,
+        ),
+        Pdu::WriteRegisters { start, values } => {
+            write(16, *start, WriteValues::Known(values.clone()), None)
+        }
+        Pdu::MaskWrite { address, .. } => write(22, *address, WriteValues::Any { count: 1 }, None),
+        Pdu::ReadWrite {
+            read_start,
+            read_count,
+            write_start,
+            values,
+        } => write(
+            23,
+            *write_start,
+            WriteValues::Known(values.clone()),
+            Some((*read_start, *read_count)),
+        ),
+        Pdu::Diagnostics { sub_function } => Action::Diagnostics {
+            meter,
+            sub_function: *sub_function,
+        },
+        Pdu::Other { .. } => return None,
+    })
+}
+
+/// A source address and the kind of refused traffic from it.
+type FloodKey = (IpAddr, &'static str);
+
+/// Counts of refused and malformed traffic per (source, kind).
+#[derive(Default)]
+pub struct Floods {
+    counts: Mutex<HashMap<FloodKey, (u64, String)>>,
+}
+
+/// Distinct sources remembered per interval; beyond, they share one entry.
+const FLOOD_SOURCES: usize = 10_000;
+
+impl Floods {
+    pub fn count(&self, source: IpAddr, kind: &'static str, reason: &str) {
+        let Ok(mut c) = self.counts.lock() else {
+            return;
+        };
+        let key = if c.len() >= FLOOD_SOURCES && !c.contains_key(&(source, kind)) {
+            (IpAddr::from([0u8, 0, 0, 0]), kind)
+        } else {
+            (source, kind)
+        };
+        c.entry(key).or_insert_with(|| (0, reason.to_string())).0 += 1;
+    }
+
+    /// One event per (source, kind) with its count.
+    pub async fn flush(&self, guard: &Guard) {
+        let drained: Vec<_> = match self.counts.lock() {
+            Ok(mut c) => c.drain().collect(),
+            Err(_) => return,
+        };
+        for ((source, kind), (count, reason)) in drained {
+            let ev = EventDraft::new(kind, Category::Modbus, Outcome::Deny)
+                .source(source)
+                .door("modbus")
+                .reason(reason)
+                .detail("count", count);
+            let _ = guard.store().log().append(ev).await;
+        }
+    }
+
+    async fn flush_every(self: Arc<Self>, guard: Arc<Guard>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            self.flush(&guard).await;
+        }
+    }
+}
