@@ -56,7 +56,7 @@ pub struct Demo {
 
 /// The demo's config: the example's profile, three meters, the two plain
 /// Modbus clients, a private control socket and state inside DIR.
-fn config_text(dir: &Path) -> String {
+fn config_text(dir: &Path, base_port: u16) -> String {
     let profile = EXAMPLE
         .split_once("# --- profile ion-sim")
         .and_then(|(_, rest)| rest.split_once("# --- end profile ---"))
@@ -88,25 +88,25 @@ permissions = ["User Management", "Security Logs Access"]
 id = "meter-1"
 tags = {{ site = "north" }}
 profile = "ion-sim"
-address = "127.0.0.1:15021"
+address = "127.0.0.1:{p1}"
 gateway_unit = 1
 
 [[meters]]
 id = "meter-2"
 tags = {{ site = "north" }}
 profile = "ion-sim"
-address = "127.0.0.1:15022"
+address = "127.0.0.1:{p2}"
 gateway_unit = 2
 
 [[meters]]
 id = "meter-3"
 tags = {{ site = "south" }}
 profile = "ion-sim"
-address = "127.0.0.1:15023"
+address = "127.0.0.1:{p3}"
 gateway_unit = 3
 
 [modbus]
-listen = ["127.0.0.1:5502"]
+listen = ["127.0.0.1:{proxy}"]
 
 [[modbus.clients]]
 cidr = "127.0.0.1/32"
@@ -118,6 +118,10 @@ cidr = "127.0.0.2/32"
 service_user = "scada-viewer"
 "#,
         socket = dir.join("control.sock").display().to_string(),
+        proxy = base_port,
+        p1 = base_port as u32 + 15_519,
+        p2 = base_port as u32 + 15_520,
+        p3 = base_port as u32 + 15_521,
     )
 }
 
@@ -134,8 +138,12 @@ fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
         .map_err(io(path))
 }
 
+/// The demo's Modbus proxy port; its meters answer on 15021-15023.
+pub const DEMO_MODBUS_PORT: u16 = 5502;
+
 /// Sets up a fresh demo in `dir` (new or empty) or resumes the one there.
-pub fn prepare(dir: Option<PathBuf>) -> Result<Demo, DemoError> {
+/// `base_port` moves the proxy (and the meters, 15519 above it) for tests.
+pub fn prepare(dir: Option<PathBuf>, base_port: u16) -> Result<Demo, DemoError> {
     let dir = match dir {
         Some(d) => d,
         None => {
@@ -165,7 +173,7 @@ pub fn prepare(dir: Option<PathBuf>) -> Result<Demo, DemoError> {
         return Err(DemoError::NotADemo(dir.display().to_string()));
     }
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
-    write_private(&config_path, &config_text(&dir))?;
+    write_private(&config_path, &config_text(&dir, base_port))?;
     let (config, _) = Config::load(&config_path)?;
     let credentials = populate(&config)?;
     let text = toml::to_string(&credentials).map_err(|e| DemoError::Secret(e.to_string()))?;
@@ -247,12 +255,18 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 {mg} check --principal crew --permission \"Master Reset\" --meter meter-1\n\
          \x20 {mg} review\n\
          \x20 {mg} audit tail\n\
-         \x20 mbpoll -m tcp -p 5502 -a 1 -0 -r 3000 -c 10 -1 127.0.0.1     # Data View, as scada-operator\n\
-         \x20 mbpoll -m tcp -p 5502 -a 1 -0 -r 5000 -1 127.0.0.1 21212     # Peak Demand Reset (once per 15 min)\n\
-         \x20 mbpoll -m tcp -p 5502 -a 1 -0 -r 5000 -1 127.0.0.1 1115      # Master Reset: refused (exception 01)\n\
+         \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 3000 -c 10 -1 127.0.0.1     # Data View, as scada-operator\n\
+         \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 5000 -1 127.0.0.1 21212     # Peak Demand Reset (once per 15 min)\n\
+         \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 5000 -1 127.0.0.1 1115      # Master Reset: refused (exception 01)\n\
          stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
         who = whoami(),
         dir = demo.dir.display(),
+        port = demo
+            .config
+            .modbus_listen
+            .first()
+            .and_then(|a| a.rsplit(':').next())
+            .unwrap_or("5502"),
     );
     out
 }

@@ -41,6 +41,9 @@ enum Command {
         /// Where the demo lives (new or empty: set up; holding a demo: resumed).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Modbus proxy port of a fresh demo (meters 15519 above it); for tests.
+        #[arg(long, hide = true, default_value_t = demo::DEMO_MODBUS_PORT)]
+        base_port: u16,
     },
     /// Run the daemon (needs --config).
     Serve,
@@ -177,8 +180,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { dir } => {
-            let demo = match demo::prepare(dir) {
+        Command::Demo { dir, base_port } => {
+            if base_port as u32 + 15_521 > 65_535 {
+                eprintln!("error: --base-port {base_port} leaves no room for the meters' ports");
+                return Ok(ExitCode::from(2));
+            }
+            let demo = match demo::prepare(dir, base_port) {
                 Ok(d) => d,
                 Err(e @ demo::DemoError::NotADemo(_)) => {
                     eprintln!("error: {e}");

@@ -803,9 +803,10 @@ fn the_demo_starts_prints_ready_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let mut first_password = String::new();
+    let base_port = daemon::free_port_block();
     for round in 0..2 {
         let mut child = Command::new(BIN)
-            .args(["demo", "--dir"])
+            .args(["demo", "--base-port", &base_port.to_string(), "--dir"])
             .arg(&demo_dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

@@ -37,6 +37,22 @@ impl Daemon {
         Daemon::start_with(None)
     }
 
+    /// Starts with a config of the caller's; `text` gets the socket path.
+    pub fn start_text(text: impl FnOnce(&Path) -> String) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("metergate.toml");
+        let socket = dir.path().join("control.sock");
+        std::fs::write(&config, text(&socket)).unwrap();
+        let mut d = Daemon {
+            dir,
+            config,
+            socket,
+            child: None,
+        };
+        d.spawn(None);
+        d
+    }
+
     /// Starts under libfaketime at `fake_time` ("YYYY-MM-DD hh:mm:ss").
     pub fn start_with(fake_time: Option<&str>) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -199,4 +215,90 @@ pub fn libfaketime() -> &'static str {
                 "libfaketime is missing: install it with `apt-get install faketime` (.ci/run does)"
             )
         })
+}
+
+/// A port P such that P and P+15519..=P+15521 are free now (the demo's
+/// proxy and meters when started with `--base-port P`).
+pub fn free_port_block() -> u16 {
+    for _ in 0..200 {
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = l.local_addr() else { continue };
+        let p = addr.port();
+        if p as u32 + 15_521 > 65_535 {
+            continue;
+        }
+        let others: Vec<_> = (15_519..=15_521)
+            .filter_map(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).ok())
+            .collect();
+        if others.len() == 3 {
+            return p;
+        }
+    }
+    panic!("no free block of ports for the demo");
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `metergate simulate` as its own process; killed when dropped.
+pub struct Simulator {
+    child: Child,
+    pub base_port: u16,
+}
+
+impl Simulator {
+    pub fn start(meters: u16, extra: &[&str]) -> Simulator {
+        for _ in 0..50 {
+            let base = free_port();
+            if (1..meters).any(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).is_err()) {
+                continue;
+            }
+            let mut child = Command::new(BIN)
+                .args([
+                    "simulate",
+                    "--meters",
+                    &meters.to_string(),
+                    "--base-port",
+                    &base.to_string(),
+                ])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("metergate simulate starts");
+            use std::io::BufRead;
+            let out = child.stdout.take().unwrap();
+            let ready = std::io::BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l.contains("metergate simulate ready"));
+            if ready {
+                return Simulator {
+                    child,
+                    base_port: base,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("metergate simulate did not start");
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
