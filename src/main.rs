@@ -61,6 +61,9 @@ enum Command {
         /// Share of requests left unanswered (0.0-1.0).
         #[arg(long, default_value_t = 0.0)]
         drop_rate: f64,
+        /// Only every Nth request is slowed by --latency-ms (default: all).
+        #[arg(long, default_value_t = 1)]
+        slow_every: u64,
         /// Connections each meter accepts (a real ION9000: 8).
         #[arg(long, default_value_t = 8)]
         max_connections: usize,
@@ -147,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             meters,
             base_port,
             latency_ms,
+            slow_every,
             drop_rate,
             max_connections,
         } => {
@@ -161,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let faults = metergate::fleet::simulator::Faults {
                 latency: std::time::Duration::from_millis(latency_ms),
+                slow_every,
                 drop_per_mille: (drop_rate * 1000.0) as u32,
                 max_connections,
             };

@@ -470,3 +470,66 @@ fn raw_frames_get_the_outcomes_of_the_design_table() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_late_reply_after_a_timeout_never_reaches_another_client() {
+    // Every second request to this meter takes 2.5 s; the gateway waits 1 s.
+    let slow = Simulator::start(1, &["--latency-ms", "2500", "--slow-every", "2"]);
+    let s = setup(Some(&slow));
+    let p = s.proxy;
+    let warm = one(
+        p,
+        json!({"op": "read", "unit": 4, "address": 3000, "count": 2}),
+    );
+    assert_eq!(
+        warm["registers"].as_array().map(|r| r.len()),
+        Some(2),
+        "request 1 is fast: {warm}"
+    );
+    // Client A's read is the slow one: 0B after the gateway's timeout...
+    let a = one(
+        p,
+        json!({"op": "read", "unit": 4, "address": 3000, "count": 1, "timeout": 6}),
+    );
+    assert_eq!(a["exception"], 11, "{a}");
+    // ...and clients B and C, asking while and after A's late reply is on
+    // its way, get their own answers (5 and 3 registers), never A's (1).
+    let b = one(
+        p,
+        json!({"op": "read", "unit": 4, "address": 3000, "count": 5, "timeout": 6}),
+    );
+    assert_eq!(b["registers"].as_array().map(|r| r.len()), Some(5), "{b}");
+    std::thread::sleep(Duration::from_secs(2));
+    let c = one(
+        p,
+        json!({"op": "read", "unit": 4, "address": 6000, "count": 1, "timeout": 6}),
+    );
+    let c2 = one(
+        p,
+        json!({"op": "read", "unit": 4, "address": 3000, "count": 3, "timeout": 6}),
+    );
+    for r in [&c, &c2] {
+        assert!(r["ok"] == true || r["exception"] == 11, "{r}");
+    }
+    assert_eq!(
+        c2["registers"].as_array().map(|r| r.len()).unwrap_or(3),
+        3,
+        "{c2}"
+    );
+}
+
+#[test]
+fn deactivating_a_service_user_ends_its_live_modbus_connections() {
+    let s = setup(None);
+    let mut c = connect(s.proxy);
+    c.write_all(&adu(1, 1, &[3, 0x0b, 0xb8, 0, 1])).unwrap();
+    assert_eq!(read_adus(&mut c, 1)[0].1[0], 3, "the connection works");
+    let r = s.d.mg(&["service-user", "deactivate", "tester"]);
+    assert!(r.ok().stdout.contains("1 live sessions ended"), "{r:?}");
+    assert!(closed(&mut c), "the gateway closed the live connection");
+    // New connections from that source are let in but every request is denied.
+    let r = one(s.proxy, json!({"op": "read", "unit": 1, "address": 3000}));
+    assert_eq!(r["exception"], 1, "{r}");
+    let tail = s.d.mg(&["audit", "tail", "-n", "5"]).stdout;
+    assert!(tail.contains("principal is inactive"), "{tail}");
+}

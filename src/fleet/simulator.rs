@@ -29,6 +29,8 @@ const LAST: u16 = 6000;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Faults {
     pub latency: Duration,
+    /// Only every Nth request is slow (0 or 1: every request).
+    pub slow_every: u64,
     /// Per mille of requests that get no answer at all.
     pub drop_per_mille: u32,
     /// Connections beyond this are closed at once (ION9000 takes 8).
@@ -311,12 +313,14 @@ async fn serve(
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut out = Vec::new();
+        let mut slow = false;
         loop {
             let (header, used, answer) = match frame::split(&buf) {
                 Ok(None) => break,
                 Err(_) => return Ok(()), // not Modbus: hang up
                 Ok(Some((h, pdu, used))) => {
                     let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
+                    slow |= faults.slow_every <= 1 || n % faults.slow_every == 0;
                     let answer = match Pdu::decode(pdu) {
                         Ok(p) => state
                             .lock()
@@ -342,7 +346,7 @@ async fn serve(
             }
         }
         if !out.is_empty() {
-            if !faults.latency.is_zero() {
+            if slow && !faults.latency.is_zero() {
                 tokio::time::sleep(faults.latency).await;
             }
             stream.write_all(&out).await?;
