@@ -320,7 +320,7 @@ async fn serve(
                 Err(_) => return Ok(()), // not Modbus: hang up
                 Ok(Some((h, pdu, used))) => {
                     let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
-                    slow |= faults.slow_every <= 1 || n % faults.slow_every == 0;
+                    slow |= faults.slow_every <= 1 || n.is_multiple_of(faults.slow_every);
                     let answer = match Pdu::decode(pdu) {
                         Ok(p) => state
                             .lock()
