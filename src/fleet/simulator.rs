@@ -60,18 +60,20 @@ impl Default for MeterState {
 
 impl MeterState {
     fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc() + time::Duration::seconds(self.clock_offset)
+        let now = OffsetDateTime::now_utc();
+        now.checked_add(time::Duration::seconds(self.clock_offset)).unwrap_or(now)
     }
 
     /// Measurements move with time: demand follows a slow wave.
     fn refresh(&mut self) {
         let t = self.now().unix_timestamp();
-        let demand = 400 + ((t % 600) - 300).unsigned_abs() as u16;
+        // rem_euclid: a clock set before 1970 gives a negative timestamp.
+        let demand = 400 + (t.rem_euclid(600) - 300).unsigned_abs() as u16;
         self.energy = self.energy.wrapping_add(1);
         for i in 0..20u16 {
             let v = match i {
-                0..=2 => 2300 + (t % 7) as u16 + i, // volts × 10
-                3..=5 => 100 + (t % 13) as u16 + i, // amps × 10
+                0..=2 => 2300 + t.rem_euclid(7) as u16 + i, // volts × 10
+                3..=5 => 100 + t.rem_euclid(13) as u16 + i, // amps × 10
                 6 => demand,                        // kW
                 18 => (self.energy >> 16) as u16,
                 19 => self.energy as u16,
@@ -357,6 +359,16 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_set_far_into_the_past_does_not_break_the_meter() {
+        // Found by the fuzzer: year 1 gave a negative timestamp.
+        let mut m = MeterState::default();
+        let r = m.handle(&Pdu::WriteRegisters { start: 5010, values: vec![1, 1, 1, 0, 0, 0] });
+        assert_eq!(r[0], 16, "{r:?}");
+        let r = m.handle(&Pdu::ReadRegisters { function: 3, start: 3000, count: 20 });
+        assert_eq!(r[0], 3);
+    }
 
     #[test]
     fn the_command_register_and_the_write_counter() {
