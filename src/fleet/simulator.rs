@@ -61,7 +61,8 @@ impl Default for MeterState {
 impl MeterState {
     fn now(&self) -> OffsetDateTime {
         let now = OffsetDateTime::now_utc();
-        now.checked_add(time::Duration::seconds(self.clock_offset)).unwrap_or(now)
+        now.checked_add(time::Duration::seconds(self.clock_offset))
+            .unwrap_or(now)
     }
 
     /// Measurements move with time: demand follows a slow wave.
@@ -74,7 +75,7 @@ impl MeterState {
             let v = match i {
                 0..=2 => 2300 + t.rem_euclid(7) as u16 + i, // volts × 10
                 3..=5 => 100 + t.rem_euclid(13) as u16 + i, // amps × 10
-                6 => demand,                        // kW
+                6 => demand,                                // kW
                 18 => (self.energy >> 16) as u16,
                 19 => self.energy as u16,
                 _ => i * 10,
@@ -364,9 +365,16 @@ mod tests {
     fn a_clock_set_far_into_the_past_does_not_break_the_meter() {
         // Found by the fuzzer: year 1 gave a negative timestamp.
         let mut m = MeterState::default();
-        let r = m.handle(&Pdu::WriteRegisters { start: 5010, values: vec![1, 1, 1, 0, 0, 0] });
+        let r = m.handle(&Pdu::WriteRegisters {
+            start: 5010,
+            values: vec![1, 1, 1, 0, 0, 0],
+        });
         assert_eq!(r[0], 16, "{r:?}");
-        let r = m.handle(&Pdu::ReadRegisters { function: 3, start: 3000, count: 20 });
+        let r = m.handle(&Pdu::ReadRegisters {
+            function: 3,
+            start: 3000,
+            count: 20,
+        });
         assert_eq!(r[0], 3);
     }
 
