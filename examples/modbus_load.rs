@@ -1,0 +1,116 @@
+//! Modbus/TCP load generator for the proxy benchmark: N clients, each on its
+//! own connection, send FC 3 reads of 10 registers in a closed loop for a
+//! while; prints one JSON line with requests/s and latency percentiles.
+//!
+//! usage: modbus_load --clients N --seconds S --target HOST:PORT --units 1-16
+//!        modbus_load --clients N --seconds S --targets HOST:P1,HOST:P2,... (unit 1 each)
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Args {
+    clients: usize,
+    seconds: f64,
+    /// (address, unit) each client cycles through; client i uses entry i % len.
+    targets: Vec<(String, u8)>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut clients = 1;
+    let mut seconds = 5.0;
+    let mut target = None;
+    let mut units = (1u8, 1u8);
+    let mut targets = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--clients" => clients = val()?.parse().map_err(|e| format!("--clients: {e}"))?,
+            "--seconds" => seconds = val()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--target" => target = Some(val()?),
+            "--units" => {
+                let v = val()?;
+                let (a, b) = v.split_once('-').unwrap_or((&v, &v));
+                units = (a.parse().map_err(|_| "--units A-B")?, b.parse().map_err(|_| "--units A-B")?);
+            }
+            "--targets" => targets = val()?.split(',').map(|t| (t.to_string(), 1u8)).collect(),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if let Some(t) = target {
+        targets = (units.0..=units.1).map(|u| (t.clone(), u)).collect();
+    }
+    if targets.is_empty() || clients == 0 {
+        return Err("give --target and --units, or --targets, and --clients ≥ 1".into());
+    }
+    Ok(Args { clients, seconds, targets })
+}
+
+async fn client(addr: String, unit: u8, until: Instant) -> Result<Vec<u32>, String> {
+    let mut s = TcpStream::connect(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut lat = Vec::with_capacity(100_000);
+    let mut tid: u16 = 0;
+    let mut resp = [0u8; 7 + 2 + 20];
+    while Instant::now() < until {
+        tid = tid.wrapping_add(1);
+        let t = tid.to_be_bytes();
+        let req = [t[0], t[1], 0, 0, 0, 6, unit, 3, 0x0b, 0xb8, 0, 10];
+        let start = Instant::now();
+        s.write_all(&req).await.map_err(|e| e.to_string())?;
+        s.read_exact(&mut resp).await.map_err(|e| format!("read: {e}"))?;
+        if resp[0..2] != t || resp[7] != 3 {
+            return Err(format!("unexpected answer {:?}", &resp[..9]));
+        }
+        lat.push(start.elapsed().as_micros() as u32);
+    }
+    Ok(lat)
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let out = rt.block_on(async move {
+        let until = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..args.clients)
+            .map(|i| {
+                let (addr, unit) = args.targets[i % args.targets.len()].clone();
+                tokio::spawn(client(addr, unit, until))
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = Vec::new();
+        for t in tasks {
+            match t.await {
+                Ok(Ok(l)) => all.extend(l),
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (all, errors, started.elapsed())
+    });
+    let (mut lat, errors, elapsed) = out;
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    println!(
+        "{{\"requests\":{},\"seconds\":{:.3},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"errors\":{}}}",
+        lat.len(),
+        elapsed.as_secs_f64(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+        errors.len()
+    );
+    if let Some(e) = errors.first() {
+        eprintln!("first error: {e}");
+    }
+}
