@@ -33,7 +33,10 @@ fn parse() -> Result<Args, String> {
             "--units" => {
                 let v = val()?;
                 let (a, b) = v.split_once('-').unwrap_or((&v, &v));
-                units = (a.parse().map_err(|_| "--units A-B")?, b.parse().map_err(|_| "--units A-B")?);
+                units = (
+                    a.parse().map_err(|_| "--units A-B")?,
+                    b.parse().map_err(|_| "--units A-B")?,
+                );
             }
             "--targets" => targets = val()?.split(',').map(|t| (t.to_string(), 1u8)).collect(),
             other => return Err(format!("unknown argument {other}")),
@@ -45,11 +48,17 @@ fn parse() -> Result<Args, String> {
     if targets.is_empty() || clients == 0 {
         return Err("give --target and --units, or --targets, and --clients ≥ 1".into());
     }
-    Ok(Args { clients, seconds, targets })
+    Ok(Args {
+        clients,
+        seconds,
+        targets,
+    })
 }
 
 async fn client(addr: String, unit: u8, until: Instant) -> Result<Vec<u32>, String> {
-    let mut s = TcpStream::connect(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut lat = Vec::with_capacity(100_000);
     let mut tid: u16 = 0;
@@ -60,7 +69,9 @@ async fn client(addr: String, unit: u8, until: Instant) -> Result<Vec<u32>, Stri
         let req = [t[0], t[1], 0, 0, 0, 6, unit, 3, 0x0b, 0xb8, 0, 10];
         let start = Instant::now();
         s.write_all(&req).await.map_err(|e| e.to_string())?;
-        s.read_exact(&mut resp).await.map_err(|e| format!("read: {e}"))?;
+        s.read_exact(&mut resp)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
         if resp[0..2] != t || resp[7] != 3 {
             return Err(format!("unexpected answer {:?}", &resp[..9]));
         }
@@ -77,7 +88,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let out = rt.block_on(async move {
         let until = Instant::now() + Duration::from_secs_f64(args.seconds);
         let started = Instant::now();
@@ -100,7 +115,11 @@ fn main() {
     });
     let (mut lat, errors, elapsed) = out;
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "{{\"requests\":{},\"seconds\":{:.3},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{},\"errors\":{}}}",
         lat.len(),

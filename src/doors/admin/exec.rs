@@ -392,6 +392,30 @@ fn policy_exists(dir: &Directory, p: &str) -> Result<(), AdminError> {
     }
 }
 
+/// Attaches (or detaches) policy `p` in `list`, refusing a no-op; returns
+/// the verb for the message.
+fn toggle_policy(
+    dir: &Directory,
+    list: &mut Vec<String>,
+    p: &str,
+    attach: bool,
+    owner: &str,
+) -> Result<&'static str, AdminError> {
+    policy_exists(dir, p)?;
+    match (attach, list.iter().any(|x| x == p)) {
+        (true, true) => refused(format!("policy {p} is already attached to {owner}")),
+        (false, false) => refused(format!("policy {p} is not attached to {owner}")),
+        (true, false) => {
+            list.push(p.to_string());
+            Ok("attached to")
+        }
+        (false, true) => {
+            list.retain(|x| x != p);
+            Ok("detached from")
+        }
+    }
+}
+
 fn put_user(u: User) -> Op {
     let v = u.version;
     Op::Put(Entity::User(u), Expect::Version(v))
@@ -853,24 +877,8 @@ async fn user(
         UserCommand::Attach { name: n, policy: p } | UserCommand::Detach { name: n, policy: p } => {
             let attach = matches!(cmd, UserCommand::Attach { .. });
             let mut u = get_user(&dir, n)?;
-            policy_exists(&dir, p)?;
-            let has = u.policies.contains(p);
-            match (attach, has) {
-                (true, true) => {
-                    return refused(format!("policy {p} is already attached to user {n}"));
-                }
-                (false, false) => {
-                    return refused(format!("policy {p} is not attached to user {n}"));
-                }
-                (true, false) => u.policies.push(p.clone()),
-                (false, true) => u.policies.retain(|x| x != p),
-            }
+            let verb = toggle_policy(&dir, &mut u.policies, p, attach, &format!("user {n}"))?;
             apply(ctx, who, now, vec![put_user(u)])?;
-            let verb = if attach {
-                "attached to"
-            } else {
-                "detached from"
-            };
             Ok(Done::changed(
                 format!("policy {p} {verb} user {n}\n"),
                 format!("policy {p} {verb} user {n}"),
@@ -1038,26 +1046,14 @@ async fn service_user(
         | ServiceUserCommand::Detach { name: n, policy: p } => {
             let attach = matches!(cmd, ServiceUserCommand::Attach { .. });
             let mut s = get_service(&dir, n)?;
-            policy_exists(&dir, p)?;
-            let has = s.policies.contains(p);
-            match (attach, has) {
-                (true, true) => {
-                    return refused(format!(
-                        "policy {p} is already attached to service user {n}"
-                    ));
-                }
-                (false, false) => {
-                    return refused(format!("policy {p} is not attached to service user {n}"));
-                }
-                (true, false) => s.policies.push(p.clone()),
-                (false, true) => s.policies.retain(|x| x != p),
-            }
+            let verb = toggle_policy(
+                &dir,
+                &mut s.policies,
+                p,
+                attach,
+                &format!("service user {n}"),
+            )?;
             apply(ctx, who, now, vec![put_service(s)])?;
-            let verb = if attach {
-                "attached to"
-            } else {
-                "detached from"
-            };
             Ok(Done::changed(
                 format!("policy {p} {verb} service user {n}\n"),
                 format!("policy {p} {verb} service user {n}"),
@@ -1272,24 +1268,8 @@ fn group(
         | GroupCommand::Detach { name: n, policy: p } => {
             let attach = matches!(cmd, GroupCommand::Attach { .. });
             let mut g = get_group(&dir, n)?;
-            policy_exists(&dir, p)?;
-            let has = g.policies.contains(p);
-            match (attach, has) {
-                (true, true) => {
-                    return refused(format!("policy {p} is already attached to group {n}"));
-                }
-                (false, false) => {
-                    return refused(format!("policy {p} is not attached to group {n}"));
-                }
-                (true, false) => g.policies.push(p.clone()),
-                (false, true) => g.policies.retain(|x| x != p),
-            }
+            let verb = toggle_policy(&dir, &mut g.policies, p, attach, &format!("group {n}"))?;
             apply(ctx, who, now, vec![put_group(g)])?;
-            let verb = if attach {
-                "attached to"
-            } else {
-                "detached from"
-            };
             Ok(Done::changed(
                 format!("policy {p} {verb} group {n}\n"),
                 format!("policy {p} {verb} group {n}"),
@@ -1686,24 +1666,8 @@ fn support(
         SupportCommand::Attach { policy: p } | SupportCommand::Detach { policy: p } => {
             let attach = matches!(cmd, SupportCommand::Attach { .. });
             let mut s = current()?;
-            policy_exists(&dir, p)?;
-            let has = s.policies.contains(p);
-            match (attach, has) {
-                (true, true) => {
-                    return refused(format!("policy {p} is already attached to support access"));
-                }
-                (false, false) => {
-                    return refused(format!("policy {p} is not attached to support access"));
-                }
-                (true, false) => s.policies.push(p.clone()),
-                (false, true) => s.policies.retain(|x| x != p),
-            }
+            let verb = toggle_policy(&dir, &mut s.policies, p, attach, "support access")?;
             apply(ctx, who, now, vec![put(s)])?;
-            let verb = if attach {
-                "attached to"
-            } else {
-                "detached from"
-            };
             Ok(Done::changed(
                 format!("policy {p} {verb} support access\n"),
                 format!("policy {p} {verb} support access"),
