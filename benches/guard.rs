@@ -36,6 +36,7 @@ fn world(policies: usize, dir: &Path) -> Guard {
             listener: 0,
             max_connections: 2,
             timeout: std::time::Duration::from_secs(1),
+            pipeline: 1,
         })
         .collect();
     let store = Arc::new(Store::open(dir).unwrap());

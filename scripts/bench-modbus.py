@@ -89,13 +89,13 @@ def profile():
     return "# --- profile ion-sim" + text.split("# --- profile ion-sim", 1)[1].split("# --- end profile ---", 1)[0]
 
 
-def start_proxy(tmp, meters, listeners, pool):
+def start_proxy(tmp, meters, listeners, pool, pipeline=1):
     """meters: list of (address, listener index, gateway unit)."""
     sock = os.path.join(tmp, "c.sock")
     ports = [free_port() for _ in range(listeners)]
     cfg = [f'state_dir = "state"\n[control]\nsocket = "{sock}"\ngroup = ""\nmode = "0600"\n', profile()]
     for i, (addr, l, unit) in enumerate(meters):
-        cfg.append(f'[[meters]]\nid = "m{i}"\nprofile = "ion-sim"\naddress = "{addr}"\ngateway_unit = {unit}\nlistener = "127.0.0.1:{ports[l]}"\nmax_connections = {pool}\n')
+        cfg.append(f'[[meters]]\nid = "m{i}"\nprofile = "ion-sim"\naddress = "{addr}"\ngateway_unit = {unit}\nlistener = "127.0.0.1:{ports[l]}"\nmax_connections = {pool}\npipeline = {pipeline}\n')
     cfg.append("[modbus]\nlisten = [" + ", ".join(f'"127.0.0.1:{p}"' for p in ports) + "]\nmax_queue = 4096\n")
     cfg.append('[[modbus.clients]]\ncidr = "127.0.0.0/8"\nservice_user = "bench"\n')
     path = os.path.join(tmp, "m.toml")
@@ -136,12 +136,13 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=3)
     ap.add_argument("--clients", default="1,16,64,256")
+    ap.add_argument("--pipeline", type=int, default=8, help="requests in flight per meter connection (our `pipeline`)")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "metergate", "--example", "modbus_load"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp()
     base = free_block(16)
     sim = start_sim(16, base)
-    proxy, ports = start_proxy(tmp, [(f"127.0.0.1:{base + k}", 0, k + 1) for k in range(16)], 1, 8)
+    proxy, ports = start_proxy(tmp, [(f"127.0.0.1:{base + k}", 0, k + 1) for k in range(16)], 1, 8, a.pipeline)
     direct = ",".join(f"127.0.0.1:{base + k}" for k in range(16))
     print(f"# direct vs proxy: 16 meters, FC3 x10 registers, {a.runs} alternated runs of {a.seconds}s, medians\n")
     print("| clients | direct req/s | proxy req/s | ratio | direct p50/p99 µs | proxy p50/p99 µs | added p50 µs | sim CPU/req µs | proxy CPU/req µs | proxy/sim CPU |")
@@ -164,12 +165,12 @@ def main():
     if shutil.which("modbus-proxy"):
         one = f"127.0.0.1:{base}"
         t2 = tempfile.mkdtemp()
-        ours, oports = start_proxy(t2, [(one, 0, 1)], 1, 4)
+        ours, oports = start_proxy(t2, [(one, 0, 1)], 1, 4, a.pipeline)
         theirs_port = free_port()
         theirs = subprocess.Popen(["modbus-proxy", "-b", f"tcp://127.0.0.1:{theirs_port}", "--modbus", f"tcp://{one}"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(theirs_port)
-        print(f"\n# one meter, 64 clients, {a.runs} alternated runs: ours vs modbus-proxy\n")
+        print(f"\n# one meter, 64 clients, {a.runs} alternated runs: ours (4 connections, pipeline {a.pipeline}) vs modbus-proxy\n")
         o_runs, t_runs = [], []
         for _ in range(a.runs):
             o_runs.append(load(clients=64, seconds=a.seconds, target=f"127.0.0.1:{oports[0]}", units="1-1"))

@@ -224,6 +224,9 @@ pub struct MeterConfig {
     pub max_connections: usize,
     /// How long the meter has to answer one request.
     pub timeout: Duration,
+    /// Requests the gateway may have in flight on one connection to the
+    /// meter (1: one at a time, safe for meters that cannot queue them).
+    pub pipeline: usize,
 }
 
 /// A plain Modbus/TCP client known only by its source address.
@@ -373,6 +376,12 @@ struct RawMeter {
     max_connections: usize,
     #[serde(default)]
     timeout: Option<Interval>,
+    #[serde(default = "one_usize")]
+    pipeline: usize,
+}
+
+fn one_usize() -> usize {
+    1
 }
 
 fn two() -> usize {
@@ -628,6 +637,7 @@ impl Config {
                 listener,
                 max_connections: m.max_connections,
                 timeout: m.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
+                pipeline: m.pipeline.clamp(1, 64),
             });
         }
 

@@ -30,7 +30,7 @@ fn config(socket: &Path, proxy: u16, sim: u16, slow: Option<u16>) -> String {
     let mut meters = String::new();
     for k in 0..3u16 {
         meters += &format!(
-            "[[meters]]\nid = \"meter-{n}\"\ntags = {{ site = \"{site}\" }}\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{port}\"\ngateway_unit = {n}\ntimeout = \"2s\"\n\n",
+            "[[meters]]\nid = \"meter-{n}\"\ntags = {{ site = \"{site}\" }}\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{port}\"\ngateway_unit = {n}\ntimeout = \"2s\"\npipeline = 4\n\n",
             n = k + 1,
             site = if k < 2 { "north" } else { "south" },
             port = sim + k
@@ -38,7 +38,7 @@ fn config(socket: &Path, proxy: u16, sim: u16, slow: Option<u16>) -> String {
     }
     if let Some(slow) = slow {
         meters += &format!(
-            "[[meters]]\nid = \"meter-slow\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{slow}\"\ngateway_unit = 4\ntimeout = \"1s\"\n\n"
+            "[[meters]]\nid = \"meter-slow\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{slow}\"\ngateway_unit = 4\ntimeout = \"1s\"\npipeline = 4\n\n"
         );
     }
     format!(

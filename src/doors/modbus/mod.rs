@@ -58,6 +58,7 @@ impl ModbusDoor {
                             m.address.as_deref()?,
                             m.unit_id,
                             m.max_connections,
+                            m.pipeline,
                             m.timeout,
                             config.modbus_max_queue,
                         );
