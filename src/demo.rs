@@ -282,9 +282,11 @@ fn whoami() -> String {
 /// Starts the demo's simulated meters (the addresses its config names).
 pub async fn start_meters(
     config: &Config,
+    dir: &Path,
 ) -> std::io::Result<Vec<crate::fleet::simulator::SimulatedMeter>> {
     let mut meters = Vec::new();
     for m in &config.meters {
+        crate::fleet::simulator::create_file_tree(&dir.join("meters").join(&m.id), &m.id)?;
         if let Some(addr) = m.address.as_deref().and_then(|a| a.parse().ok()) {
             meters.push(
                 crate::fleet::simulator::SimulatedMeter::start(addr, Default::default()).await?,

@@ -61,6 +61,10 @@ enum Command {
         /// Share of requests left unanswered (0.0-1.0).
         #[arg(long, default_value_t = 0.0)]
         drop_rate: f64,
+        /// Where the meters' file trees live (DIR/sim-K); default: a new
+        /// temporary directory.
+        #[arg(long)]
+        files: Option<PathBuf>,
         /// Only every Nth request is slowed by --latency-ms (default: all).
         #[arg(long, default_value_t = 1)]
         slow_every: u64,
@@ -153,6 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             slow_every,
             drop_rate,
             max_connections,
+            files,
         } => {
             if !(0.0..=1.0).contains(&drop_rate)
                 || meters == 0
@@ -171,13 +176,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(async move {
                 let mut running = Vec::new();
+                let files = files.unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("metergate-sim-{base_port}"))
+                });
                 for k in 0..meters {
+                    metergate::fleet::simulator::create_file_tree(
+                        &files.join(format!("sim-{}", k + 1)),
+                        &format!("sim-{}", k + 1),
+                    )?;
                     let addr: std::net::SocketAddr = ([127, 0, 0, 1], base_port + k).into();
                     running.push(
                         metergate::fleet::simulator::SimulatedMeter::start(addr, faults).await?,
                     );
                     println!("sim-{} on {addr}", k + 1);
                 }
+                println!("files in {}", files.display());
                 println!("metergate simulate ready");
                 tokio::signal::ctrl_c().await?;
                 drop(running);
@@ -200,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let text = demo::instructions(&demo);
             let rt = runtime()?;
-            let _meters = rt.block_on(demo::start_meters(&demo.config))?;
+            let _meters = rt.block_on(demo::start_meters(&demo.config, &demo.dir))?;
             rt.block_on(daemon::run(demo.config, |_| {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();

@@ -899,6 +899,25 @@ fn the_demo_starts_prints_ready_and_resumes() {
         )
         .to_string();
         assert!(check.starts_with("DENY"), "{check}");
+        // The printed mbpoll command works: a Data View read through the proxy.
+        let cmd = seen
+            .iter()
+            .find(|l| l.contains("mbpoll") && l.contains("-r 3000"))
+            .expect("an mbpoll example");
+        let words: Vec<&str> = cmd.split('#').next().unwrap().split_whitespace().collect();
+        let out = Command::new("mbpoll")
+            .args(&words[1..])
+            .output()
+            .expect("mbpoll is missing: apt-get install mbpoll (.ci/run does)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("[3000]:") && text.contains("[3009]:"),
+            "{cmd}: {text}"
+        );
+        assert!(
+            demo_dir.join("meters/meter-1/logs/events.log").is_file(),
+            "the simulated meters' files"
+        );
         if round == 0 {
             assert_eq!(
                 mg(&["group", "add", "made-in-round-0"]).status.code(),

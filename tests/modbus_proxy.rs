@@ -533,3 +533,134 @@ fn deactivating_a_service_user_ends_its_live_modbus_connections() {
     let tail = s.d.mg(&["audit", "tail", "-n", "5"]).stdout;
     assert!(tail.contains("principal is inactive"), "{tail}");
 }
+
+#[test]
+fn each_listener_has_its_own_unit_map() {
+    let sim = Simulator::start(2, &[]);
+    let (a, b) = (free_port(), free_port());
+    let profile = EXAMPLE
+        .split_once("# --- profile ion-sim")
+        .unwrap()
+        .1
+        .split_once("# --- end profile ---")
+        .unwrap()
+        .0;
+    let base = sim.base_port;
+    let d = Daemon::start_text(|socket| {
+        format!(
+            "state_dir = \"state\"\n[control]\nsocket = {socket:?}\ngroup = \"\"\n\n# --- profile ion-sim{profile}\n\
+             [[meters]]\nid = \"north-1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{base}\"\ngateway_unit = 1\nlistener = \"127.0.0.1:{a}\"\n\n\
+             [[meters]]\nid = \"south-1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{m2}\"\ngateway_unit = 1\nlistener = \"127.0.0.1:{b}\"\n\n\
+             [modbus]\nlisten = [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]\n\n\
+             [[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\nallow_writes = true\n",
+            socket = socket.display().to_string(),
+            m2 = base + 1,
+        )
+    });
+    d.mg(&["service-user", "add", "tester"]).ok();
+    // Data View on north-1 only: unit 1 means a different meter on each port.
+    let file = d.dir.path().join("north.toml");
+    std::fs::write(&file, "name = \"north-view\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\nmeters = [\"north-1\"]\n").unwrap();
+    d.mg(&["policy", "create", "--file", file.to_str().unwrap()])
+        .ok();
+    d.mg(&["service-user", "attach", "tester", "north-view"])
+        .ok();
+    assert_eq!(
+        one(a, json!({"op": "read", "unit": 1, "address": 3000}))["ok"],
+        true
+    );
+    assert_eq!(
+        one(b, json!({"op": "read", "unit": 1, "address": 3000}))["exception"],
+        1,
+        "unit 1 on the second listener is south-1"
+    );
+    assert_eq!(
+        one(a, json!({"op": "read", "unit": 2, "address": 3000}))["exception"],
+        10
+    );
+    let tail = d.mg(&["audit", "tail", "-n", "10"]).stdout;
+    assert!(tail.contains("meter=south-1"), "{tail}");
+}
+
+#[test]
+fn a_full_queue_answers_06_half_frames_time_out_and_garbage_is_counted_not_flooded() {
+    // One connection, one request at a time, one waiting: the rest are busy.
+    let slow = Simulator::start(1, &["--latency-ms", "1500"]);
+    let tree = std::env::temp_dir()
+        .join(format!("metergate-sim-{}", slow.base_port))
+        .join("sim-1");
+    for f in ["logs/events.log", "logs/energy.csv", "config/meter.cfg"] {
+        assert!(tree.join(f).is_file(), "the simulated meter has {f}");
+    }
+    for d in ["firmware", "certificates"] {
+        assert!(tree.join(d).is_dir(), "the simulated meter has {d}/");
+    }
+    let proxy = free_port();
+    let profile = EXAMPLE
+        .split_once("# --- profile ion-sim")
+        .unwrap()
+        .1
+        .split_once("# --- end profile ---")
+        .unwrap()
+        .0;
+    let sim = slow.base_port;
+    let mut d = Daemon::start_text(|socket| {
+        format!(
+            "state_dir = \"state\"\n[control]\nsocket = {socket:?}\ngroup = \"\"\n\n# --- profile ion-sim{profile}\n\
+             [[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{sim}\"\ngateway_unit = 1\nmax_connections = 1\ntimeout = \"5s\"\n\n\
+             [modbus]\nlisten = [\"127.0.0.1:{proxy}\"]\nmax_queue = 1\n\n\
+             [[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\n",
+            socket = socket.display().to_string()
+        )
+    });
+    d.mg(&["service-user", "add", "tester"]).ok();
+    d.mg(&["service-user", "attach", "tester", "ReadOnly"]).ok();
+    let mut clients: Vec<TcpStream> = (0..4).map(|_| connect(proxy)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(&adu(i as u16, 1, &[3, 0x0b, 0xb8, 0, 1]))
+            .unwrap();
+    }
+    let answers: Vec<Vec<u8>> = clients
+        .iter_mut()
+        .map(|c| read_adus(c, 1).remove(0).1)
+        .collect();
+    let busy = answers.iter().filter(|a| **a == [0x83, 0x06]).count();
+    let served = answers.iter().filter(|a| a[0] == 3).count();
+    assert!(busy >= 1 && served >= 1, "{answers:?}");
+
+    // A frame begun and never finished is closed after the partial-frame timeout.
+    let mut half = connect(proxy);
+    half.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    half.write_all(&[0, 1, 0, 0, 0, 6, 1, 3]).unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed(&mut half), "a half frame is not held open");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "closed within the bound"
+    );
+
+    // Garbage from one source: counted in one event per kind, not one each.
+    for _ in 0..25 {
+        let mut c = connect(proxy);
+        let _ = c.write_all(&[0, 1, 0, 7, 0, 6, 1, 3, 0, 0, 0, 1]);
+        let _ = closed(&mut c);
+    }
+    d.restart(None); // a graceful stop writes the pending aggregates
+    let tail = d.mg(&["--json", "audit", "tail", "-n", "100"]).stdout;
+    let events: Vec<Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bad: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["code"] == "modbus.bad-frame")
+        .collect();
+    assert_eq!(bad.len(), 1, "one aggregated event: {bad:?}");
+    assert_eq!(bad[0]["detail"]["count"], "25");
+    assert_eq!(bad[0]["source"], "127.0.0.1");
+    assert!(
+        events.iter().any(|e| e["code"] == "modbus.busy"),
+        "the full queue is in the log"
+    );
+}

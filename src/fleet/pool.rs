@@ -46,6 +46,8 @@ pub struct MeterLink {
     permits: Semaphore,
     waiting: AtomicUsize,
     max_waiting: usize,
+    /// Requests refused with 0x06 since start (a metric).
+    busy: std::sync::atomic::AtomicU64,
     lanes: Vec<Mutex<Option<Arc<Conn>>>>,
     /// Held while a lane connects, so two callers never open the same lane.
     connecting: tokio::sync::Mutex<()>,
@@ -70,9 +72,15 @@ impl MeterLink {
             permits: Semaphore::new(lanes * pipeline.max(1)),
             waiting: AtomicUsize::new(0),
             max_waiting,
+            busy: std::sync::atomic::AtomicU64::new(0),
             lanes: (0..lanes).map(|_| Mutex::new(None)).collect(),
             connecting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Requests refused because the queue was full (a metric).
+    pub fn busy_refusals(&self) -> u64 {
+        self.busy.load(Ordering::Relaxed)
     }
 
     /// Requests waiting for room on this meter's connections (a metric).
@@ -142,6 +150,7 @@ impl MeterLink {
     pub async fn call(&self, pdu: &[u8]) -> Result<Vec<u8>, UpstreamError> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.busy.fetch_add(1, Ordering::Relaxed);
             return Err(UpstreamError::Busy);
         }
         let permit = self.permits.acquire().await;

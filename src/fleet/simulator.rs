@@ -246,6 +246,38 @@ impl MeterState {
     }
 }
 
+/// The meter's file tree, as a real meter's file store looks to SFTP:
+/// `logs/events.log`, `logs/energy.csv`, `firmware/`, `certificates/`,
+/// `config/`. Existing files are kept.
+pub fn create_file_tree(root: &std::path::Path, id: &str) -> std::io::Result<()> {
+    for d in ["logs", "firmware", "certificates", "config"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    let write_new = |rel: &str, text: String| -> std::io::Result<()> {
+        let path = root.join(rel);
+        if !path.exists() {
+            std::fs::write(path, text)?;
+        }
+        Ok(())
+    };
+    write_new(
+        "logs/events.log",
+        format!(
+            "{} {id} simulated meter started\n",
+            OffsetDateTime::now_utc().unix_timestamp()
+        ),
+    )?;
+    write_new("logs/energy.csv", "timestamp,kwh\n".to_string())?;
+    write_new(
+        "config/meter.cfg",
+        format!("id = {id}\nmodel = ION-class simulator\n"),
+    )?;
+    write_new(
+        "firmware/VERSION",
+        format!("{}\n", env!("CARGO_PKG_VERSION")),
+    )
+}
+
 /// A running simulated meter.
 pub struct SimulatedMeter {
     pub address: SocketAddr,

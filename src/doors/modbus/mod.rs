@@ -214,7 +214,14 @@ impl ModbusDoor {
         }
         match link.call(raw).await {
             Ok(answer) => Some(answer),
-            Err(UpstreamError::Busy) => fail(exception::SERVER_DEVICE_BUSY),
+            Err(UpstreamError::Busy) => {
+                self.floods.count(
+                    peer.ip(),
+                    "modbus.busy",
+                    "the meter's request queue is full (modbus.max_queue)",
+                );
+                fail(exception::SERVER_DEVICE_BUSY)
+            }
             Err(UpstreamError::Timeout) => fail(exception::GATEWAY_TARGET_FAILED),
             Err(UpstreamError::Unreachable(_)) => fail(exception::GATEWAY_PATH_UNAVAILABLE),
         }
