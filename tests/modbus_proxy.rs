@@ -16,10 +16,10 @@ use serde_json::{Value, json};
 
 const EXAMPLE: &str = include_str!("../config/metergate.toml");
 
-/// Service users: `tester` from 127.0.0.1 (writes enabled), `reader` from
-/// 127.0.0.2 (plain, read-only). Meters 1-3 on the simulator; meter 4 on a
-/// slow simulator when given.
-fn config(socket: &Path, proxy: u16, sim: u16, slow: Option<u16>) -> String {
+/// A gateway config: state and a private control socket in the test's
+/// directory, the example's ion-sim profile, then the test's own `rest`
+/// (meters, listeners, clients).
+fn gateway_config(socket: &Path, rest: &str) -> String {
     let profile = EXAMPLE
         .split_once("# --- profile ion-sim")
         .unwrap()
@@ -27,6 +27,16 @@ fn config(socket: &Path, proxy: u16, sim: u16, slow: Option<u16>) -> String {
         .split_once("# --- end profile ---")
         .unwrap()
         .0;
+    format!(
+        "state_dir = \"state\"\n[control]\nsocket = {:?}\ngroup = \"\"\nmode = \"0600\"\n\n# --- profile ion-sim{profile}\n{rest}",
+        socket.display().to_string()
+    )
+}
+
+/// Service users: `tester` from 127.0.0.1 (writes enabled), `reader` from
+/// 127.0.0.2 (plain, read-only). Meters 1-3 on the simulator; meter 4 on a
+/// slow simulator when given.
+fn config(socket: &Path, proxy: u16, sim: u16, slow: Option<u16>) -> String {
     let mut meters = String::new();
     for k in 0..3u16 {
         meters += &format!(
@@ -41,13 +51,12 @@ fn config(socket: &Path, proxy: u16, sim: u16, slow: Option<u16>) -> String {
             "[[meters]]\nid = \"meter-slow\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{slow}\"\ngateway_unit = 4\ntimeout = \"1s\"\npipeline = 4\n\n"
         );
     }
-    format!(
-        "state_dir = \"state\"\n[control]\nsocket = {socket:?}\ngroup = \"\"\nmode = \"0600\"\n\n# --- profile ion-sim{profile}\n{meters}\
-         [modbus]\nlisten = [\"127.0.0.1:{proxy}\"]\n\n\
+    let rest = format!(
+        "{meters}[modbus]\nlisten = [\"127.0.0.1:{proxy}\"]\n\n\
          [[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\nallow_writes = true\n\n\
-         [[modbus.clients]]\ncidr = \"127.0.0.2/32\"\nservice_user = \"reader\"\n",
-        socket = socket.display().to_string()
-    )
+         [[modbus.clients]]\ncidr = \"127.0.0.2/32\"\nservice_user = \"reader\"\n"
+    );
+    gateway_config(socket, &rest)
 }
 
 struct Setup {
@@ -538,23 +547,17 @@ fn deactivating_a_service_user_ends_its_live_modbus_connections() {
 fn each_listener_has_its_own_unit_map() {
     let sim = Simulator::start(2, &[]);
     let (a, b) = (free_port(), free_port());
-    let profile = EXAMPLE
-        .split_once("# --- profile ion-sim")
-        .unwrap()
-        .1
-        .split_once("# --- end profile ---")
-        .unwrap()
-        .0;
     let base = sim.base_port;
     let d = Daemon::start_text(|socket| {
-        format!(
-            "state_dir = \"state\"\n[control]\nsocket = {socket:?}\ngroup = \"\"\n\n# --- profile ion-sim{profile}\n\
-             [[meters]]\nid = \"north-1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{base}\"\ngateway_unit = 1\nlistener = \"127.0.0.1:{a}\"\n\n\
+        gateway_config(
+            socket,
+            &format!(
+                "[[meters]]\nid = \"north-1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{base}\"\ngateway_unit = 1\nlistener = \"127.0.0.1:{a}\"\n\n\
              [[meters]]\nid = \"south-1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{m2}\"\ngateway_unit = 1\nlistener = \"127.0.0.1:{b}\"\n\n\
              [modbus]\nlisten = [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]\n\n\
              [[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\nallow_writes = true\n",
-            socket = socket.display().to_string(),
-            m2 = base + 1,
+                m2 = base + 1,
+            ),
         )
     });
     d.mg(&["service-user", "add", "tester"]).ok();
@@ -596,21 +599,15 @@ fn a_full_queue_answers_06_half_frames_time_out_and_garbage_is_counted_not_flood
         assert!(tree.join(d).is_dir(), "the simulated meter has {d}/");
     }
     let proxy = free_port();
-    let profile = EXAMPLE
-        .split_once("# --- profile ion-sim")
-        .unwrap()
-        .1
-        .split_once("# --- end profile ---")
-        .unwrap()
-        .0;
     let sim = slow.base_port;
     let mut d = Daemon::start_text(|socket| {
-        format!(
-            "state_dir = \"state\"\n[control]\nsocket = {socket:?}\ngroup = \"\"\n\n# --- profile ion-sim{profile}\n\
-             [[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{sim}\"\ngateway_unit = 1\nmax_connections = 1\ntimeout = \"5s\"\n\n\
+        gateway_config(
+            socket,
+            &format!(
+                "[[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{sim}\"\ngateway_unit = 1\nmax_connections = 1\ntimeout = \"5s\"\n\n\
              [modbus]\nlisten = [\"127.0.0.1:{proxy}\"]\nmax_queue = 1\n\n\
-             [[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\n",
-            socket = socket.display().to_string()
+             [[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\n"
+            ),
         )
     });
     d.mg(&["service-user", "add", "tester"]).ok();

@@ -416,6 +416,38 @@ fn toggle_policy(
     }
 }
 
+fn status(active: bool) -> Status {
+    if active {
+        Status::Active
+    } else {
+        Status::Inactive
+    }
+}
+
+/// After a status change: a deactivation ends the principal's live sessions
+/// (IEC 62443 CR 2.6); the words say what happened.
+fn status_changed(
+    ctx: &AdminContext,
+    target: &PrincipalId,
+    kind: &str,
+    n: &str,
+    active: bool,
+) -> Done {
+    if active {
+        return Done::changed(
+            format!("{kind} {n} is ACTIVE\n"),
+            format!("activated {kind} {n}"),
+        );
+    }
+    let ended = ctx
+        .sessions
+        .kill_principal(target, &format!("{kind} deactivated"));
+    Done::changed(
+        format!("{kind} {n} is INACTIVE ({ended} live sessions ended)\n"),
+        format!("deactivated {kind} {n}, ended {ended} sessions"),
+    )
+}
+
 fn put_user(u: User) -> Op {
     let v = u.version;
     Op::Put(Entity::User(u), Expect::Version(v))
@@ -737,24 +769,14 @@ async fn user(
         UserCommand::Deactivate { name: n } | UserCommand::Activate { name: n } => {
             let active = matches!(cmd, UserCommand::Activate { .. });
             let mut u = get_user(&dir, n)?;
-            u.status = if active {
-                Status::Active
-            } else {
-                Status::Inactive
-            };
+            u.status = status(active);
             apply(ctx, who, now, vec![put_user(u)])?;
-            if active {
-                return Ok(Done::changed(
-                    format!("user {n} is ACTIVE\n"),
-                    format!("activated user {n}"),
-                ));
-            }
-            let ended = ctx
-                .sessions
-                .kill_principal(&PrincipalId::User(n.clone()), "user deactivated");
-            Ok(Done::changed(
-                format!("user {n} is INACTIVE ({ended} live sessions ended)\n"),
-                format!("deactivated user {n}, ended {ended} sessions"),
+            Ok(status_changed(
+                ctx,
+                &PrincipalId::User(n.clone()),
+                "user",
+                n,
+                active,
             ))
         }
         UserCommand::ResendPassword { name: n } => {
@@ -1021,24 +1043,14 @@ async fn service_user(
         ServiceUserCommand::Deactivate { name: n } | ServiceUserCommand::Activate { name: n } => {
             let active = matches!(cmd, ServiceUserCommand::Activate { .. });
             let mut s = get_service(&dir, n)?;
-            s.status = if active {
-                Status::Active
-            } else {
-                Status::Inactive
-            };
+            s.status = status(active);
             apply(ctx, who, now, vec![put_service(s)])?;
-            if active {
-                return Ok(Done::changed(
-                    format!("service user {n} is ACTIVE\n"),
-                    format!("activated service user {n}"),
-                ));
-            }
-            let ended = ctx
-                .sessions
-                .kill_principal(&PrincipalId::Service(n.clone()), "service user deactivated");
-            Ok(Done::changed(
-                format!("service user {n} is INACTIVE ({ended} live sessions ended)\n"),
-                format!("deactivated service user {n}, ended {ended} sessions"),
+            Ok(status_changed(
+                ctx,
+                &PrincipalId::Service(n.clone()),
+                "service user",
+                n,
+                active,
             ))
         }
         ServiceUserCommand::Key { command } => key(ctx, who, command, json_out, now).await,
