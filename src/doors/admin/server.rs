@@ -156,6 +156,10 @@ async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) 
             stdout: String::new(),
             stderr: "error: you may not use this control socket (not in its group)\n".into(),
         };
+        // Read the caller's request first (bounded by the frame limit and
+        // the timeout) so that closing does not reset the connection before
+        // the refusal is read.
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<_, Request>(&mut stream)).await;
         let _ = write_frame(&mut stream, &refusal).await;
         return;
     }
@@ -192,12 +196,16 @@ pub async fn call(socket: &Path, request: &Request) -> Result<Response, String> 
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|e| format!("cannot reach the daemon at {}: {e}", socket.display()))?;
-    write_frame(&mut stream, request)
-        .await
-        .map_err(|e| format!("{}: {e}", socket.display()))?;
-    read_frame(&mut stream)
-        .await
-        .map_err(|e| format!("{}: no answer: {e}", socket.display()))
+    let sent = write_frame(&mut stream, request).await;
+    // The daemon may answer (a refusal) and close before reading all of the
+    // request; its answer is still the best thing to show.
+    match read_frame(&mut stream).await {
+        Ok(response) => Ok(response),
+        Err(e) => match sent {
+            Err(w) => Err(format!("{}: {w}", socket.display())),
+            Ok(()) => Err(format!("{}: no answer: {e}", socket.display())),
+        },
+    }
 }
 
 /// Where the admin commands look for the daemon by default.
