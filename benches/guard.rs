@@ -109,6 +109,7 @@ fn requests() -> Vec<Request> {
     (0..4096)
         .map(|i| Request {
             read_only: false,
+            certificate: None,
             principal: PrincipalId::User(format!("u{}", (i * 7919) % PRINCIPALS)),
             source: None,
             door: "bench",

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::pki::NameFrom;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
@@ -289,7 +290,27 @@ pub struct Config {
     pub modbus_listen: Vec<String>,
     /// Requests that may wait for one meter's connections; beyond: 0x06.
     pub modbus_max_queue: usize,
+    pub mbaps: Option<MbapsConfig>,
     pub review: ReviewConfig,
+}
+
+/// Modbus/TCP Security listeners (TLS, mutual authentication).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MbapsConfig {
+    /// Addresses; the i-th serves the same meters as `modbus.listen[i]`.
+    pub listen: Vec<String>,
+    /// The gateway's certificate chain (PEM).
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// The CAs client certificates must chain to (default: `ca.crt` beside
+    /// the gateway's certificate, i.e. the gateway's own CA).
+    pub client_ca: PathBuf,
+    /// The CRL, re-read when it changes (default: `crl.pem` beside the
+    /// client CA); a missing file means nothing is revoked yet.
+    pub crl: PathBuf,
+    /// Where a client certificate names its service user.
+    pub name_from: NameFrom,
+    pub handshake_timeout: Duration,
 }
 
 /// A duration written as a number with a unit: `900s`, `15m`, `2h`, `30d`.
@@ -349,6 +370,27 @@ struct RawConfig {
     profiles: BTreeMap<String, Spanned<Profile>>,
     #[serde(default)]
     modbus: RawModbus,
+    #[serde(default)]
+    mbaps: Option<Spanned<RawMbaps>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMbaps {
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    certificate: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    crl: Option<PathBuf>,
+    #[serde(default)]
+    identity: NameFrom,
+    #[serde(default)]
+    handshake_timeout: Option<Interval>,
 }
 
 #[derive(Deserialize)]
@@ -396,7 +438,7 @@ fn one() -> u8 {
     1
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawModbus {
     #[serde(default)]
@@ -405,6 +447,18 @@ struct RawModbus {
     listen: Vec<String>,
     #[serde(default = "sixty_four")]
     max_queue: usize,
+}
+
+// Not derived: a config without `[modbus]` gets the same defaults as one
+// with an empty section.
+impl Default for RawModbus {
+    fn default() -> Self {
+        RawModbus {
+            clients: Vec::new(),
+            listen: Vec::new(),
+            max_queue: sixty_four(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -704,6 +758,21 @@ impl Config {
             }
         }
 
+        let mbaps = match raw.mbaps {
+            None => None,
+            Some(m) => {
+                let at = m.span().start;
+                let m = m.into_inner();
+                let from = warnings.len();
+                let m = mbaps_config(m, base, raw.modbus.listen.len(), &mut warnings)
+                    .map_err(|(key, message)| err_at(at, &key, message))?;
+                for w in &mut warnings[from..] {
+                    w.line = line_col(text, at).0;
+                }
+                m
+            }
+        };
+
         let (audit_at, lockout_at, passwords_at) = (
             section_at(&raw.audit),
             section_at(&raw.lockout),
@@ -769,10 +838,95 @@ impl Config {
                 modbus_clients: clients,
                 modbus_listen: raw.modbus.listen.clone(),
                 modbus_max_queue: raw.modbus.max_queue,
+                mbaps,
             },
             warnings,
         ))
     }
+}
+
+/// The `[mbaps]` section: None when it has no listener.
+fn mbaps_config(
+    m: RawMbaps,
+    base: &Path,
+    plain_listeners: usize,
+    warnings: &mut Vec<ConfigWarning>,
+) -> Result<Option<MbapsConfig>, (String, String)> {
+    if m.listen.is_empty() {
+        return Ok(None);
+    }
+    for (i, l) in m.listen.iter().enumerate() {
+        if l.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                format!("mbaps.listen[{i}]"),
+                format!("`{l}` is not an address such as 0.0.0.0:802 or [::1]:8802"),
+            ));
+        }
+    }
+    if m.listen.len() > plain_listeners.max(1) {
+        return Err((
+            "mbaps.listen".into(),
+            format!(
+                "{} TLS listeners but {} unit maps: the i-th TLS listener serves the meters of modbus.listen[i]",
+                m.listen.len(),
+                plain_listeners.max(1)
+            ),
+        ));
+    }
+    let abs = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+    let certificate = abs(m.certificate.ok_or_else(|| {
+        (
+            "mbaps.certificate".to_string(),
+            "missing: the gateway's certificate (PEM), e.g. from `metergate cert server`"
+                .to_string(),
+        )
+    })?);
+    let key = abs(m.key.ok_or_else(|| {
+        (
+            "mbaps.key".to_string(),
+            "missing: the gateway's private key (PEM)".to_string(),
+        )
+    })?);
+    let client_ca = match m.client_ca {
+        Some(p) => abs(p),
+        None => certificate
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("ca.crt"),
+    };
+    let crl = match m.crl {
+        Some(p) => abs(p),
+        None => client_ca.parent().unwrap_or(Path::new(".")).join("crl.pem"),
+    };
+    if !crl.exists() {
+        warnings.push(ConfigWarning {
+            line: 0,
+            key: "mbaps.crl".into(),
+            message: format!(
+                "{} does not exist (yet): no certificate counts as revoked until it does",
+                crl.display()
+            ),
+        });
+    }
+    let handshake_timeout = m
+        .handshake_timeout
+        .map(|i| i.0)
+        .unwrap_or(Duration::from_secs(10));
+    if handshake_timeout.is_zero() {
+        return Err((
+            "mbaps.handshake_timeout".into(),
+            "must be at least 1s".into(),
+        ));
+    }
+    Ok(Some(MbapsConfig {
+        listen: m.listen,
+        certificate,
+        key,
+        client_ca,
+        crl,
+        name_from: m.identity,
+        handshake_timeout,
+    }))
 }
 
 fn section_at<T>(s: &Option<Spanned<T>>) -> usize {

@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::doors::admin::exec::{AdminContext, ReviewSettings, review_due};
 use crate::doors::admin::server::{self, Access, ControlError};
-use crate::doors::modbus::ModbusDoor;
+use crate::doors::mbaps::{MbapsDoor, MbapsError, Tls};
+use crate::doors::modbus::{ModbusDoor, unit_maps};
 use crate::guard::Guard;
 use crate::model::micros;
 use crate::sessions::Sessions;
@@ -25,7 +26,9 @@ pub enum DaemonError {
     Control(#[from] ControlError),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
-    #[error("modbus listener {address}: {error}")]
+    #[error("Modbus/TCP Security: {0}")]
+    Mbaps(#[from] MbapsError),
+    #[error("listener {address}: {error}")]
     Listen {
         address: String,
         error: std::io::Error,
@@ -44,6 +47,12 @@ const REVIEW_CHECK: Duration = Duration::from_secs(3600);
 /// Runs the daemon until SIGTERM or SIGINT; `ready` is called once every
 /// listener is bound and the store is open.
 pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), DaemonError> {
+    // Certificates first: a bad file is a config error, found before
+    // anything else starts.
+    let tls = match &config.mbaps {
+        Some(m) => Some(Arc::new(Tls::load(m, OffsetDateTime::now_utc())?)),
+        None => None,
+    };
     let store = Arc::new(Store::open(&config.state_dir)?);
     let guard = Arc::new(Guard::new(store.clone(), &config));
     let review = ReviewSettings {
@@ -59,6 +68,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
             config.passwords.hash_queue,
         )),
         review: review.clone(),
+        crl_changed: tls.as_ref().map(|t| t.crl_changed.clone()),
     });
     let socket = config.control.socket_path();
     let (listener, gid) = server::bind(
@@ -85,7 +95,8 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         stop_rx.clone(),
     ));
     let mut doors = Vec::new();
-    for (door, address) in ModbusDoor::from_config(&config, guard.clone(), sessions.clone())
+    let maps = unit_maps(&config);
+    for (door, address) in ModbusDoor::from_config(&config, guard.clone(), sessions.clone(), &maps)
         .into_iter()
         .zip(&config.modbus_listen)
     {
@@ -98,6 +109,29 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         doors.push(tokio::spawn(
             Arc::new(door).serve(listener, stop_rx.clone()),
         ));
+    }
+    if let (Some(tls), Some(m)) = (&tls, &config.mbaps) {
+        for (i, address) in m.listen.iter().enumerate() {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|error| DaemonError::Listen {
+                    address: address.clone(),
+                    error,
+                })?;
+            let door = MbapsDoor::new(
+                guard.clone(),
+                sessions.clone(),
+                maps[i].clone(),
+                tls.clone(),
+            );
+            doors.push(tokio::spawn(
+                Arc::new(door).serve(listener, stop_rx.clone()),
+            ));
+        }
+        tokio::spawn(
+            tls.clone()
+                .watch_crl(guard.clone(), sessions.clone(), stop_rx.clone()),
+        );
     }
     tokio::spawn(check_chain(guard.clone()));
     tokio::spawn(review_reminder(guard.clone(), review, stop_rx.clone()));

@@ -116,7 +116,17 @@ allow_writes = true
 [[modbus.clients]]
 cidr = "127.0.0.2/32"
 service_user = "scada-viewer"
+
+# Modbus/TCP Security: client certificates from the demo's own CA (its key
+# is in ca/ for the demo only; a real gateway never holds the CA key).
+[mbaps]
+listen = ["127.0.0.1:{tls}"]
+certificate = "certs/server.crt"
+key = "certs/server.key"
+client_ca = "certs/ca.crt"
+crl = "ca/crl.pem"
 "#,
+        tls = base_port as u32 + DEMO_TLS_OFFSET as u32,
         socket = dir.join("control.sock").display().to_string(),
         proxy = base_port,
         p1 = base_port as u32 + 15_519,
@@ -140,6 +150,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
 
 /// The demo's Modbus proxy port; its meters answer on 15021-15023.
 pub const DEMO_MODBUS_PORT: u16 = 5502;
+/// The Modbus/TCP Security port (8802) is this far above the proxy's.
+pub const DEMO_TLS_OFFSET: u16 = 3300;
 
 /// Sets up a fresh demo in `dir` (new or empty) or resumes the one there.
 /// `base_port` moves the proxy (and the meters, 15519 above it) for tests.
@@ -173,6 +185,7 @@ pub fn prepare(dir: Option<PathBuf>, base_port: u16) -> Result<Demo, DemoError> 
         return Err(DemoError::NotADemo(dir.display().to_string()));
     }
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+    certificates(&dir)?;
     write_private(&config_path, &config_text(&dir, base_port))?;
     let (config, _) = Config::load(&config_path)?;
     let credentials = populate(&config)?;
@@ -187,6 +200,31 @@ pub fn prepare(dir: Option<PathBuf>, base_port: u16) -> Result<Demo, DemoError> 
         credentials,
         fresh: true,
     })
+}
+
+/// The demo's CA (DIR/ca), the gateway's certificate and scada-operator's
+/// client certificate (role Operator) in DIR/certs.
+fn certificates(dir: &Path) -> Result<(), DemoError> {
+    use crate::pki::ca::{Ca, ClientRequest};
+    let now = OffsetDateTime::now_utc();
+    let pki = |e: crate::pki::PkiError| DemoError::Secret(e.to_string());
+    let (ca, _) = Ca::init(&dir.join("ca"), now).map_err(pki)?;
+    let certs = dir.join("certs");
+    let names = ["127.0.0.1", "::1", "localhost"].map(String::from);
+    ca.server(&certs, &names, 730, now).map_err(pki)?;
+    ca.issue(
+        &ClientRequest {
+            service_user: "scada-operator".into(),
+            roles: vec!["Operator".into()],
+            not_before: None,
+            not_after: now + time::Duration::days(365),
+            client_auth: true,
+        },
+        &certs,
+        now,
+    )
+    .map_err(pki)?;
+    Ok(())
 }
 
 /// The demo's principals: admin (Administrator), crew (Operator on
@@ -258,9 +296,26 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 3000 -c 10 -1 127.0.0.1     # Data View, as scada-operator\n\
          \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 5000 -1 127.0.0.1 21212     # Peak Demand Reset (once per 15 min)\n\
          \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 5000 -1 127.0.0.1 1115      # Master Reset: refused (exception 01)\n\
+         \nModbus/TCP Security on 127.0.0.1:{tls} as scada-operator (role Operator), with pymodbus:\n\
+         \x20 python3 - <<'PY'\n\
+         \x20 import ssl; from pymodbus.client import ModbusTlsClient\n\
+         \x20 x = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); x.check_hostname = False  # the CA still verifies the gateway\n\
+         \x20 x.load_verify_locations('{dir}/certs/ca.crt')\n\
+         \x20 x.load_cert_chain('{dir}/certs/scada-operator.crt', '{dir}/certs/scada-operator.key')\n\
+         \x20 c = ModbusTlsClient('127.0.0.1', port={tls}, sslctx=x); c.connect()\n\
+         \x20 print(c.read_holding_registers(3000, count=10, device_id=1).registers)\n\
+         \x20 PY\n\
+         \x20 metergate cert list --ca {dir}/ca    # the demo's certificate authority\n\
          stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
         who = whoami(),
         dir = demo.dir.display(),
+        tls = demo
+            .config
+            .mbaps
+            .as_ref()
+            .and_then(|m| m.listen.first())
+            .and_then(|a| a.rsplit(':').next())
+            .unwrap_or("8802"),
         port = demo
             .config
             .modbus_listen

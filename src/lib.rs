@@ -8,5 +8,6 @@ pub mod doors;
 pub mod fleet;
 pub mod guard;
 pub mod model;
+pub mod pki;
 pub mod sessions;
 pub mod store;

@@ -72,8 +72,78 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         max_connections: usize,
     },
+    /// The certificate authority for Modbus/TCP Security; runs here, where
+    /// the CA key lives (the daemon only reads the CA certificate and CRL).
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
     #[command(flatten)]
     Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Create a certificate authority (ECDSA P-256) in the --ca folder.
+    InitCa {
+        /// The CA's folder (created 0700; the demo's is DIR/ca).
+        #[arg(long)]
+        ca: PathBuf,
+    },
+    /// The gateway's own certificate: OUT/server.crt, OUT/server.key, OUT/ca.crt.
+    Server {
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// An IP address or DNS name (repeatable; default 127.0.0.1, ::1, localhost).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        #[arg(long, default_value_t = 730)]
+        days: i64,
+    },
+    /// A client certificate for a service user, with its role and clientAuth:
+    /// OUT/SERVICE-USER.crt and .key (0600) and OUT/ca.crt.
+    Issue {
+        #[arg(long)]
+        ca: PathBuf,
+        /// Named by the subject CN (and a SAN URI urn:metergate:service-user:NAME).
+        #[arg(long)]
+        service_user: String,
+        /// The role (a role in the daemon's role table). Given twice, the
+        /// certificate carries two roles and every listener refuses it.
+        #[arg(long, required_unless_present = "no_role")]
+        role: Vec<String>,
+        /// No role extension: the certificate connects but every request is denied.
+        #[arg(long, conflicts_with = "role")]
+        no_role: bool,
+        /// Valid from 00:00 UTC of this date (default: now).
+        #[arg(long)]
+        not_before: Option<String>,
+        /// Valid until 00:00 UTC of this date.
+        #[arg(long, conflicts_with = "days")]
+        not_after: Option<String>,
+        /// Valid for this many days (default 365).
+        #[arg(long)]
+        days: Option<i64>,
+        /// Leave out the extended key usage clientAuth (listeners refuse it).
+        #[arg(long)]
+        no_client_auth: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// What the CA issued, with status.
+    List {
+        #[arg(long)]
+        ca: PathBuf,
+    },
+    /// Revoke a certificate and rewrite the CRL (DIR/crl.pem) the listener reads.
+    Revoke {
+        #[arg(long)]
+        ca: PathBuf,
+        /// As `cert list` prints it.
+        serial: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -131,6 +201,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            if let Some(m) = &config.mbaps
+                && let Err(e) =
+                    metergate::doors::mbaps::Tls::load(m, time::OffsetDateTime::now_utc())
+            {
+                eprintln!("error: mbaps: {e}");
+                return Ok(ExitCode::from(2));
+            }
             println!(
                 "ok: {} ({} meters, {} profiles, {} Modbus client entries)",
                 config.path.display(),
@@ -145,10 +222,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            runtime()?.block_on(daemon::run(config, |r| {
+            let result = runtime()?.block_on(daemon::run(config, |r| {
                 tracing::info!(socket = %r.socket.display(), "metergate ready");
-            }))?;
-            Ok(ExitCode::SUCCESS)
+            }));
+            daemon_exit(result)
         }
         Command::Simulate {
             meters,
@@ -214,20 +291,282 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = demo::instructions(&demo);
             let rt = runtime()?;
             let _meters = rt.block_on(demo::start_meters(&demo.config, &demo.dir))?;
-            rt.block_on(daemon::run(demo.config, |_| {
+            let result = rt.block_on(daemon::run(demo.config, |_| {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
                 let _ = write!(out, "{text}\nmetergate demo ready\n");
                 let _ = out.flush();
-            }))?;
-            Ok(ExitCode::SUCCESS)
+            }));
+            daemon_exit(result)
         }
+        Command::Cert { command } => cert(command, cli.socket, cli.config.as_deref(), cli.json),
         Command::Admin(AdminCommand::Audit {
             command: AuditCommand::Verify {
                 state_dir: Some(dir),
             },
         }) => verify_stopped(&dir, cli.json),
         Command::Admin(_) => admin(cli.socket, cli.config.as_deref(), cli.json),
+    }
+}
+
+/// A certificate or key the config names is unusable: a config error (2).
+fn daemon_exit(result: Result<(), daemon::DaemonError>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ daemon::DaemonError::Mbaps(_)) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `metergate cert …`: the CA operation here, then a report to the daemon
+/// (if one is reachable) so the security log records it.
+fn cert(
+    command: CertCommand,
+    socket: Option<PathBuf>,
+    config: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use metergate::pki::PkiError;
+    use metergate::pki::ca::{Ca, ClientRequest, Written};
+    let now = time::OffsetDateTime::now_utc();
+    let date = |flag: &str, text: &str| {
+        metergate::model::Day::parse(text)
+            .map(|d| d.start())
+            .map_err(|_| PkiError::Usage(format!("{flag} `{text}` is not a date (YYYY-MM-DD)")))
+    };
+    let print_written = |w: &Written, what: &str| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "serial": w.issued.serial, "kind": w.issued.kind, "name": w.issued.name,
+                    "roles": w.issued.roles, "not_before": w.issued.not_before,
+                    "not_after": w.issued.not_after, "certificate": w.certificate,
+                    "key": w.key, "ca_certificate": w.ca_certificate,
+                })
+            );
+        } else {
+            println!(
+                "issued {what} certificate {} for {}{}, valid {} to {}",
+                w.issued.serial,
+                w.issued.name,
+                if w.issued.roles.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (role {})", w.issued.roles.join(", "))
+                },
+                w.issued.not_before,
+                w.issued.not_after
+            );
+            println!("certificate: {}", w.certificate.display());
+            println!("key: {} (0600)", w.key.display());
+            println!("CA certificate: {}", w.ca_certificate.display());
+        }
+    };
+    let result: Result<Option<Vec<String>>, PkiError> = (|| match &command {
+        CertCommand::InitCa { ca } => {
+            let (_, issued) = Ca::init(ca, now)?;
+            println!(
+                "created certificate authority {} in {}",
+                issued.serial,
+                ca.display()
+            );
+            println!("CA certificate: {}", ca.join("ca.crt").display());
+            println!(
+                "CA key: {} (0600; keep it off the gateway)",
+                ca.join("ca.key").display()
+            );
+            println!("CRL: {}", ca.join("crl.pem").display());
+            Ok(None)
+        }
+        CertCommand::Server {
+            ca,
+            out,
+            names,
+            days,
+        } => {
+            let names = if names.is_empty() {
+                vec!["127.0.0.1".into(), "::1".into(), "localhost".into()]
+            } else {
+                names.clone()
+            };
+            if *days < 1 {
+                return Err(PkiError::Usage("--days must be at least 1".into()));
+            }
+            let w = Ca::open(ca)?.server(out, &names, *days, now)?;
+            print_written(&w, "server");
+            Ok(Some(report_argv("issued", &w.issued)))
+        }
+        CertCommand::Issue {
+            ca,
+            service_user,
+            role,
+            no_role: _,
+            not_before,
+            not_after,
+            days,
+            no_client_auth,
+            out,
+        } => {
+            let not_before = not_before
+                .as_deref()
+                .map(|t| date("--not-before", t))
+                .transpose()?;
+            let start = not_before.unwrap_or(now);
+            let not_after = match (not_after, days) {
+                (Some(t), _) => date("--not-after", t)?,
+                (None, Some(d)) if *d >= 1 => start + time::Duration::days(*d),
+                (None, Some(_)) => return Err(PkiError::Usage("--days must be at least 1".into())),
+                (None, None) => start + time::Duration::days(365),
+            };
+            if role.len() > 1 {
+                eprintln!(
+                    "warning: a certificate with {} roles: Modbus/TCP Security listeners refuse it (one role per certificate)",
+                    role.len()
+                );
+            }
+            if role.is_empty() {
+                eprintln!("note: no role: the certificate connects but every request is denied");
+            }
+            let w = Ca::open(ca)?.issue(
+                &ClientRequest {
+                    service_user: service_user.clone(),
+                    roles: role.clone(),
+                    not_before,
+                    not_after,
+                    client_auth: !no_client_auth,
+                },
+                out,
+                now,
+            )?;
+            print_written(&w, "client");
+            Ok(Some(report_argv("issued", &w.issued)))
+        }
+        CertCommand::List { ca } => {
+            let list = Ca::open(ca)?.list()?;
+            if json {
+                for c in &list {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "serial": c.serial, "kind": c.kind, "name": c.name, "roles": c.roles,
+                            "not_before": c.not_before, "not_after": c.not_after,
+                            "revoked": c.revoked, "status": c.status(now),
+                        })
+                    );
+                }
+            } else {
+                println!(
+                    "{:<34} {:<7} {:<24} {:<14} {:<21} STATUS",
+                    "SERIAL", "KIND", "NAME", "ROLE", "NOT AFTER"
+                );
+                for c in &list {
+                    let roles = if c.roles.is_empty() {
+                        "-".to_string()
+                    } else {
+                        c.roles.join(",")
+                    };
+                    println!(
+                        "{:<34} {:<7} {:<24} {:<14} {:<21} {}",
+                        c.serial,
+                        c.kind,
+                        c.name,
+                        roles,
+                        c.not_after,
+                        c.status(now)
+                    );
+                }
+            }
+            Ok(None)
+        }
+        CertCommand::Revoke { ca, serial } => {
+            let ca = Ca::open(ca)?;
+            let (issued, already) = ca.revoke(serial, now)?;
+            if already {
+                println!(
+                    "certificate {} was already revoked at {}",
+                    issued.serial,
+                    issued.revoked.as_deref().unwrap_or("?")
+                );
+                return Ok(None);
+            }
+            println!(
+                "revoked certificate {} ({} {}); CRL written to {}",
+                issued.serial,
+                issued.kind,
+                issued.name,
+                ca.crl().display()
+            );
+            Ok(Some(report_argv("revoked", &issued)))
+        }
+    })();
+    let argv = match result {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(e.exit_code()));
+        }
+    };
+    if let Some(argv) = argv {
+        report_to_daemon(socket, config, argv);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_argv(what: &str, issued: &metergate::pki::ca::Issued) -> Vec<String> {
+    let mut argv = vec![
+        "certificate-report".to_string(),
+        what.into(),
+        "--serial".into(),
+        issued.serial.clone(),
+        "--kind".into(),
+        issued.kind.clone(),
+        "--name".into(),
+        issued.name.clone(),
+        "--not-after".into(),
+        issued.not_after.clone(),
+    ];
+    for r in &issued.roles {
+        argv.push("--role".into());
+        argv.push(r.clone());
+    }
+    argv
+}
+
+/// The CA operation is done either way; the daemon, when reachable, records
+/// it in the security log (and reloads its CRL on a revocation).
+fn report_to_daemon(socket: Option<PathBuf>, config: Option<&Path>, argv: Vec<String>) {
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => match Config::load(c) {
+            Ok((config, _)) => config.control.socket_path(),
+            Err(e) => {
+                eprintln!("warning: not reported to the daemon: {e}");
+                return;
+            }
+        },
+        (None, None) => default_socket(),
+    };
+    let request = Request {
+        argv,
+        json: false,
+        files: BTreeMap::new(),
+    };
+    let answer = match runtime() {
+        Ok(rt) => rt.block_on(call(&socket, &request)),
+        Err(e) => Err(e.to_string()),
+    };
+    match answer {
+        Ok(r) if r.code == 0 => eprintln!("reported to the daemon at {}", socket.display()),
+        Ok(r) => eprint!(
+            "warning: the daemon at {} did not record it: {}",
+            socket.display(),
+            r.stderr
+        ),
+        Err(e) => eprintln!("note: not recorded in the security log: {e}"),
     }
 }
 

@@ -37,6 +37,7 @@ fn ctx() -> (Fixture, AdminContext) {
             interval: day * 90,
             unused_after: day * 90,
         },
+        crl_changed: None,
     };
     (f, ctx)
 }

@@ -189,4 +189,18 @@ pub struct Request {
     /// The identity allows reads only: a plain Modbus client entry without
     /// `allow_writes` (a source address is spoofable and collapsed by NAT).
     pub read_only: bool,
+    /// The client certificate the request came with (Modbus/TCP Security):
+    /// its role bounds what the owner's policies allow.
+    pub certificate: Option<std::sync::Arc<CertificateClaim>>,
+}
+
+/// What a verified client certificate says, in the product's words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateClaim {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// The subject distinguished name as text.
+    pub subject: String,
+    /// The role from the certificate's role extension, if any.
+    pub role: Option<String>,
 }

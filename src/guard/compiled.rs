@@ -138,6 +138,8 @@ pub(crate) struct Snapshot {
     pub profiles: Vec<Profile>,
     /// What a `local:` caller holds: the Administrator policy.
     pub local: CompiledPrincipal,
+    /// The role table (a client certificate names one of these).
+    pub roles: FxHashMap<String, PermissionSet>,
 }
 
 impl Snapshot {
@@ -381,6 +383,11 @@ impl Snapshot {
             meters: compiled_meters,
             profiles: profiles.values().cloned().collect(),
             local,
+            roles: dir
+                .roles
+                .iter()
+                .map(|(name, r)| (name.clone(), r.permissions))
+                .collect(),
         }
     }
 }

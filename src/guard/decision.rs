@@ -98,6 +98,18 @@ pub enum Reason {
     ReadOnlyClient,
     /// The security log could not make the event durable (fail-closed).
     AuditUnavailable,
+    /// A client certificate without the role extension authorizes as no
+    /// role: every request is denied.
+    NoCertificateRole,
+    /// The certificate's role is not in the role table.
+    UnknownCertificateRole {
+        role: Label,
+    },
+    /// The owner's policies allow it, but the certificate's role does not
+    /// include the permission (a certificate never grants more than either).
+    OutsideCertificateRole {
+        role: Label,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -182,6 +194,16 @@ impl fmt::Display for Reason {
             Reason::AuditUnavailable => {
                 f.write_str("the security log cannot record it (audit.on_failure = fail-closed)")
             }
+            Reason::NoCertificateRole => {
+                f.write_str("the client certificate carries no role, so every request is denied")
+            }
+            Reason::UnknownCertificateRole { role } => {
+                write!(f, "the client certificate's role `{role}` is not in the role table")
+            }
+            Reason::OutsideCertificateRole { role } => write!(
+                f,
+                "the client certificate's role `{role}` does not include this permission"
+            ),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::store::{Category, EventDraft, Op, Outcome, Store, StoreError};
 
-pub use action::{Action, AdminOp, Request, WriteValues};
+pub use action::{Action, AdminOp, CertificateClaim, Request, WriteValues};
 use compiled::{CompiledPrincipal, MeterRef, Snapshot};
 pub use decision::{Decision, Label, Reason};
 pub use state::SourceGate;
@@ -196,11 +196,31 @@ impl Guard {
         if let Err(reason) = principal.gate.check(now) {
             return Decision::deny(None, reason);
         }
+        // A certificate's role bounds what its owner's policies allow.
+        let limit = match req.certificate.as_deref() {
+            None => None,
+            Some(CertificateClaim { role: Some(r), .. }) => match snap.roles.get(r.as_str()) {
+                Some(set) => Some((*set, Label::new(r))),
+                None => {
+                    return Decision::deny(
+                        None,
+                        Reason::UnknownCertificateRole {
+                            role: Label::new(r),
+                        },
+                    );
+                }
+            },
+            Some(CertificateClaim { role: None, .. }) if req.action != Action::Login => {
+                return Decision::deny(None, Reason::NoCertificateRole);
+            }
+            Some(_) => None,
+        };
         let ctx = Ctx {
             guard: self,
             snap: &snap,
             who: &req.principal,
             principal,
+            limit,
         };
         match &req.action {
             Action::WriteRegisters { .. } | Action::Diagnostics { .. } if req.read_only => {
@@ -302,6 +322,7 @@ impl Guard {
             snap: &snap,
             who,
             principal,
+            limit: None,
         };
         match meter {
             Some(id) => match snap.meter(id) {
@@ -424,6 +445,7 @@ impl Guard {
             door,
             action: Action::Login,
             read_only: false,
+            certificate: None,
         };
         let mut locked = None;
         let d = if !verified {
@@ -564,6 +586,12 @@ fn decision_event(req: &Request, d: &Decision) -> EventDraft {
     if let Some(p) = d.permission {
         ev = ev.permission(p);
     }
+    if let Some(c) = &req.certificate {
+        ev = ev
+            .detail("certificate_serial", &c.serial)
+            .detail("certificate_subject", &c.subject)
+            .detail("certificate_role", c.role.as_deref().unwrap_or("(none)"));
+    }
     if d.used.iter().count() > 1 {
         ev = ev.detail(
             "permissions",
@@ -595,11 +623,21 @@ struct Ctx<'a> {
     snap: &'a Snapshot,
     who: &'a PrincipalId,
     principal: &'a CompiledPrincipal,
+    /// The permissions of the client certificate's role, when there is one.
+    limit: Option<(PermissionSet, Label)>,
 }
 
 impl Ctx<'_> {
     /// Default deny; an explicit deny anywhere beats every allow.
     fn evaluate(&self, permission: Permission, meter: Option<MeterRef<'_>>) -> Decision {
+        if let Some((set, role)) = &self.limit
+            && !set.contains(permission)
+        {
+            return Decision::deny(
+                Some(permission),
+                Reason::OutsideCertificateRole { role: *role },
+            );
+        }
         if !permission.is_global() {
             let Some(m) = meter else {
                 return Decision::deny(Some(permission), Reason::NoStatementAllows);

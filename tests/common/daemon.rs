@@ -229,10 +229,12 @@ pub fn free_port_block() -> u16 {
         if p as u32 + 15_521 > 65_535 {
             continue;
         }
-        let others: Vec<_> = (15_519..=15_521)
+        // The meters (15519-15521 above) and Modbus/TCP Security (3300 above).
+        let others: Vec<_> = [15_519, 15_520, 15_521, 3_300]
+            .into_iter()
             .filter_map(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).ok())
             .collect();
-        if others.len() == 3 {
+        if others.len() == 4 {
             return p;
         }
     }
@@ -301,4 +303,22 @@ impl Drop for Simulator {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A gateway config: state and a private control socket in the test's
+/// directory, the example's ion-sim profile, then the test's own `rest`
+/// (meters, listeners, clients).
+pub fn gateway_config(socket: &Path, rest: &str) -> String {
+    let example = include_str!("../../config/metergate.toml");
+    let profile = example
+        .split_once("# --- profile ion-sim")
+        .expect("the example has the ion-sim profile")
+        .1
+        .split_once("# --- end profile ---")
+        .expect("the profile ends")
+        .0;
+    format!(
+        "state_dir = \"state\"\n[control]\nsocket = {:?}\ngroup = \"\"\nmode = \"0600\"\n\n# --- profile ion-sim{profile}\n{rest}",
+        socket.display().to_string()
+    )
 }

@@ -102,6 +102,7 @@ pub fn uid(name: &str) -> PrincipalId {
 pub fn req(who: &PrincipalId, action: Action) -> Request {
     Request {
         read_only: false,
+        certificate: None,
         principal: who.clone(),
         source: Some("127.0.0.1".into()),
         door: "test",

@@ -3,6 +3,10 @@
 prints one JSON result per operation.
 
 usage: mb.py PORT OPS_JSON
+  With "tls": {"ca": F, "cert": F, "key": F, "max_version": "1.2"} in an op, the
+  op runs over Modbus/TCP Security (pymodbus' ModbusTlsClient).
+  An op "hold" reads once, prints its result, waits for a line on stdin, reads
+  again on the same connection and prints that result.
   OPS_JSON: [{"source": "127.0.0.1", "unit": 1, "op": "read", "address": 3000, "count": 10}, ...]
   op: read | write1 | write | readwrite | mask | devid
 result: {"ok": true, "registers": [...]} | {"ok": false, "exception": N} | {"ok": false, "error": "..."}
@@ -16,11 +20,34 @@ except ImportError:
     sys.exit("pymodbus is missing: pip install 'pymodbus>=3.16,<3.17' (.ci/run does)")
 
 
-def run(port, op):
+def client_for(port, op):
     # retries=0: a client that resends on timeout would hide what the proxy does.
-    client = ModbusTcpClient("127.0.0.1", port=port, source_address=(op.get("source", "127.0.0.1"), 0), timeout=op.get("timeout", 3), retries=0)
-    if not client.connect():
-        return {"ok": False, "error": "connect failed"}
+    tls = op.get("tls")
+    if tls is None:
+        return ModbusTcpClient("127.0.0.1", port=port, source_address=(op.get("source", "127.0.0.1"), 0), timeout=op.get("timeout", 3), retries=0)
+    import ssl
+    from pymodbus.client import ModbusTlsClient
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # The chain is still verified against the CA; pymodbus' sync client
+    # passes no server name, so the name check is off.
+    ctx.check_hostname = False
+    ctx.load_verify_locations(tls["ca"])
+    if tls.get("cert"):
+        ctx.load_cert_chain(tls["cert"], tls["key"])
+    if tls.get("max_version") == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ModbusTlsClient("127.0.0.1", port=port, sslctx=ctx, timeout=op.get("timeout", 3), retries=0)
+
+
+def run(port, op, client=None):
+    own = client is None
+    if own:
+        client = client_for(port, op)
+        try:
+            if not client.connect():
+                return {"ok": False, "error": "connect failed"}
+        except Exception as e:  # noqa: BLE001 - a refused handshake
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     try:
         u = op.get("unit", 1)
         kind = op["op"]
@@ -47,12 +74,28 @@ def run(port, op):
     except Exception as e:  # noqa: BLE001 - report any client-side failure
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     finally:
-        client.close()
+        if own:
+            client.close()
+
+
+def hold(port, op):
+    client = client_for(port, op)
+    if not client.connect():
+        print(json.dumps({"ok": False, "error": "connect failed"}), flush=True)
+        return
+    first = dict(op, op="read")
+    print(json.dumps(run(port, first, client)), flush=True)
+    sys.stdin.readline()
+    print(json.dumps(run(port, first, client)), flush=True)
+    client.close()
 
 
 def main():
     port = int(sys.argv[1])
     ops = json.loads(sys.argv[2])
+    if len(ops) == 1 and ops[0]["op"] == "hold":
+        hold(port, ops[0])
+        return
     print(json.dumps([run(port, op) for op in ops]))
 
 

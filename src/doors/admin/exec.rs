@@ -30,6 +30,8 @@ pub struct AdminContext {
     pub sessions: Arc<Sessions>,
     pub hashes: Arc<HashPool>,
     pub review: ReviewSettings,
+    /// Wakes the Modbus/TCP Security CRL watcher (a reported revocation).
+    pub crl_changed: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// When a review is due, and when an account counts as unused.
@@ -149,6 +151,7 @@ pub async fn execute(
         .authorize(
             &GuardRequest {
                 read_only: false,
+                certificate: None,
                 principal: who.clone(),
                 source: Some(source.to_string()),
                 door,
@@ -301,7 +304,65 @@ async fn run(
         AdminCommand::Audit { command } => audit(ctx, command, req.json),
         AdminCommand::Check(c) => check(ctx, c, req.json, now),
         AdminCommand::Review { ack } => review(ctx, who, *ack, req.json, now),
+        AdminCommand::CertificateReport(r) => certificate_report(ctx, who, r).await,
     }
+}
+
+/// Records what the certificate authority did; a revocation also ends the
+/// certificate's live connections and reloads the CRL at once.
+async fn certificate_report(
+    ctx: &AdminContext,
+    who: &PrincipalId,
+    r: &super::CertificateReport,
+) -> Result<Done, AdminError> {
+    let serial = crate::pki::normalize_serial(&r.serial)
+        .ok_or_else(|| AdminError::Refused(format!("`{}` is not a serial number", r.serial)))?;
+    let roles = if r.role.is_empty() {
+        "no role".to_string()
+    } else {
+        format!("role {}", r.role.join(", "))
+    };
+    let (code, reason) = if r.what == "revoked" {
+        let ended = ctx
+            .sessions
+            .kill_credential(&format!("cert:{serial}"), "certificate revoked");
+        if let Some(n) = &ctx.crl_changed {
+            n.notify_one();
+        }
+        (
+            "cert.revoked",
+            format!(
+                "{} certificate {serial} of {} revoked; {ended} live connection(s) ended",
+                r.kind, r.name
+            ),
+        )
+    } else {
+        (
+            "cert.issued",
+            format!(
+                "{} certificate {serial} issued for {} ({roles}), valid until {}",
+                r.kind, r.name, r.not_after
+            ),
+        )
+    };
+    let ev = EventDraft::new(code, Category::Admin, Outcome::Success)
+        .principal(who)
+        .door("control-socket")
+        .reason(&reason)
+        .detail("certificate_serial", &serial)
+        .detail("certificate_kind", &r.kind)
+        .detail("certificate_name", &r.name)
+        .detail("certificate_role", r.role.join(","));
+    ctx.guard
+        .store()
+        .log()
+        .append(ev)
+        .await
+        .map_err(|e| AdminError::Failed(format!("the event could not be logged: {e}")))?;
+    Ok(Done {
+        change: None,
+        stdout: format!("recorded: {reason}\n"),
+    })
 }
 
 // ---- helpers ---------------------------------------------------------------

@@ -61,6 +61,28 @@ pub enum AdminCommand {
         #[arg(long)]
         ack: bool,
     },
+    /// Sent by `metergate cert issue|server|revoke` so the security log
+    /// records what the certificate authority did.
+    #[command(hide = true)]
+    CertificateReport(CertificateReport),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CertificateReport {
+    #[arg(value_parser = ["issued", "revoked"])]
+    pub what: String,
+    #[arg(long)]
+    pub serial: String,
+    /// `server` or `client`.
+    #[arg(long)]
+    pub kind: String,
+    /// The service user or the server's name.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub role: Vec<String>,
+    #[arg(long)]
+    pub not_after: String,
 }
 
 #[derive(Args, Debug, Clone)]

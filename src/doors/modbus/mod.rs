@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 use crate::config::{Config, ModbusClient};
 use crate::fleet::pool::{MeterLink, UpstreamError};
-use crate::guard::{Action, Guard, Request, WriteValues};
+use crate::guard::{Action, CertificateClaim, Guard, Request, WriteValues};
 use crate::model::{PrincipalId, micros};
 use crate::sessions::Sessions;
 use crate::store::{Category, EventDraft, Outcome};
@@ -29,103 +30,74 @@ const PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// kind for each interval, with a count, so garbage cannot flood the log.
 const FLOOD_INTERVAL: Duration = Duration::from_secs(60);
 
-/// One listener's view: its unit map and the shared pieces.
-pub struct ModbusDoor {
-    guard: Arc<Guard>,
-    sessions: Arc<Sessions>,
-    clients: Vec<ModbusClient>,
-    units: HashMap<u8, (String, Arc<MeterLink>)>,
-    floods: Arc<Floods>,
+/// The meters one listener reaches, by gateway unit id.
+pub type UnitMap = HashMap<u8, (String, Arc<MeterLink>)>;
+
+/// One unit map per plain listener (at least one: meters without a
+/// `listener` are in the first). The TLS listeners share them, so plain and
+/// TLS clients funnel into the same few meter connections.
+pub fn unit_maps(config: &Config) -> Vec<Arc<UnitMap>> {
+    (0..config.modbus_listen.len().max(1))
+        .map(|l| {
+            let units = config
+                .meters
+                .iter()
+                .filter(|m| m.listener == l)
+                .filter_map(|m| {
+                    let unit = m.gateway_unit?;
+                    let link = MeterLink::new(
+                        m.address.as_deref()?,
+                        m.unit_id,
+                        m.max_connections,
+                        m.pipeline,
+                        m.timeout,
+                        config.modbus_max_queue,
+                    );
+                    Some((unit, (m.id.clone(), Arc::new(link))))
+                })
+                .collect();
+            Arc::new(units)
+        })
+        .collect()
 }
 
-impl ModbusDoor {
-    /// The doors for every configured listener (index = `modbus.listen`).
-    pub fn from_config(
-        config: &Config,
-        guard: Arc<Guard>,
-        sessions: Arc<Sessions>,
-    ) -> Vec<ModbusDoor> {
-        let floods = Arc::new(Floods::default());
-        (0..config.modbus_listen.len())
-            .map(|l| {
-                let units = config
-                    .meters
-                    .iter()
-                    .filter(|m| m.listener == l)
-                    .filter_map(|m| {
-                        let unit = m.gateway_unit?;
-                        let link = MeterLink::new(
-                            m.address.as_deref()?,
-                            m.unit_id,
-                            m.max_connections,
-                            m.pipeline,
-                            m.timeout,
-                            config.modbus_max_queue,
-                        );
-                        Some((unit, (m.id.clone(), Arc::new(link))))
-                    })
-                    .collect();
-                ModbusDoor {
-                    guard: guard.clone(),
-                    sessions: sessions.clone(),
-                    clients: config.modbus_clients.clone(),
-                    units,
-                    floods: floods.clone(),
-                }
-            })
-            .collect()
-    }
+/// Who is on a connection, as the door established it.
+pub struct Caller {
+    pub principal: PrincipalId,
+    /// A plain client entry without `allow_writes`.
+    pub read_only: bool,
+    /// The verified client certificate (Modbus/TCP Security).
+    pub certificate: Option<Arc<CertificateClaim>>,
+}
 
-    /// Accepts until `stop` fires.
-    pub async fn serve(
-        self: Arc<Self>,
-        listener: TcpListener,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let flusher = tokio::spawn(
-            self.floods
-                .clone()
-                .flush_every(self.guard.clone(), FLOOD_INTERVAL),
-        );
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let door = self.clone();
-                        tokio::spawn(async move { door.connection(stream, peer).await });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "modbus accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
+/// The part both Modbus doors share: one ADU at a time through the guard to
+/// the meter pool.
+pub struct Proxy {
+    pub door: &'static str,
+    pub guard: Arc<Guard>,
+    pub units: Arc<UnitMap>,
+    pub floods: Arc<Floods>,
+}
+
+impl Proxy {
+    pub fn new(door: &'static str, guard: Arc<Guard>, units: Arc<UnitMap>) -> Proxy {
+        Proxy {
+            door,
+            floods: Arc::new(Floods::new(guard.clone(), door)),
+            guard,
+            units,
         }
-        flusher.abort();
-        self.floods.flush(&self.guard).await;
     }
 
-    async fn connection(&self, mut stream: TcpStream, peer: SocketAddr) {
-        let Some(client) = ModbusClient::lookup(&self.clients, peer.ip()) else {
-            self.floods.count(
-                peer.ip(),
-                "modbus.refused-source",
-                "source matches no modbus.clients entry",
-            );
-            return;
-        };
-        let _ = stream.set_nodelay(true);
-        let principal = PrincipalId::Service(client.service_user.clone());
-        let read_only = !client.allow_writes;
-        let session = self.sessions.register(
-            &principal,
-            &peer.to_string(),
-            "modbus",
-            None,
-            micros(OffsetDateTime::now_utc()),
-        );
-        let mut ended = session.ended.clone();
+    /// Serves ADUs on an established connection until the client leaves, a
+    /// timeout or a malformed frame closes it, or the session is ended.
+    pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        peer: SocketAddr,
+        caller: &Caller,
+        mut ended: watch::Receiver<Option<String>>,
+    ) {
         let mut buf: Vec<u8> = Vec::with_capacity(1024);
         let mut chunk = [0u8; 2048];
         loop {
@@ -135,7 +107,10 @@ impl ModbusDoor {
                 PARTIAL_TIMEOUT
             };
             let n = tokio::select! {
-                _ = ended.changed() => return,
+                _ = ended.changed() => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
                 r = tokio::time::timeout(wait, stream.read(&mut chunk)) => match r {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
                     Ok(Ok(n)) => n,
@@ -151,21 +126,22 @@ impl ModbusDoor {
                         self.floods
                             .count(peer.ip(), "modbus.bad-frame", &close_reason(e));
                         let _ = stream.write_all(&out).await;
+                        let _ = stream.shutdown().await;
                         return;
                     }
                     Ok(Some((h, pdu, used))) => {
                         let pdu = pdu.to_vec();
                         consumed += used;
-                        if let Some(answer) =
-                            self.request(&principal, read_only, peer, h, &pdu).await
-                        {
+                        if let Some(answer) = self.request(caller, peer, h, &pdu).await {
                             out.extend_from_slice(&frame::adu(h, &answer));
                         }
                     }
                 }
             }
             buf.drain(..consumed);
-            if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            if !out.is_empty()
+                && (stream.write_all(&out).await.is_err() || stream.flush().await.is_err())
+            {
                 return;
             }
         }
@@ -174,8 +150,7 @@ impl ModbusDoor {
     /// One ADU: its answer PDU, or None when nothing may be answered.
     async fn request(
         &self,
-        who: &PrincipalId,
-        read_only: bool,
+        caller: &Caller,
         peer: SocketAddr,
         h: Header,
         raw: &[u8],
@@ -202,11 +177,12 @@ impl ModbusDoor {
             return fail(exception::ILLEGAL_FUNCTION);
         };
         let req = Request {
-            principal: who.clone(),
+            principal: caller.principal.clone(),
             source: Some(peer.ip().to_string()),
-            door: "modbus",
+            door: self.door,
             action,
-            read_only,
+            read_only: caller.read_only,
+            certificate: caller.certificate.clone(),
         };
         let decision = self.guard.authorize(&req, OffsetDateTime::now_utc()).await;
         if !decision.allowed {
@@ -225,6 +201,80 @@ impl ModbusDoor {
             Err(UpstreamError::Timeout) => fail(exception::GATEWAY_TARGET_FAILED),
             Err(UpstreamError::Unreachable(_)) => fail(exception::GATEWAY_PATH_UNAVAILABLE),
         }
+    }
+}
+
+/// A plain Modbus/TCP listener: clients are known by source address only.
+pub struct ModbusDoor {
+    proxy: Proxy,
+    sessions: Arc<Sessions>,
+    clients: Vec<ModbusClient>,
+}
+
+impl ModbusDoor {
+    /// The doors for every configured plain listener (index = `modbus.listen`).
+    pub fn from_config(
+        config: &Config,
+        guard: Arc<Guard>,
+        sessions: Arc<Sessions>,
+        maps: &[Arc<UnitMap>],
+    ) -> Vec<ModbusDoor> {
+        (0..config.modbus_listen.len())
+            .map(|l| ModbusDoor {
+                proxy: Proxy::new("modbus", guard.clone(), maps[l].clone()),
+                sessions: sessions.clone(),
+                clients: config.modbus_clients.clone(),
+            })
+            .collect()
+    }
+
+    /// Accepts until `stop` fires.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        let flusher = tokio::spawn(self.proxy.floods.clone().flush_every(FLOOD_INTERVAL));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let door = self.clone();
+                        tokio::spawn(async move { door.connection(stream, peer).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "modbus accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+        flusher.abort();
+        self.proxy.floods.flush().await;
+    }
+
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
+        let Some(client) = ModbusClient::lookup(&self.clients, peer.ip()) else {
+            self.proxy.floods.count(
+                peer.ip(),
+                "modbus.refused-source",
+                "source matches no modbus.clients entry",
+            );
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let caller = Caller {
+            principal: PrincipalId::Service(client.service_user.clone()),
+            read_only: !client.allow_writes,
+            certificate: None,
+        };
+        let session = self.sessions.register(
+            &caller.principal,
+            &peer.to_string(),
+            "modbus",
+            None,
+            micros(OffsetDateTime::now_utc()),
+        );
+        self.proxy
+            .serve_connection(stream, peer, &caller, session.ended.clone())
+            .await;
     }
 }
 
@@ -305,9 +355,13 @@ pub fn action_of(meter: &str, pdu: &Pdu) -> Option<Action> {
 /// A source address and the kind of refused traffic from it.
 type FloodKey = (IpAddr, &'static str);
 
-/// Counts of refused and malformed traffic per (source, kind).
-#[derive(Default)]
+/// Refused and malformed traffic per (source, kind): the first in each
+/// interval is logged at once (it is visible while someone is testing), the
+/// rest are counted into one event at the interval's end, so garbage cannot
+/// flood the log.
 pub struct Floods {
+    guard: Arc<Guard>,
+    door: &'static str,
     counts: Mutex<HashMap<FloodKey, (u64, String)>>,
 }
 
@@ -315,38 +369,76 @@ pub struct Floods {
 const FLOOD_SOURCES: usize = 10_000;
 
 impl Floods {
-    pub fn count(&self, source: IpAddr, kind: &'static str, reason: &str) {
-        let Ok(mut c) = self.counts.lock() else {
-            return;
-        };
-        let key = if c.len() >= FLOOD_SOURCES && !c.contains_key(&(source, kind)) {
-            (IpAddr::from([0u8, 0, 0, 0]), kind)
-        } else {
-            (source, kind)
-        };
-        c.entry(key).or_insert_with(|| (0, reason.to_string())).0 += 1;
+    pub fn new(guard: Arc<Guard>, door: &'static str) -> Floods {
+        Floods {
+            guard,
+            door,
+            counts: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// One event per (source, kind) with its count.
-    pub async fn flush(&self, guard: &Guard) {
+    pub fn count(&self, source: IpAddr, kind: &'static str, reason: &str) {
+        let first = {
+            let Ok(mut c) = self.counts.lock() else {
+                return;
+            };
+            let key = if c.len() >= FLOOD_SOURCES && !c.contains_key(&(source, kind)) {
+                (IpAddr::from([0u8, 0, 0, 0]), kind)
+            } else {
+                (source, kind)
+            };
+            match c.get_mut(&key) {
+                Some(entry) => {
+                    entry.0 += 1;
+                    false
+                }
+                None => {
+                    c.insert(key, (0, reason.to_string()));
+                    true
+                }
+            }
+        };
+        if first {
+            let ev = self.event(source, kind, reason, 1);
+            let guard = self.guard.clone();
+            tokio::spawn(async move {
+                let _ = guard.store().log().append(ev).await;
+            });
+        }
+    }
+
+    fn event(&self, source: IpAddr, kind: &str, reason: &str, count: u64) -> EventDraft {
+        // Refused TLS handshakes are failed authentications.
+        let category = if kind.starts_with("mbaps.") {
+            Category::Authentication
+        } else {
+            Category::Modbus
+        };
+        EventDraft::new(kind, category, Outcome::Deny)
+            .source(source)
+            .door(self.door)
+            .reason(reason)
+            .detail("count", count)
+    }
+
+    /// One event per (source, kind) with the count since its first.
+    pub async fn flush(&self) {
         let drained: Vec<_> = match self.counts.lock() {
             Ok(mut c) => c.drain().collect(),
             Err(_) => return,
         };
         for ((source, kind), (count, reason)) in drained {
-            let ev = EventDraft::new(kind, Category::Modbus, Outcome::Deny)
-                .source(source)
-                .door("modbus")
-                .reason(reason)
-                .detail("count", count);
-            let _ = guard.store().log().append(ev).await;
+            if count > 0 {
+                let ev = self.event(source, kind, &reason, count);
+                let _ = self.guard.store().log().append(ev).await;
+            }
         }
     }
 
-    async fn flush_every(self: Arc<Self>, guard: Arc<Guard>, every: Duration) {
+    pub async fn flush_every(self: Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            self.flush(&guard).await;
+            self.flush().await;
         }
     }
 }

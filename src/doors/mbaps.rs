@@ -1,0 +1,434 @@
+//! The Modbus/TCP Security door (mbaps): TLS 1.2/1.3 with a required client
+//! certificate that names a service user and carries its role; the role
+//! bounds what the service user's own policies allow. Requests then go
+//! through the same proxy as plain Modbus.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{
+    self, CertificateError, HandshakeKind, RootCertStore, ServerConfig,
+    server::WebPkiClientVerifier,
+};
+
+use super::modbus::{Caller, Proxy, UnitMap};
+use crate::config::MbapsConfig;
+use crate::guard::{Action, CertificateClaim, Guard, Request};
+use crate::model::{PrincipalId, micros};
+use crate::pki::{self, PkiError, client_identity};
+use crate::sessions::Sessions;
+use crate::store::{Category, EventDraft, Outcome};
+
+/// How often the CRL file is looked at for changes (a `cert revoke`
+/// reported to the daemon reloads it at once).
+const CRL_POLL: Duration = Duration::from_secs(2);
+/// Aggregation interval for refused handshakes, as for plain Modbus.
+const FLOOD_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MbapsError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("{}: {message}", path.display())]
+    Tls { path: PathBuf, message: String },
+}
+
+/// The TLS side shared by every mbaps listener: the acceptor (rebuilt when
+/// the CRL changes) and the serials the current CRL revokes.
+pub struct Tls {
+    config: MbapsConfig,
+    acceptor: ArcSwap<TlsAcceptor>,
+    revoked: ArcSwap<HashSet<String>>,
+    crl_seen: Mutex<Option<FileStamp>>,
+    /// Wakes the CRL watcher (a revocation reported to the daemon).
+    pub crl_changed: Arc<Notify>,
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+/// A built acceptor and what the CRL it was built with revokes.
+struct Built {
+    acceptor: TlsAcceptor,
+    revoked: HashSet<String>,
+}
+
+fn build(config: &MbapsConfig, now: OffsetDateTime) -> Result<Built, MbapsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = pki::read_certificates(&config.certificate)?;
+    pki::check_validity(&config.certificate, &certs[0], now)?;
+    let key = pki::read_private_key(&config.key)?;
+    let mut roots = RootCertStore::empty();
+    for ca in pki::read_certificates(&config.client_ca)? {
+        roots.add(ca).map_err(|e| MbapsError::Tls {
+            path: config.client_ca.clone(),
+            message: format!("not usable as a trust anchor: {e}"),
+        })?;
+    }
+    let crls = pki::read_crls(&config.crl)?;
+    let revoked = pki::revoked_serials(&config.crl, &crls)?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if !crls.is_empty() {
+        // A certificate whose status the CRL cannot tell is refused (the
+        // CRL must be the client CA's): unknown is not good.
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = verifier.build().map_err(|e| MbapsError::Tls {
+        path: config.crl.clone(),
+        message: format!("cannot build the client certificate verifier: {e}"),
+    })?;
+    // TLS 1.2 and 1.3 only, as Modbus/TCP Security requires (rustls has
+    // nothing older).
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| MbapsError::Tls {
+            path: config.certificate.clone(),
+            message: e.to_string(),
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => MbapsError::Pki(PkiError::KeyMismatch {
+                key: config.key.clone(),
+                cert: config.certificate.clone(),
+            }),
+            other => MbapsError::Tls {
+                path: config.key.clone(),
+                message: format!("unusable certificate or key: {other}"),
+            },
+        })?;
+    Ok(Built {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        revoked,
+    })
+}
+
+impl Tls {
+    /// Reads the certificate, key, client CA and CRL; every problem names
+    /// its file.
+    pub fn load(config: &MbapsConfig, now: OffsetDateTime) -> Result<Tls, MbapsError> {
+        let seen = stamp(&config.crl);
+        let built = build(config, now)?;
+        Ok(Tls {
+            config: config.clone(),
+            acceptor: ArcSwap::from_pointee(built.acceptor),
+            revoked: ArcSwap::from_pointee(built.revoked),
+            crl_seen: Mutex::new(seen),
+            crl_changed: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Re-reads the CRL when its file changed (or `force`): new handshakes
+    /// use it, and live connections of newly revoked certificates end.
+    pub async fn reload_crl(&self, guard: &Guard, sessions: &Sessions, force: bool) {
+        let now_stamp = stamp(&self.config.crl);
+        {
+            let Ok(mut seen) = self.crl_seen.lock() else {
+                return;
+            };
+            if *seen == now_stamp && !force {
+                return;
+            }
+            *seen = now_stamp;
+        }
+        match build(&self.config, OffsetDateTime::now_utc()) {
+            Ok(built) => {
+                let count = built.revoked.len();
+                let mut ended = 0;
+                for serial in &built.revoked {
+                    ended += sessions.kill_credential(&credential(serial), "certificate revoked");
+                }
+                self.revoked.store(Arc::new(built.revoked));
+                self.acceptor.store(Arc::new(built.acceptor));
+                let ev = EventDraft::new("mbaps.crl-loaded", Category::Authentication, Outcome::Success)
+                    .door("mbaps")
+                    .reason(format!(
+                        "CRL {} loaded: {count} revoked certificate(s); {ended} live connection(s) ended",
+                        self.config.crl.display()
+                    ))
+                    .detail("revoked", count)
+                    .detail("ended", ended);
+                let _ = guard.store().log().append(ev).await;
+            }
+            Err(e) => {
+                // The last good CRL stays in force; a broken file must not
+                // lift revocations.
+                tracing::error!(error = %e, "the new CRL was not loaded");
+                let ev = EventDraft::new(
+                    "mbaps.crl-invalid",
+                    Category::Authentication,
+                    Outcome::Failure,
+                )
+                .door("mbaps")
+                .reason(format!(
+                    "the CRL was not reloaded, the previous one stays in force: {e}"
+                ));
+                let _ = guard.store().log().append(ev).await;
+            }
+        }
+    }
+
+    /// Watches the CRL until `stop`.
+    pub async fn watch_crl(
+        self: Arc<Self>,
+        guard: Arc<Guard>,
+        sessions: Arc<Sessions>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let force = tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(CRL_POLL) => false,
+                _ = self.crl_changed.notified() => true,
+            };
+            self.reload_crl(&guard, &sessions, force).await;
+        }
+    }
+}
+
+/// How a session records the certificate it came with.
+fn credential(serial: &str) -> String {
+    format!("cert:{serial}")
+}
+
+/// One mbaps listener.
+pub struct MbapsDoor {
+    proxy: Proxy,
+    sessions: Arc<Sessions>,
+    tls: Arc<Tls>,
+}
+
+impl MbapsDoor {
+    pub fn new(
+        guard: Arc<Guard>,
+        sessions: Arc<Sessions>,
+        units: Arc<UnitMap>,
+        tls: Arc<Tls>,
+    ) -> MbapsDoor {
+        MbapsDoor {
+            proxy: Proxy::new("mbaps", guard, units),
+            sessions,
+            tls,
+        }
+    }
+
+    /// Accepts until `stop` fires; each handshake runs in its own task.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        let flusher = tokio::spawn(self.proxy.floods.clone().flush_every(FLOOD_INTERVAL));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let door = self.clone();
+                        tokio::spawn(async move { door.connection(stream, peer).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "mbaps accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+        flusher.abort();
+        self.proxy.floods.flush().await;
+    }
+
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let acceptor = self.tls.acceptor.load_full();
+        let floods = &self.proxy.floods;
+        let tls =
+            match tokio::time::timeout(self.tls.config.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Err(_) => {
+                    floods.count(
+                        peer.ip(),
+                        "mbaps.handshake-timeout",
+                        "the TLS handshake did not finish in time (mbaps.handshake_timeout)",
+                    );
+                    return;
+                }
+                Ok(Err(e)) => {
+                    let (kind, reason) = classify(&e);
+                    floods.count(peer.ip(), kind, &reason);
+                    return;
+                }
+                Ok(Ok(s)) => s,
+            };
+        let (_, conn) = tls.get_ref();
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        let Some(der) = conn.peer_certificates().and_then(|c| c.first()) else {
+            floods.count(
+                peer.ip(),
+                "mbaps.no-certificate",
+                "no client certificate: Modbus/TCP Security requires one",
+            );
+            return;
+        };
+        let id = match client_identity(der, self.tls.config.name_from) {
+            Ok(id) => id,
+            Err(refusal) => {
+                let (serial, subject) = pki::serial_and_subject(der);
+                self.refuse(
+                    peer,
+                    "mbaps.certificate-refused",
+                    &refusal.to_string(),
+                    &serial,
+                    &subject,
+                )
+                .await;
+                return;
+            }
+        };
+        // Resumed sessions skip rustls' verifier: the CRL and the validity
+        // period are checked here after every handshake.
+        let now = OffsetDateTime::now_utc();
+        if self.tls.revoked.load().contains(&id.serial) {
+            let why = if resumed {
+                "the certificate is revoked (resumed session)"
+            } else {
+                "the certificate is revoked"
+            };
+            self.refuse(
+                peer,
+                "mbaps.certificate-revoked",
+                why,
+                &id.serial,
+                &id.subject,
+            )
+            .await;
+            return;
+        }
+        let t = now.unix_timestamp();
+        if t > id.not_after || t < id.not_before {
+            self.refuse(
+                peer,
+                "mbaps.certificate-expired",
+                "the certificate is outside its validity period",
+                &id.serial,
+                &id.subject,
+            )
+            .await;
+            return;
+        }
+        let caller = Caller {
+            principal: PrincipalId::Service(id.service_user.clone()),
+            read_only: false,
+            certificate: Some(Arc::new(CertificateClaim {
+                serial: id.serial.clone(),
+                subject: id.subject.clone(),
+                role: id.role.clone(),
+            })),
+        };
+        let login = Request {
+            principal: caller.principal.clone(),
+            source: Some(peer.ip().to_string()),
+            door: "mbaps",
+            action: Action::Login,
+            read_only: false,
+            certificate: caller.certificate.clone(),
+        };
+        if !self.proxy.guard.authorize(&login, now).await.allowed {
+            return;
+        }
+        let session = self.sessions.register(
+            &caller.principal,
+            &peer.to_string(),
+            "mbaps",
+            Some(credential(&id.serial)),
+            micros(now),
+        );
+        // A CRL loaded between the check above and the registration did
+        // not see this session: look again.
+        if self.tls.revoked.load().contains(&id.serial) {
+            return;
+        }
+        self.proxy
+            .serve_connection(tls, peer, &caller, session.ended.clone())
+            .await;
+    }
+
+    /// A chain-verified certificate refused by our own checks: one event
+    /// each, with the certificate's serial and subject.
+    async fn refuse(
+        &self,
+        peer: SocketAddr,
+        code: &str,
+        reason: &str,
+        serial: &str,
+        subject: &str,
+    ) {
+        let ev = EventDraft::new(code, Category::Authentication, Outcome::Deny)
+            .source(peer.ip())
+            .door("mbaps")
+            .reason(reason)
+            .detail("certificate_serial", serial)
+            .detail("certificate_subject", subject);
+        let _ = self.proxy.guard.store().log().append(ev).await;
+    }
+}
+
+/// The event kind and reason for a failed handshake.
+fn classify(e: &std::io::Error) -> (&'static str, String) {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::NoCertificatesPresented) => (
+            "mbaps.no-certificate",
+            "no client certificate: Modbus/TCP Security requires one".into(),
+        ),
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            let kind = match c {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "mbaps.certificate-expired"
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "mbaps.certificate-not-yet-valid"
+                }
+                CertificateError::Revoked => "mbaps.certificate-revoked",
+                CertificateError::UnknownIssuer => "mbaps.certificate-unknown-issuer",
+                _ => "mbaps.certificate-invalid",
+            };
+            (kind, format!("client certificate refused: {c}"))
+        }
+        // TLS 1.1 and older arrive here (as a hello without what TLS 1.2
+        // needs).
+        Some(rustls::Error::PeerIncompatible(p)) => (
+            "mbaps.handshake-failed",
+            format!("the client offers no TLS 1.2/1.3 handshake this gateway accepts ({p:?})"),
+        ),
+        Some(other) => (
+            "mbaps.handshake-failed",
+            format!("TLS handshake failed: {other}"),
+        ),
+        None => (
+            "mbaps.handshake-failed",
+            format!("TLS handshake failed: {e}"),
+        ),
+    }
+}
