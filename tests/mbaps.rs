@@ -696,3 +696,43 @@ fn certificate_files_that_cannot_be_used_are_config_errors_naming_the_file() {
         assert_eq!(mode, 0o600, "{}", key.display());
     }
 }
+
+#[test]
+fn garbage_and_silent_connections_are_closed_and_the_listener_goes_on() {
+    use std::io::Read;
+    let g = Gateway::start();
+    let (op, _) = g.issue("op", "scada-op", &["--role", "Operator"]);
+    let closed = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue, // an alert, then the close
+            }
+        }
+    };
+    // Plain Modbus sent to the TLS port, and random bytes.
+    for garbage in [
+        &[0u8, 1, 0, 0, 0, 6, 1, 3, 0x0b, 0xb8, 0, 10][..],
+        &[0x16, 3, 1, 0xff, 0xff, 1, 2, 3][..],
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+        s.write_all(garbage).unwrap();
+        assert!(closed(&mut s));
+    }
+    g.wait_event("mbaps.handshake-failed", |_| true);
+    // A connection that never says anything is closed after the handshake
+    // timeout (5 s in this config) and counted.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed(&mut silent));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(4));
+    g.wait_event("mbaps.handshake-timeout", |_| true);
+    // Many half-open connections at once do not stop a real client.
+    let _held: Vec<_> = (0..50)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", g.port)).unwrap())
+        .collect();
+    assert_eq!(outcome(&g.ops(&op, json!([read()]))[0]), "ok");
+}
