@@ -850,6 +850,9 @@ fn the_demo_starts_prints_ready_and_resumes() {
         for (path, mode) in [
             (demo_dir.join("credentials.toml"), 0o600),
             (demo_dir.join("control.sock"), 0o600),
+            (demo_dir.join("ca/ca.key"), 0o600),
+            (demo_dir.join("certs/server.key"), 0o600),
+            (demo_dir.join("certs/scada-operator.key"), 0o600),
         ] {
             assert_eq!(
                 std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -858,6 +861,25 @@ fn the_demo_starts_prints_ready_and_resumes() {
                 path.display()
             );
         }
+        // Modbus/TCP Security as scada-operator, with pymodbus and the
+        // demo's certificate files.
+        let certs = demo_dir.join("certs");
+        let op = serde_json::json!([{
+            "op": "read", "unit": 1, "address": 3000, "count": 2,
+            "tls": {
+                "ca": certs.join("ca.crt"),
+                "cert": certs.join("scada-operator.crt"),
+                "key": certs.join("scada-operator.key"),
+            },
+        }]);
+        let out = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mb.py"))
+            .arg((base_port + 3300).to_string())
+            .arg(op.to_string())
+            .output()
+            .expect("python3 runs");
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(answer.contains("\"ok\": true"), "round {round}: {answer}");
         let sock = demo_dir.join("control.sock");
         let mg = |args: &[&str]| {
             Command::new(BIN)

@@ -565,6 +565,58 @@ fn openssl_s_client_sees_tls_1_2_and_1_3_and_no_tls_1_1() {
             .contains("no TLS 1.2/1.3 handshake"),
         "{refused}"
     );
+
+    // A session saved before the certificate is revoked resumes at the TLS
+    // level (rustls' verifier does not run again), and the gateway's own
+    // check after the handshake refuses it.
+    let session = g.dir.join("session.pem");
+    let with_session = |flag: &str| {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{}", g.port)])
+            .args(["-CAfile", s(&op.ca), "-cert", s(&c), "-key", s(&k)])
+            .args([flag, s(&session)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl runs");
+        // Stay a moment so the TLS 1.3 session ticket arrives.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let first = with_session("-sess_out");
+    assert!(first.contains("New, TLSv1.3"), "{first}");
+    let serial = cert_ok(&["list", "--ca", s(&g.ca())])
+        .lines()
+        .find(|l| l.contains(" client "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let (code, out, err) = cert(&[
+        "--socket",
+        s(&g.d.socket),
+        "revoke",
+        "--ca",
+        s(&g.ca()),
+        &serial,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    g.wait_event("mbaps.crl-loaded", |_| true);
+    let resumed = with_session("-sess_in");
+    assert!(resumed.contains("Reused, TLSv1.3"), "{resumed}");
+    let refused = g.wait_event("mbaps.certificate-revoked", |e| {
+        e["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("resumed session")
+    });
+    assert_eq!(refused["detail"]["certificate_serial"], serial.as_str());
 }
 
 #[test]

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{
     self, CertificateError, HandshakeKind, RootCertStore, ServerConfig,
-    server::WebPkiClientVerifier,
+    server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier},
 };
 
 use super::modbus::{Caller, Proxy, UnitMap};
@@ -48,6 +48,7 @@ pub struct Tls {
     acceptor: ArcSwap<TlsAcceptor>,
     revoked: ArcSwap<HashSet<String>>,
     crl_seen: Mutex<Option<FileStamp>>,
+    resumable: Arc<dyn StoresServerSessions>,
     /// Wakes the CRL watcher (a revocation reported to the daemon).
     pub crl_changed: Arc<Notify>,
 }
@@ -76,7 +77,16 @@ struct Built {
     revoked: HashSet<String>,
 }
 
-fn build(config: &MbapsConfig, now: OffsetDateTime) -> Result<Built, MbapsError> {
+/// Sessions kept for resumption, shared by every acceptor a reload builds:
+/// clients resume across CRL updates, which is why the CRL is checked again
+/// after every handshake.
+const SESSION_CACHE: usize = 4096;
+
+fn build(
+    config: &MbapsConfig,
+    sessions: &Arc<dyn StoresServerSessions>,
+    now: OffsetDateTime,
+) -> Result<Built, MbapsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = pki::read_certificates(&config.certificate)?;
     pki::check_validity(&config.certificate, &certs[0], now)?;
@@ -103,7 +113,7 @@ fn build(config: &MbapsConfig, now: OffsetDateTime) -> Result<Built, MbapsError>
     })?;
     // TLS 1.2 and 1.3 only, as Modbus/TCP Security requires (rustls has
     // nothing older).
-    let server = ServerConfig::builder_with_provider(provider)
+    let mut server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| MbapsError::Tls {
             path: config.certificate.clone(),
@@ -121,6 +131,7 @@ fn build(config: &MbapsConfig, now: OffsetDateTime) -> Result<Built, MbapsError>
                 message: format!("unusable certificate or key: {other}"),
             },
         })?;
+    server.session_storage = sessions.clone();
     Ok(Built {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         revoked,
@@ -132,8 +143,10 @@ impl Tls {
     /// its file.
     pub fn load(config: &MbapsConfig, now: OffsetDateTime) -> Result<Tls, MbapsError> {
         let seen = stamp(&config.crl);
-        let built = build(config, now)?;
+        let resumable: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
+        let built = build(config, &resumable, now)?;
         Ok(Tls {
+            resumable,
             config: config.clone(),
             acceptor: ArcSwap::from_pointee(built.acceptor),
             revoked: ArcSwap::from_pointee(built.revoked),
@@ -155,7 +168,7 @@ impl Tls {
             }
             *seen = now_stamp;
         }
-        match build(&self.config, OffsetDateTime::now_utc()) {
+        match build(&self.config, &self.resumable, OffsetDateTime::now_utc()) {
             Ok(built) => {
                 let count = built.revoked.len();
                 let mut ended = 0;

@@ -359,6 +359,39 @@ mod tests {
     }
 
     #[test]
+    fn a_client_certificate_names_its_service_user_by_cn_or_san_uri() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let (ca, _) = ca::Ca::init(&dir.path().join("ca"), now).unwrap();
+        let issued = ca
+            .issue(
+                &ca::ClientRequest {
+                    service_user: "scada-1".into(),
+                    roles: vec!["Operator".into()],
+                    not_before: None,
+                    not_after: now + time::Duration::days(1),
+                    client_auth: true,
+                },
+                &dir.path().join("out"),
+                now,
+            )
+            .unwrap();
+        let der = read_certificates(&issued.certificate).unwrap().remove(0);
+        for from in [NameFrom::SubjectCn, NameFrom::SanUri] {
+            let id = client_identity(&der, from).unwrap();
+            assert_eq!(id.service_user, "scada-1");
+            assert_eq!(id.role.as_deref(), Some("Operator"));
+            assert_eq!(id.serial, issued.issued.serial);
+        }
+        // The CA's own certificate has no clientAuth.
+        let ca_der = read_certificates(&ca.ca_certificate()).unwrap().remove(0);
+        assert_eq!(
+            client_identity(&ca_der, NameFrom::SubjectCn),
+            Err(Refusal::NoClientAuth)
+        );
+    }
+
+    #[test]
     fn a_role_round_trips_through_der() {
         for role in ["Operator", "", &"x".repeat(200), &"y".repeat(300)] {
             assert_eq!(parse_utf8string(&role_der(role)).as_deref(), Some(role));
