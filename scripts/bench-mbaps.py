@@ -30,7 +30,7 @@ def start_gateway(tmp, base, meters):
         subprocess.run([bm.BIN, "cert", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sock = os.path.join(tmp, "c.sock")
     plain, tls = bm.free_port(), bm.free_port()
-    cfg = [f'state_dir = "state"\n[control]\nsocket = "{sock}"\ngroup = ""\nmode = "0600"\n', bm.profile()]
+    cfg = [f'state_dir = "state"\n[daemon]\nallow_root = true\n[control]\nsocket = "{sock}"\ngroup = ""\nmode = "0600"\n', bm.profile()]
     for k in range(meters):
         cfg.append(f'[[meters]]\nid = "m{k}"\nprofile = "ion-sim"\naddress = "127.0.0.1:{base + k}"\ngateway_unit = {k + 1}\nmax_connections = 8\npipeline = 8\n')
     cfg.append(f'[modbus]\nlisten = ["127.0.0.1:{plain}"]\nmax_queue = 4096\n[[modbus.clients]]\ncidr = "127.0.0.0/8"\nservice_user = "bench"\n')

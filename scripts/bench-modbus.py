@@ -93,7 +93,7 @@ def start_proxy(tmp, meters, listeners, pool, pipeline=1):
     """meters: list of (address, listener index, gateway unit)."""
     sock = os.path.join(tmp, "c.sock")
     ports = [free_port() for _ in range(listeners)]
-    cfg = [f'state_dir = "state"\n[control]\nsocket = "{sock}"\ngroup = ""\nmode = "0600"\n', profile()]
+    cfg = [f'state_dir = "state"\n[daemon]\nallow_root = true\n[control]\nsocket = "{sock}"\ngroup = ""\nmode = "0600"\n', profile()]
     for i, (addr, l, unit) in enumerate(meters):
         cfg.append(f'[[meters]]\nid = "m{i}"\nprofile = "ion-sim"\naddress = "{addr}"\ngateway_unit = {unit}\nlistener = "127.0.0.1:{ports[l]}"\nmax_connections = {pool}\npipeline = {pipeline}\n')
     cfg.append("[modbus]\nlisten = [" + ", ".join(f'"127.0.0.1:{p}"' for p in ports) + "]\nmax_queue = 4096\n")

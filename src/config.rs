@@ -188,6 +188,35 @@ impl ControlConfig {
     }
 }
 
+/// How the daemon runs (DESIGN §3; the systemd unit sets the same account).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Started as root: bind the listeners, then run as this user.
+    pub user: Option<String>,
+    /// Its group (default: the user's primary group).
+    pub group: Option<String>,
+    /// Keep running as root when started as root without `user` (the demo
+    /// does); refused otherwise, because every parser would run as root.
+    pub allow_root: bool,
+    /// How long a graceful stop waits for live sessions to finish.
+    pub drain_timeout: Interval,
+    /// The log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    pub log_level: Option<String>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            user: None,
+            group: None,
+            allow_root: false,
+            drain_timeout: Interval(Duration::from_secs(10)),
+            log_level: None,
+        }
+    }
+}
+
 /// When `review` says a review is due, and when an account counts as unused
 /// ("audit users and roles on a schedule and after staff changes").
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -291,6 +320,7 @@ pub struct Config {
     /// Requests that may wait for one meter's connections; beyond: 0x06.
     pub modbus_max_queue: usize,
     pub mbaps: Option<MbapsConfig>,
+    pub daemon: DaemonConfig,
     pub review: ReviewConfig,
 }
 
@@ -372,6 +402,8 @@ struct RawConfig {
     modbus: RawModbus,
     #[serde(default)]
     mbaps: Option<Spanned<RawMbaps>>,
+    #[serde(default)]
+    daemon: Option<Spanned<DaemonConfig>>,
 }
 
 #[derive(Deserialize)]
@@ -773,6 +805,32 @@ impl Config {
             }
         };
 
+        let daemon_at = section_at(&raw.daemon);
+        let daemon = raw.daemon.map(Spanned::into_inner).unwrap_or_default();
+        if let Some(l) = &daemon.log_level
+            && !["error", "warn", "info", "debug", "trace"].contains(&l.as_str())
+        {
+            return Err(err_at(
+                daemon_at,
+                "daemon.log_level",
+                format!("`{l}` is not one of error, warn, info, debug, trace"),
+            ));
+        }
+        if daemon.group.is_some() && daemon.user.is_none() {
+            return Err(err_at(
+                daemon_at,
+                "daemon.group",
+                "a group without daemon.user: give the user too".into(),
+            ));
+        }
+        if daemon.allow_root && daemon.user.is_none() {
+            warnings.push(ConfigWarning {
+                line: line_col(text, daemon_at).0,
+                key: "daemon.allow_root".into(),
+                message: "started as root, the daemon keeps running as root (every parser too); prefer daemon.user".into(),
+            });
+        }
+
         let (audit_at, lockout_at, passwords_at) = (
             section_at(&raw.audit),
             section_at(&raw.lockout),
@@ -839,6 +897,7 @@ impl Config {
                 modbus_listen: raw.modbus.listen.clone(),
                 modbus_max_queue: raw.modbus.max_queue,
                 mbaps,
+                daemon,
             },
             warnings,
         ))

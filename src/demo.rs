@@ -66,6 +66,10 @@ fn config_text(dir: &Path, base_port: u16) -> String {
         r#"# metergate demo configuration (written by `metergate demo`).
 state_dir = "state"
 
+[daemon]
+# The demo runs as whoever starts it, root included (a demo, not a service).
+allow_root = true
+
 [control]
 # The demo's socket belongs to whoever runs the demo, and only to them.
 socket = {socket:?}

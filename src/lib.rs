@@ -9,5 +9,6 @@ pub mod fleet;
 pub mod guard;
 pub mod model;
 pub mod pki;
+pub mod service;
 pub mod sessions;
 pub mod store;

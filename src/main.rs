@@ -30,8 +30,17 @@ struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
+    /// How the daemon's own log lines look on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -78,6 +87,13 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff), generated from this command line, on stdout.
+    Man,
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -148,8 +164,12 @@ enum CertCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Admin(_)) {
-        init_logging();
+    // The daemon starts its log once its config (and log level) is read.
+    if !matches!(
+        cli.command,
+        Command::Admin(_) | Command::Serve | Command::Demo { .. }
+    ) {
+        init_logging(cli.log_format, None);
     }
     match run(cli) {
         Ok(code) => code,
@@ -160,16 +180,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// Levels from RUST_LOG, else the config's `daemon.log_level`, else info.
+fn init_logging(format: LogFormat, level: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info")));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 fn load_config(path: Option<&Path>, what: &str) -> Result<Config, ExitCode> {
+    load_config_then(path, what, |warning| eprintln!("warning: {warning}"))
+}
+
+/// Loads a config; each warning (`FILE:LINE: key: message`) goes to `warn`.
+fn load_config_then(
+    path: Option<&Path>,
+    what: &str,
+    warn: impl Fn(&str),
+) -> Result<Config, ExitCode> {
     let Some(path) = path else {
         eprintln!("error: {what} needs --config PATH");
         return Err(ExitCode::from(2));
@@ -177,7 +210,7 @@ fn load_config(path: Option<&Path>, what: &str) -> Result<Config, ExitCode> {
     match Config::load(path) {
         Ok((config, warnings)) => {
             for w in &warnings {
-                eprintln!("warning: {}:{w}", path.display());
+                warn(&format!("{}:{w}", path.display()));
             }
             Ok(config)
         }
@@ -218,10 +251,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            let config = match load_config(cli.config.as_deref(), "serve") {
+            // Warnings wait for the log, so that they come in its format.
+            let warnings = std::cell::RefCell::new(Vec::new());
+            let config = match load_config_then(cli.config.as_deref(), "serve", |w| {
+                warnings.borrow_mut().push(w.to_string())
+            }) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            init_logging(cli.log_format, config.daemon.log_level.as_deref());
+            for w in warnings.into_inner() {
+                tracing::warn!("config: {w}");
+            }
             let result = runtime()?.block_on(daemon::run(config, |r| {
                 tracing::info!(socket = %r.socket.display(), "metergate ready");
             }));
@@ -288,6 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            init_logging(cli.log_format, demo.config.daemon.log_level.as_deref());
             let text = demo::instructions(&demo);
             let rt = runtime()?;
             let _meters = rt.block_on(demo::start_meters(&demo.config, &demo.dir))?;
@@ -300,6 +342,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon_exit(result)
         }
         Command::Cert { command } => cert(command, cli.socket, cli.config.as_deref(), cli.json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "metergate",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Admin(AdminCommand::Audit {
             command: AuditCommand::Verify {
                 state_dir: Some(dir),
@@ -314,6 +371,13 @@ fn daemon_exit(result: Result<(), daemon::DaemonError>) -> anyhow::Result<ExitCo
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ daemon::DaemonError::Mbaps(_)) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+        // Configuration and file-permission problems: exit 2 with the fix.
+        Err(daemon::DaemonError::Service(e))
+            if !matches!(e, metergate::service::ServiceError::Drop { .. }) =>
+        {
             eprintln!("error: {e}");
             Ok(ExitCode::from(2))
         }

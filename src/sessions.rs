@@ -121,6 +121,11 @@ impl Sessions {
         self.kill_where(|e| e.credential.as_deref() == Some(credential), reason)
     }
 
+    /// Ends every session (a graceful stop past its drain deadline).
+    pub fn end_all(&self, reason: &str) -> usize {
+        self.kill_where(|_| true, reason)
+    }
+
     fn kill_where(&self, pred: impl Fn(&Entry) -> bool, reason: &str) -> usize {
         let Ok(live) = self.live.lock() else { return 0 };
         let mut ended = 0;

@@ -75,6 +75,11 @@ impl Daemon {
             .replace(
                 "group = \"metergate-admin\"",
                 "group = \"\"\nmode = \"0660\"",
+            )
+            // Tests run as whoever runs them (root in CI).
+            .replace(
+                "user = \"metergate\"\ngroup = \"metergate\"",
+                "allow_root = true",
             );
         std::fs::write(&config, text).unwrap();
         let mut d = Daemon {
@@ -170,6 +175,10 @@ impl Daemon {
         }
         let _ = child.kill();
         child.wait().ok()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// SIGKILL, no goodbye.
@@ -318,7 +327,7 @@ pub fn gateway_config(socket: &Path, rest: &str) -> String {
         .expect("the profile ends")
         .0;
     format!(
-        "state_dir = \"state\"\n[control]\nsocket = {:?}\ngroup = \"\"\nmode = \"0600\"\n\n# --- profile ion-sim{profile}\n{rest}",
+        "state_dir = \"state\"\n[daemon]\nallow_root = true\n[control]\nsocket = {:?}\ngroup = \"\"\nmode = \"0600\"\n\n# --- profile ion-sim{profile}\n{rest}",
         socket.display().to_string()
     )
 }
