@@ -11,8 +11,8 @@ use crate::config::Config;
 use crate::doors::admin::exec::{AdminContext, ReviewSettings, review_due};
 use crate::doors::admin::server::{self, Access, ControlError};
 use crate::doors::mbaps::{MbapsDoor, MbapsError, Tls};
-use crate::doors::modbus::{ModbusDoor, unit_maps};
-use crate::guard::Guard;
+use crate::doors::modbus::{ModbusDoor, UnitMap, unit_maps, unit_maps_reusing};
+use crate::guard::{Guard, GuardSettings};
 use crate::model::micros;
 use crate::service::{self, Notifier, ServiceError};
 use crate::sessions::Sessions;
@@ -139,25 +139,30 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     ));
     let maps = unit_maps(&config);
     let mut doors = Vec::new();
+    let mut live = Live {
+        config: config.clone(),
+        maps: maps.clone(),
+        plain: Vec::new(),
+        tls: Vec::new(),
+    };
     for (door, listener) in ModbusDoor::from_config(&config, guard.clone(), sessions.clone(), &maps)
         .into_iter()
         .zip(plain_listeners)
     {
-        doors.push(tokio::spawn(
-            Arc::new(door).serve(listener, stop_rx.clone()),
-        ));
+        let door = Arc::new(door);
+        live.plain.push(door.clone());
+        doors.push(tokio::spawn(door.serve(listener, stop_rx.clone())));
     }
     if let Some(tls) = &tls {
         for (i, listener) in tls_listeners.into_iter().enumerate() {
-            let door = MbapsDoor::new(
+            let door = Arc::new(MbapsDoor::new(
                 guard.clone(),
                 sessions.clone(),
                 maps[i].clone(),
                 tls.clone(),
-            );
-            doors.push(tokio::spawn(
-                Arc::new(door).serve(listener, stop_rx.clone()),
             ));
+            live.tls.push((i, door.clone()));
+            doors.push(tokio::spawn(door.serve(listener, stop_rx.clone())));
         }
         tokio::spawn(
             tls.clone()
@@ -189,9 +194,17 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let which = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                notifier.send("RELOADING=1");
+                live.reload(&guard).await;
+                notifier.send("READY=1");
+            }
+        }
     };
     notifier.send("STOPPING=1\nSTATUS=draining sessions");
     // Stop accepting, let live sessions finish up to the deadline, then end
@@ -223,6 +236,122 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     }
     store.flush()?;
     Ok(())
+}
+
+/// What a reload may change while the daemon runs.
+struct Live {
+    config: Config,
+    maps: Vec<Arc<UnitMap>>,
+    plain: Vec<Arc<ModbusDoor>>,
+    /// (unit map index, door)
+    tls: Vec<(usize, Arc<MbapsDoor>)>,
+}
+
+impl Live {
+    /// SIGHUP: reads the config again and applies it all at once, or
+    /// nothing (a bad config is rejected and the running one stays).
+    /// Meters, profiles, client entries and the guard's rules change;
+    /// sessions that are not affected go on.
+    async fn reload(&mut self, guard: &Guard) {
+        let path = self.config.path.clone();
+        let failed = |why: String| {
+            tracing::error!("reload rejected, the running config stays: {why}");
+            EventDraft::new("system.reload-failed", Category::System, Outcome::Failure)
+                .reason(format!(
+                    "the new config was rejected, the running one stays: {why}"
+                ))
+                .detail("config", path.display())
+        };
+        let new = match Config::load(&self.config.path) {
+            Ok((c, _)) => c,
+            Err(e) => {
+                log_event(guard, failed(e.to_string())).await;
+                return;
+            }
+        };
+        if new.modbus_listen.len() != self.config.modbus_listen.len() {
+            // Unit maps follow the listeners that exist.
+            log_event(
+                guard,
+                failed("it has another number of Modbus listeners; restart to apply it".into()),
+            )
+            .await;
+            return;
+        }
+        // What only a restart applies: the daemon bound its sockets and
+        // dropped root at start, so it binds nothing new (ports below 1024
+        // least of all); state and identity stay as started.
+        let old = &self.config;
+        let restart: Vec<&str> = [
+            ("modbus.listen", new.modbus_listen != old.modbus_listen),
+            ("mbaps", new.mbaps != old.mbaps),
+            ("state_dir", new.state_dir != old.state_dir),
+            ("control", new.control != old.control),
+            ("daemon", new.daemon != old.daemon),
+            ("passwords", new.passwords != old.passwords),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect();
+        let (maps, added, removed) = unit_maps_reusing(&new, &self.maps);
+        guard.reload(
+            GuardSettings::from_config(&new),
+            new.meters.clone(),
+            new.profiles.clone(),
+        );
+        let mut ended = 0;
+        for (i, door) in self.plain.iter().enumerate() {
+            door.proxy.units.store(maps[i].clone());
+            ended += door.set_clients(new.modbus_clients.clone());
+        }
+        for (i, door) in &self.tls {
+            door.proxy.units.store(maps[*i].clone());
+        }
+        let reason = format!(
+            "config reloaded: {} meters ({added} added, {removed} removed), {} profiles, {} Modbus client entries; {ended} session(s) of changed client entries ended{}",
+            new.meters.len(),
+            new.profiles.len(),
+            new.modbus_clients.len(),
+            if restart.is_empty() {
+                String::new()
+            } else {
+                format!("; not applied until a restart: {}", restart.join(", "))
+            }
+        );
+        tracing::info!("{reason}");
+        if !restart.is_empty() {
+            tracing::warn!(
+                "the daemon binds its sockets only at start (after dropping root it could not bind ports below 1024): restart it to apply {}",
+                restart.join(", ")
+            );
+        }
+        log_event(
+            guard,
+            EventDraft::new("system.reload", Category::System, Outcome::Success)
+                .reason(reason)
+                .detail("config", self.config.path.display())
+                .detail("meters_added", added)
+                .detail("meters_removed", removed),
+        )
+        .await;
+        self.maps = maps;
+        // What was not applied stays as it runs, so that the next reload
+        // compares against what is really in force.
+        let mut kept = new;
+        kept.modbus_listen = self.config.modbus_listen.clone();
+        kept.mbaps = self.config.mbaps.clone();
+        kept.state_dir = self.config.state_dir.clone();
+        kept.control = self.config.control.clone();
+        kept.daemon = self.config.daemon.clone();
+        kept.passwords = self.config.passwords.clone();
+        self.config = kept;
+    }
+}
+
+async fn log_event(guard: &Guard, ev: EventDraft) {
+    if let Err(e) = guard.store().log().append(ev).await {
+        tracing::error!(error = %e, "an event could not be logged");
+    }
 }
 
 /// A broken chain does not stop the daemon (that would blind the control

@@ -314,3 +314,117 @@ fn completions_and_the_man_page_come_from_the_command_line() {
         "{man}"
     );
 }
+
+/// One FC 3 read of 2 registers at 3000 on `unit`; the answer's PDU.
+fn read_unit(s: &mut std::net::TcpStream, unit: u8) -> Vec<u8> {
+    use std::io::Write;
+    s.write_all(&[0, 7, 0, 0, 0, 6, unit, 3, 0x0b, 0xb8, 0, 2])
+        .unwrap();
+    let mut head = [0u8; 7];
+    s.read_exact(&mut head).unwrap();
+    let mut pdu = vec![0u8; u16::from_be_bytes([head[4], head[5]]) as usize - 1];
+    s.read_exact(&mut pdu).unwrap();
+    pdu
+}
+
+#[test]
+fn sighup_reloads_meters_and_clients_and_keeps_the_running_config_on_a_bad_one() {
+    let sim = daemon::Simulator::start(3, &[]);
+    let port = free_port();
+    let config_for = |meters: &[u16], clients: &str| {
+        let mut rest = String::new();
+        for &n in meters {
+            rest += &format!(
+                "[[meters]]\nid = \"meter-{n}\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{}\"\ngateway_unit = {n}\n\n",
+                sim.base_port + n - 1
+            );
+        }
+        rest += &format!("[modbus]\nlisten = [\"127.0.0.1:{port}\"]\n{clients}");
+        rest
+    };
+    let both = "[[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\n[[modbus.clients]]\ncidr = \"127.0.0.2/32\"\nservice_user = \"tester\"\n";
+    let only_one = "[[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\n";
+    let d = Daemon::start_text(|socket| daemon::gateway_config(socket, &config_for(&[1, 2], both)));
+    d.mg(&["service-user", "add", "tester"]).ok();
+    d.mg(&["service-user", "attach", "tester", "ReadOnly"]).ok();
+    let socket = d.socket.clone();
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &d.pid().unwrap().to_string()])
+            .status()
+            .unwrap();
+    };
+    let wait_event = |code: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let tail = d.mg(&["audit", "tail", "-n", "50"]).ok().stdout.clone();
+            let found: Vec<String> = tail
+                .lines()
+                .filter(|l| l.contains(&format!(" {code} ")))
+                .map(str::to_string)
+                .collect();
+            if found.len() >= n {
+                return found[n - 1].clone();
+            }
+            assert!(Instant::now() < deadline, "no {code} #{n}: {tail}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // A session from 127.0.0.1 (kept) and one from 127.0.0.2 (its entry goes).
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(read_unit(&mut kept, 1)[0], 3);
+    assert_eq!(read_unit(&mut kept, 2)[0], 3);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mb.py");
+    let mut dropped = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(r#"[{"op": "hold", "source": "127.0.0.2", "unit": 1, "address": 3000, "count": 2}]"#)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(dropped.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
+    assert!(first.contains("\"ok\": true"), "{first}");
+
+    // Meter 2 removed, meter 3 added, 127.0.0.2's entry removed.
+    std::fs::write(
+        &d.config,
+        daemon::gateway_config(&socket, &config_for(&[1, 3], only_one)),
+    )
+    .unwrap();
+    hup();
+    let reloaded = wait_event("system.reload", 1);
+    assert!(
+        reloaded.contains("1 added, 1 removed")
+            && reloaded.contains("1 session(s) of changed client entries ended"),
+        "{reloaded}"
+    );
+    // The unrelated session goes on, and sees the new unit map.
+    assert_eq!(read_unit(&mut kept, 1)[0], 3);
+    assert_eq!(read_unit(&mut kept, 3)[0], 3);
+    assert_eq!(read_unit(&mut kept, 2), vec![0x83, 0x0a]);
+    // The session whose entry was removed was ended.
+    use std::io::Write;
+    dropped.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut second).unwrap();
+    assert!(second.contains("\"ok\": false"), "{second}");
+    let _ = dropped.wait();
+
+    // A bad config changes nothing and is logged with where it is wrong.
+    std::fs::write(&d.config, "state_dir = \"state\"\n[meters\n").unwrap();
+    hup();
+    let failed = wait_event("system.reload-failed", 1);
+    assert!(
+        failed.contains("the running one stays") && failed.contains(":2:"),
+        "{failed}"
+    );
+    assert_eq!(read_unit(&mut kept, 3)[0], 3);
+    assert_eq!(read_unit(&mut kept, 2), vec![0x83, 0x0a]);
+    drop(sim);
+}

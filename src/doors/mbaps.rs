@@ -230,7 +230,7 @@ fn credential(serial: &str) -> String {
 
 /// One mbaps listener.
 pub struct MbapsDoor {
-    proxy: Proxy,
+    pub proxy: Proxy,
     sessions: Arc<Sessions>,
     tls: Arc<Tls>,
 }

@@ -39,7 +39,20 @@ struct Conn {
 }
 
 /// The gateway's link to one meter.
+/// What a meter's pool was built from; a reload keeps a pool whose
+/// settings did not change (and so its open connections).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSettings {
+    pub address: String,
+    pub unit_id: u8,
+    pub max_connections: usize,
+    pub pipeline: usize,
+    pub timeout: Duration,
+    pub max_queue: usize,
+}
+
 pub struct MeterLink {
+    settings: LinkSettings,
     address: String,
     unit: u8,
     timeout: Duration,
@@ -66,6 +79,14 @@ impl MeterLink {
     ) -> MeterLink {
         let lanes = max_connections.max(1);
         MeterLink {
+            settings: LinkSettings {
+                address: address.to_string(),
+                unit_id: unit,
+                max_connections,
+                pipeline,
+                timeout,
+                max_queue: max_waiting,
+            },
             address: address.to_string(),
             unit,
             timeout,
@@ -76,6 +97,10 @@ impl MeterLink {
             lanes: (0..lanes).map(|_| Mutex::new(None)).collect(),
             connecting: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub fn settings(&self) -> LinkSettings {
+        self.settings.clone()
     }
 
     /// Requests refused because the queue was full (a metric).

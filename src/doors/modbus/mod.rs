@@ -9,13 +9,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::{Config, ModbusClient};
-use crate::fleet::pool::{MeterLink, UpstreamError};
+use crate::fleet::pool::{LinkSettings, MeterLink, UpstreamError};
 use crate::guard::{Action, CertificateClaim, Guard, Request, WriteValues};
 use crate::model::{PrincipalId, micros};
 use crate::sessions::Sessions;
@@ -37,7 +39,17 @@ pub type UnitMap = HashMap<u8, (String, Arc<MeterLink>)>;
 /// `listener` are in the first). The TLS listeners share them, so plain and
 /// TLS clients funnel into the same few meter connections.
 pub fn unit_maps(config: &Config) -> Vec<Arc<UnitMap>> {
-    (0..config.modbus_listen.len().max(1))
+    unit_maps_reusing(config, &[]).0
+}
+
+/// The unit maps for `config`, keeping the pool (and its open connections)
+/// of every meter whose connection settings did not change; also says how
+/// many meters were added and removed.
+pub fn unit_maps_reusing(
+    config: &Config,
+    old: &[Arc<UnitMap>],
+) -> (Vec<Arc<UnitMap>>, usize, usize) {
+    let maps: Vec<Arc<UnitMap>> = (0..config.modbus_listen.len().max(1))
         .map(|l| {
             let units = config
                 .meters
@@ -45,20 +57,47 @@ pub fn unit_maps(config: &Config) -> Vec<Arc<UnitMap>> {
                 .filter(|m| m.listener == l)
                 .filter_map(|m| {
                     let unit = m.gateway_unit?;
-                    let link = MeterLink::new(
-                        m.address.as_deref()?,
-                        m.unit_id,
-                        m.max_connections,
-                        m.pipeline,
-                        m.timeout,
-                        config.modbus_max_queue,
-                    );
-                    Some((unit, (m.id.clone(), Arc::new(link))))
+                    let address = m.address.as_deref()?;
+                    let settings = LinkSettings {
+                        address: address.to_string(),
+                        unit_id: m.unit_id,
+                        max_connections: m.max_connections,
+                        pipeline: m.pipeline,
+                        timeout: m.timeout,
+                        max_queue: config.modbus_max_queue,
+                    };
+                    let reused = old
+                        .iter()
+                        .flat_map(|o| o.values())
+                        .find(|(id, link)| *id == m.id && link.settings() == settings);
+                    let link = match reused {
+                        Some((_, link)) => link.clone(),
+                        None => Arc::new(MeterLink::new(
+                            address,
+                            m.unit_id,
+                            m.max_connections,
+                            m.pipeline,
+                            m.timeout,
+                            config.modbus_max_queue,
+                        )),
+                    };
+                    Some((unit, (m.id.clone(), link)))
                 })
                 .collect();
             Arc::new(units)
         })
-        .collect()
+        .collect();
+    let old_ids: std::collections::HashSet<&String> = old
+        .iter()
+        .flat_map(|o| o.values().map(|(id, _)| id))
+        .collect();
+    let new_ids: std::collections::HashSet<&String> = maps
+        .iter()
+        .flat_map(|o| o.values().map(|(id, _)| id))
+        .collect();
+    let added = new_ids.difference(&old_ids).count();
+    let removed = old_ids.difference(&new_ids).count();
+    (maps, added, removed)
 }
 
 /// Who is on a connection, as the door established it.
@@ -75,7 +114,8 @@ pub struct Caller {
 pub struct Proxy {
     pub door: &'static str,
     pub guard: Arc<Guard>,
-    pub units: Arc<UnitMap>,
+    /// Swapped whole on reload; a request uses the map it started with.
+    pub units: ArcSwap<UnitMap>,
     pub floods: Arc<Floods>,
 }
 
@@ -85,7 +125,7 @@ impl Proxy {
             door,
             floods: Arc::new(Floods::new(guard.clone(), door)),
             guard,
-            units,
+            units: ArcSwap::new(units),
         }
     }
 
@@ -166,7 +206,8 @@ impl Proxy {
             );
             return None;
         }
-        let Some((meter, link)) = self.units.get(&h.unit) else {
+        let units = self.units.load();
+        let Some((meter, link)) = units.get(&h.unit) else {
             return fail(exception::GATEWAY_PATH_UNAVAILABLE);
         };
         let pdu = match Pdu::decode(raw) {
@@ -206,9 +247,10 @@ impl Proxy {
 
 /// A plain Modbus/TCP listener: clients are known by source address only.
 pub struct ModbusDoor {
-    proxy: Proxy,
+    pub proxy: Proxy,
     sessions: Arc<Sessions>,
-    clients: Vec<ModbusClient>,
+    /// Swapped whole on reload.
+    clients: ArcSwap<Vec<ModbusClient>>,
 }
 
 impl ModbusDoor {
@@ -223,9 +265,32 @@ impl ModbusDoor {
             .map(|l| ModbusDoor {
                 proxy: Proxy::new("modbus", guard.clone(), maps[l].clone()),
                 sessions: sessions.clone(),
-                clients: config.modbus_clients.clone(),
+                clients: ArcSwap::from_pointee(config.modbus_clients.clone()),
             })
             .collect()
+    }
+
+    /// Takes the reloaded client entries; sessions whose source no longer
+    /// maps to the same service user are ended, the others go on.
+    pub fn set_clients(&self, clients: Vec<ModbusClient>) -> usize {
+        let mut ended = 0;
+        for s in self.sessions.list().iter().filter(|s| s.door == "modbus") {
+            let Ok(peer) = s.source.parse::<SocketAddr>() else {
+                continue;
+            };
+            let still = ModbusClient::lookup(&clients, peer.ip()).is_some_and(|c| {
+                PrincipalId::Service(c.service_user.clone()).to_string() == s.principal
+            });
+            if !still
+                && self
+                    .sessions
+                    .kill(s.id, "its modbus.clients entry was removed or changed")
+            {
+                ended += 1;
+            }
+        }
+        self.clients.store(Arc::new(clients));
+        ended
     }
 
     /// Accepts until `stop` fires.
@@ -251,7 +316,8 @@ impl ModbusDoor {
     }
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
-        let Some(client) = ModbusClient::lookup(&self.clients, peer.ip()) else {
+        let clients = self.clients.load();
+        let Some(client) = ModbusClient::lookup(&clients, peer.ip()) else {
             self.proxy.floods.count(
                 peer.ip(),
                 "modbus.refused-source",
