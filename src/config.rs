@@ -321,6 +321,8 @@ pub struct Config {
     pub modbus_max_queue: usize,
     pub mbaps: Option<MbapsConfig>,
     pub daemon: DaemonConfig,
+    /// Where Prometheus metrics are served (loopback only).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub review: ReviewConfig,
 }
 
@@ -404,6 +406,14 @@ struct RawConfig {
     mbaps: Option<Spanned<RawMbaps>>,
     #[serde(default)]
     daemon: Option<Spanned<DaemonConfig>>,
+    #[serde(default)]
+    metrics: Option<Spanned<RawMetrics>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Deserialize)]
@@ -805,6 +815,30 @@ impl Config {
             }
         };
 
+        let metrics_listen = match &raw.metrics {
+            None => None,
+            Some(m) => {
+                let at = m.span().start;
+                let text = &m.get_ref().listen;
+                let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+                    err_at(
+                        at,
+                        "metrics.listen",
+                        format!("`{text}` is not an address such as 127.0.0.1:9802"),
+                    )
+                })?;
+                // Metrics say which meters are down and who is connected:
+                // loopback only; a remote scraper comes through a local agent.
+                if !addr.ip().is_loopback() {
+                    return Err(err_at(
+                        at,
+                        "metrics.listen",
+                        format!("`{text}` is not a loopback address (127.0.0.1 or [::1])"),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         let daemon_at = section_at(&raw.daemon);
         let daemon = raw.daemon.map(Spanned::into_inner).unwrap_or_default();
         if let Some(l) = &daemon.log_level
@@ -898,6 +932,7 @@ impl Config {
                 modbus_max_queue: raw.modbus.max_queue,
                 mbaps,
                 daemon,
+                metrics_listen,
             },
             warnings,
         ))

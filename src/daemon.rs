@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use time::OffsetDateTime;
 
 use crate::config::Config;
@@ -13,6 +15,7 @@ use crate::doors::admin::server::{self, Access, ControlError};
 use crate::doors::mbaps::{MbapsDoor, MbapsError, Tls};
 use crate::doors::modbus::{ModbusDoor, UnitMap, unit_maps, unit_maps_reusing};
 use crate::guard::{Guard, GuardSettings};
+use crate::metrics::{self, MeterSample, Sample};
 use crate::model::micros;
 use crate::service::{self, Notifier, ServiceError};
 use crate::sessions::Sessions;
@@ -95,6 +98,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
             tls_listeners.push(bind(address).await?);
         }
     }
+    let metrics_listener = match config.metrics_listen {
+        Some(a) => Some(bind(&a.to_string()).await?),
+        None => None,
+    };
     if let Some(a) = &account {
         service::drop_to(a, gid.map(|g| g.as_raw()))?;
         tracing::info!(user = %a.user, group = %a.group, "running as the service account; root is dropped");
@@ -139,8 +146,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     ));
     let maps = unit_maps(&config);
     let mut doors = Vec::new();
+    let shared_maps = Arc::new(ArcSwap::from_pointee(maps.clone()));
     let mut live = Live {
         config: config.clone(),
+        shared_maps: shared_maps.clone(),
         maps: maps.clone(),
         plain: Vec::new(),
         tls: Vec::new(),
@@ -170,6 +179,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         );
     }
     tokio::spawn(check_chain(guard.clone()));
+    if let Some(listener) = metrics_listener {
+        let sample = sampler(guard.clone(), sessions.clone(), shared_maps, review.clone());
+        tokio::spawn(metrics::serve(listener, sample, stop_rx.clone()));
+    }
     tokio::spawn(review_reminder(guard.clone(), review, stop_rx.clone()));
     if let Some(every) = notifier.watchdog_every() {
         let mut stop = stop_rx.clone();
@@ -241,6 +254,8 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
 /// What a reload may change while the daemon runs.
 struct Live {
     config: Config,
+    /// The maps the metrics read.
+    shared_maps: Arc<ArcSwap<Vec<Arc<UnitMap>>>>,
     maps: Vec<Arc<UnitMap>>,
     plain: Vec<Arc<ModbusDoor>>,
     /// (unit map index, door)
@@ -334,6 +349,7 @@ impl Live {
                 .detail("meters_removed", removed),
         )
         .await;
+        self.shared_maps.store(Arc::new(maps.clone()));
         self.maps = maps;
         // What was not applied stays as it runs, so that the next reload
         // compares against what is really in force.
@@ -352,6 +368,49 @@ async fn log_event(guard: &Guard, ev: EventDraft) {
     if let Err(e) = guard.store().log().append(ev).await {
         tracing::error!(error = %e, "an event could not be logged");
     }
+}
+
+/// What a metrics scrape reads: counters, sessions, the meters' pools, the
+/// log, whether a review is due.
+fn sampler(
+    guard: Arc<Guard>,
+    sessions: Arc<Sessions>,
+    maps: Arc<ArcSwap<Vec<Arc<UnitMap>>>>,
+    review: ReviewSettings,
+) -> Arc<dyn Fn() -> Sample + Send + Sync> {
+    Arc::new(move || {
+        let mut by_door: std::collections::BTreeMap<String, usize> = ["modbus", "mbaps"]
+            .into_iter()
+            .map(|d| (d.to_string(), 0))
+            .collect();
+        for s in sessions.list() {
+            *by_door.entry(s.door).or_default() += 1;
+        }
+        let meters = maps
+            .load()
+            .iter()
+            .flat_map(|u| u.values())
+            .map(|(id, link)| MeterSample {
+                id: id.clone(),
+                connected: link.connected(),
+                lanes: link.lanes(),
+                waiting: link.waiting(),
+                busy_refusals: link.busy_refusals(),
+            })
+            .collect();
+        let c = &guard.counters;
+        Sample {
+            decisions: metrics::render_decisions(&c.decisions),
+            latency: metrics::render_latency(&c.latency),
+            sessions: by_door.into_iter().collect(),
+            meters,
+            audit_events: guard.store().log().last_seq(),
+            audit_alarm: c.audit_alarm.load(std::sync::atomic::Ordering::Relaxed),
+            reads_allowed: c.reads_allowed.load(std::sync::atomic::Ordering::Relaxed),
+            reads_denied: c.reads_denied.load(std::sync::atomic::Ordering::Relaxed),
+            review_overdue: review_due(&guard, &review, OffsetDateTime::now_utc()).is_some(),
+        }
+    })
 }
 
 /// A broken chain does not stop the daemon (that would blind the control

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod doors;
 pub mod fleet;
 pub mod guard;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod service;

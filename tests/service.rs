@@ -428,3 +428,89 @@ fn sighup_reloads_meters_and_clients_and_keeps_the_running_config_on_a_bad_one()
     assert_eq!(read_unit(&mut kept, 2), vec![0x83, 0x0a]);
     drop(sim);
 }
+
+#[test]
+fn metrics_are_scraped_and_parsed_as_prometheus_would() {
+    let sim = daemon::Simulator::start(1, &[]);
+    let (port, metrics) = (free_port(), free_port());
+    let d = Daemon::start_text(|socket| {
+        daemon::gateway_config(
+            socket,
+            &format!(
+                "[[meters]]\nid = \"meter-1\"\nprofile = \"ion-sim\"\naddress = \"127.0.0.1:{}\"\ngateway_unit = 1\n\n\
+                 [modbus]\nlisten = [\"127.0.0.1:{port}\"]\n[[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"tester\"\n\
+                 [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+                sim.base_port
+            ),
+        )
+    });
+    d.mg(&["service-user", "add", "tester"]).ok();
+    d.mg(&["service-user", "attach", "tester", "ReadOnly"]).ok();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(read_unit(&mut conn, 1)[0], 3);
+    assert_eq!(read_unit(&mut conn, 9), vec![0x83, 0x0a]);
+    let scrape = || -> serde_json::Value {
+        let out = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/scrape.py"
+            ))
+            .arg(format!("http://127.0.0.1:{metrics}/metrics"))
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let m = scrape();
+    let v = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("no {k} in {m}"));
+    assert!(v("metergate_reads_total{decision=allow}") >= 1.0);
+    assert!(v("metergate_decisions_total{decision=allow,door=modbus}") >= 1.0);
+    assert!(v("metergate_decisions_total{decision=allow,door=control-socket}") >= 2.0);
+    assert_eq!(v("metergate_request_seconds_count{door=modbus}"), 2.0);
+    assert_eq!(v("metergate_sessions{door=modbus}"), 1.0);
+    assert_eq!(v("metergate_meter_up{meter=meter-1}"), 1.0);
+    assert_eq!(v("metergate_pool_queue_depth{meter=meter-1}"), 0.0);
+    assert!(v("metergate_audit_events") >= 3.0);
+    assert_eq!(v("metergate_review_overdue"), 1.0, "no review recorded yet");
+    d.mg(&["review", "--ack"]).ok();
+    assert_eq!(scrape()["metergate_review_overdue"], 0.0);
+
+    // Anything but GET /metrics gets a clear status; garbage is closed.
+    let http = |req: &[u8]| {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.write_all(req);
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    };
+    assert!(http(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(http(b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert_eq!(http(&[b'x'; 20_000]), "");
+    assert!(http(b"GET /metrics HTTP/1.0\r\n\r\n").contains("metergate_meter_up"));
+
+    // Metrics are served on loopback only.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("m.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"s\"\n[metrics]\nlisten = \"0.0.0.0:9802\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", s(&config)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("metrics.listen: `0.0.0.0:9802` is not a loopback address")
+    );
+}

@@ -99,6 +99,23 @@ impl MeterLink {
         }
     }
 
+    /// Open connections to the meter, of `lanes()`.
+    pub fn connected(&self) -> usize {
+        self.lanes
+            .iter()
+            .filter(|l| l.lock().map(|c| c.is_some()).unwrap_or(false))
+            .count()
+    }
+
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Requests waiting for a connection (the pool's queue depth).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     pub fn settings(&self) -> LinkSettings {
         self.settings.clone()
     }

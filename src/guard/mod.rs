@@ -94,6 +94,10 @@ pub struct Counters {
     /// Set when an event could not be made durable and the config said
     /// fail-open: the alarm of DESIGN §4.
     pub audit_alarm: AtomicBool,
+    /// Every decision by door and outcome (metrics).
+    pub decisions: crate::metrics::Decisions,
+    /// Modbus request latency per door (metrics).
+    pub latency: crate::metrics::Latency,
 }
 
 /// The single authorizer.
@@ -344,6 +348,7 @@ impl Guard {
         {
             d = self.peak_demand_slot(meter, d, now);
         }
+        self.counters.decisions.count(req.door, d.allowed);
         let settings = self.settings.load();
         if req.action.is_read() {
             let counter = if d.allowed {

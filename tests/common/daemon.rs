@@ -76,6 +76,11 @@ impl Daemon {
                 "group = \"metergate-admin\"",
                 "group = \"\"\nmode = \"0660\"",
             )
+            // Tests pick free ports.
+            .replace(
+                "listen = \"127.0.0.1:9802\"",
+                &format!("listen = \"127.0.0.1:{}\"", free_port()),
+            )
             // Tests run as whoever runs them (root in CI).
             .replace(
                 "user = \"metergate\"\ngroup = \"metergate\"",

@@ -172,9 +172,15 @@ impl Proxy {
                     Ok(Some((h, pdu, used))) => {
                         let pdu = pdu.to_vec();
                         consumed += used;
+                        let started = std::time::Instant::now();
                         if let Some(answer) = self.request(caller, peer, h, &pdu).await {
                             out.extend_from_slice(&frame::adu(h, &answer));
                         }
+                        self.guard
+                            .counters
+                            .latency
+                            .of(self.door)
+                            .observe(started.elapsed());
                     }
                 }
             }
