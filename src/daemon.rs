@@ -405,6 +405,7 @@ fn sampler(
             sessions: by_door.into_iter().collect(),
             meters,
             audit_events: guard.store().log().last_seq(),
+            audit_pending: guard.store().log().pending(),
             audit_alarm: c.audit_alarm.load(std::sync::atomic::Ordering::Relaxed),
             reads_allowed: c.reads_allowed.load(std::sync::atomic::Ordering::Relaxed),
             reads_denied: c.reads_denied.load(std::sync::atomic::Ordering::Relaxed),

@@ -143,6 +143,7 @@ pub struct Sample {
     pub sessions: Vec<(String, usize)>,
     pub meters: Vec<MeterSample>,
     pub audit_events: u64,
+    pub audit_pending: u64,
     pub audit_alarm: bool,
     pub reads_allowed: u64,
     pub reads_denied: u64,
@@ -234,11 +235,14 @@ impl Sample {
             out,
             "# HELP metergate_audit_events Events in the security log (its last seq).\n\
              # TYPE metergate_audit_events gauge\nmetergate_audit_events {}\n\
+             # HELP metergate_audit_pending Events waiting to be made durable (the log writer's backlog).\n\
+             # TYPE metergate_audit_pending gauge\nmetergate_audit_pending {}\n\
              # HELP metergate_audit_alarm 1 after an event could not be made durable (fail-open).\n\
              # TYPE metergate_audit_alarm gauge\nmetergate_audit_alarm {}\n\
              # HELP metergate_review_overdue 1 when a review of users and roles is due.\n\
              # TYPE metergate_review_overdue gauge\nmetergate_review_overdue {}\n",
             self.audit_events,
+            self.audit_pending,
             u8::from(self.audit_alarm),
             u8::from(self.review_overdue)
         );

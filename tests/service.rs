@@ -477,6 +477,11 @@ fn metrics_are_scraped_and_parsed_as_prometheus_would() {
     assert_eq!(v("metergate_meter_up{meter=meter-1}"), 1.0);
     assert_eq!(v("metergate_pool_queue_depth{meter=meter-1}"), 0.0);
     assert!(v("metergate_audit_events") >= 3.0);
+    assert_eq!(
+        v("metergate_audit_pending"),
+        0.0,
+        "every acknowledged event is durable"
+    );
     assert_eq!(v("metergate_review_overdue"), 1.0, "no review recorded yet");
     d.mg(&["review", "--ack"]).ok();
     assert_eq!(scrape()["metergate_review_overdue"], 0.0);

@@ -209,6 +209,8 @@ struct Shared {
     injected: AtomicBool,
     last_seq: AtomicU64,
     flushes: AtomicU64,
+    /// Events handed to the writer and not yet durable (or refused).
+    pending: AtomicU64,
 }
 
 struct Inner {
@@ -255,6 +257,7 @@ impl AuditLog {
             injected: AtomicBool::new(false),
             last_seq: AtomicU64::new(last_seq),
             flushes: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel::<Job>();
         let writer = {
@@ -283,10 +286,16 @@ impl AuditLog {
         let (ack, rx) = tokio::sync::oneshot::channel();
         if let Some(tx) = &self.inner.tx {
             // A send error drops `ack`, which the receiver sees as Closed.
-            let _ = tx.send(Job {
-                fields: draft_fields(&draft),
-                ack,
-            });
+            self.inner.shared.pending.fetch_add(1, Ordering::Relaxed);
+            if tx
+                .send(Job {
+                    fields: draft_fields(&draft),
+                    ack,
+                })
+                .is_err()
+            {
+                self.inner.shared.pending.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         rx
     }
@@ -306,6 +315,11 @@ impl AuditLog {
     /// Seq of the newest event.
     pub fn last_seq(&self) -> u64 {
         self.inner.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Events waiting to be made durable (the writer's backlog).
+    pub fn pending(&self) -> u64 {
+        self.inner.shared.pending.load(Ordering::Relaxed)
     }
 
     /// How many flushes the writer has done (group commit makes it far fewer
@@ -463,12 +477,14 @@ fn writer_loop(
             }
         }
         last_batch = jobs.len();
+        let taken = jobs.len() as u64;
         if shared.injected.load(Ordering::Relaxed) {
             for j in jobs {
                 let _ = j
                     .ack
                     .send(Err(AuditError::Unavailable("failure injected".into())));
             }
+            shared.pending.fetch_sub(taken, Ordering::Relaxed);
             continue;
         }
         let time = micros(OffsetDateTime::now_utc()).max(head.time);
@@ -494,6 +510,7 @@ fn writer_loop(
             }
         };
         shared.flushes.fetch_add(1, Ordering::Relaxed);
+        shared.pending.fetch_sub(taken, Ordering::Relaxed);
         match result {
             Ok(()) => {
                 shared.failing.store(false, Ordering::Relaxed);
