@@ -1001,3 +1001,74 @@ fn garbage_on_the_control_socket_never_stops_the_daemon() {
     let r = d.mg(&["user", "list"]);
     assert_eq!(r.code, 0, "the daemon still serves: {r:?}");
 }
+
+#[test]
+fn audit_query_filters_by_principal_code_outcome_and_time() {
+    let d = Daemon::start();
+    for name in ["q1", "q2", "q3"] {
+        d.mg(&[
+            "user",
+            "add",
+            name,
+            "--email",
+            &format!("{name}@example.com"),
+        ])
+        .ok();
+    }
+    d.mg(&["user", "add", "q1", "--email", "again@example.com"]); // refused
+    let me = d.mg(&["audit", "tail", "-n", "1"]).ok().stdout.clone();
+    let local = me.split_whitespace().nth(4).unwrap().to_string();
+    let r = d.mg(&[
+        "audit",
+        "query",
+        "--code",
+        "admin.change",
+        "--principal",
+        &local,
+        "--limit",
+        "2",
+        "--since",
+        "1h",
+    ]);
+    let lines: Vec<&str> = r.ok().stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.contains(" admin.change ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("q3"),
+        "the newest, oldest first: {lines:?}"
+    );
+    let r = d.mg(&["--json", "audit", "query", "--code", "admin.refused"]);
+    let refused: Vec<serde_json::Value> = r
+        .ok()
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["outcome"], "failure");
+    let r = d.mg(&[
+        "audit",
+        "query",
+        "--outcome",
+        "deny",
+        "--until",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert!(r.ok().stdout.is_empty());
+    let r = d.mg(&["audit", "query", "--since", "yesterday"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--since `yesterday`"), "{}", r.stderr);
+    // Reading the log is itself in the log.
+    let r = d.mg(&[
+        "audit",
+        "query",
+        "--code",
+        "read-audit.allow",
+        "--limit",
+        "1",
+    ]);
+    assert!(r.ok().stdout.contains("audit query"), "{}", r.stdout);
+}

@@ -6,6 +6,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
+
+use std::sync::Mutex;
+
+use super::index::Query;
+
+/// How often the indexer looks for new events.
+const INDEX_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Above this many new events per second the indexer waits for a quieter
+/// moment (a burst of durable appends goes first), and it stops between
+/// batches whenever appends are waiting…
+const BUSY_RATE: u64 = 100;
+/// …but past this lag it indexes at any rate, between group commits.
+const MAX_LAG: u64 = 500_000;
 use std::thread::JoinHandle;
 
 use ring::digest::SHA256;
@@ -215,6 +228,8 @@ struct Shared {
 
 struct Inner {
     tx: Option<mpsc::Sender<Job>>,
+    /// Dropping it stops the indexer.
+    idx_tx: Option<mpsc::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
 }
@@ -224,6 +239,7 @@ impl Drop for Inner {
         // Closing the queue ends the writer after its last flush: nothing
         // acknowledged is left behind.
         self.tx.take();
+        self.idx_tx.take();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -235,11 +251,22 @@ impl Drop for Inner {
 pub struct AuditLog {
     inner: Arc<Inner>,
     tree: sled::Tree,
+    index: sled::Tree,
+    /// One indexer at a time (the thread or a query catching up).
+    indexing: Arc<Mutex<()>>,
 }
 
 impl AuditLog {
     /// Opens the log on `tree`, flushing through `db`.
-    pub fn open(db: &sled::Db, tree: sled::Tree) -> Result<AuditLog, sled::Error> {
+    pub fn open(
+        db: &sled::Db,
+        tree: sled::Tree,
+        index: sled::Tree,
+    ) -> Result<AuditLog, sled::Error> {
+        let caught_up = super::index::catch_up(&tree, &index)?;
+        if caught_up > 0 {
+            tracing::info!(events = caught_up, "indexed events a stop left unindexed");
+        }
         let (last_seq, last_hash, last_time) = match tree.last()? {
             Some((_, v)) => match serde_json::from_slice::<SecurityEvent>(&v) {
                 Ok(ev) => (ev.seq, ev.hash, ev.time),
@@ -272,13 +299,57 @@ impl AuditLog {
                 .spawn(move || writer_loop(tree, db, rx, shared, head))
                 .map_err(sled::Error::Io)?
         };
+        // The indexes follow the log in their own thread, off the path of
+        // acknowledgements (an event is durable before it is indexed; a
+        // query first indexes whatever is still missing).
+        let indexing = Arc::new(Mutex::new(()));
+        let (idx_tx, idx_rx) = mpsc::channel::<()>();
+        let indexer = {
+            let (tree, index, indexing, shared) = (
+                tree.clone(),
+                index.clone(),
+                indexing.clone(),
+                shared.clone(),
+            );
+            std::thread::Builder::new()
+                .name("audit-indexer".into())
+                .spawn(move || {
+                    let mut seen = last_seq;
+                    let mut indexed = super::index::high(&index).unwrap_or(0);
+                    while let Err(mpsc::RecvTimeoutError::Timeout) =
+                        idx_rx.recv_timeout(INDEX_EVERY)
+                    {
+                        let now = shared.last_seq.load(Ordering::Acquire);
+                        let rate =
+                            now.saturating_sub(seen) * 1000 / INDEX_EVERY.as_millis().max(1) as u64;
+                        seen = now;
+                        let lagging = now.saturating_sub(indexed) >= MAX_LAG;
+                        // Appends waiting always go first; a query indexes
+                        // whatever is still missing itself.
+                        let busy = || shared.pending.load(Ordering::Relaxed) > 0;
+                        if now == indexed || (!lagging && (rate > BUSY_RATE || busy())) {
+                            continue;
+                        }
+                        if let Ok(_turn) = indexing.lock()
+                            && let Err(e) = super::index::catch_up_unless(&tree, &index, busy)
+                        {
+                            tracing::warn!(error = %e, "security log index not updated");
+                        }
+                        indexed = super::index::high(&index).unwrap_or(indexed);
+                    }
+                })
+                .map_err(sled::Error::Io)?
+        };
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx: Some(tx),
-                threads: vec![writer],
+                idx_tx: Some(idx_tx),
+                threads: vec![writer, indexer],
                 shared,
             }),
             tree,
+            index,
+            indexing,
         })
     }
 
@@ -338,6 +409,14 @@ impl AuditLog {
     /// the failure rule and for drills).
     pub fn inject_failure(&self, on: bool) {
         self.inner.shared.injected.store(on, Ordering::Relaxed);
+    }
+
+    /// The newest events matching `q`, oldest first.
+    pub fn query(&self, q: &Query) -> Result<Vec<SecurityEvent>, sled::Error> {
+        if let Ok(_turn) = self.indexing.lock() {
+            super::index::catch_up(&self.tree, &self.index)?;
+        }
+        super::index::run(&self.tree, &self.index, q)
     }
 
     /// Reads one event.

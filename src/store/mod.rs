@@ -2,6 +2,7 @@
 //! change atomic and versioned), the guard's small state, and the
 //! hash-chained security log. sled locks its directory: one process at a time.
 
+pub mod index;
 pub mod log;
 pub mod secrets;
 pub mod signing;
@@ -327,6 +328,8 @@ pub struct Store {
 }
 
 const SLED_DIR: &str = "store";
+/// The security log's indexes (rebuilt from the log when missing).
+const INDEX_DIR: &str = "audit-index";
 
 impl Store {
     /// Opens (or creates) the store under `state_dir`, which is made 0700.
@@ -344,7 +347,21 @@ impl Store {
         let db = open_sled(&state_dir.join(SLED_DIR))?;
         let directory_tree = db.open_tree("directory")?;
         let guard_tree = db.open_tree("guard")?;
-        let log = AuditLog::open(&db, db.open_tree("audit")?)?;
+        // The log's indexes live in a store of their own: the log's flushes
+        // (one per group commit) never wait for index pages, and an index
+        // that lags or is lost is rebuilt from the log.
+        // No background flushes either: its fsyncs would compete with the
+        // log's, and a lost index is rebuilt.
+        let index_path = state_dir.join(INDEX_DIR);
+        let index_db = open_sled_with(
+            sled::Config::new().path(&index_path).flush_every_ms(None),
+            &index_path,
+        )?;
+        let log = AuditLog::open(
+            &db,
+            db.open_tree("audit")?,
+            index_db.open_tree("audit_index")?,
+        )?;
         let store = Store {
             path: state_dir.to_path_buf(),
             directory: RwLock::new(Arc::new(load_directory(&directory_tree)?)),
@@ -554,12 +571,16 @@ impl Drop for Store {
 }
 
 fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    open_sled_with(sled::Config::new().path(path), path)
+}
+
+fn open_sled_with(config: sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
     // sled's I/O pool can hold the directory lock a moment after the last
     // handle is dropped (seconds on a loaded machine): a reopen in the same
     // process (a restart in tests, a reload) waits for it, boundedly.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::Config::new().path(path).open() {
+        match config.open() {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(io))
                 if io.kind() == std::io::ErrorKind::WouldBlock

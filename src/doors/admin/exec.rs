@@ -272,6 +272,7 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
         A::Audit { command } => {
             let what = match command {
                 AuditCommand::Tail { count } => format!("tail -n {count}"),
+                AuditCommand::Query(_) => words.trim_start_matches("audit ").to_string(),
                 AuditCommand::Verify { .. } => "verify".into(),
             };
             return Action::ReadAudit { what };
@@ -1823,50 +1824,113 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, json_out: bool) -> Result<Done,
                 }
                 return Ok(Done::show(out));
             }
-            let mut out = String::new();
-            for e in &events {
-                let _ = writeln!(
-                    out,
-                    "{} {} {} {:?} {} {}{}{}",
-                    e.seq,
-                    rfc3339(e.time),
-                    e.code,
-                    e.outcome,
-                    e.principal.as_deref().unwrap_or("-"),
-                    e.action.as_deref().unwrap_or("-"),
-                    e.meter
-                        .as_ref()
-                        .map(|m| format!(" meter={m}"))
-                        .unwrap_or_default(),
-                    e.reason
-                        .as_ref()
-                        .map(|r| format!(": {r}"))
-                        .unwrap_or_default(),
-                );
+            Ok(Done::show(event_lines(&events)))
+        }
+        AuditCommand::Query(q) => {
+            let query = parse_query(q, OffsetDateTime::now_utc())?;
+            let events = log
+                .query(&query)
+                .map_err(|e| AdminError::Failed(e.to_string()))?;
+            if json_out {
+                let mut out = String::new();
+                for e in &events {
+                    out += &serde_json::to_string(e).unwrap_or_default();
+                    out.push('\n');
+                }
+                return Ok(Done::show(out));
             }
-            Ok(Done::show(out))
+            Ok(Done::show(event_lines(&events)))
         }
         AuditCommand::Verify { state_dir: Some(_) } => refused(
             "--state-dir verifies a stopped daemon's store and runs in the CLI, not through the daemon",
         ),
-        AuditCommand::Verify { state_dir: None } => {
-            let r = log.verify();
-            let text = match &r.problem {
-                None => format!(
-                    "ok: {} events verified (seq {}..{}), head hash {}\n",
-                    r.events,
-                    r.first_seq.unwrap_or(0),
-                    r.last_seq.unwrap_or(0),
-                    r.head_hash
-                ),
-                Some((seq, why)) => {
-                    return Err(AdminError::Failed(format!(
-                        "FAILED: first bad seq {seq}: {why}"
-                    )));
-                }
-            };
-            Ok(Done::show(text))
+        AuditCommand::Verify { state_dir: None } => verify_text(log, json_out),
+    }
+}
+
+/// `audit query`'s filters, checked.
+fn parse_query(
+    q: &super::QueryArgs,
+    now: OffsetDateTime,
+) -> Result<crate::store::index::Query, AdminError> {
+    let time = |flag: &str, text: &Option<String>| -> Result<Option<i64>, AdminError> {
+        let Some(t) = text else { return Ok(None) };
+        if let Ok(at) = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
+            return Ok(Some(micros(at)));
         }
+        match crate::config::Interval::parse(t) {
+            Ok(back) => Ok(Some(
+                micros(now) - back.0.as_micros().min(i64::MAX as u128) as i64,
+            )),
+            Err(_) => Err(AdminError::Refused(format!(
+                "{flag} `{t}`: give RFC 3339 (2026-11-23T08:00:00Z) or a time back from now (90s, 15m, 2h, 7d)"
+            ))),
+        }
+    };
+    let principal = match &q.principal {
+        Some(p) => Some(PrincipalId::parse(p)?.to_string()),
+        None => None,
+    };
+    let outcome = q.outcome.as_deref().map(|o| match o {
+        "allow" => Outcome::Allow,
+        "deny" => Outcome::Deny,
+        "success" => Outcome::Success,
+        _ => Outcome::Failure,
+    });
+    if q.limit == 0 || q.limit > 10_000 {
+        return refused("--limit must be between 1 and 10000");
+    }
+    Ok(crate::store::index::Query {
+        since: time("--since", &q.since)?,
+        until: time("--until", &q.until)?,
+        principal,
+        meter: q.meter.clone(),
+        code: q.code.clone(),
+        door: q.door.clone(),
+        outcome,
+        limit: q.limit,
+    })
+}
+
+/// One line per event, as `audit tail` and `audit query` print them.
+fn event_lines(events: &[crate::store::log::SecurityEvent]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let _ = writeln!(
+            out,
+            "{} {} {} {:?} {} {}{}{}",
+            e.seq,
+            rfc3339(e.time),
+            e.code,
+            e.outcome,
+            e.principal.as_deref().unwrap_or("-"),
+            e.action.as_deref().unwrap_or("-"),
+            e.meter
+                .as_ref()
+                .map(|m| format!(" meter={m}"))
+                .unwrap_or_default(),
+            e.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
+fn verify_text(log: &crate::store::log::AuditLog, _json: bool) -> Result<Done, AdminError> {
+    let r = log.verify();
+    match &r.problem {
+        None => Ok(Done::show(format!(
+            "ok: {} events verified (seq {}..{}), head hash {}\n",
+            r.events,
+            r.first_seq.unwrap_or(0),
+            r.last_seq.unwrap_or(0),
+            r.head_hash
+        ))),
+        Some((seq, why)) => Err(AdminError::Failed(format!(
+            "FAILED: first bad seq {seq}: {why}"
+        ))),
     }
 }
 

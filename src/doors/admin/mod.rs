@@ -68,6 +68,32 @@ pub enum AdminCommand {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct QueryArgs {
+    /// From this time: RFC 3339 (2026-11-23T08:00:00Z) or back from now (90s, 15m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Up to this time, in the same forms.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Typed id (user:alice, svc:scada-1, support, local:root) or a bare user name.
+    #[arg(long)]
+    pub principal: Option<String>,
+    #[arg(long)]
+    pub meter: Option<String>,
+    /// An event code from the catalogue (login.deny, write-registers.allow, …).
+    #[arg(long)]
+    pub code: Option<String>,
+    #[arg(long, value_parser = ["allow", "deny", "success", "failure"])]
+    pub outcome: Option<String>,
+    /// modbus, mbaps, ssh, sftp, control-socket.
+    #[arg(long)]
+    pub door: Option<String>,
+    /// At most this many (the newest), up to 10000.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct CertificateReport {
     #[arg(value_parser = ["issued", "revoked"])]
     pub what: String,
@@ -343,6 +369,8 @@ pub enum AuditCommand {
         #[arg(short = 'n', long, default_value_t = 20)]
         count: usize,
     },
+    /// Events matching every filter given: the newest --limit, oldest first.
+    Query(QueryArgs),
     /// Walk the hash chain and name the first bad event.
     Verify {
         /// State directory of a stopped daemon (checked here, not by the daemon).
