@@ -358,10 +358,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin(AdminCommand::Audit {
-            command: AuditCommand::Verify {
-                state_dir: Some(dir),
-            },
-        }) => verify_stopped(&dir, cli.json),
+            command:
+                AuditCommand::Verify {
+                    state_dir: Some(dir),
+                    checkpoint,
+                    public_key,
+                },
+        }) => match checkpoint {
+            None => verify_stopped(&dir, cli.json),
+            Some(cp) => check_stopped(&dir, &cp, public_key.as_deref()),
+        },
         Command::Admin(_) => admin(cli.socket, cli.config.as_deref(), cli.json),
     }
 }
@@ -634,6 +640,38 @@ fn report_to_daemon(socket: Option<PathBuf>, config: Option<&Path>, argv: Vec<St
     }
 }
 
+/// `audit verify --state-dir DIR --checkpoint FILE`: a stopped daemon's log
+/// against a checkpoint kept elsewhere.
+fn check_stopped(state_dir: &Path, cp: &Path, key: Option<&str>) -> anyhow::Result<ExitCode> {
+    let checkpoint = match std::fs::read_to_string(cp)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(t.trim()).map_err(|e| format!("not a checkpoint: {e}")))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}: {e}", cp.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if !state_dir.join("store").is_dir() {
+        eprintln!("error: {}: no metergate store here", state_dir.display());
+        return Ok(ExitCode::from(2));
+    }
+    match store::check_stopped(state_dir, &checkpoint, key)? {
+        store::checkpoint::Finding::Consistent => {
+            println!(
+                "ok: the log is consistent with the checkpoint at seq {} and its chain verifies",
+                checkpoint.seq
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        other => {
+            println!("FAILED: {other}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
 /// `audit verify --state-dir DIR`: the chain of a stopped daemon's store.
 fn verify_stopped(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     if !state_dir.join("store").is_dir() {
@@ -721,9 +759,12 @@ fn admin(socket: Option<PathBuf>, config: Option<&Path>, json: bool) -> anyhow::
         }
     };
     for (i, a) in argv.iter().enumerate() {
-        let path = match a.strip_prefix("--file=") {
+        let path = match a
+            .strip_prefix("--file=")
+            .or_else(|| a.strip_prefix("--checkpoint="))
+        {
             Some(p) => Some(p),
-            None if a == "--file" => argv.get(i + 1).map(|s| s.as_str()),
+            None if a == "--file" || a == "--checkpoint" => argv.get(i + 1).map(|s| s.as_str()),
             None => a.strip_prefix('@'),
         };
         if let Some(p) = path

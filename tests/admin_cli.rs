@@ -1072,3 +1072,39 @@ fn audit_query_filters_by_principal_code_outcome_and_time() {
     ]);
     assert!(r.ok().stdout.contains("audit query"), "{}", r.stdout);
 }
+
+#[test]
+fn checkpoints_are_signed_by_the_daemon_and_checked_against_the_live_log() {
+    let d = Daemon::start();
+    d.mg(&["user", "add", "cp1", "--email", "cp1@example.com"])
+        .ok();
+    let key = d
+        .mg(&["audit", "public-key"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(key.len(), 64, "{key}");
+    let cp = d.mg(&["audit", "checkpoint"]).ok().stdout.clone();
+    let v: serde_json::Value = serde_json::from_str(cp.trim()).unwrap();
+    assert_eq!(v["public_key"], key.as_str());
+    let file = d.dir.path().join("cp.json");
+    std::fs::write(&file, &cp).unwrap();
+    d.mg(&["user", "add", "cp2", "--email", "cp2@example.com"])
+        .ok();
+    let r = d.mg(&[
+        "audit",
+        "verify",
+        "--checkpoint",
+        file.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ]);
+    assert!(
+        r.ok().stdout.starts_with("ok: the log is consistent"),
+        "{}",
+        r.stdout
+    );
+    let r = d.mg(&["audit", "verify", "--checkpoint", "/nonexistent/cp.json"]);
+    assert_eq!(r.code, 2, "{r:?}");
+}

@@ -459,3 +459,99 @@ async fn password_failures_lock_passwords_but_never_keys() {
     );
     assert!(tail.iter().all(|e| e.category == Category::Authentication));
 }
+
+/// A stopped store with `n` events and a checkpoint of its head in FILE.
+fn store_with_checkpoint(n: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("checkpoint.json");
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..n {
+            store.log().append_blocking(event(i)).unwrap();
+        }
+        let cp = store.checkpoint().unwrap().unwrap();
+        std::fs::write(&file, serde_json::to_string(&cp).unwrap()).unwrap();
+    }
+    (dir, file)
+}
+
+fn verify_with(dir: &Path, checkpoint: &Path, key: Option<&str>) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metergate"));
+    cmd.args(["audit", "verify", "--state-dir"])
+        .arg(dir)
+        .arg("--checkpoint")
+        .arg(checkpoint);
+    if let Some(k) = key {
+        cmd.args(["--public-key", k]);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn a_checkpoint_exposes_a_rewritten_chain_and_a_truncated_log() {
+    use metergate::store::log::SecurityEvent;
+    // Untouched: consistent.
+    let (dir, cp) = store_with_checkpoint(30);
+    let (code, out) = verify_with(dir.path(), &cp, None);
+    assert_eq!(code, 0, "{out}");
+
+    // Rewrite event 10 and recompute every later hash: the chain alone
+    // passes, the checkpoint does not.
+    tamper(dir.path(), |tree| {
+        let mut prev = None::<String>;
+        for seq in 10u64..=30 {
+            let mut e: SecurityEvent =
+                serde_json::from_slice(&tree.get(key(seq)).unwrap().unwrap()).unwrap();
+            if seq == 10 {
+                e.reason = Some("nothing happened here".into());
+            }
+            if let Some(p) = prev.take() {
+                e.prev_hash = p;
+            }
+            e.hash = e.compute_hash();
+            prev = Some(e.hash.clone());
+            tree.insert(key(seq), serde_json::to_vec(&e).unwrap())
+                .unwrap();
+        }
+    });
+    let (code, out) = verify_cli(dir.path());
+    assert_eq!(
+        code, 0,
+        "the rewritten chain is consistent in itself: {out}"
+    );
+    let (code, out) = verify_with(dir.path(), &cp, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("event 30 is not the one the checkpoint signed"),
+        "{out}"
+    );
+
+    // Cut the last six events: the chain alone passes, the checkpoint does not.
+    let (dir, cp) = store_with_checkpoint(30);
+    tamper(dir.path(), |tree| {
+        for seq in 25u64..=30 {
+            tree.remove(key(seq)).unwrap();
+        }
+    });
+    assert_eq!(verify_cli(dir.path()).0, 0);
+    let (code, out) = verify_with(dir.path(), &cp, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cut short: it ends at seq 24"), "{out}");
+
+    // An edited checkpoint, or one signed by another key, is refused.
+    let mut edited: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    edited["seq"] = 24.into();
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, edited.to_string()).unwrap();
+    let (code, out) = verify_with(dir.path(), &forged, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("the signature does not match"), "{out}");
+    let (code, out) = verify_with(dir.path(), &cp, Some(&"ab".repeat(32)));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("signed by another key"), "{out}");
+}

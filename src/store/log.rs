@@ -411,6 +411,10 @@ impl AuditLog {
         self.inner.shared.injected.store(on, Ordering::Relaxed);
     }
 
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
     /// The newest events matching `q`, oldest first.
     pub fn query(&self, q: &Query) -> Result<Vec<SecurityEvent>, sled::Error> {
         if let Ok(_turn) = self.indexing.lock() {

@@ -2,6 +2,7 @@
 //! change atomic and versioned), the guard's small state, and the
 //! hash-chained security log. sled locks its directory: one process at a time.
 
+pub mod checkpoint;
 pub mod index;
 pub mod log;
 pub mod secrets;
@@ -322,6 +323,8 @@ pub struct Store {
     directory_tree: sled::Tree,
     guard_tree: sled::Tree,
     log: AuditLog,
+    /// Signs checkpoints of the log.
+    signing: ring::signature::Ed25519KeyPair,
     directory: RwLock<Arc<Directory>>,
     changes: Mutex<()>,
     fail_after: AtomicUsize,
@@ -343,7 +346,7 @@ impl Store {
         std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         // The audit-signing key exists from the first start on, so every
         // checkpoint the log ever signs uses the same key.
-        signing::load_or_create(state_dir)?;
+        let signing = signing::load_or_create(state_dir)?;
         let db = open_sled(&state_dir.join(SLED_DIR))?;
         let directory_tree = db.open_tree("directory")?;
         let guard_tree = db.open_tree("guard")?;
@@ -363,6 +366,7 @@ impl Store {
             index_db.open_tree("audit_index")?,
         )?;
         let store = Store {
+            signing,
             path: state_dir.to_path_buf(),
             directory: RwLock::new(Arc::new(load_directory(&directory_tree)?)),
             db,
@@ -410,6 +414,26 @@ impl Store {
     /// The directory as of now (cheap: shared, immutable).
     pub fn directory(&self) -> Arc<Directory> {
         self.directory.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// A signed checkpoint of the log's head (None while the log is empty).
+    pub fn checkpoint(&self) -> Result<Option<checkpoint::Checkpoint>, StoreError> {
+        let head = self.log.tail(1)?;
+        Ok(head.first().map(|e| checkpoint::sign(&self.signing, e)))
+    }
+
+    /// Checks the live log against a checkpoint.
+    pub fn check_checkpoint(
+        &self,
+        cp: &checkpoint::Checkpoint,
+        trusted_key: Option<&str>,
+    ) -> checkpoint::Finding {
+        checkpoint::check(cp, trusted_key, self.log.tree())
+    }
+
+    /// The audit-signing key's public half, hex.
+    pub fn signing_public_key(&self) -> String {
+        signing::public_hex(&self.signing)
     }
 
     pub fn log(&self) -> &AuditLog {
@@ -625,6 +649,17 @@ fn load_directory(tree: &sled::Tree) -> Result<Directory, StoreError> {
 }
 
 /// Verifies the log of a stopped daemon's store (`audit verify --state-dir`).
+/// Checks a stopped store's log against a checkpoint kept elsewhere.
+pub fn check_stopped(
+    state_dir: &Path,
+    cp: &checkpoint::Checkpoint,
+    trusted_key: Option<&str>,
+) -> Result<checkpoint::Finding, StoreError> {
+    let db = open_sled(&state_dir.join(SLED_DIR))?;
+    let tree = db.open_tree("audit")?;
+    Ok(checkpoint::check(cp, trusted_key, &tree))
+}
+
 pub fn verify_stopped(state_dir: &Path) -> Result<VerifyReport, StoreError> {
     let db = open_sled(&state_dir.join(SLED_DIR))?;
     let tree = db.open_tree("audit")?;

@@ -274,6 +274,8 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
                 AuditCommand::Tail { count } => format!("tail -n {count}"),
                 AuditCommand::Query(_) => words.trim_start_matches("audit ").to_string(),
                 AuditCommand::Verify { .. } => "verify".into(),
+                AuditCommand::Checkpoint => "checkpoint".into(),
+                AuditCommand::PublicKey => "public-key".into(),
             };
             return Action::ReadAudit { what };
         }
@@ -302,7 +304,7 @@ async fn run(
         AdminCommand::Policy { command } => policy(ctx, who, command, req, now),
         AdminCommand::Support { command } => support(ctx, who, command, req.json, now),
         AdminCommand::Session { command } => session(ctx, who, command, req.json),
-        AdminCommand::Audit { command } => audit(ctx, command, req.json),
+        AdminCommand::Audit { command } => audit(ctx, command, req),
         AdminCommand::Check(c) => check(ctx, c, req.json, now),
         AdminCommand::Review { ack } => review(ctx, who, *ack, req.json, now),
         AdminCommand::CertificateReport(r) => certificate_report(ctx, who, r).await,
@@ -1809,7 +1811,8 @@ fn session(
     }
 }
 
-fn audit(ctx: &AdminContext, cmd: &AuditCommand, json_out: bool) -> Result<Done, AdminError> {
+fn audit(ctx: &AdminContext, cmd: &AuditCommand, req: &Request) -> Result<Done, AdminError> {
+    let json_out = req.json;
     let log = ctx.guard.store().log();
     match cmd {
         AuditCommand::Tail { count } => {
@@ -1841,10 +1844,53 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, json_out: bool) -> Result<Done,
             }
             Ok(Done::show(event_lines(&events)))
         }
-        AuditCommand::Verify { state_dir: Some(_) } => refused(
+        AuditCommand::Verify {
+            state_dir: Some(_), ..
+        } => refused(
             "--state-dir verifies a stopped daemon's store and runs in the CLI, not through the daemon",
         ),
-        AuditCommand::Verify { state_dir: None } => verify_text(log, json_out),
+        AuditCommand::Verify {
+            state_dir: None,
+            checkpoint: None,
+            ..
+        } => verify_text(log, json_out),
+        AuditCommand::Verify {
+            state_dir: None,
+            checkpoint: Some(path),
+            public_key,
+        } => {
+            let text = file(req, &path.display().to_string())?;
+            let cp: crate::store::checkpoint::Checkpoint = serde_json::from_str(text.trim())
+                .map_err(|e| {
+                    AdminError::Refused(format!("{}: not a checkpoint: {e}", path.display()))
+                })?;
+            match ctx
+                .guard
+                .store()
+                .check_checkpoint(&cp, public_key.as_deref())
+            {
+                crate::store::checkpoint::Finding::Consistent => Ok(Done::show(format!(
+                    "ok: the log is consistent with the checkpoint at seq {} and its chain verifies\n",
+                    cp.seq
+                ))),
+                other => Err(AdminError::Failed(format!("FAILED: {other}"))),
+            }
+        }
+        AuditCommand::Checkpoint => {
+            let store = ctx.guard.store();
+            let cp = store
+                .checkpoint()
+                .map_err(|e| AdminError::Failed(e.to_string()))?
+                .ok_or_else(|| AdminError::Refused("the log is empty".into()))?;
+            Ok(Done::show(format!(
+                "{}\n",
+                serde_json::to_string(&cp).unwrap_or_default()
+            )))
+        }
+        AuditCommand::PublicKey => Ok(Done::show(format!(
+            "{}\n",
+            ctx.guard.store().signing_public_key()
+        ))),
     }
 }
 

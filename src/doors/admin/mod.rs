@@ -371,12 +371,25 @@ pub enum AuditCommand {
     },
     /// Events matching every filter given: the newest --limit, oldest first.
     Query(QueryArgs),
-    /// Walk the hash chain and name the first bad event.
+    /// Walk the hash chain and name the first bad event; with --checkpoint,
+    /// also check the log against a checkpoint kept elsewhere.
     Verify {
         /// State directory of a stopped daemon (checked here, not by the daemon).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// A file from `audit checkpoint`, kept off this machine.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The audit-signing public key the checkpoint must be signed with
+        /// (from `audit public-key`, recorded elsewhere).
+        #[arg(long, requires = "checkpoint")]
+        public_key: Option<String>,
     },
+    /// Print a checkpoint of the log's head (seq, hash, time) signed with the
+    /// audit-signing key; keep it off this machine.
+    Checkpoint,
+    /// Print the audit-signing key's public half (hex), to check checkpoints.
+    PublicKey,
 }
 
 /// The words the daemon parses: `metergate <AdminCommand …>`.
