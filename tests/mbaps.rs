@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use daemon::{BIN, Daemon, Simulator, free_port, gateway_config};
+use daemon::{BIN, Daemon, Simulator, free_port, gateway_config, pymodbus};
 use serde_json::{Value, json};
 
 /// Runs `metergate cert ARGS…` and returns (exit code, stdout, stderr).
@@ -187,22 +187,6 @@ impl Gateway {
         }
         panic!("no {code} event: {:#?}", self.events());
     }
-}
-
-fn pymodbus(port: u16, ops: Value) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mb.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(port.to_string())
-        .arg(ops.to_string())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "pymodbus helper failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from the helper")
 }
 
 fn read() -> Value {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use daemon::{Daemon, Simulator, free_port, gateway_config};
+use daemon::{Daemon, Simulator, free_port, gateway_config, pymodbus};
 use serde_json::{Value, json};
 
 /// Service users: `tester` from 127.0.0.1 (writes enabled), `reader` from
@@ -73,23 +73,6 @@ fn setup(slow: Option<&Simulator>) -> Setup {
             .ok();
     }
     Setup { d, proxy, sim }
-}
-
-/// Runs pymodbus operations; fails with the install hint if it is missing.
-fn pymodbus(port: u16, ops: Value) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mb.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(port.to_string())
-        .arg(ops.to_string())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "pymodbus helper failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from the helper")
 }
 
 fn one(port: u16, op: Value) -> Value {

@@ -30,8 +30,6 @@ use crate::store::{Category, EventDraft, Outcome};
 /// How often the CRL file is looked at for changes (a `cert revoke`
 /// reported to the daemon reloads it at once).
 const CRL_POLL: Duration = Duration::from_secs(2);
-/// Aggregation interval for refused handshakes, as for plain Modbus.
-const FLOOD_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MbapsError {
@@ -250,25 +248,14 @@ impl MbapsDoor {
     }
 
     /// Accepts until `stop` fires; each handshake runs in its own task.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        let flusher = tokio::spawn(self.proxy.floods.clone().flush_every(FLOOD_INTERVAL));
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let door = self.clone();
-                        tokio::spawn(async move { door.connection(stream, peer).await });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "mbaps accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }
-        flusher.abort();
-        self.proxy.floods.flush().await;
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        let door = self.clone();
+        self.proxy
+            .accept_until(listener, stop, move |stream, peer| {
+                let door = door.clone();
+                async move { door.connection(stream, peer).await }
+            })
+            .await;
     }
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr) {

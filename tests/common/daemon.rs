@@ -336,3 +336,21 @@ pub fn gateway_config(socket: &Path, rest: &str) -> String {
         socket.display().to_string()
     )
 }
+
+/// Runs pymodbus operations through tests/peers/mb.py (a client nobody here
+/// wrote); the helper fails with the install hint if pymodbus is missing.
+pub fn pymodbus(port: u16, ops: serde_json::Value) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mb.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(ops.to_string())
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pymodbus helper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the helper")
+}

@@ -129,6 +129,36 @@ impl Proxy {
         }
     }
 
+    /// The accept loop of a Modbus door: each connection in its own task,
+    /// aggregated events flushed every interval and at the end.
+    pub async fn accept_until<F, Fut>(
+        &self,
+        listener: TcpListener,
+        mut stop: watch::Receiver<bool>,
+        connection: F,
+    ) where
+        F: Fn(TcpStream, SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let flusher = tokio::spawn(self.floods.clone().flush_every(FLOOD_INTERVAL));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        tokio::spawn(connection(stream, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, door = self.door, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+        flusher.abort();
+        self.floods.flush().await;
+    }
+
     /// Serves ADUs on an established connection until the client leaves, a
     /// timeout or a malformed frame closes it, or the session is ended.
     pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
@@ -300,25 +330,14 @@ impl ModbusDoor {
     }
 
     /// Accepts until `stop` fires.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        let flusher = tokio::spawn(self.proxy.floods.clone().flush_every(FLOOD_INTERVAL));
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let door = self.clone();
-                        tokio::spawn(async move { door.connection(stream, peer).await });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "modbus accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }
-        flusher.abort();
-        self.proxy.floods.flush().await;
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+        let door = self.clone();
+        self.proxy
+            .accept_until(listener, stop, move |stream, peer| {
+                let door = door.clone();
+                async move { door.connection(stream, peer).await }
+            })
+            .await;
     }
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
