@@ -22,7 +22,13 @@ fn event(i: u64) -> EventDraft {
         .detail("n", i)
 }
 
-async fn burst(store: &Arc<Store>, writers: u64, events: u64) -> Duration {
+/// `events` durable appends from `writers` tasks; event `n` is `make(n)`.
+async fn burst(
+    store: &Arc<Store>,
+    writers: u64,
+    events: u64,
+    make: fn(u64) -> EventDraft,
+) -> Duration {
     let start = Instant::now();
     let per = events / writers;
     let tasks: Vec<_> = (0..writers)
@@ -31,7 +37,7 @@ async fn burst(store: &Arc<Store>, writers: u64, events: u64) -> Duration {
             tokio::spawn(async move {
                 for i in 0..per {
                     s.log()
-                        .append(event(w * per + i))
+                        .append(make(w * per + i))
                         .await
                         .expect("durable append");
                 }
@@ -44,7 +50,9 @@ async fn burst(store: &Arc<Store>, writers: u64, events: u64) -> Duration {
     start.elapsed()
 }
 
-fn appends(c: &mut Criterion) {
+/// A runtime with two workers and a fresh store (the directory lives as
+/// long as the returned guard).
+fn setup() -> (tokio::runtime::Runtime, tempfile::TempDir, Arc<Store>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -52,6 +60,11 @@ fn appends(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
+    (rt, dir, store)
+}
+
+fn appends(c: &mut Criterion) {
+    let (rt, _dir, store) = setup();
     let mut group = c.benchmark_group("audit_durable_append");
     group.sample_size(10);
     for writers in [1u64, 64] {
@@ -61,7 +74,7 @@ fn appends(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    total += rt.block_on(burst(&store, writers, events));
+                    total += rt.block_on(burst(&store, writers, events, event));
                 }
                 total
             })
@@ -84,35 +97,11 @@ fn appends(c: &mut Criterion) {
 /// answered by walking the log without the index.
 fn query(c: &mut Criterion) {
     const EVENTS: u64 = 1_000_000;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (rt, _dir, store) = setup();
     let started = Instant::now();
-    rt.block_on(async {
-        let writers = 64;
-        let per = EVENTS / writers;
-        let tasks: Vec<_> = (0..writers)
-            .map(|w| {
-                let s = store.clone();
-                tokio::spawn(async move {
-                    for i in 0..per {
-                        let n = w * per + i;
-                        s.log()
-                            .append(event(n).principal(format!("user:u{}", n % 1000)))
-                            .await
-                            .expect("durable append");
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("writer task");
-        }
-    });
+    rt.block_on(burst(&store, 64, EVENTS, |n| {
+        event(n).principal(format!("user:u{}", n % 1000))
+    }));
     eprintln!(
         "wrote {} events with their index in {:.1} s",
         store.log().last_seq(),

@@ -500,30 +500,27 @@ fn openssl_s_client_sees_tls_1_2_and_1_3_and_no_tls_1_1() {
     let g = Gateway::start();
     let (op, _) = g.issue("op", "scada-op", &["--role", "Operator"]);
     let (c, k) = op.cert.clone().unwrap();
+    // openssl s_client with the operator's certificate, and its output.
+    let openssl = |extra: &[&str]| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &format!("127.0.0.1:{}", g.port)])
+            .args(["-CAfile", s(&op.ca), "-cert", s(&c), "-key", s(&k)])
+            .args(extra);
+        cmd
+    };
+    let output_text = |out: std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
     let s_client = |extra: &[&str]| {
-        let out = Command::new("openssl")
-            .args(["s_client", "-connect", &format!("127.0.0.1:{}", g.port)])
-            .args([
-                "-CAfile",
-                s(&op.ca),
-                "-cert",
-                s(&c),
-                "-key",
-                s(&k),
-                "-brief",
-            ])
-            .args(extra)
+        let out = openssl(&[&["-brief"], extra].concat())
             .stdin(Stdio::null())
             .output()
             .expect("openssl is installed (apt-get install openssl)");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), output_text(out))
     };
     let (ok, text) = s_client(&[]);
     assert!(ok && text.contains("Protocol version: TLSv1.3"), "{text}");
@@ -555,10 +552,7 @@ fn openssl_s_client_sees_tls_1_2_and_1_3_and_no_tls_1_1() {
     // check after the handshake refuses it.
     let session = g.dir.join("session.pem");
     let with_session = |flag: &str| {
-        let mut child = Command::new("openssl")
-            .args(["s_client", "-connect", &format!("127.0.0.1:{}", g.port)])
-            .args(["-CAfile", s(&op.ca), "-cert", s(&c), "-key", s(&k)])
-            .args([flag, s(&session)])
+        let mut child = openssl(&[flag, s(&session)])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -567,12 +561,7 @@ fn openssl_s_client_sees_tls_1_2_and_1_3_and_no_tls_1_1() {
         // Stay a moment so the TLS 1.3 session ticket arrives.
         std::thread::sleep(std::time::Duration::from_secs(1));
         drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        output_text(child.wait_with_output().unwrap())
     };
     let first = with_session("-sess_out");
     assert!(first.contains("New, TLSv1.3"), "{first}");

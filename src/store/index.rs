@@ -9,8 +9,9 @@ use super::log::{Outcome, SecurityEvent};
 /// The index tree's own high-water mark: the last seq indexed.
 const HIGH: &[u8] = b"\xff\xffhigh";
 
-/// What an event is indexed by.
-#[derive(Clone, Debug, Default)]
+/// What an event is indexed by; also read straight from a stored event
+/// (the other fields are skipped).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
 pub struct IndexKeys {
     pub principal: Option<String>,
     pub meter: Option<String>,
@@ -18,25 +19,7 @@ pub struct IndexKeys {
     pub door: Option<String>,
 }
 
-/// The indexed fields of a stored event, read without the rest.
-#[derive(serde::Deserialize)]
-struct Stored {
-    principal: Option<String>,
-    meter: Option<String>,
-    code: String,
-    door: Option<String>,
-}
-
 impl IndexKeys {
-    pub fn of(e: &SecurityEvent) -> IndexKeys {
-        IndexKeys {
-            principal: e.principal.clone(),
-            meter: e.meter.clone(),
-            code: e.code.clone(),
-            door: e.door.clone(),
-        }
-    }
-
     fn prefixes(&self) -> Vec<Vec<u8>> {
         let mut out = vec![prefix(b'c', &self.code)];
         if let Some(p) = &self.principal {
@@ -110,13 +93,7 @@ pub fn catch_up_unless(
             let Ok(seq) = <[u8; 8]>::try_from(k.as_ref()).map(u64::from_be_bytes) else {
                 continue;
             };
-            if let Ok(e) = serde_json::from_slice::<Stored>(&v) {
-                let keys = IndexKeys {
-                    principal: e.principal,
-                    meter: e.meter,
-                    code: e.code,
-                    door: e.door,
-                };
+            if let Ok(keys) = serde_json::from_slice::<IndexKeys>(&v) {
                 add(&mut batch, &keys, seq);
                 count += 1;
             }
