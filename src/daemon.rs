@@ -19,6 +19,7 @@ use crate::metrics::{self, MeterSample, Sample};
 use crate::model::micros;
 use crate::service::{self, Notifier, ServiceError};
 use crate::sessions::Sessions;
+use crate::store::log::Capacity;
 use crate::store::secrets::HashPool;
 use crate::store::{Category, EventDraft, Outcome, Store, StoreError};
 
@@ -34,6 +35,8 @@ pub enum DaemonError {
     Mbaps(#[from] MbapsError),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    Forward(#[from] crate::store::forward::ForwardError),
     #[error("listener {address}: {error}")]
     Listen {
         address: String,
@@ -113,7 +116,19 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         own_uid: nix::unistd::Uid::effective(),
     };
 
-    let store = Arc::new(Store::open(&config.state_dir)?);
+    // The collector's CA and client certificate are read before anything
+    // runs: a broken forwarding setup is a config error, not a silent gap.
+    let forwarder = match &config.audit.forward {
+        Some(f) => Some(crate::store::forward::Forwarder::new(f)?),
+        None => None,
+    };
+    let store = Arc::new(Store::open_with(
+        &config.state_dir,
+        Capacity::from_config(&config.audit, forwarder.is_some()),
+    )?);
+    if forwarder.is_some() {
+        store.log().set_forwarded(store.forward_cursor()?);
+    }
     let guard = Arc::new(Guard::new(store.clone(), &config));
     let review = ReviewSettings {
         interval: config.review.interval.0,
@@ -179,6 +194,9 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         );
     }
     tokio::spawn(check_chain(guard.clone()));
+    if let Some(f) = forwarder {
+        tokio::spawn(f.run(store.clone(), stop_rx.clone()));
+    }
     if let Some(listener) = metrics_listener {
         let sample = sampler(guard.clone(), sessions.clone(), shared_maps, review.clone());
         tokio::spawn(metrics::serve(listener, sample, stop_rx.clone()));
@@ -304,11 +322,16 @@ impl Live {
             ("control", new.control != old.control),
             ("daemon", new.daemon != old.daemon),
             ("passwords", new.passwords != old.passwords),
+            ("audit.forward", new.audit.forward != old.audit.forward),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
         .collect();
         let (maps, added, removed) = unit_maps_reusing(&new, &self.maps);
+        guard.store().log().set_capacity(Capacity::from_config(
+            &new.audit,
+            old.audit.forward.is_some(),
+        ));
         guard.reload(
             GuardSettings::from_config(&new),
             new.meters.clone(),
@@ -406,7 +429,9 @@ fn sampler(
             meters,
             audit_events: guard.store().log().last_seq(),
             audit_pending: guard.store().log().pending(),
-            audit_alarm: c.audit_alarm.load(std::sync::atomic::Ordering::Relaxed),
+            audit_alarm: c.audit_alarm.load(std::sync::atomic::Ordering::Relaxed)
+                || guard.store().log().is_failing(),
+            audit: audit_sample(&guard),
             reads_allowed: c.reads_allowed.load(std::sync::atomic::Ordering::Relaxed),
             reads_denied: c.reads_denied.load(std::sync::atomic::Ordering::Relaxed),
             review_overdue: review_due(&guard, &review, OffsetDateTime::now_utc()).is_some(),
@@ -414,14 +439,42 @@ fn sampler(
     })
 }
 
+fn audit_sample(guard: &Guard) -> metrics::AuditSample {
+    use std::sync::atomic::Ordering::Relaxed;
+    let log = guard.store().log();
+    let st = log.status();
+    let fw = log.forward_state();
+    let forwarding = fw.target.lock().map(|t| t.is_some()).unwrap_or(false);
+    metrics::AuditSample {
+        stored: st.stored,
+        capacity: st.capacity.events,
+        warning: st.stored >= st.capacity.warn_at,
+        refused_full: st.refused_full,
+        dropped: st.dropped,
+        suppressed: st.suppressed,
+        chain_broken_at: guard.counters.chain_broken_at.load(Relaxed),
+        forward: forwarding.then(|| {
+            (
+                fw.connected.load(Relaxed),
+                st.last_seq.saturating_sub(st.forwarded),
+                fw.reconnects.load(Relaxed),
+            )
+        }),
+    }
+}
+
 /// A broken chain does not stop the daemon (that would blind the control
 /// room); it is logged as critical, naming the first bad seq.
 async fn check_chain(guard: Arc<Guard>) {
     let g = guard.clone();
-    let Ok(report) = tokio::task::spawn_blocking(move || g.store().log().verify()).await else {
+    let Ok(report) = tokio::task::spawn_blocking(move || g.store().verify(None)).await else {
         return;
     };
     if let Some((seq, why)) = report.problem {
+        guard
+            .counters
+            .chain_broken_at
+            .store(seq.max(1), std::sync::atomic::Ordering::Relaxed);
         tracing::error!(seq, %why, "security log chain is broken");
         let ev = EventDraft::new("audit.chain-broken", Category::Audit, Outcome::Failure)
             .reason(format!("CRITICAL: first bad seq {seq}: {why}"))

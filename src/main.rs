@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use metergate::config::Config;
 use metergate::doors::admin::protocol::Request;
-use metergate::doors::admin::server::{call, default_socket};
+use metergate::doors::admin::server::{call, call_streaming, default_socket};
 use metergate::doors::admin::{AdminCommand, AuditCommand};
 use metergate::{daemon, demo, store};
 
@@ -363,9 +363,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     state_dir: Some(dir),
                     checkpoint,
                     public_key,
+                    from,
                 },
         }) => match checkpoint {
-            None => verify_stopped(&dir, cli.json),
+            None => verify_stopped(&dir, from, cli.json),
             Some(cp) => check_stopped(&dir, &cp, public_key.as_deref()),
         },
         Command::Admin(_) => admin(cli.socket, cli.config.as_deref(), cli.json),
@@ -376,7 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn daemon_exit(result: Result<(), daemon::DaemonError>) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e @ daemon::DaemonError::Mbaps(_)) => {
+        Err(e @ (daemon::DaemonError::Mbaps(_) | daemon::DaemonError::Forward(_))) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(2))
         }
@@ -658,6 +659,10 @@ fn check_stopped(state_dir: &Path, cp: &Path, key: Option<&str>) -> anyhow::Resu
         return Ok(ExitCode::from(2));
     }
     match store::check_stopped(state_dir, &checkpoint, key)? {
+        found @ store::checkpoint::Finding::BeforeCut { .. } => {
+            println!("ok: {found}");
+            Ok(ExitCode::SUCCESS)
+        }
         store::checkpoint::Finding::Consistent => {
             println!(
                 "ok: the log is consistent with the checkpoint at seq {} and its chain verifies",
@@ -673,7 +678,7 @@ fn check_stopped(state_dir: &Path, cp: &Path, key: Option<&str>) -> anyhow::Resu
 }
 
 /// `audit verify --state-dir DIR`: the chain of a stopped daemon's store.
-fn verify_stopped(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+fn verify_stopped(state_dir: &Path, from: Option<u64>, json: bool) -> anyhow::Result<ExitCode> {
     if !state_dir.join("store").is_dir() {
         eprintln!(
             "error: {}: no metergate store here (expected {}/store)",
@@ -682,7 +687,7 @@ fn verify_stopped(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    let report = store::verify_stopped(state_dir)?;
+    let report = store::verify_stopped(state_dir, from)?;
     if json {
         println!(
             "{}",
@@ -691,19 +696,14 @@ fn verify_stopped(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 "head_hash": report.head_hash,
                 "first_bad_seq": report.problem.as_ref().map(|p| p.0),
                 "problem": report.problem.as_ref().map(|p| p.1.clone()),
+                "cut_at": report.cut.as_ref().map(|c| c.first_kept_seq), "from": report.from,
             })
         );
     }
     match &report.problem {
         None => {
             if !json {
-                println!(
-                    "ok: {} events verified (seq {}..{}), head hash {}",
-                    report.events,
-                    report.first_seq.unwrap_or(0),
-                    report.last_seq.unwrap_or(0),
-                    report.head_hash
-                );
+                println!("ok: {}", report.summary());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -774,7 +774,14 @@ fn admin(socket: Option<PathBuf>, config: Option<&Path>, json: bool) -> anyhow::
         }
     }
     let request = Request { argv, json, files };
-    let response = match runtime()?.block_on(call(&socket, &request)) {
+    // Streamed answers (export, tail -f) are printed as they arrive.
+    let print = |chunk: &str| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(chunk.as_bytes());
+        let _ = out.flush();
+    };
+    let response = match runtime()?.block_on(call_streaming(&socket, &request, print)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");

@@ -136,6 +136,21 @@ pub struct MeterSample {
     pub busy_refusals: u64,
 }
 
+/// The log's capacity, failures and forwarding.
+#[derive(Default)]
+pub struct AuditSample {
+    pub stored: u64,
+    pub capacity: u64,
+    pub warning: bool,
+    pub refused_full: u64,
+    pub dropped: u64,
+    pub suppressed: u64,
+    /// First bad seq found at start (0: none).
+    pub chain_broken_at: u64,
+    /// (connected, backlog, reconnects) when forwarding is configured.
+    pub forward: Option<(bool, u64, u64)>,
+}
+
 /// Everything a scrape reads, gathered by the daemon.
 pub struct Sample {
     pub decisions: String,
@@ -145,6 +160,7 @@ pub struct Sample {
     pub audit_events: u64,
     pub audit_pending: u64,
     pub audit_alarm: bool,
+    pub audit: AuditSample,
     pub reads_allowed: u64,
     pub reads_denied: u64,
     pub review_overdue: bool,
@@ -246,6 +262,45 @@ impl Sample {
             u8::from(self.audit_alarm),
             u8::from(self.review_overdue)
         );
+        let a = &self.audit;
+        let _ = write!(
+            out,
+            "# HELP metergate_audit_stored_events Events stored now (capacity is counted in events).\n\
+             # TYPE metergate_audit_stored_events gauge\nmetergate_audit_stored_events {}\n\
+             # HELP metergate_audit_capacity_events The log's capacity (audit.capacity_events).\n\
+             # TYPE metergate_audit_capacity_events gauge\nmetergate_audit_capacity_events {}\n\
+             # HELP metergate_audit_capacity_warning 1 from the warning threshold (audit.warn_at_percent) on.\n\
+             # TYPE metergate_audit_capacity_warning gauge\nmetergate_audit_capacity_warning {}\n\
+             # HELP metergate_audit_refused_full_total Events refused because the log was full.\n\
+             # TYPE metergate_audit_refused_full_total counter\nmetergate_audit_refused_full_total {}\n\
+             # HELP metergate_audit_dropped_total Events removed by drop-oldest (behind signed cut markers).\n\
+             # TYPE metergate_audit_dropped_total counter\nmetergate_audit_dropped_total {}\n\
+             # HELP metergate_audit_unauthenticated_suppressed_total Events from unauthenticated traffic over the quota: counted, not logged.\n\
+             # TYPE metergate_audit_unauthenticated_suppressed_total counter\nmetergate_audit_unauthenticated_suppressed_total {}\n\
+             # HELP metergate_audit_chain_broken_seq First bad seq the chain check at start found (0: the chain verified).\n\
+             # TYPE metergate_audit_chain_broken_seq gauge\nmetergate_audit_chain_broken_seq {}\n",
+            a.stored,
+            a.capacity,
+            u8::from(a.warning),
+            a.refused_full,
+            a.dropped,
+            a.suppressed,
+            a.chain_broken_at
+        );
+        if let Some((connected, backlog, reconnects)) = a.forward {
+            let _ = write!(
+                out,
+                "# HELP metergate_audit_forward_connected 1 while connected to the syslog collector.\n\
+                 # TYPE metergate_audit_forward_connected gauge\nmetergate_audit_forward_connected {}\n\
+                 # HELP metergate_audit_forward_backlog Events not yet delivered to the syslog collector.\n\
+                 # TYPE metergate_audit_forward_backlog gauge\nmetergate_audit_forward_backlog {}\n\
+                 # HELP metergate_audit_forward_reconnects_total Failed or lost collector connections.\n\
+                 # TYPE metergate_audit_forward_reconnects_total counter\nmetergate_audit_forward_reconnects_total {}\n",
+                u8::from(connected),
+                backlog,
+                reconnects
+            );
+        }
         out
     }
 }

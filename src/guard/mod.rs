@@ -94,6 +94,8 @@ pub struct Counters {
     /// Set when an event could not be made durable and the config said
     /// fail-open: the alarm of DESIGN §4.
     pub audit_alarm: AtomicBool,
+    /// The first bad seq the chain check at start found (0: none).
+    pub chain_broken_at: AtomicU64,
     /// Every decision by door and outcome (metrics).
     pub decisions: crate::metrics::Decisions,
     /// Modbus request latency per door (metrics).
@@ -365,7 +367,10 @@ impl Guard {
             Ok(seq) => d.event = Some(seq),
             Err(e) => {
                 tracing::error!(error = %e, action = %req.action, "decision could not be logged");
-                if d.allowed && !req.action.is_read() {
+                // Reading the log is a read too: it goes on when the log
+                // cannot take its event (DESIGN §4: reads go on).
+                let read = req.action.is_read() || matches!(req.action, Action::ReadAudit { .. });
+                if d.allowed && !read {
                     match settings.on_failure {
                         OnFailure::FailClosed => {
                             d = Decision::deny(d.permission, Reason::AuditUnavailable)

@@ -6,7 +6,7 @@
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 
-use super::log::{SecurityEvent, VerifyReport, verify_tree};
+use super::log::{SecurityEvent, VerifyReport, verify_chain};
 
 /// A checkpoint as `audit checkpoint` prints it (one JSON object).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,16 @@ pub enum Finding {
     Rewritten { seq: u64 },
     /// The chain itself is broken (first bad seq).
     ChainBroken { seq: u64, why: String },
+    /// The checkpoint's event was removed by drop-oldest; the log from the
+    /// signed cut marker on verifies.
+    BeforeCut { first_kept_seq: u64 },
+}
+
+impl Finding {
+    /// Whether the log passes the check.
+    pub fn passes(&self) -> bool {
+        matches!(self, Finding::Consistent | Finding::BeforeCut { .. })
+    }
 }
 
 impl std::fmt::Display for Finding {
@@ -72,13 +82,22 @@ impl std::fmt::Display for Finding {
                 "event {seq} is not the one the checkpoint signed: the chain was rewritten at or before seq {seq}"
             ),
             Finding::ChainBroken { seq, why } => write!(f, "first bad seq {seq}: {why}"),
+            Finding::BeforeCut { first_kept_seq } => write!(
+                f,
+                "the checkpoint's event was dropped when the full log was cut (drop-oldest); the log verifies from the signed cut marker at seq {first_kept_seq}"
+            ),
         }
     }
 }
 
 /// Checks a checkpoint's signature (and that it is `trusted_key`'s, when
 /// given), then the log against it.
-pub fn check(cp: &Checkpoint, trusted_key: Option<&str>, tree: &sled::Tree) -> Finding {
+pub fn check(
+    cp: &Checkpoint,
+    trusted_key: Option<&str>,
+    tree: &sled::Tree,
+    cuts: Option<&sled::Tree>,
+) -> Finding {
     if cp.v != 1 {
         return Finding::BadCheckpoint(format!("unknown version {}", cp.v));
     }
@@ -97,10 +116,19 @@ pub fn check(cp: &Checkpoint, trusted_key: Option<&str>, tree: &sled::Tree) -> F
     {
         return Finding::BadCheckpoint("the signature does not match (edited checkpoint?)".into());
     }
-    let report: VerifyReport = verify_tree(tree);
+    // Cut markers are signed with the checkpoint's key.
+    let report: VerifyReport = verify_chain(tree, cuts, Some(&cp.public_key), None);
     let last_seq = report.last_seq.unwrap_or(0);
     if last_seq < cp.seq {
         return Finding::Truncated { last_seq };
+    }
+    if let Some(c) = &report.cut
+        && cp.seq < c.first_kept_seq
+        && report.problem.is_none()
+    {
+        return Finding::BeforeCut {
+            first_kept_seq: c.first_kept_seq,
+        };
     }
     let at = tree
         .get(cp.seq.to_be_bytes())

@@ -57,6 +57,13 @@ pub fn add(batch: &mut sled::Batch, keys: &IndexKeys, seq: u64) {
     }
 }
 
+/// Removes the index entries of one event (the log dropped it).
+pub fn remove(batch: &mut sled::Batch, keys: &IndexKeys, seq: u64) {
+    for p in keys.prefixes() {
+        batch.remove(entry(&p, seq));
+    }
+}
+
 /// Records that everything up to `seq` is indexed.
 pub fn set_high(batch: &mut sled::Batch, seq: u64) {
     batch.insert(HIGH, &seq.to_be_bytes());
@@ -147,7 +154,7 @@ fn event_at(log: &Tree, seq: u64) -> Result<Option<SecurityEvent>, sled::Error> 
 
 /// The first seq whose event is at or after `t` (times never go back along
 /// the chain), by binary search over seqs.
-fn first_seq_at(log: &Tree, t: i64, lo: u64, hi: u64) -> Result<u64, sled::Error> {
+pub fn first_seq_at(log: &Tree, t: i64, lo: u64, hi: u64) -> Result<u64, sled::Error> {
     let (mut lo, mut hi) = (lo, hi + 1);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;

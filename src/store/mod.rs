@@ -3,6 +3,9 @@
 //! hash-chained security log. sled locks its directory: one process at a time.
 
 pub mod checkpoint;
+pub mod cut;
+pub mod export;
+pub mod forward;
 pub mod index;
 pub mod log;
 pub mod secrets;
@@ -324,7 +327,7 @@ pub struct Store {
     guard_tree: sled::Tree,
     log: AuditLog,
     /// Signs checkpoints of the log.
-    signing: ring::signature::Ed25519KeyPair,
+    signing: Arc<ring::signature::Ed25519KeyPair>,
     directory: RwLock<Arc<Directory>>,
     changes: Mutex<()>,
     fail_after: AtomicUsize,
@@ -333,10 +336,19 @@ pub struct Store {
 const SLED_DIR: &str = "store";
 /// The security log's indexes (rebuilt from the log when missing).
 const INDEX_DIR: &str = "audit-index";
+/// Signed cut markers of the log (drop-oldest).
+const CUTS_TREE: &str = "audit_cuts";
+/// Where the forwarder keeps its cursor.
+const FORWARD_TREE: &str = "audit_forward";
 
 impl Store {
     /// Opens (or creates) the store under `state_dir`, which is made 0700.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(state_dir, log::Capacity::default())
+    }
+
+    /// Opens the store with the log's capacity rule from the config.
+    pub fn open_with(state_dir: &Path, capacity: log::Capacity) -> Result<Store, StoreError> {
         let io = |e: std::io::Error| StoreError::Io {
             path: state_dir.display().to_string(),
             error: e.to_string(),
@@ -346,7 +358,7 @@ impl Store {
         std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         // The audit-signing key exists from the first start on, so every
         // checkpoint the log ever signs uses the same key.
-        let signing = signing::load_or_create(state_dir)?;
+        let signing = Arc::new(signing::load_or_create(state_dir)?);
         let db = open_sled(&state_dir.join(SLED_DIR))?;
         let directory_tree = db.open_tree("directory")?;
         let guard_tree = db.open_tree("guard")?;
@@ -364,6 +376,9 @@ impl Store {
             &db,
             db.open_tree("audit")?,
             index_db.open_tree("audit_index")?,
+            db.open_tree(CUTS_TREE)?,
+            signing.clone(),
+            capacity,
         )?;
         let store = Store {
             signing,
@@ -428,7 +443,30 @@ impl Store {
         cp: &checkpoint::Checkpoint,
         trusted_key: Option<&str>,
     ) -> checkpoint::Finding {
-        checkpoint::check(cp, trusted_key, self.log.tree())
+        checkpoint::check(cp, trusted_key, self.log.tree(), Some(self.log.cuts()))
+    }
+
+    /// Walks the live log's chain (cut markers checked against this
+    /// store's audit-signing key).
+    pub fn verify(&self, from: Option<u64>) -> VerifyReport {
+        self.log.verify(Some(&self.signing_public_key()), from)
+    }
+
+    /// The forwarder's persisted cursor: the last seq delivered.
+    pub fn forward_cursor(&self) -> Result<u64, StoreError> {
+        let t = self.db.open_tree(FORWARD_TREE)?;
+        Ok(t.get(b"cursor")?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Persists the forwarder's cursor (made durable by the next flush:
+    /// a cursor lost in a crash only repeats events, at least once).
+    pub fn set_forward_cursor(&self, seq: u64) -> Result<(), StoreError> {
+        let t = self.db.open_tree(FORWARD_TREE)?;
+        t.insert(b"cursor", &seq.to_be_bytes())?;
+        self.log.set_forwarded(seq);
+        Ok(())
     }
 
     /// The audit-signing key's public half, hex.
@@ -657,13 +695,18 @@ pub fn check_stopped(
 ) -> Result<checkpoint::Finding, StoreError> {
     let db = open_sled(&state_dir.join(SLED_DIR))?;
     let tree = db.open_tree("audit")?;
-    Ok(checkpoint::check(cp, trusted_key, &tree))
+    let cuts = db.open_tree(CUTS_TREE)?;
+    Ok(checkpoint::check(cp, trusted_key, &tree, Some(&cuts)))
 }
 
-pub fn verify_stopped(state_dir: &Path) -> Result<VerifyReport, StoreError> {
+/// Verifies the log of a stopped daemon's store (`audit verify --state-dir`),
+/// cut markers checked against the store's audit-signing key.
+pub fn verify_stopped(state_dir: &Path, from: Option<u64>) -> Result<VerifyReport, StoreError> {
+    let key = signing::public_hex_of(state_dir)?;
     let db = open_sled(&state_dir.join(SLED_DIR))?;
     let tree = db.open_tree("audit")?;
-    Ok(log::verify_tree(&tree))
+    let cuts = db.open_tree(CUTS_TREE)?;
+    Ok(log::verify_chain(&tree, Some(&cuts), key.as_deref(), from))
 }
 
 /// Opens the raw sled database of a stopped store (tamper tests and repair

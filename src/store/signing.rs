@@ -52,3 +52,21 @@ pub fn load_or_create(state_dir: &Path) -> Result<Ed25519KeyPair, StoreError> {
 pub fn public_hex(key: &Ed25519KeyPair) -> String {
     hex::encode(key.public_key().as_ref())
 }
+
+/// The public half of a stopped store's key (None when it has none).
+pub fn public_hex_of(state_dir: &Path) -> Result<Option<String>, StoreError> {
+    let path = state_dir.join(SIGNING_KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(pkcs8) => Ed25519KeyPair::from_pkcs8(&pkcs8)
+            .map(|k| Some(public_hex(&k)))
+            .map_err(|_| StoreError::Io {
+                path: path.display().to_string(),
+                error: "not an ed25519 PKCS#8 key".into(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        }),
+    }
+}

@@ -12,10 +12,12 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::protocol::{Request, Response};
+use super::stream::{Stream, event_lines};
 use super::*;
 use crate::guard::{Action, AdminOp, Guard, Request as GuardRequest};
 use crate::model::*;
 use crate::sessions::Sessions;
+use crate::store::export::Format;
 use crate::store::secrets::{self, HashPool, Secret};
 use crate::store::{
     Category, Entity, EventDraft, Expect, Kind, Op, Outcome, StoreError, sod_conflicts,
@@ -78,6 +80,8 @@ fn refused<T>(msg: impl Into<String>) -> Result<T, AdminError> {
 struct Done {
     stdout: String,
     change: Option<String>,
+    /// More to send after `stdout` (export, tail -f).
+    stream: Option<Stream>,
 }
 
 impl Done {
@@ -85,17 +89,27 @@ impl Done {
         Done {
             stdout: stdout.into(),
             change: None,
+            stream: None,
         }
     }
     fn changed(stdout: impl Into<String>, what: impl Into<String>) -> Done {
         Done {
             stdout: stdout.into(),
             change: Some(what.into()),
+            stream: None,
+        }
+    }
+    fn streaming(stdout: impl Into<String>, stream: Stream) -> Done {
+        Done {
+            stdout: stdout.into(),
+            change: None,
+            stream: Some(stream),
         }
     }
 }
 
-/// Runs one request for `who` (from `source`, through `door`).
+/// Runs one request for `who` (from `source`, through `door`); a streamed
+/// answer (`audit export`, `audit tail -f`) is cut to its first frame.
 pub async fn execute(
     ctx: &AdminContext,
     who: &PrincipalId,
@@ -104,12 +118,31 @@ pub async fn execute(
     req: &Request,
     now: OffsetDateTime,
 ) -> Response {
+    let (mut response, _) = execute_streaming(ctx, who, source, door, req, now).await;
+    response.more = false;
+    response
+}
+
+/// Runs one request; the answer's first frame and, for a streamed answer,
+/// what remains to be sent (see [`super::stream::produce`]).
+pub async fn execute_streaming(
+    ctx: &AdminContext,
+    who: &PrincipalId,
+    source: &str,
+    door: &'static str,
+    req: &Request,
+    now: OffsetDateTime,
+) -> (Response, Option<Stream>) {
     if let Some((i, _)) = req.argv.iter().enumerate().find(|(_, a)| a.len() > MAX_ARG) {
-        return Response {
-            code: 2,
-            stdout: String::new(),
-            stderr: format!("error: argument {} is longer than {MAX_ARG} bytes\n", i + 1),
-        };
+        return (
+            Response {
+                code: 2,
+                stdout: String::new(),
+                stderr: format!("error: argument {} is longer than {MAX_ARG} bytes\n", i + 1),
+                more: false,
+            },
+            None,
+        );
     }
     let line = match AdminLine::try_parse_from(
         std::iter::once("metergate".to_string()).chain(req.argv.iter().cloned()),
@@ -118,18 +151,21 @@ pub async fn execute(
         Err(e) => {
             use clap::error::ErrorKind;
             let text = e.render().to_string();
-            return match e.kind() {
+            let response = match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Response {
                     code: 0,
                     stdout: text,
                     stderr: String::new(),
+                    more: false,
                 },
                 _ => Response {
                     code: 2,
                     stdout: String::new(),
                     stderr: text,
+                    more: false,
                 },
             };
+            return (response, None);
         }
     };
     // The command's own words for events; long ones (key lines) shortened.
@@ -161,11 +197,15 @@ pub async fn execute(
         )
         .await;
     if !decision.allowed {
-        return Response {
-            code: 2,
-            stdout: String::new(),
-            stderr: format!("error: DENY: {}\n", decision.reason),
-        };
+        return (
+            Response {
+                code: 2,
+                stdout: String::new(),
+                stderr: format!("error: DENY: {}\n", decision.reason),
+                more: false,
+            },
+            None,
+        );
     }
     let result = run(ctx, who, &line.command, req, now).await;
     let event = |outcome: Outcome, code: &str, reason: String| {
@@ -200,11 +240,16 @@ pub async fn execute(
             } else {
                 done.stdout
             };
-            Response {
-                code: 0,
-                stdout,
-                stderr: String::new(),
-            }
+            let more = done.stream.is_some();
+            (
+                Response {
+                    code: 0,
+                    stdout,
+                    stderr: String::new(),
+                    more,
+                },
+                done.stream,
+            )
         }
         Err(e) => {
             let code = if matches!(e, AdminError::Failed(_)) {
@@ -218,11 +263,15 @@ pub async fn execute(
                 .log()
                 .append(event(Outcome::Failure, "admin.refused", e.to_string()))
                 .await;
-            Response {
-                code,
-                stdout: String::new(),
-                stderr: format!("error: {e}\n"),
-            }
+            (
+                Response {
+                    code,
+                    stdout: String::new(),
+                    stderr: format!("error: {e}\n"),
+                    more: false,
+                },
+                None,
+            )
         }
     }
 }
@@ -271,8 +320,14 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
         } if *who == PrincipalId::User(name.clone()) => AdminOp::OwnProfile,
         A::Audit { command } => {
             let what = match command {
-                AuditCommand::Tail { count } => format!("tail -n {count}"),
-                AuditCommand::Query(_) => words.trim_start_matches("audit ").to_string(),
+                AuditCommand::Tail { count, follow } => {
+                    format!("tail -n {count}{}", if *follow { " -f" } else { "" })
+                }
+                AuditCommand::Query(_) | AuditCommand::Export { .. } => {
+                    words.trim_start_matches("audit ").to_string()
+                }
+                AuditCommand::Status => "status".into(),
+                AuditCommand::Verify { from: Some(f), .. } => format!("verify --from {f}"),
                 AuditCommand::Verify { .. } => "verify".into(),
                 AuditCommand::Checkpoint => "checkpoint".into(),
                 AuditCommand::PublicKey => "public-key".into(),
@@ -362,10 +417,7 @@ async fn certificate_report(
         .append(ev)
         .await
         .map_err(|e| AdminError::Failed(format!("the event could not be logged: {e}")))?;
-    Ok(Done {
-        change: None,
-        stdout: format!("recorded: {reason}\n"),
-    })
+    Ok(Done::show(format!("recorded: {reason}\n")))
 }
 
 // ---- helpers ---------------------------------------------------------------
@@ -1815,20 +1867,70 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, req: &Request) -> Result<Done, 
     let json_out = req.json;
     let log = ctx.guard.store().log();
     match cmd {
-        AuditCommand::Tail { count } => {
+        AuditCommand::Tail { count, follow } => {
             let events = log
                 .tail((*count).min(10_000))
                 .map_err(|e| AdminError::Failed(e.to_string()))?;
-            if json_out {
+            let text = if json_out {
                 let mut out = String::new();
                 for e in &events {
                     out += &serde_json::to_string(e).unwrap_or_default();
                     out.push('\n');
                 }
-                return Ok(Done::show(out));
+                out
+            } else {
+                event_lines(&events)
+            };
+            if *follow {
+                let after = events.last().map(|e| e.seq).unwrap_or(log.last_seq());
+                return Ok(Done::streaming(
+                    text,
+                    Stream::Follow {
+                        after,
+                        json: json_out,
+                    },
+                ));
             }
-            Ok(Done::show(event_lines(&events)))
+            Ok(Done::show(text))
         }
+        AuditCommand::Export {
+            format,
+            since,
+            from,
+        } => {
+            let format: Format = format.parse().map_err(AdminError::Refused)?;
+            let first = log.first_seq().max(1);
+            let start = match (since, from) {
+                (_, Some(f)) => (*f).max(first),
+                (Some(_), None) => {
+                    let q = super::QueryArgs {
+                        since: since.clone(),
+                        until: None,
+                        principal: None,
+                        meter: None,
+                        code: None,
+                        outcome: None,
+                        door: None,
+                        limit: 1,
+                    };
+                    let t = parse_query(&q, OffsetDateTime::now_utc())?
+                        .since
+                        .unwrap_or(0);
+                    log.seq_at(t)
+                        .map_err(|e| AdminError::Failed(e.to_string()))?
+                }
+                (None, None) => first,
+            };
+            Ok(Done::streaming(
+                String::new(),
+                Stream::Export {
+                    format,
+                    from: start,
+                    to: log.last_seq(),
+                },
+            ))
+        }
+        AuditCommand::Status => Ok(Done::show(status_text(ctx, json_out))),
         AuditCommand::Query(q) => {
             let query = parse_query(q, OffsetDateTime::now_utc())?;
             let events = log
@@ -1852,12 +1954,14 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, req: &Request) -> Result<Done, 
         AuditCommand::Verify {
             state_dir: None,
             checkpoint: None,
+            from,
             ..
-        } => verify_text(log, json_out),
+        } => verify_text(ctx.guard.store(), *from),
         AuditCommand::Verify {
             state_dir: None,
             checkpoint: Some(path),
             public_key,
+            ..
         } => {
             let text = file(req, &path.display().to_string())?;
             let cp: crate::store::checkpoint::Checkpoint = serde_json::from_str(text.trim())
@@ -1873,6 +1977,7 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, req: &Request) -> Result<Done, 
                     "ok: the log is consistent with the checkpoint at seq {} and its chain verifies\n",
                     cp.seq
                 ))),
+                found if found.passes() => Ok(Done::show(format!("ok: {found}\n"))),
                 other => Err(AdminError::Failed(format!("FAILED: {other}"))),
             }
         }
@@ -1938,46 +2043,140 @@ fn parse_query(
     })
 }
 
-/// One line per event, as `audit tail` and `audit query` print them.
-fn event_lines(events: &[crate::store::log::SecurityEvent]) -> String {
-    let mut out = String::new();
-    for e in events {
-        let _ = writeln!(
-            out,
-            "{} {} {} {:?} {} {}{}{}",
-            e.seq,
-            rfc3339(e.time),
-            e.code,
-            e.outcome,
-            e.principal.as_deref().unwrap_or("-"),
-            e.action.as_deref().unwrap_or("-"),
-            e.meter
-                .as_ref()
-                .map(|m| format!(" meter={m}"))
-                .unwrap_or_default(),
-            e.reason
-                .as_ref()
-                .map(|r| format!(": {r}"))
-                .unwrap_or_default(),
-        );
-    }
-    out
-}
-
-fn verify_text(log: &crate::store::log::AuditLog, _json: bool) -> Result<Done, AdminError> {
-    let r = log.verify();
+fn verify_text(store: &crate::store::Store, from: Option<u64>) -> Result<Done, AdminError> {
+    let r = store.verify(from);
     match &r.problem {
-        None => Ok(Done::show(format!(
-            "ok: {} events verified (seq {}..{}), head hash {}\n",
-            r.events,
-            r.first_seq.unwrap_or(0),
-            r.last_seq.unwrap_or(0),
-            r.head_hash
-        ))),
+        None => Ok(Done::show(format!("ok: {}\n", r.summary()))),
         Some((seq, why)) => Err(AdminError::Failed(format!(
             "FAILED: first bad seq {seq}: {why}"
         ))),
     }
+}
+
+/// `audit status`: capacity, failures, forwarding, the chain check at start.
+fn status_text(ctx: &AdminContext, json_out: bool) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let log = ctx.guard.store().log();
+    let st = log.status();
+    let fw = log.forward_state();
+    let target = fw.target.lock().ok().and_then(|t| t.clone());
+    let last_error = fw.last_error.lock().ok().and_then(|t| t.clone());
+    let backlog = target
+        .as_ref()
+        .map(|_| st.last_seq.saturating_sub(st.forwarded));
+    let chain_broken = match ctx.guard.counters.chain_broken_at.load(Relaxed) {
+        0 => None,
+        n => Some(n),
+    };
+    let alarm = ctx.guard.counters.audit_alarm.load(Relaxed) || st.failing;
+    let when_full = match st.capacity.when_full {
+        crate::config::WhenFull::DropOldest => "drop-oldest",
+        crate::config::WhenFull::Refuse => "refuse",
+    };
+    let full = st.stored + 2 >= st.capacity.events;
+    if json_out {
+        return format!(
+            "{}\n",
+            json!({
+                "first_seq": st.first_seq, "last_seq": st.last_seq, "stored": st.stored,
+                "capacity": st.capacity.events, "warn_at": st.capacity.warn_at,
+                "warning": st.stored >= st.capacity.warn_at, "full": full,
+                "when_full": when_full, "refused_full": st.refused_full, "dropped": st.dropped,
+                "last_cut_seq": st.last_cut.as_ref().map(|c| c.first_kept_seq),
+                "pending": st.pending, "alarm": alarm, "chain_broken_at": chain_broken,
+                "unauthenticated_suppressed": st.suppressed,
+                "unauthenticated_quota_per_hour": st.capacity.unauthenticated_per_hour,
+                "forward": target.as_ref().map(|t| json!({
+                    "target": t, "connected": fw.connected.load(Relaxed),
+                    "delivered_seq": st.forwarded, "backlog": backlog,
+                    "sent": fw.sent.load(Relaxed), "reconnects": fw.reconnects.load(Relaxed),
+                    "last_error": last_error,
+                })),
+            })
+        );
+    }
+    let pct = |n: u64| n as f64 * 100.0 / st.capacity.events.max(1) as f64;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "events:       {} stored (seq {}..{}) of a capacity of {} ({:.1}%)",
+        st.stored,
+        st.first_seq,
+        st.last_seq,
+        st.capacity.events,
+        pct(st.stored)
+    );
+    let _ = writeln!(
+        out,
+        "warning at:   {} events ({:.0}%){}",
+        st.capacity.warn_at,
+        pct(st.capacity.warn_at),
+        if st.stored >= st.capacity.warn_at {
+            " -- WARNING: reached"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "when full:    {when_full}; refused since start: {}; dropped since start: {}",
+        st.refused_full, st.dropped
+    );
+    if let Some(c) = &st.last_cut {
+        let _ = writeln!(
+            out,
+            "last cut:     events before seq {} removed at {} (signed marker)",
+            c.first_kept_seq,
+            crate::model::rfc3339(c.time)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "writer:       {} waiting; {}",
+        st.pending,
+        if alarm {
+            "ALARM: an event could not be made durable"
+        } else {
+            "healthy"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "chain:        {}",
+        match chain_broken {
+            Some(seq) => format!("BROKEN at start: first bad seq {seq} (audit verify names it)"),
+            None => "verified at start".into(),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "unauthenticated traffic: quota {} events per hour; {} counted, not logged, since start",
+        st.capacity.unauthenticated_per_hour, st.suppressed
+    );
+    match target {
+        None => {
+            let _ = writeln!(out, "forwarding:   not configured");
+        }
+        Some(t) => {
+            let _ = writeln!(
+                out,
+                "forwarding:   {t}, {}; delivered up to seq {}, backlog {} events; {} sent, {} reconnects{}",
+                if fw.connected.load(Relaxed) {
+                    "connected"
+                } else {
+                    "NOT connected"
+                },
+                st.forwarded,
+                backlog.unwrap_or(0),
+                fw.sent.load(Relaxed),
+                fw.reconnects.load(Relaxed),
+                last_error
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    out
 }
 
 fn check(

@@ -4,6 +4,7 @@
 pub mod exec;
 pub mod protocol;
 pub mod server;
+pub mod stream;
 
 use std::path::PathBuf;
 
@@ -364,11 +365,28 @@ pub enum SessionCommand {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum AuditCommand {
-    /// The newest events.
+    /// The newest events; with -f, then every new event as it is logged.
     Tail {
         #[arg(short = 'n', long, default_value_t = 20)]
         count: usize,
+        /// Keep printing new events until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
+    /// Every event (or those since a time or seq) in a format for other
+    /// tools: JSON lines, ArcSight CEF or syslog RFC 5424.
+    Export {
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "cef", "rfc5424"])]
+        format: String,
+        /// From this time: RFC 3339 or back from now (90s, 15m, 2h, 7d).
+        #[arg(long, conflicts_with = "from")]
+        since: Option<String>,
+        /// From this seq.
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Capacity, forwarding, the chain check at start, failures.
+    Status,
     /// Events matching every filter given: the newest --limit, oldest first.
     Query(QueryArgs),
     /// Walk the hash chain and name the first bad event; with --checkpoint,
@@ -384,6 +402,10 @@ pub enum AuditCommand {
         /// (from `audit public-key`, recorded elsewhere).
         #[arg(long, requires = "checkpoint")]
         public_key: Option<String>,
+        /// Start the walk at this seq, taking its prev_hash as given (a
+        /// partial check of recent events; the full walk proves more).
+        #[arg(long, conflicts_with = "checkpoint")]
+        from: Option<u64>,
     },
     /// Print a checkpoint of the log's head (seq, hash, time) signed with the
     /// audit-signing key; keep it off this machine.

@@ -30,6 +30,14 @@ pub struct Response {
     pub code: u8,
     pub stdout: String,
     pub stderr: String,
+    /// More frames follow (a streamed answer: `audit export`, `audit tail
+    /// -f`); the last frame has it false and carries the exit code.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub more: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use nix::unistd::{Gid, Uid};
 use time::OffsetDateTime;
 use tokio::net::{UnixListener, UnixStream};
 
-use super::exec::{AdminContext, execute};
+use super::exec::{AdminContext, execute_streaming};
 use super::protocol::{Request, Response, read_frame, write_frame};
 use crate::model::{PrincipalId, check_name};
 use crate::store::{Category, EventDraft, Outcome};
@@ -155,6 +155,7 @@ async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) 
             code: 2,
             stdout: String::new(),
             stderr: "error: you may not use this control socket (not in its group)\n".into(),
+            more: false,
         };
         // Read the caller's request first (bounded by the frame limit and
         // the timeout) so that closing does not reset the connection before
@@ -171,13 +172,14 @@ async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) 
                     code: 2,
                     stdout: String::new(),
                     stderr: format!("error: bad request: {e}\n"),
+                    more: false,
                 };
                 let _ = write_frame(&mut stream, &bad).await;
                 return;
             }
             Err(_) => return,
         };
-    let response = execute(
+    let (response, more) = execute_streaming(
         ctx,
         &who,
         &source,
@@ -188,23 +190,83 @@ async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) 
     .await;
     if let Err(e) = write_frame(&mut stream, &response).await {
         tracing::debug!(error = %e, "control socket client left before the answer");
+        return;
+    }
+    if let Some(more) = more {
+        relay(stream, ctx, more).await;
     }
 }
 
-/// Sends one request to a daemon and returns its answer (the CLI side).
+/// Sends a streamed answer as frames until it ends or the client leaves
+/// (the client never writes after its request: readable means gone).
+async fn relay(mut stream: UnixStream, ctx: &AdminContext, more: super::stream::Stream) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+    let producer = tokio::spawn(super::stream::produce(ctx.guard.store().clone(), more, tx));
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => match chunk {
+                Some(text) => {
+                    let frame = Response { code: 0, stdout: text, stderr: String::new(), more: true };
+                    if write_frame(&mut stream, &frame).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    let end = match producer.await {
+                        Ok(Ok(())) => Response::default(),
+                        Ok(Err(e)) => Response { code: 1, stdout: String::new(), stderr: format!("error: {e}\n"), more: false },
+                        Err(e) => Response { code: 1, stdout: String::new(), stderr: format!("error: {e}\n"), more: false },
+                    };
+                    let _ = write_frame(&mut stream, &end).await;
+                    return;
+                }
+            },
+            r = tokio::io::AsyncReadExt::read(&mut stream, &mut probe) => {
+                if matches!(r, Ok(0) | Err(_)) {
+                    break;
+                }
+            }
+        }
+    }
+    drop(rx);
+    producer.abort();
+}
+
+/// Sends one request to a daemon and returns its answer (the CLI side);
+/// a streamed answer is gathered into one.
 pub async fn call(socket: &Path, request: &Request) -> Result<Response, String> {
+    let mut gathered = String::new();
+    let mut last = call_streaming(socket, request, |chunk| gathered.push_str(chunk)).await?;
+    gathered.push_str(&last.stdout);
+    last.stdout = gathered;
+    Ok(last)
+}
+
+/// Sends one request; every frame of a streamed answer but the last goes
+/// to `each` as it arrives; returns the last.
+pub async fn call_streaming(
+    socket: &Path,
+    request: &Request,
+    mut each: impl FnMut(&str),
+) -> Result<Response, String> {
     let mut stream = UnixStream::connect(socket)
         .await
         .map_err(|e| format!("cannot reach the daemon at {}: {e}", socket.display()))?;
     let sent = write_frame(&mut stream, request).await;
     // The daemon may answer (a refusal) and close before reading all of the
     // request; its answer is still the best thing to show.
-    match read_frame(&mut stream).await {
-        Ok(response) => Ok(response),
-        Err(e) => match sent {
-            Err(w) => Err(format!("{}: {w}", socket.display())),
-            Ok(()) => Err(format!("{}: no answer: {e}", socket.display())),
-        },
+    loop {
+        match read_frame::<_, Response>(&mut stream).await {
+            Ok(response) if response.more => each(&response.stdout),
+            Ok(response) => return Ok(response),
+            Err(e) => {
+                return match sent {
+                    Err(w) => Err(format!("{}: {w}", socket.display())),
+                    Ok(()) => Err(format!("{}: no answer: {e}", socket.display())),
+                };
+            }
+        }
     }
 }
 

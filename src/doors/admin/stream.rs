@@ -1,0 +1,132 @@
+//! Answers too long or too open-ended for one frame: `audit export` (the
+//! whole log, page by page) and `audit tail -f` (new events as they come).
+//! The producer writes chunks into a bounded channel; any door relays them
+//! (the control socket as frames) and stops the producer by dropping it.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::store::Store;
+use crate::store::export::{Format, Origin, format};
+use crate::store::log::SecurityEvent;
+
+/// Events read per page.
+const PAGE: usize = 2000;
+/// A chunk is sent once it is about this large.
+const CHUNK: usize = 256 * 1024;
+/// How often a follower looks for new events.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// What remains to be sent after the first frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Events `from..=to`, formatted.
+    Export { format: Format, from: u64, to: u64 },
+    /// Every event after `after`, as `audit tail` prints them, until the
+    /// reader leaves.
+    Follow { after: u64, json: bool },
+}
+
+/// Produces the stream's chunks into `tx` until it is done or the reader
+/// has gone (`tx` closed). Returns an error text for the last frame.
+pub async fn produce(
+    store: Arc<Store>,
+    stream: Stream,
+    tx: mpsc::Sender<String>,
+) -> Result<(), String> {
+    match stream {
+        Stream::Export {
+            format: f,
+            from,
+            to,
+        } => {
+            let origin = Origin::here(13);
+            let mut next = from;
+            while next <= to {
+                let s = store.clone();
+                let page = tokio::task::spawn_blocking(move || s.log().range(next, PAGE))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("reading the log: {e}"))?;
+                if page.is_empty() {
+                    break;
+                }
+                let mut chunk = String::new();
+                for ev in page.iter().filter(|e| e.seq <= to) {
+                    chunk.push_str(&format(f, ev, &origin));
+                    chunk.push('\n');
+                    if chunk.len() >= CHUNK {
+                        tx.send(std::mem::take(&mut chunk))
+                            .await
+                            .map_err(|_| "the reader left".to_string())?;
+                    }
+                }
+                if !chunk.is_empty() {
+                    tx.send(chunk)
+                        .await
+                        .map_err(|_| "the reader left".to_string())?;
+                }
+                next = page.last().map(|e| e.seq + 1).unwrap_or(to + 1);
+            }
+            Ok(())
+        }
+        Stream::Follow { mut after, json } => loop {
+            if tx.is_closed() {
+                return Ok(());
+            }
+            let s = store.clone();
+            let from = after + 1;
+            let page = tokio::task::spawn_blocking(move || s.log().range(from, PAGE))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reading the log: {e}"))?;
+            if let Some(last) = page.last() {
+                after = last.seq;
+                let text = if json {
+                    let mut out = String::new();
+                    for e in &page {
+                        out += &serde_json::to_string(e).unwrap_or_default();
+                        out.push('\n');
+                    }
+                    out
+                } else {
+                    event_lines(&page)
+                };
+                if tx.send(text).await.is_err() {
+                    return Ok(());
+                }
+            } else {
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        },
+    }
+}
+
+/// One line per event, as `audit tail` and `audit query` print them.
+pub fn event_lines(events: &[SecurityEvent]) -> String {
+    let mut out = String::new();
+    for e in events {
+        let _ = writeln!(
+            out,
+            "{} {} {} {:?} {} {}{}{}",
+            e.seq,
+            crate::model::rfc3339(e.time),
+            e.code,
+            e.outcome,
+            e.principal.as_deref().unwrap_or("-"),
+            e.action.as_deref().unwrap_or("-"),
+            e.meter
+                .as_ref()
+                .map(|m| format!(" meter={m}"))
+                .unwrap_or_default(),
+            e.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
