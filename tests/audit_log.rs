@@ -111,7 +111,7 @@ fn verify_names_the_first_bad_seq_of_a_tampered_log() {
     for (what, f, bad) in cases {
         let dir = store_with_events(40);
         tamper(dir.path(), f);
-        let report = verify_stopped(dir.path()).unwrap();
+        let report = verify_stopped(dir.path(), None).unwrap();
         assert_eq!(
             report.problem.as_ref().map(|p| p.0),
             Some(bad),
@@ -198,7 +198,7 @@ async fn concurrent_appends_are_group_committed() {
         store.log().flushes(),
         64 * 20
     );
-    assert!(store.log().verify().ok());
+    assert!(store.verify(None).ok());
 }
 
 #[tokio::test]
@@ -368,7 +368,7 @@ fn acknowledged_events_survive_sigkill() {
                 "round {round}: acknowledged event {seq} is lost"
             );
         }
-        let report = store.log().verify();
+        let report = store.verify(None);
         assert!(report.ok(), "round {round}: {report:?}");
         assert!(report.last_seq.unwrap() >= *acked.iter().max().unwrap());
         acked_all.extend(acked);
