@@ -1,7 +1,8 @@
 //! Durable audit appends per second: 64 concurrent writers sharing group
 //! commits against one writer whose every event waits for its own flush.
 //! Both run in the same process, one after the other, on the same disk.
-//! Then `audit query` over 1M events, with and without an indexed filter.
+//! Then `audit query` over 1M events, with and without an indexed filter,
+//! and `audit export` in each format against reading alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,5 +138,37 @@ fn query(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, appends, query);
+/// `audit export` throughput: reading 20k stored events and writing them
+/// in each format, against only reading and decoding them (the floor).
+fn export(c: &mut Criterion) {
+    use metergate::store::export::{Format, Origin, format};
+    const EVENTS: u64 = 20_000;
+    let (rt, _dir, store) = setup();
+    rt.block_on(burst(&store, 64, EVENTS, event));
+    let origin = Origin::here(13);
+    let mut group = c.benchmark_group("audit_export");
+    group.throughput(Throughput::Elements(EVENTS));
+    group.sample_size(10);
+    group.bench_function("read only", |b| {
+        b.iter(|| store.log().range(1, EVENTS as usize).unwrap().len())
+    });
+    for (name, f) in [
+        ("jsonl", Format::Jsonl),
+        ("cef", Format::Cef),
+        ("rfc5424", Format::Rfc5424),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut bytes = 0;
+                for ev in store.log().range(1, EVENTS as usize).unwrap() {
+                    bytes += format(f, &ev, &origin).len() + 1;
+                }
+                bytes
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, appends, query, export);
 criterion_main!(benches);

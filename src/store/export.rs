@@ -93,18 +93,27 @@ fn timestamp(us: i64) -> String {
     )
 }
 
-fn category_word(c: Category) -> String {
-    serde_json::to_value(c)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+/// The words the JSON encoding uses (serde's `lowercase`).
+fn category_word(c: Category) -> &'static str {
+    match c {
+        Category::Authentication => "authentication",
+        Category::Authorization => "authorization",
+        Category::Session => "session",
+        Category::Modbus => "modbus",
+        Category::File => "file",
+        Category::Admin => "admin",
+        Category::Audit => "audit",
+        Category::System => "system",
+    }
 }
 
-fn outcome_word(o: Outcome) -> String {
-    serde_json::to_value(o)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::Failure => "failure",
+        Outcome::Allow => "allow",
+        Outcome::Deny => "deny",
+    }
 }
 
 /// RFC 5424 PARAM-VALUE: `"`, `\` and `]` escaped.
@@ -246,8 +255,8 @@ pub fn cef(ev: &SecurityEvent) -> String {
         cef_header(&ev.code),
         cef_header(&name),
         ev.time / 1000,
-        cef_value(&category_word(ev.category)),
-        cef_value(&outcome_word(ev.outcome)),
+        cef_value(category_word(ev.category)),
+        cef_value(outcome_word(ev.outcome)),
         ev.seq
     );
     for (k, v) in [("suser", &ev.principal), ("act", &ev.action)] {
@@ -372,6 +381,30 @@ mod tests {
         assert!(line.contains("cn1Label=seq cn1=42"), "{line}");
         assert!(line.contains(r"msg=no role\nnext line (count\=3"), "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn words_match_the_json_encoding() {
+        for c in [
+            Category::Authentication,
+            Category::Authorization,
+            Category::Session,
+            Category::Modbus,
+            Category::File,
+            Category::Admin,
+            Category::Audit,
+            Category::System,
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), category_word(c));
+        }
+        for o in [
+            Outcome::Success,
+            Outcome::Failure,
+            Outcome::Allow,
+            Outcome::Deny,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), outcome_word(o));
+        }
     }
 
     #[test]
