@@ -12,7 +12,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::protocol::{Request, Response};
-use super::stream::{Stream, event_lines};
+use super::stream::{Stream, event_lines, json_lines};
 use super::*;
 use crate::guard::{Action, AdminOp, Guard, Request as GuardRequest};
 use crate::model::*;
@@ -1872,12 +1872,7 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, req: &Request) -> Result<Done, 
                 .tail((*count).min(10_000))
                 .map_err(|e| AdminError::Failed(e.to_string()))?;
             let text = if json_out {
-                let mut out = String::new();
-                for e in &events {
-                    out += &serde_json::to_string(e).unwrap_or_default();
-                    out.push('\n');
-                }
-                out
+                json_lines(&events)
             } else {
                 event_lines(&events)
             };
@@ -1903,19 +1898,7 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, req: &Request) -> Result<Done, 
             let start = match (since, from) {
                 (_, Some(f)) => (*f).max(first),
                 (Some(_), None) => {
-                    let q = super::QueryArgs {
-                        since: since.clone(),
-                        until: None,
-                        principal: None,
-                        meter: None,
-                        code: None,
-                        outcome: None,
-                        door: None,
-                        limit: 1,
-                    };
-                    let t = parse_query(&q, OffsetDateTime::now_utc())?
-                        .since
-                        .unwrap_or(0);
+                    let t = parse_time("--since", since, OffsetDateTime::now_utc())?.unwrap_or(0);
                     log.seq_at(t)
                         .map_err(|e| AdminError::Failed(e.to_string()))?
                 }
@@ -1937,12 +1920,7 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, req: &Request) -> Result<Done, 
                 .query(&query)
                 .map_err(|e| AdminError::Failed(e.to_string()))?;
             if json_out {
-                let mut out = String::new();
-                for e in &events {
-                    out += &serde_json::to_string(e).unwrap_or_default();
-                    out.push('\n');
-                }
-                return Ok(Done::show(out));
+                return Ok(Done::show(json_lines(&events)));
             }
             Ok(Done::show(event_lines(&events)))
         }
@@ -2000,24 +1978,31 @@ fn audit(ctx: &AdminContext, cmd: &AuditCommand, req: &Request) -> Result<Done, 
 }
 
 /// `audit query`'s filters, checked.
+/// A `--since`/`--until` value: RFC 3339 or a time back from `now` (UTC µs).
+fn parse_time(
+    flag: &str,
+    text: &Option<String>,
+    now: OffsetDateTime,
+) -> Result<Option<i64>, AdminError> {
+    let Some(t) = text else { return Ok(None) };
+    if let Ok(at) = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
+        return Ok(Some(micros(at)));
+    }
+    match crate::config::Interval::parse(t) {
+        Ok(back) => Ok(Some(
+            micros(now) - back.0.as_micros().min(i64::MAX as u128) as i64,
+        )),
+        Err(_) => Err(AdminError::Refused(format!(
+            "{flag} `{t}`: give RFC 3339 (2026-11-23T08:00:00Z) or a time back from now (90s, 15m, 2h, 7d)"
+        ))),
+    }
+}
+
 fn parse_query(
     q: &super::QueryArgs,
     now: OffsetDateTime,
 ) -> Result<crate::store::index::Query, AdminError> {
-    let time = |flag: &str, text: &Option<String>| -> Result<Option<i64>, AdminError> {
-        let Some(t) = text else { return Ok(None) };
-        if let Ok(at) = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339) {
-            return Ok(Some(micros(at)));
-        }
-        match crate::config::Interval::parse(t) {
-            Ok(back) => Ok(Some(
-                micros(now) - back.0.as_micros().min(i64::MAX as u128) as i64,
-            )),
-            Err(_) => Err(AdminError::Refused(format!(
-                "{flag} `{t}`: give RFC 3339 (2026-11-23T08:00:00Z) or a time back from now (90s, 15m, 2h, 7d)"
-            ))),
-        }
-    };
+    let time = |flag: &str, text: &Option<String>| parse_time(flag, text, now);
     let principal = match &q.principal {
         Some(p) => Some(PrincipalId::parse(p)?.to_string()),
         None => None,

@@ -86,12 +86,7 @@ pub async fn produce(
             if let Some(last) = page.last() {
                 after = last.seq;
                 let text = if json {
-                    let mut out = String::new();
-                    for e in &page {
-                        out += &serde_json::to_string(e).unwrap_or_default();
-                        out.push('\n');
-                    }
-                    out
+                    json_lines(&page)
                 } else {
                     event_lines(&page)
                 };
@@ -103,6 +98,16 @@ pub async fn produce(
             }
         },
     }
+}
+
+/// One JSON object per line, as `--json` prints events.
+pub fn json_lines(events: &[SecurityEvent]) -> String {
+    let mut out = String::new();
+    for e in events {
+        out += &serde_json::to_string(e).unwrap_or_default();
+        out.push('\n');
+    }
+    out
 }
 
 /// One line per event, as `audit tail` and `audit query` print them.
