@@ -391,6 +391,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Where Prometheus metrics are served (loopback only).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// None when `[ssh]` has no listener.
+    pub ssh: Option<SshConfig>,
     pub review: ReviewConfig,
 }
 
@@ -476,6 +478,25 @@ struct RawConfig {
     daemon: Option<Spanned<DaemonConfig>>,
     #[serde(default)]
     metrics: Option<Spanned<RawMetrics>>,
+    #[serde(default)]
+    ssh: Option<Spanned<RawSsh>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    host_key: Option<PathBuf>,
+}
+
+/// `[ssh]`: the SSH door (the gateway shell; SFTP later).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshConfig {
+    pub listen: Vec<std::net::SocketAddr>,
+    /// The ed25519 host key (OpenSSH format), generated 0600 at first start.
+    pub host_key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -883,6 +904,30 @@ impl Config {
             }
         };
 
+        let ssh = match &raw.ssh {
+            None => None,
+            Some(sp) => {
+                let at = sp.span().start;
+                let raw_ssh = sp.get_ref();
+                let mut listen = Vec::new();
+                for (i, l) in raw_ssh.listen.iter().enumerate() {
+                    listen.push(l.parse().map_err(|_| {
+                        err_at(
+                            at,
+                            &format!("ssh.listen[{i}]"),
+                            format!("`{l}` is not an address such as 0.0.0.0:22 or 127.0.0.1:2222"),
+                        )
+                    })?);
+                }
+                (!listen.is_empty()).then(|| SshConfig {
+                    listen,
+                    host_key: match &raw_ssh.host_key {
+                        Some(p) => base.join(p),
+                        None => state_dir.join("ssh_host_ed25519_key"),
+                    },
+                })
+            }
+        };
         let metrics_listen = match &raw.metrics {
             None => None,
             Some(m) => {
@@ -1043,6 +1088,7 @@ impl Config {
                 mbaps,
                 daemon,
                 metrics_listen,
+                ssh,
             },
             warnings,
         ))

@@ -37,6 +37,8 @@ pub enum DaemonError {
     Service(#[from] ServiceError),
     #[error(transparent)]
     Forward(#[from] crate::store::forward::ForwardError),
+    #[error("SSH host key {0}")]
+    Ssh(#[from] crate::doors::ssh::SshError),
     #[error("listener {address}: {error}")]
     Listen {
         address: String,
@@ -99,6 +101,12 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     if let Some(m) = &config.mbaps {
         for address in &m.listen {
             tls_listeners.push(bind(address).await?);
+        }
+    }
+    let mut ssh_listeners = Vec::new();
+    if let Some(ssh) = &config.ssh {
+        for address in &ssh.listen {
+            ssh_listeners.push(bind(&address.to_string()).await?);
         }
     }
     let metrics_listener = match config.metrics_listen {
@@ -192,6 +200,15 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
             tls.clone()
                 .watch_crl(guard.clone(), sessions.clone(), stop_rx.clone()),
         );
+    }
+    if let Some(ssh) = &config.ssh {
+        // After the store: the key lives in the state directory, created
+        // by the service account.
+        let key = crate::doors::ssh::host_key(&ssh.host_key)?;
+        let door = Arc::new(crate::doors::ssh::SshDoor::new(ctx.clone(), key));
+        for listener in ssh_listeners {
+            doors.push(tokio::spawn(door.clone().serve(listener, stop_rx.clone())));
+        }
     }
     tokio::spawn(check_chain(guard.clone()));
     if let Some(f) = forwarder {
@@ -323,6 +340,7 @@ impl Live {
             ("daemon", new.daemon != old.daemon),
             ("passwords", new.passwords != old.passwords),
             ("audit.forward", new.audit.forward != old.audit.forward),
+            ("ssh", new.ssh != old.ssh),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))

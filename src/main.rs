@@ -377,7 +377,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn daemon_exit(result: Result<(), daemon::DaemonError>) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e @ (daemon::DaemonError::Mbaps(_) | daemon::DaemonError::Forward(_))) => {
+        Err(
+            e @ (daemon::DaemonError::Mbaps(_)
+            | daemon::DaemonError::Forward(_)
+            | daemon::DaemonError::Ssh(_)),
+        ) => {
             eprintln!("error: {e}");
             Ok(ExitCode::from(2))
         }

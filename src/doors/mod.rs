@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod mbaps;
 pub mod modbus;
+pub mod ssh;

@@ -1,0 +1,215 @@
+//! The SSH door driven by OpenSSH's own `ssh` (a client nobody here wrote):
+//! key login and exec, a wrong key refused, forwarding refused, admin
+//! commands as the caller's policies allow, everything in the log.
+
+#[path = "common/daemon.rs"]
+mod daemon;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use daemon::*;
+
+struct Gateway {
+    d: Daemon,
+    port: u16,
+}
+
+fn gateway() -> Gateway {
+    let port = free_port();
+    let d = Daemon::start_text(|s| {
+        gateway_config(s, &format!("[ssh]\nlisten = [\"127.0.0.1:{port}\"]\n"))
+    });
+    Gateway { d, port }
+}
+
+/// A fresh ed25519 key pair from OpenSSH's ssh-keygen.
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen runs (apt-get install openssh-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+impl Gateway {
+    fn ssh(&self, key: &Path, user: &str, extra: &[&str], command: &str) -> Run {
+        let out = Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "ConnectTimeout=20",
+                "-i",
+            ])
+            .arg(key)
+            .args(["-p", &self.port.to_string()])
+            .args(extra)
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(command)
+            .output()
+            .expect("ssh runs (apt-get install openssh-client)");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
+    }
+
+    fn user_with_key(&self, name: &str) -> PathBuf {
+        let key = keygen(self.d.dir.path(), name);
+        self.d
+            .mg(&[
+                "user",
+                "add",
+                name,
+                "--email",
+                &format!("{name}@example.org"),
+            ])
+            .ok();
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        self.d.mg(&["user", "add-key", name, public.trim()]).ok();
+        key
+    }
+
+    fn events(&self, code: &str) -> String {
+        self.d
+            .mg(&["audit", "query", "--code", code, "--limit", "100"])
+            .ok()
+            .stdout
+            .clone()
+    }
+}
+
+#[test]
+fn key_login_runs_commands_and_each_session_is_logged() {
+    let g = gateway();
+    let key = g.user_with_key("alice");
+    let r = g.ssh(&key, "alice", &[], "whoami");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "user:alice\n"), "{r:?}");
+    let help = g.ssh(&key, "alice", &[], "frobnicate now");
+    assert_eq!(help.code, 2, "{help:?}");
+    assert!(
+        help.stderr.contains("unknown command `frobnicate`"),
+        "{help:?}"
+    );
+    assert!(help.stdout.contains("whoami"), "help on stdout: {help:?}");
+    let logins = g.events("login.success");
+    assert!(logins.contains("user:alice"), "{logins}");
+    // The session's start and end, with the source.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ends = g.events("session.end");
+        if ends.matches("user:alice").count() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session.end: {ends}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(g.events("session.start").contains("user:alice"));
+    // The host key was made at first start, readable by the daemon alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(g.d.state_dir().join("ssh_host_ed25519_key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_key_that_is_not_the_users_is_refused() {
+    let g = gateway();
+    g.user_with_key("alice");
+    let stranger = keygen(g.d.dir.path(), "stranger");
+    for (key, user) in [(&stranger, "alice"), (&stranger, "nobody")] {
+        let r = g.ssh(key, user, &[], "whoami");
+        assert_eq!(r.code, 255, "{r:?}");
+        assert!(r.stderr.contains("Permission denied"), "{r:?}");
+        assert!(r.stdout.is_empty());
+    }
+}
+
+#[test]
+fn an_inactive_user_cannot_log_in_and_the_event_says_why() {
+    let g = gateway();
+    let key = g.user_with_key("ivan");
+    g.d.mg(&["user", "deactivate", "ivan"]).ok();
+    let r = g.ssh(&key, "ivan", &[], "whoami");
+    assert_eq!(r.code, 255, "{r:?}");
+    let denied = g.events("login.failure");
+    assert!(denied.contains("user:ivan"), "{denied}");
+}
+
+#[test]
+fn remote_and_local_forwarding_are_refused_and_logged() {
+    let g = gateway();
+    let key = g.user_with_key("alice");
+    let remote = g.ssh(
+        &key,
+        "alice",
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "127.0.0.1:0:127.0.0.1:22",
+        ],
+        "whoami",
+    );
+    assert_eq!(remote.code, 255, "{remote:?}");
+    assert!(
+        remote.stderr.to_lowercase().contains("forwarding failed"),
+        "{remote:?}"
+    );
+    let refused = g.events("ssh.forward.deny");
+    assert!(refused.contains("remote port forwarding"), "{refused}");
+}
+
+#[test]
+fn admin_commands_run_as_the_callers_policies_allow() {
+    let g = gateway();
+    let alice = g.user_with_key("alice");
+    let admin = g.user_with_key("ada");
+    g.d.mg(&["user", "attach", "ada", "Administrator"]).ok();
+    // (who, command) -> (exit status, what it prints)
+    let table: [(&Path, &str, &str, i32, &str); 3] = [
+        (&alice, "alice", "user list", 1, "DENY: "),
+        (&admin, "ada", "user list", 0, "alice"),
+        (
+            &admin,
+            "ada",
+            "audit query --code login.success",
+            0,
+            "user:ada",
+        ),
+    ];
+    for (key, user, command, code, shows) in table {
+        let r = g.ssh(key, user, &[], command);
+        assert_eq!(r.code, code, "{user} {command}: {r:?}");
+        assert!(
+            r.stdout.contains(shows) || r.stderr.contains(shows),
+            "{user} {command}: {r:?}"
+        );
+    }
+    let denied = g.events("admin.deny");
+    assert!(denied.contains("user:alice"), "{denied}");
+}
