@@ -198,6 +198,9 @@ pub struct Passwords {
     pub hash_threads: usize,
     /// Hash jobs that may wait; beyond that logins are refused as busy.
     pub hash_queue: usize,
+    /// A new password is at least this long (and never contains the user
+    /// name nor repeats the temporary password).
+    pub min_length: usize,
 }
 
 impl Default for Passwords {
@@ -205,7 +208,27 @@ impl Default for Passwords {
         Passwords {
             hash_threads: 1,
             hash_queue: 64,
+            min_length: 12,
         }
+    }
+}
+
+impl Passwords {
+    /// Why `new` may not be `user`'s password (None: it may).
+    pub fn violation(&self, user: &str, new: &str, temporary: &str) -> Option<String> {
+        if new.chars().count() < self.min_length {
+            return Some(format!(
+                "The new password is too short: use at least {} characters.",
+                self.min_length
+            ));
+        }
+        if new.to_lowercase().contains(&user.to_lowercase()) {
+            return Some("The new password must not contain your user name.".into());
+        }
+        if new == temporary {
+            return Some("The new password must not be the temporary password.".into());
+        }
+        None
     }
 }
 

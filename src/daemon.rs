@@ -205,7 +205,11 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         // After the store: the key lives in the state directory, created
         // by the service account.
         let key = crate::doors::ssh::host_key(&ssh.host_key)?;
-        let door = Arc::new(crate::doors::ssh::SshDoor::new(ctx.clone(), key));
+        let door = Arc::new(crate::doors::ssh::SshDoor::new(
+            ctx.clone(),
+            key,
+            config.passwords.clone(),
+        ));
         for listener in ssh_listeners {
             doors.push(tokio::spawn(door.clone().serve(listener, stop_rx.clone())));
         }

@@ -129,8 +129,14 @@ certificate = "certs/server.crt"
 key = "certs/server.key"
 client_ca = "certs/ca.crt"
 crl = "ca/crl.pem"
+
+# The SSH door (the gateway shell): demo users log in with the passwords in
+# credentials.toml.
+[ssh]
+listen = ["127.0.0.1:{ssh}"]
 "#,
         tls = base_port as u32 + DEMO_TLS_OFFSET as u32,
+        ssh = u32::from(base_port).saturating_sub(u32::from(DEMO_SSH_BELOW)),
         socket = dir.join("control.sock").display().to_string(),
         proxy = base_port,
         p1 = base_port as u32 + 15_519,
@@ -156,6 +162,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
 pub const DEMO_MODBUS_PORT: u16 = 5502;
 /// The Modbus/TCP Security port (8802) is this far above the proxy's.
 pub const DEMO_TLS_OFFSET: u16 = 3300;
+/// The SSH port (2222) is this far below the proxy's.
+pub const DEMO_SSH_BELOW: u16 = 3280;
 
 /// Sets up a fresh demo in `dir` (new or empty) or resumes the one there.
 /// `base_port` moves the proxy (and the meters, 15519 above it) for tests.
@@ -310,7 +318,17 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 print(c.read_holding_registers(3000, count=10, device_id=1).registers)\n\
          \x20 PY\n\
          \x20 metergate cert list --ca {dir}/ca    # the demo's certificate authority\n\
+         \nSSH on 127.0.0.1:{ssh} (the passwords are in {dir}/credentials.toml):\n\
+         \x20 ssh -p {ssh} crew@127.0.0.1 whoami\n\
+         \x20 ssh -p {ssh} admin@127.0.0.1 user list\n\
          stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
+        ssh = demo
+            .config
+            .ssh
+            .as_ref()
+            .and_then(|c| c.listen.first())
+            .map(|a| a.port())
+            .unwrap_or(2222),
         who = whoami(),
         dir = demo.dir.display(),
         tls = demo

@@ -861,6 +861,25 @@ fn the_demo_starts_prints_ready_and_resumes() {
                 path.display()
             );
         }
+        // SSH as crew, with the demo's password, through paramiko.
+        let crew = creds
+            .lines()
+            .find_map(|l| l.strip_prefix("crew = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        let out = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ssh.py"))
+            .arg((base_port - 3280).to_string())
+            .args(["password", "crew", &crew, "whoami"])
+            .output()
+            .expect("python3 runs");
+        let ssh = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            ssh.contains("\"stdout\": \"user:crew\\n\""),
+            "{ssh}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Modbus/TCP Security as scada-operator, with pymodbus and the
         // demo's certificate files.
         let certs = demo_dir.join("certs");

@@ -213,3 +213,228 @@ fn admin_commands_run_as_the_callers_policies_allow() {
     let denied = g.events("admin.deny");
     assert!(denied.contains("user:alice"), "{denied}");
 }
+
+/// Runs tests/peers/ssh.py (paramiko) against the gateway.
+fn paramiko(port: u16, args: &[&str]) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ssh.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {text}{}",
+            String::from_utf8_lossy(&out.stderr) // names the pip install when paramiko is missing
+        )
+    })
+}
+
+fn temporary_password(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary password: "))
+        .expect("user add prints the temporary password")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_first_login_replaces_the_temporary_password_then_the_password_works() {
+    let g = gateway();
+    let added =
+        g.d.mg(&["user", "add", "bob", "--email", "bob@example.org"])
+            .ok()
+            .stdout
+            .clone();
+    let temp = temporary_password(&added);
+    // The temporary password is refused on the plain password method.
+    let r = paramiko(g.port, &["password", "bob", &temp, "whoami"]);
+    assert_eq!(r["ok"], false, "{r}");
+    let why = g.events("login.failure");
+    assert!(
+        why.contains("temporary password is refused on the password method"),
+        "{why}"
+    );
+    // keyboard-interactive: the temporary password, then two refused new
+    // ones (too short; containing the user name), then a good one.
+    let r = paramiko(
+        g.port,
+        &[
+            "interactive",
+            "bob",
+            "whoami",
+            &temp,
+            "short",
+            "short",
+            "bob-is-my-password",
+            "bob-is-my-password",
+            "Granite lantern 7 ferry",
+            "Granite lantern 7 ferry",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["stdout"], "user:bob\n", "{r}");
+    let rounds = r["rounds"].as_array().unwrap();
+    let prompts: Vec<Vec<&str>> = rounds
+        .iter()
+        .map(|x| {
+            x["prompts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(prompts[0], ["Temporary password: "], "{r}");
+    for p in &prompts[1..] {
+        assert_eq!(p, &["New password: ", "Repeat new password: "], "{r}");
+    }
+    assert_eq!(rounds.len(), 4, "{r}");
+    assert!(
+        rounds[2]["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("too short"),
+        "{r}"
+    );
+    assert!(
+        rounds[3]["instructions"]
+            .as_str()
+            .unwrap()
+            .contains("user name"),
+        "{r}"
+    );
+    // The new password now works on the password method; the old one not.
+    let r = paramiko(
+        g.port,
+        &["password", "bob", "Granite lantern 7 ferry", "whoami"],
+    );
+    assert_eq!(
+        (r["ok"].clone(), r["stdout"].clone()),
+        (true.into(), "user:bob\n".into()),
+        "{r}"
+    );
+    let r = paramiko(g.port, &["password", "bob", &temp, "whoami"]);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(g.events("password.changed").contains("user:bob"));
+    // A password never reaches the log.
+    let all = g.d.mg(&["audit", "export"]).ok().stdout.clone();
+    for secret in [
+        temp.as_str(),
+        "Granite lantern 7 ferry",
+        "bob-is-my-password",
+    ] {
+        assert!(!all.contains(secret), "a password is in the log");
+    }
+}
+
+#[test]
+fn password_failures_lock_password_login_but_not_keys_until_unlocked() {
+    let g = gateway();
+    let key = g.user_with_key("carol");
+    let temp = temporary_password(
+        &g.d.mg(&["user", "resend-password", "carol"])
+            .ok()
+            .stdout
+            .clone(),
+    );
+    let good = "Quiet harbor 42 lamps";
+    let r = paramiko(
+        g.port,
+        &["interactive", "carol", "whoami", &temp, good, good],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    for _ in 0..5 {
+        let r = paramiko(g.port, &["password", "carol", "not the password", "whoami"]);
+        assert_eq!(r["ok"], false, "{r}");
+    }
+    assert!(g.events("login.lockout").contains("user:carol"));
+    // Locked: the right password is refused, the key is not.
+    let r = paramiko(g.port, &["password", "carol", good, "whoami"]);
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        g.events("login.failure")
+            .contains("password login is locked until")
+    );
+    let r = g.ssh(&key, "carol", &[], "whoami");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "user:carol\n"), "{r:?}");
+    g.d.mg(&["user", "unlock", "carol"]).ok();
+    let r = paramiko(g.port, &["password", "carol", good, "whoami"]);
+    assert_eq!(r["stdout"], "user:carol\n", "{r}");
+}
+
+#[test]
+fn a_live_session_ends_when_its_user_is_deactivated_or_it_is_killed() {
+    let g = gateway();
+    let key = g.user_with_key("dora");
+    let hold = |g: &Gateway| {
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-N",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-i",
+            ])
+            .arg(&key)
+            .args(["-p", &g.port.to_string(), "dora@127.0.0.1"])
+            .spawn()
+            .expect("ssh runs")
+    };
+    let wait_listed = |g: &Gateway| -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let list = g.d.mg(&["session", "list"]).ok().stdout.clone();
+            if let Some(line) = list
+                .lines()
+                .find(|l| l.contains("user:dora") && l.contains("ssh"))
+            {
+                return line.split_whitespace().next().unwrap().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no live ssh session: {list}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let wait_gone = |child: &mut std::process::Child| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the ssh session was not ended");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // Killed by an administrator.
+    let mut child = hold(&g);
+    let id = wait_listed(&g);
+    g.d.mg(&["session", "kill", &id]).ok();
+    wait_gone(&mut child);
+    // Ended by deactivating the user.
+    let mut child = hold(&g);
+    wait_listed(&g);
+    g.d.mg(&["user", "deactivate", "dora"]).ok();
+    wait_gone(&mut child);
+    let ends = g.events("session.end");
+    assert!(ends.contains("ended by"), "{ends}");
+    assert!(ends.contains("deactivated"), "{ends}");
+}

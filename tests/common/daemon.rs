@@ -243,12 +243,15 @@ pub fn free_port_block() -> u16 {
         if p as u32 + 15_521 > 65_535 {
             continue;
         }
-        // The meters (15519-15521 above) and Modbus/TCP Security (3300 above).
+        // The meters (15519-15521 above), Modbus/TCP Security (3300 above)
+        // and SSH (3280 below).
         let others: Vec<_> = [15_519, 15_520, 15_521, 3_300]
             .into_iter()
-            .filter_map(|d| std::net::TcpListener::bind(("127.0.0.1", p + d)).ok())
+            .map(|d| p + d)
+            .chain(p.checked_sub(3_280))
+            .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
             .collect();
-        if others.len() == 4 {
+        if others.len() == 5 {
             return p;
         }
     }

@@ -4,6 +4,7 @@
 //! whatever the shell does not offer (forwarding, agents, X11, subsystems) is
 //! refused and logged.
 
+mod auth;
 mod host_key;
 
 use std::net::SocketAddr;
@@ -40,16 +41,32 @@ pub enum SshError {
 pub struct SshDoor {
     admin: Arc<AdminContext>,
     config: Arc<russh::server::Config>,
+    passwords: Arc<crate::config::Passwords>,
+}
+
+/// The methods offered, in the order scripted clients try them.
+fn methods() -> MethodSet {
+    MethodSet::from(
+        &[
+            MethodKind::PublicKey,
+            MethodKind::Password,
+            MethodKind::KeyboardInteractive,
+        ][..],
+    )
 }
 
 impl SshDoor {
-    pub fn new(admin: Arc<AdminContext>, key: russh::keys::PrivateKey) -> SshDoor {
+    pub fn new(
+        admin: Arc<AdminContext>,
+        key: russh::keys::PrivateKey,
+        passwords: crate::config::Passwords,
+    ) -> SshDoor {
         let config = russh::server::Config {
             // OpenSSH probes with `none` first: no delay for that probe
             // (DESIGN §4), a constant second for real rejections.
             auth_rejection_time: Duration::from_secs(1),
             auth_rejection_time_initial: Some(Duration::ZERO),
-            methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+            methods: methods(),
             keys: vec![key],
             preferred: russh::Preferred {
                 // No SHA-1 `ssh-rsa` signatures, from users or anyone.
@@ -71,6 +88,7 @@ impl SshDoor {
         SshDoor {
             admin,
             config: Arc::new(config),
+            passwords: Arc::new(passwords),
         }
     }
 
@@ -102,9 +120,11 @@ impl SshDoor {
         let (logged_in_tx, logged_in) = tokio::sync::oneshot::channel();
         let handler = Connection {
             admin: self.admin.clone(),
+            passwords: self.passwords.clone(),
             peer,
             principal: None,
             logged_in: Some(logged_in_tx),
+            interactive: None,
         };
         let session = match russh::server::run_stream(self.config.clone(), socket, handler).await {
             Ok(s) => s,
@@ -175,9 +195,11 @@ async fn log(admin: &AdminContext, ev: EventDraft) {
 /// One client connection: russh's callbacks, translated.
 struct Connection {
     admin: Arc<AdminContext>,
+    passwords: Arc<crate::config::Passwords>,
     peer: SocketAddr,
     principal: Option<PrincipalId>,
     logged_in: Option<tokio::sync::oneshot::Sender<PrincipalId>>,
+    interactive: Option<auth::Interactive>,
 }
 
 impl Connection {
@@ -197,6 +219,14 @@ impl Connection {
             .then_some(who)
     }
 
+    fn logged_in(&mut self, who: PrincipalId) -> Auth {
+        self.principal = Some(who.clone());
+        if let Some(tx) = self.logged_in.take() {
+            let _ = tx.send(who);
+        }
+        Auth::Accept
+    }
+
     async fn refuse(&self, code: &str, reason: &str) {
         let mut ev = EventDraft::new(code, Category::Session, Outcome::Deny)
             .source(self.peer.ip())
@@ -214,7 +244,7 @@ impl russh::server::Handler for Connection {
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
         Ok(Auth::Reject {
-            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            proceed_with_methods: Some(methods()),
             partial_success: false,
         })
     }
@@ -264,11 +294,47 @@ impl russh::server::Handler for Connection {
             // The event says why; the client is told only that it was denied.
             return Ok(Auth::reject());
         }
-        self.principal = Some(who.clone());
-        if let Some(tx) = self.logged_in.take() {
-            let _ = tx.send(who);
+        Ok(self.logged_in(who))
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let secret = crate::store::secrets::Secret::new(password);
+        Ok(
+            match auth::password(&self.admin, self.peer.ip(), user, secret).await {
+                Some(who) => self.logged_in(who),
+                None => Auth::reject(),
+            },
+        )
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(response) = response else {
+            self.interactive = auth::interactive_start(user);
+            return Ok(match self.interactive {
+                Some(_) => auth::temporary_round(),
+                None => Auth::reject(),
+            });
+        };
+        let Some(state) = self.interactive.take() else {
+            return Ok(Auth::reject());
+        };
+        let answers = response
+            .map(|b| crate::store::secrets::Secret::new(String::from_utf8_lossy(&b).into_owned()))
+            .collect();
+        match auth::interactive_step(&self.admin, &self.passwords, self.peer.ip(), state, answers)
+            .await
+        {
+            Ok(who) => Ok(self.logged_in(who)),
+            Err((next, reply)) => {
+                self.interactive = next;
+                Ok(reply)
+            }
         }
-        Ok(Auth::Accept)
     }
 
     async fn channel_open_session(
