@@ -191,7 +191,7 @@ fn admin_commands_run_as_the_callers_policies_allow() {
     let admin = g.user_with_key("ada");
     g.d.mg(&["user", "attach", "ada", "Administrator"]).ok();
     // (who, command) -> (exit status, what it prints)
-    let table: [(&Path, &str, &str, i32, &str); 3] = [
+    let table: [(&Path, &str, &str, i32, &str); 4] = [
         (&alice, "alice", "user list", 1, "DENY: "),
         (&admin, "ada", "user list", 0, "alice"),
         (
@@ -200,6 +200,14 @@ fn admin_commands_run_as_the_callers_policies_allow() {
             "audit query --code login.success",
             0,
             "user:ada",
+        ),
+        // A streamed answer (export) comes through whole.
+        (
+            &admin,
+            "ada",
+            "audit export --from 1",
+            0,
+            "{\"v\":1,\"seq\":1,",
         ),
     ];
     for (key, user, command, code, shows) in table {

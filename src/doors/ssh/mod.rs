@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 pub use host_key::load_or_create as host_key;
 
-use crate::doors::admin::exec::{AdminContext, execute};
+use crate::doors::admin::exec::{AdminContext, execute_streaming};
 use crate::doors::admin::protocol::Request as AdminRequest;
 use crate::guard::Credential;
 use crate::model::PrincipalId;
@@ -358,23 +358,48 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel)?;
-        let (stdout, stderr, code) = match std::str::from_utf8(data) {
+        let out = match std::str::from_utf8(data) {
             Ok(line) if line.len() <= MAX_COMMAND => {
                 shell::run(&self.admin, &who, self.peer, line).await
             }
-            _ => (
-                String::new(),
-                "error: the command is not valid UTF-8 or too long\n".to_string(),
-                2,
-            ),
+            _ => shell::Output::error("error: the command is not valid UTF-8 or too long\n", 2),
         };
-        if !stdout.is_empty() {
-            session.data(channel, bytes(stdout.into_bytes()))?;
+        if !out.stdout.is_empty() {
+            session.data(channel, bytes(out.stdout.into_bytes()))?;
         }
-        if !stderr.is_empty() {
-            session.extended_data(channel, 1, bytes(stderr.into_bytes()))?;
+        if !out.stderr.is_empty() {
+            session.extended_data(channel, 1, bytes(out.stderr.into_bytes()))?;
         }
-        session.exit_status_request(channel, code)?;
+        if let Some(stream) = out.stream {
+            // `audit export`, `audit tail -f`: relayed from a task so this
+            // connection's callbacks go on; it stops when the client leaves.
+            let handle = session.handle();
+            let store = self.admin.guard.store().clone();
+            tokio::spawn(async move {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+                let producer =
+                    tokio::spawn(crate::doors::admin::stream::produce(store, stream, tx));
+                while let Some(chunk) = rx.recv().await {
+                    if handle
+                        .data(channel, bytes(chunk.into_bytes()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                drop(rx);
+                let code = match producer.await {
+                    Ok(Ok(())) => 0,
+                    _ => 1,
+                };
+                let _ = handle.exit_status_request(channel, code).await;
+                let _ = handle.eof(channel).await;
+                let _ = handle.close(channel).await;
+            });
+            return Ok(());
+        }
+        session.exit_status_request(channel, out.code)?;
         session.eof(channel)?;
         session.close(channel)?;
         Ok(())
@@ -492,17 +517,41 @@ mod shell {
         user|service-user|group|role|policy|support|session|audit|check|review …\n                         \
         the admin commands, as your policies allow\n";
 
-    /// Runs one command line: (stdout, stderr, exit status).
+    /// What a command printed, its exit status, and what remains to stream.
+    pub struct Output {
+        pub stdout: String,
+        pub stderr: String,
+        pub code: u32,
+        pub stream: Option<crate::doors::admin::stream::Stream>,
+    }
+
+    impl Output {
+        fn text(stdout: String, stderr: String, code: u32) -> Output {
+            Output {
+                stdout,
+                stderr,
+                code,
+                stream: None,
+            }
+        }
+        pub fn error(stderr: &str, code: u32) -> Output {
+            Output::text(String::new(), stderr.to_string(), code)
+        }
+    }
+
+    /// Runs one command line.
     pub async fn run(
         admin: &AdminContext,
         who: &PrincipalId,
         peer: SocketAddr,
         line: &str,
-    ) -> (String, String, u32) {
+    ) -> Output {
         let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
         match words.first().map(String::as_str) {
-            None | Some("help") | Some("--help") => (HELP.to_string(), String::new(), 0),
-            Some("whoami") => (format!("{who}\n"), String::new(), 0),
+            None | Some("help") | Some("--help") => {
+                Output::text(HELP.to_string(), String::new(), 0)
+            }
+            Some("whoami") => Output::text(format!("{who}\n"), String::new(), 0),
             Some(
                 "user" | "service-user" | "group" | "role" | "policy" | "support" | "session"
                 | "audit" | "check" | "review",
@@ -512,7 +561,7 @@ mod shell {
                     json: false,
                     files: Default::default(),
                 };
-                let r = execute(
+                let (r, stream) = execute_streaming(
                     admin,
                     who,
                     &peer.to_string(),
@@ -526,9 +575,14 @@ mod shell {
                     Some(reason) => (format!("DENY: {reason}"), 1),
                     None => (r.stderr, u32::from(r.code)),
                 };
-                (r.stdout, stderr, code)
+                Output {
+                    stdout: r.stdout,
+                    stderr,
+                    code,
+                    stream,
+                }
             }
-            Some(other) => (
+            Some(other) => Output::text(
                 HELP.to_string(),
                 format!(
                     "unknown command `{}`\n",
