@@ -512,6 +512,12 @@ struct RawSsh {
     listen: Vec<String>,
     #[serde(default)]
     host_key: Option<PathBuf>,
+    #[serde(default)]
+    idle_timeout: Option<Interval>,
+    #[serde(default)]
+    max_session: Option<Interval>,
+    #[serde(default)]
+    max_sessions_per_principal: Option<usize>,
 }
 
 /// `[ssh]`: the SSH door (the gateway shell; SFTP later).
@@ -520,6 +526,12 @@ pub struct SshConfig {
     pub listen: Vec<std::net::SocketAddr>,
     /// The ed25519 host key (OpenSSH format), generated 0600 at first start.
     pub host_key: PathBuf,
+    /// A session that sends nothing for this long is closed (default 15m).
+    pub idle_timeout: Duration,
+    /// No session lasts longer (default 12h).
+    pub max_session: Duration,
+    /// Live SSH sessions one principal may hold (IEC 62443 CR 2.7; default 4).
+    pub max_sessions_per_principal: usize,
 }
 
 #[derive(Deserialize)]
@@ -942,12 +954,27 @@ impl Config {
                         )
                     })?);
                 }
+                let max_sessions = raw_ssh.max_sessions_per_principal.unwrap_or(4);
+                if max_sessions == 0 {
+                    return Err(err_at(
+                        at,
+                        "ssh.max_sessions_per_principal",
+                        "must be at least 1".into(),
+                    ));
+                }
                 (!listen.is_empty()).then(|| SshConfig {
                     listen,
                     host_key: match &raw_ssh.host_key {
                         Some(p) => base.join(p),
                         None => state_dir.join("ssh_host_ed25519_key"),
                     },
+                    idle_timeout: raw_ssh
+                        .idle_timeout
+                        .map_or(Duration::from_secs(15 * 60), |i| i.0),
+                    max_session: raw_ssh
+                        .max_session
+                        .map_or(Duration::from_secs(12 * 3600), |i| i.0),
+                    max_sessions_per_principal: max_sessions,
                 })
             }
         };

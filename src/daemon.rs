@@ -209,6 +209,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
             ctx.clone(),
             key,
             config.passwords.clone(),
+            ssh,
         ));
         for listener in ssh_listeners {
             doors.push(tokio::spawn(door.clone().serve(listener, stop_rx.clone())));

@@ -16,9 +16,17 @@ struct Gateway {
 }
 
 fn gateway() -> Gateway {
+    gateway_with("")
+}
+
+/// A gateway whose `[ssh]` section also holds `extra`.
+fn gateway_with(extra: &str) -> Gateway {
     let port = free_port();
     let d = Daemon::start_text(|s| {
-        gateway_config(s, &format!("[ssh]\nlisten = [\"127.0.0.1:{port}\"]\n"))
+        gateway_config(
+            s,
+            &format!("[ssh]\nlisten = [\"127.0.0.1:{port}\"]\n{extra}"),
+        )
     });
     Gateway { d, port }
 }
@@ -379,70 +387,96 @@ fn password_failures_lock_password_login_but_not_keys_until_unlocked() {
 fn a_live_session_ends_when_its_user_is_deactivated_or_it_is_killed() {
     let g = gateway();
     let key = g.user_with_key("dora");
-    let hold = |g: &Gateway| {
-        Command::new("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-N",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-i",
-            ])
-            .arg(&key)
-            .args(["-p", &g.port.to_string(), "dora@127.0.0.1"])
-            .spawn()
-            .expect("ssh runs")
-    };
-    let wait_listed = |g: &Gateway| -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let list = g.d.mg(&["session", "list"]).ok().stdout.clone();
-            if let Some(line) = list
-                .lines()
-                .find(|l| l.contains("user:dora") && l.contains("ssh"))
-            {
-                return line.split_whitespace().next().unwrap().to_string();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no live ssh session: {list}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
-    let wait_gone = |child: &mut std::process::Child| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the ssh session was not ended");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    };
     // Killed by an administrator.
-    let mut child = hold(&g);
-    let id = wait_listed(&g);
+    let mut child = hold(&g, &key, "dora");
+    let id = wait_listed(&g, "dora");
     g.d.mg(&["session", "kill", &id]).ok();
     wait_gone(&mut child);
     // Ended by deactivating the user.
-    let mut child = hold(&g);
-    wait_listed(&g);
+    let mut child = hold(&g, &key, "dora");
+    wait_listed(&g, "dora");
     g.d.mg(&["user", "deactivate", "dora"]).ok();
     wait_gone(&mut child);
     let ends = g.events("session.end");
     assert!(ends.contains("ended by"), "{ends}");
     assert!(ends.contains("deactivated"), "{ends}");
+}
+
+/// `ssh -N`: a session that holds its connection open and runs nothing.
+fn hold(g: &Gateway, key: &Path, user: &str) -> std::process::Child {
+    Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-N",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+        ])
+        .arg(key)
+        .args(["-p", &g.port.to_string(), &format!("{user}@127.0.0.1")])
+        .spawn()
+        .expect("ssh runs")
+}
+
+/// Waits until `session list` shows an SSH session of `user`; its id.
+fn wait_listed(g: &Gateway, user: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let list = g.d.mg(&["session", "list"]).ok().stdout.clone();
+        if let Some(line) = list
+            .lines()
+            .find(|l| l.contains(&format!("user:{user}")) && l.contains("ssh"))
+        {
+            return line.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live ssh session: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits (bounded) for a held session's client to exit.
+fn wait_gone(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the ssh session was not ended");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sessions_per_principal_and_their_length_are_bounded() {
+    let g = gateway_with("max_sessions_per_principal = 1\nmax_session = \"3s\"\n");
+    let key = g.user_with_key("erin");
+    let mut first = hold(&g, &key, "erin");
+    wait_listed(&g, "erin");
+    // A second concurrent session is refused, and the event says why.
+    let r = g.ssh(&key, "erin", &[], "whoami");
+    assert_eq!(r.code, 255, "{r:?}");
+    let refused = g.events("session.refused");
+    assert!(
+        refused.contains("the maximum per principal is 1"),
+        "{refused}"
+    );
+    // The first ends by itself at the maximum session length.
+    wait_gone(&mut first);
+    let ends = g.events("session.end");
+    assert!(ends.contains("maximum session length"), "{ends}");
 }

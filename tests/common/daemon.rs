@@ -81,11 +81,19 @@ impl Daemon {
                 "listen = \"127.0.0.1:9802\"",
                 &format!("listen = \"127.0.0.1:{}\"", free_port()),
             )
+            .replace(
+                "listen = [\"0.0.0.0:2222\"]",
+                &format!("listen = [\"127.0.0.1:{}\"]", free_port()),
+            )
             // Tests run as whoever runs them (root in CI).
             .replace(
                 "user = \"metergate\"\ngroup = \"metergate\"",
                 "allow_root = true",
             );
+        assert!(
+            !text.contains(":2222") && !text.contains(":9802"),
+            "the example's fixed ports are for people; tests pick free ones"
+        );
         std::fs::write(&config, text).unwrap();
         let mut d = Daemon {
             dir,

@@ -42,6 +42,8 @@ pub struct SshDoor {
     admin: Arc<AdminContext>,
     config: Arc<russh::server::Config>,
     passwords: Arc<crate::config::Passwords>,
+    max_session: Duration,
+    max_sessions: usize,
 }
 
 /// The methods offered, in the order scripted clients try them.
@@ -60,6 +62,7 @@ impl SshDoor {
         admin: Arc<AdminContext>,
         key: russh::keys::PrivateKey,
         passwords: crate::config::Passwords,
+        ssh: &crate::config::SshConfig,
     ) -> SshDoor {
         let config = russh::server::Config {
             // OpenSSH probes with `none` first: no delay for that probe
@@ -80,7 +83,8 @@ impl SshDoor {
                 ),
                 ..russh::Preferred::DEFAULT
             },
-            inactivity_timeout: Some(Duration::from_secs(3600)),
+            // The idle timeout: a session that sends nothing is closed.
+            inactivity_timeout: Some(ssh.idle_timeout),
             max_auth_attempts: 6,
             nodelay: true,
             ..Default::default()
@@ -89,6 +93,8 @@ impl SshDoor {
             admin,
             config: Arc::new(config),
             passwords: Arc::new(passwords),
+            max_session: ssh.max_session,
+            max_sessions: ssh.max_sessions_per_principal,
         }
     }
 
@@ -125,6 +131,7 @@ impl SshDoor {
             principal: None,
             logged_in: Some(logged_in_tx),
             interactive: None,
+            max_sessions: self.max_sessions,
         };
         let session = match russh::server::run_stream(self.config.clone(), socket, handler).await {
             Ok(s) => s,
@@ -162,6 +169,11 @@ impl SshDoor {
         .await;
         let why = tokio::select! {
             _ = &mut session => "the client disconnected".to_string(),
+            _ = tokio::time::sleep(self.max_session) => {
+                let why = format!("the maximum session length ({}s) was reached", self.max_session.as_secs());
+                let _ = handle.disconnect(russh::Disconnect::ByApplication, why.clone(), "en".into()).await;
+                why
+            }
             r = registered.ended.changed() => {
                 let why = if r.is_ok() { registered.ended.borrow().clone().unwrap_or_default() } else { String::new() };
                 let _ = handle.disconnect(russh::Disconnect::ByApplication, why.clone(), "en".into()).await;
@@ -200,6 +212,7 @@ struct Connection {
     principal: Option<PrincipalId>,
     logged_in: Option<tokio::sync::oneshot::Sender<PrincipalId>>,
     interactive: Option<auth::Interactive>,
+    max_sessions: usize,
 }
 
 impl Connection {
@@ -219,7 +232,29 @@ impl Connection {
             .then_some(who)
     }
 
-    fn logged_in(&mut self, who: PrincipalId) -> Auth {
+    /// The credential is good: let the principal in, unless it already
+    /// holds its maximum of live SSH sessions (IEC 62443 CR 2.7).
+    async fn logged_in(&mut self, who: PrincipalId) -> Auth {
+        let name = who.to_string();
+        let live = self
+            .admin
+            .sessions
+            .list()
+            .iter()
+            .filter(|s| s.door == DOOR && s.principal == name)
+            .count();
+        if live >= self.max_sessions {
+            let ev = EventDraft::new("session.refused", Category::Session, Outcome::Deny)
+                .principal(&who)
+                .source(self.peer.ip())
+                .door(DOOR)
+                .reason(format!(
+                    "{live} live SSH sessions: the maximum per principal is {}",
+                    self.max_sessions
+                ));
+            log(&self.admin, ev).await;
+            return Auth::reject();
+        }
         self.principal = Some(who.clone());
         if let Some(tx) = self.logged_in.take() {
             let _ = tx.send(who);
@@ -294,14 +329,14 @@ impl russh::server::Handler for Connection {
             // The event says why; the client is told only that it was denied.
             return Ok(Auth::reject());
         }
-        Ok(self.logged_in(who))
+        Ok(self.logged_in(who).await)
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         let secret = crate::store::secrets::Secret::new(password);
         Ok(
             match auth::password(&self.admin, self.peer.ip(), user, secret).await {
-                Some(who) => self.logged_in(who),
+                Some(who) => self.logged_in(who).await,
                 None => Auth::reject(),
             },
         )
@@ -329,7 +364,7 @@ impl russh::server::Handler for Connection {
         match auth::interactive_step(&self.admin, &self.passwords, self.peer.ip(), state, answers)
             .await
         {
-            Ok(who) => Ok(self.logged_in(who)),
+            Ok(who) => Ok(self.logged_in(who).await),
             Err((next, reply)) => {
                 self.interactive = next;
                 Ok(reply)
