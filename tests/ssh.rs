@@ -10,6 +10,25 @@ use std::process::Command;
 
 use daemon::*;
 
+/// Non-interactive OpenSSH: no config file, no host-key prompt or memory,
+/// only the key given.
+const SSH_OPTIONS: [&str; 14] = [
+    "-F",
+    "/dev/null",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "ConnectTimeout=20",
+];
+
 struct Gateway {
     d: Daemon,
     port: u16,
@@ -50,23 +69,8 @@ fn keygen(dir: &Path, name: &str) -> PathBuf {
 impl Gateway {
     fn ssh(&self, key: &Path, user: &str, extra: &[&str], command: &str) -> Run {
         let out = Command::new("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                "ConnectTimeout=20",
-                "-i",
-            ])
+            .args(SSH_OPTIONS)
+            .arg("-i")
             .arg(key)
             .args(["-p", &self.port.to_string()])
             .args(extra)
@@ -405,22 +409,8 @@ fn a_live_session_ends_when_its_user_is_deactivated_or_it_is_killed() {
 /// `ssh -N`: a session that holds its connection open and runs nothing.
 fn hold(g: &Gateway, key: &Path, user: &str) -> std::process::Child {
     Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-N",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-i",
-        ])
+        .args(SSH_OPTIONS)
+        .args(["-N", "-i"])
         .arg(key)
         .args(["-p", &g.port.to_string(), &format!("{user}@127.0.0.1")])
         .spawn()

@@ -98,6 +98,29 @@ async fn gate(admin: &AdminContext, who: &PrincipalId, source: IpAddr, credentia
     }
 }
 
+/// The guard's login decision for a keyboard-interactive attempt (logged,
+/// counted toward lockout when not `verified`).
+async fn interactive_login(
+    admin: &AdminContext,
+    who: &PrincipalId,
+    source: IpAddr,
+    verified: bool,
+    now: OffsetDateTime,
+) -> bool {
+    admin
+        .guard
+        .login(
+            who,
+            Some(source),
+            DOOR,
+            Credential::KeyboardInteractive,
+            verified,
+            now,
+        )
+        .await
+        .allowed
+}
+
 /// The user's password record, if `who` is a user that has one.
 fn record(admin: &AdminContext, who: &PrincipalId) -> Option<PasswordRecord> {
     let PrincipalId::User(name) = who else {
@@ -204,17 +227,7 @@ pub async fn interactive_step(
                     )),
                 )),
                 _ => {
-                    admin
-                        .guard
-                        .login(
-                            &who,
-                            Some(source),
-                            DOOR,
-                            Credential::KeyboardInteractive,
-                            false,
-                            now,
-                        )
-                        .await;
+                    interactive_login(admin, &who, source, false, now).await;
                     Err((None, Auth::reject()))
                 }
             }
@@ -263,17 +276,7 @@ pub async fn interactive_step(
                 now,
             );
             if !d.allowed {
-                admin
-                    .guard
-                    .login(
-                        &who,
-                        Some(source),
-                        DOOR,
-                        Credential::KeyboardInteractive,
-                        true,
-                        now,
-                    )
-                    .await;
+                interactive_login(admin, &who, source, true, now).await;
                 return Err((None, Auth::reject()));
             }
             let Ok(hash) = admin.hashes.hash(new).await else {
@@ -326,18 +329,7 @@ pub async fn interactive_step(
             .door(DOOR)
             .reason("the temporary password was replaced at first login");
             log(admin, ev).await;
-            let d = admin
-                .guard
-                .login(
-                    &who,
-                    Some(source),
-                    DOOR,
-                    Credential::KeyboardInteractive,
-                    true,
-                    now,
-                )
-                .await;
-            if d.allowed {
+            if interactive_login(admin, &who, source, true, now).await {
                 Ok(who)
             } else {
                 Err((None, Auth::reject()))
