@@ -879,7 +879,7 @@ fn writer_loop(w: Writer, rx: mpsc::Receiver<Job>, mut head: Head) {
             Err(e) => Err(AuditError::Unavailable(e.to_string())),
             Ok(()) => {
                 // The records are in the tree now, whatever the flush does.
-                if head.seq == 0 || shared.first_seq.load(Ordering::Acquire) == 0 {
+                if shared.first_seq.load(Ordering::Acquire) == 0 {
                     shared.first_seq.store(head.seq + 1, Ordering::Release);
                 }
                 head = Head { seq, hash, time };

@@ -69,6 +69,11 @@ fn failure(who: &PrincipalId, source: IpAddr, credential: &str, reason: String) 
         .detail("credential", credential)
 }
 
+/// Logs why a keyboard-interactive login failed.
+async fn interactive_failure(admin: &AdminContext, who: &PrincipalId, source: IpAddr, why: String) {
+    log(admin, failure(who, source, "keyboard-interactive", why)).await;
+}
+
 /// The lockout gate (DESIGN §2): a locked principal or a refused source is
 /// turned away before any hash is checked; a throttled source waits.
 async fn gate(admin: &AdminContext, who: &PrincipalId, source: IpAddr, credential: &str) -> bool {
@@ -209,14 +214,14 @@ pub async fn interactive_step(
             match rec {
                 Some(r) if verified && !r.temporary => {
                     let why = "keyboard-interactive is for a first login with a temporary password; use the password method".into();
-                    log(admin, failure(&who, source, "keyboard-interactive", why)).await;
+                    interactive_failure(admin, &who, source, why).await;
                     Err((None, Auth::reject()))
                 }
                 Some(r) if verified && r.expires_at().is_some_and(|t| t <= micros(now)) => {
                     let why =
                         "the temporary password has expired: ask an administrator to resend one"
                             .into();
-                    log(admin, failure(&who, source, "keyboard-interactive", why)).await;
+                    interactive_failure(admin, &who, source, why).await;
                     Err((None, Auth::reject()))
                 }
                 _ if verified => Err((
@@ -280,14 +285,11 @@ pub async fn interactive_step(
                 return Err((None, Auth::reject()));
             }
             let Ok(hash) = admin.hashes.hash(new).await else {
-                log(
+                interactive_failure(
                     admin,
-                    failure(
-                        &who,
-                        source,
-                        "keyboard-interactive",
-                        "the password hashing pool is busy".into(),
-                    ),
+                    &who,
+                    source,
+                    "the password hashing pool is busy".into(),
                 )
                 .await;
                 return Err((None, Auth::reject()));
@@ -307,14 +309,11 @@ pub async fn interactive_step(
                 &who,
                 now,
             ) {
-                log(
+                interactive_failure(
                     admin,
-                    failure(
-                        &who,
-                        source,
-                        "keyboard-interactive",
-                        format!("the new password could not be stored: {e}"),
-                    ),
+                    &who,
+                    source,
+                    format!("the new password could not be stored: {e}"),
                 )
                 .await;
                 return Err((None, Auth::reject()));
