@@ -37,6 +37,8 @@ fn world(policies: usize, dir: &Path) -> Guard {
             max_connections: 2,
             timeout: std::time::Duration::from_secs(1),
             pipeline: 1,
+            console: None,
+            accounts: None,
         })
         .collect();
     let store = Arc::new(Store::open(dir).unwrap());

@@ -215,7 +215,9 @@ impl Default for Passwords {
 
 impl Passwords {
     /// Why `new` may not be `user`'s password (None: it may).
-    pub fn violation(&self, user: &str, new: &str, temporary: &str) -> Option<String> {
+    /// `old` is the password being replaced (temporary or current), named
+    /// as `old_name` in the reason.
+    pub fn violation(&self, user: &str, new: &str, old: &str, old_name: &str) -> Option<String> {
         if new.chars().count() < self.min_length {
             return Some(format!(
                 "The new password is too short: use at least {} characters.",
@@ -225,8 +227,10 @@ impl Passwords {
         if new.to_lowercase().contains(&user.to_lowercase()) {
             return Some("The new password must not contain your user name.".into());
         }
-        if new == temporary {
-            return Some("The new password must not be the temporary password.".into());
+        if new == old {
+            return Some(format!(
+                "The new password must not be the {old_name} password."
+            ));
         }
         None
     }
@@ -348,6 +352,10 @@ pub struct MeterConfig {
     /// Requests the gateway may have in flight on one connection to the
     /// meter (1: one at a time, safe for meters that cannot queue them).
     pub pipeline: usize,
+    /// The meter's SSH console, if it has one.
+    pub console: Option<ConsoleConfig>,
+    /// Meter-side accounts replacing the profile's list.
+    pub accounts: Option<Vec<crate::model::AccountRule>>,
 }
 
 /// A plain Modbus/TCP client known only by its source address.
@@ -518,6 +526,8 @@ struct RawSsh {
     max_session: Option<Interval>,
     #[serde(default)]
     max_sessions_per_principal: Option<usize>,
+    #[serde(default)]
+    meter_credentials: Option<PathBuf>,
 }
 
 /// `[ssh]`: the SSH door (the gateway shell; SFTP later).
@@ -532,6 +542,9 @@ pub struct SshConfig {
     pub max_session: Duration,
     /// Live SSH sessions one principal may hold (IEC 62443 CR 2.7; default 4).
     pub max_sessions_per_principal: usize,
+    /// The meter-side accounts' credentials (TOML `[METER] account =
+    /// "secret"`, 0600, read at each console login, never shown).
+    pub meter_credentials: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -565,6 +578,21 @@ struct RawSod {
     permissions: Spanned<Vec<Permission>>,
 }
 
+/// Each meter-side account entry names a role or a permission, not both.
+fn check_accounts(accounts: &[crate::model::AccountRule]) -> Result<(), String> {
+    for (i, a) in accounts.iter().enumerate() {
+        if a.role.is_some() == a.permission.is_some() {
+            return Err(format!(
+                "entry {} (account `{}`) names a role or a permission, exactly one",
+                i + 1,
+                a.account
+            ));
+        }
+        check_name(&a.account).map_err(|e| format!("entry {}: {e}", i + 1))?;
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMeter {
@@ -586,6 +614,19 @@ struct RawMeter {
     timeout: Option<Interval>,
     #[serde(default = "one_usize")]
     pipeline: usize,
+    #[serde(default)]
+    console: Option<Spanned<ConsoleConfig>>,
+    #[serde(default)]
+    accounts: Option<Spanned<Vec<crate::model::AccountRule>>>,
+}
+
+/// A meter's SSH console (Terminal Access): where it answers and its pinned
+/// host key (OpenSSH public key line; no trust on first use).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub address: String,
+    pub host_key: String,
 }
 
 fn one_usize() -> usize {
@@ -721,6 +762,24 @@ impl Config {
                     ));
                 }
             }
+            for (j, a) in profile.actions.iter().enumerate() {
+                if let Some(problem) = a.problem() {
+                    return Err(err_at(
+                        at,
+                        &format!("{key}.actions[{j}] ({})", a.name),
+                        problem,
+                    ));
+                }
+                if profile.actions[..j].iter().any(|b| b.name == a.name) {
+                    return Err(err_at(
+                        at,
+                        &format!("{key}.actions[{j}]"),
+                        format!("action `{}` is defined twice", a.name),
+                    ));
+                }
+            }
+            check_accounts(&profile.accounts)
+                .map_err(|e| err_at(at, &format!("{key}.accounts"), e))?;
             for (i, p) in profile.paths.iter().enumerate() {
                 if p.pattern.trim_matches('/').is_empty() || p.pattern.contains("..") {
                     return Err(err_at(
@@ -840,6 +899,31 @@ impl Config {
                     Some(unit)
                 }
             };
+            if let Some(spanned) = &m.console {
+                let (c, at) = (spanned.get_ref(), spanned.span().start);
+                if russh::keys::PublicKey::from_openssh(&c.host_key).is_err() {
+                    return Err(err_at(
+                        at,
+                        &format!("meters[{i}].console.host_key"),
+                        "not an OpenSSH public key line (`ssh-ed25519 AAAA…`): the console's host key is pinned, never learned".into(),
+                    ));
+                }
+                if c.address
+                    .rsplit_once(':')
+                    .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+                {
+                    return Err(err_at(
+                        at,
+                        &format!("meters[{i}].console.address"),
+                        format!("`{}` is not host:port", c.address),
+                    ));
+                }
+            }
+            if let Some(accounts) = &m.accounts {
+                check_accounts(accounts.get_ref()).map_err(|e| {
+                    err_at(accounts.span().start, &format!("meters[{i}].accounts"), e)
+                })?;
+            }
             if m.max_connections == 0 {
                 return Err(err_at(
                     at,
@@ -858,6 +942,8 @@ impl Config {
                 max_connections: m.max_connections,
                 timeout: m.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
                 pipeline: m.pipeline.clamp(1, 64),
+                console: m.console.as_ref().map(|c| c.get_ref().clone()),
+                accounts: m.accounts.as_ref().map(|a| a.get_ref().clone()),
             });
         }
 
@@ -939,6 +1025,15 @@ impl Config {
             }
         };
 
+        for (i, k) in raw.support.keys.iter().enumerate() {
+            if russh::keys::PublicKey::from_openssh(k).is_err() {
+                return Err(err_at(
+                    text.find(k.as_str()).unwrap_or(0),
+                    &format!("support.keys[{i}]"),
+                    "not an OpenSSH public key line (`ssh-ed25519 AAAA… comment`)".into(),
+                ));
+            }
+        }
         let ssh = match &raw.ssh {
             None => None,
             Some(sp) => {
@@ -975,6 +1070,7 @@ impl Config {
                         .max_session
                         .map_or(Duration::from_secs(12 * 3600), |i| i.0),
                     max_sessions_per_principal: max_sessions,
+                    meter_credentials: raw_ssh.meter_credentials.as_ref().map(|p| base.join(p)),
                 })
             }
         };

@@ -176,6 +176,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         maps: maps.clone(),
         plain: Vec::new(),
         tls: Vec::new(),
+        ssh: None,
     };
     for (door, listener) in ModbusDoor::from_config(&config, guard.clone(), sessions.clone(), &maps)
         .into_iter()
@@ -208,9 +209,11 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         let door = Arc::new(crate::doors::ssh::SshDoor::new(
             ctx.clone(),
             key,
-            config.passwords.clone(),
+            &config,
             ssh,
+            shared_maps.clone(),
         ));
+        live.ssh = Some(door.clone());
         for listener in ssh_listeners {
             doors.push(tokio::spawn(door.clone().serve(listener, stop_rx.clone())));
         }
@@ -300,6 +303,7 @@ struct Live {
     plain: Vec<Arc<ModbusDoor>>,
     /// (unit map index, door)
     tls: Vec<(usize, Arc<MbapsDoor>)>,
+    ssh: Option<Arc<crate::doors::ssh::SshDoor>>,
 }
 
 impl Live {
@@ -367,6 +371,25 @@ impl Live {
         }
         for (i, door) in &self.tls {
             door.proxy.units.store(maps[*i].clone());
+        }
+        if let Some(ssh) = &self.ssh {
+            ssh.set_support_keys(&new.support.keys);
+            // Keys no longer listed let nobody in; sessions on them end.
+            let gone: Vec<&String> = self
+                .config
+                .support
+                .keys
+                .iter()
+                .filter(|k| !new.support.keys.contains(k))
+                .collect();
+            for line in gone {
+                if let Ok(k) = russh::keys::PublicKey::from_openssh(line) {
+                    ended += ssh.end_sessions_on(
+                        &crate::doors::ssh::key_credential(&k),
+                        "support key removed from the config",
+                    );
+                }
+            }
         }
         let reason = format!(
             "config reloaded: {} meters ({added} added, {removed} removed), {} profiles, {} Modbus client entries; {ended} session(s) of changed client entries ended{}",

@@ -56,7 +56,8 @@ pub struct Demo {
 
 /// The demo's config: the example's profile, three meters, the two plain
 /// Modbus clients, a private control socket and state inside DIR.
-fn config_text(dir: &Path, base_port: u16) -> String {
+fn config_text(dir: &Path, base_port: u16, console_keys: &[String]) -> String {
+    let key = |i: usize| console_keys.get(i).cloned().unwrap_or_default();
     let profile = EXAMPLE
         .split_once("# --- profile ion-sim")
         .and_then(|(_, rest)| rest.split_once("# --- end profile ---"))
@@ -94,6 +95,7 @@ tags = {{ site = "north" }}
 profile = "ion-sim"
 address = "127.0.0.1:{p1}"
 gateway_unit = 1
+console = {{ address = "127.0.0.1:{c1}", host_key = "{k1}" }}
 
 [[meters]]
 id = "meter-2"
@@ -101,6 +103,7 @@ tags = {{ site = "north" }}
 profile = "ion-sim"
 address = "127.0.0.1:{p2}"
 gateway_unit = 2
+console = {{ address = "127.0.0.1:{c2}", host_key = "{k2}" }}
 
 [[meters]]
 id = "meter-3"
@@ -108,6 +111,7 @@ tags = {{ site = "south" }}
 profile = "ion-sim"
 address = "127.0.0.1:{p3}"
 gateway_unit = 3
+console = {{ address = "127.0.0.1:{c3}", host_key = "{k3}" }}
 
 [modbus]
 listen = ["127.0.0.1:{proxy}"]
@@ -134,7 +138,15 @@ crl = "ca/crl.pem"
 # credentials.toml.
 [ssh]
 listen = ["127.0.0.1:{ssh}"]
+# The simulated meters' console accounts (`connect METER`), 0600.
+meter_credentials = "meter-credentials.toml"
 "#,
+        c1 = base_port as u32 + DEMO_CONSOLE_ABOVE as u32,
+        c2 = base_port as u32 + DEMO_CONSOLE_ABOVE as u32 + 1,
+        c3 = base_port as u32 + DEMO_CONSOLE_ABOVE as u32 + 2,
+        k1 = key(0),
+        k2 = key(1),
+        k3 = key(2),
         tls = base_port as u32 + DEMO_TLS_OFFSET as u32,
         ssh = u32::from(base_port).saturating_sub(u32::from(DEMO_SSH_BELOW)),
         socket = dir.join("control.sock").display().to_string(),
@@ -164,6 +176,52 @@ pub const DEMO_MODBUS_PORT: u16 = 5502;
 pub const DEMO_TLS_OFFSET: u16 = 3300;
 /// The SSH port (2222) is this far below the proxy's.
 pub const DEMO_SSH_BELOW: u16 = 3280;
+/// The meters' consoles answer this far above the proxy's port and on
+/// (21024-21026 by default).
+pub const DEMO_CONSOLE_ABOVE: u16 = 15_522;
+/// The demo's meters.
+const DEMO_METERS: [&str; 3] = ["meter-1", "meter-2", "meter-3"];
+/// The meter-side accounts every simulated console has.
+pub const CONSOLE_ACCOUNTS: [&str; 4] = ["viewer", "operator", "engineer", "admin"];
+
+fn console_key_path(dir: &Path, meter: &str) -> PathBuf {
+    dir.join("consoles").join(format!("{meter}.key"))
+}
+
+/// Each simulated console's host key (DIR/consoles, 0600) and accounts
+/// (DIR/meter-credentials.toml, 0600); returns the public keys to pin.
+fn consoles(dir: &Path) -> Result<Vec<String>, DemoError> {
+    let keys_dir = dir.join("consoles");
+    std::fs::create_dir_all(&keys_dir).map_err(io(&keys_dir))?;
+    std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(&keys_dir))?;
+    let mut public = Vec::new();
+    let mut table = toml::Table::new();
+    for m in DEMO_METERS {
+        let path = console_key_path(dir, m);
+        let key =
+            crate::doors::ssh::host_key(&path).map_err(|e| DemoError::Secret(e.to_string()))?;
+        public.push(
+            key.public_key()
+                .to_openssh()
+                .map_err(|e| DemoError::Secret(e.to_string()))?,
+        );
+        let mut accounts = toml::Table::new();
+        for a in CONSOLE_ACCOUNTS {
+            let p = secrets::generate_password().map_err(|e| DemoError::Secret(e.to_string()))?;
+            accounts.insert(a.into(), toml::Value::String(p.expose().to_string()));
+        }
+        table.insert(m.into(), toml::Value::Table(accounts));
+    }
+    let path = dir.join("meter-credentials.toml");
+    write_private(
+        &path,
+        &format!(
+            "# The simulated meters' console accounts; the gateway logs in with them and never shows them.\n{table}"
+        ),
+    )?;
+    Ok(public)
+}
 
 /// Sets up a fresh demo in `dir` (new or empty) or resumes the one there.
 /// `base_port` moves the proxy (and the meters, 15519 above it) for tests.
@@ -198,7 +256,8 @@ pub fn prepare(dir: Option<PathBuf>, base_port: u16) -> Result<Demo, DemoError> 
     }
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
     certificates(&dir)?;
-    write_private(&config_path, &config_text(&dir, base_port))?;
+    let console_keys = consoles(&dir)?;
+    write_private(&config_path, &config_text(&dir, base_port, &console_keys))?;
     let (config, _) = Config::load(&config_path)?;
     let credentials = populate(&config)?;
     let text = toml::to_string(&credentials).map_err(|e| DemoError::Secret(e.to_string()))?;
@@ -320,6 +379,9 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 metergate cert list --ca {dir}/ca    # the demo's certificate authority\n\
          \nSSH on 127.0.0.1:{ssh} (the passwords are in {dir}/credentials.toml):\n\
          \x20 ssh -p {ssh} crew@127.0.0.1 whoami\n\
+         \x20 ssh -p {ssh} crew@127.0.0.1 read meter-1 3000 3\n\
+         \x20 ssh -p {ssh} crew@127.0.0.1 master-reset meter-1    # DENY: an Operator may not\n\
+         \x20 ssh -p {ssh} -t crew@127.0.0.1 connect meter-1      # the meter's console as `operator`\n\
          \x20 ssh -p {ssh} admin@127.0.0.1 user list\n\
          stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
         ssh = demo
@@ -356,19 +418,70 @@ fn whoami() -> String {
         .unwrap_or_else(|| "you".into())
 }
 
-/// Starts the demo's simulated meters (the addresses its config names).
-pub async fn start_meters(
-    config: &Config,
-    dir: &Path,
-) -> std::io::Result<Vec<crate::fleet::simulator::SimulatedMeter>> {
-    let mut meters = Vec::new();
+/// The demo's running simulated meters and their consoles.
+pub struct DemoMeters {
+    pub meters: Vec<crate::fleet::simulator::SimulatedMeter>,
+    pub consoles: Vec<crate::fleet::console::SimulatedConsole>,
+}
+
+/// Starts the demo's simulated meters (the addresses its config names) and
+/// their consoles (host keys in DIR/consoles, accounts in
+/// DIR/meter-credentials.toml).
+pub async fn start_meters(config: &Config, dir: &Path) -> Result<DemoMeters, DemoError> {
+    let creds_path = dir.join("meter-credentials.toml");
+    let creds: toml::Table = std::fs::read_to_string(&creds_path)
+        .map_err(io(&creds_path))?
+        .parse()
+        .map_err(|e: toml::de::Error| DemoError::Io {
+            path: creds_path.display().to_string(),
+            error: e.message().to_string(),
+        })?;
+    let mut out = DemoMeters {
+        meters: Vec::new(),
+        consoles: Vec::new(),
+    };
     for m in &config.meters {
-        crate::fleet::simulator::create_file_tree(&dir.join("meters").join(&m.id), &m.id)?;
-        if let Some(addr) = m.address.as_deref().and_then(|a| a.parse().ok()) {
-            meters.push(
-                crate::fleet::simulator::SimulatedMeter::start(addr, Default::default()).await?,
+        let files = dir.join("meters").join(&m.id);
+        crate::fleet::simulator::create_file_tree(&files, &m.id).map_err(io(&files))?;
+        let Some(addr) = m.address.as_deref().and_then(|a| a.parse().ok()) else {
+            continue;
+        };
+        let meter = crate::fleet::simulator::SimulatedMeter::start(addr, Default::default())
+            .await
+            .map_err(|e| DemoError::Io {
+                path: format!("{} (meter {})", addr, m.id),
+                error: e.to_string(),
+            })?;
+        if let Some(c) = &m.console
+            && let Ok(bind) = c.address.parse()
+        {
+            let key = crate::doors::ssh::host_key(&console_key_path(dir, &m.id))
+                .map_err(|e| DemoError::Secret(e.to_string()))?;
+            let accounts = creds
+                .get(&m.id)
+                .and_then(|t| t.as_table())
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.consoles.push(
+                crate::fleet::console::SimulatedConsole::start(
+                    bind,
+                    &m.id,
+                    key,
+                    accounts,
+                    meter.state.clone(),
+                )
+                .await
+                .map_err(|e| DemoError::Io {
+                    path: format!("{bind} (console of {})", m.id),
+                    error: e.to_string(),
+                })?,
             );
         }
+        out.meters.push(meter);
     }
-    Ok(meters)
+    Ok(out)
 }

@@ -317,7 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { dir, base_port } => {
-            if base_port as u32 + 15_521 > 65_535 {
+            if base_port as u32 + 15_524 > 65_535 {
                 eprintln!("error: --base-port {base_port} leaves no room for the meters' ports");
                 return Ok(ExitCode::from(2));
             }

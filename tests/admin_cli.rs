@@ -876,7 +876,7 @@ fn the_demo_starts_prints_ready_and_resumes() {
             .expect("python3 runs");
         let ssh = String::from_utf8_lossy(&out.stdout);
         assert!(
-            ssh.contains("\"stdout\": \"user:crew\\n\""),
+            ssh.contains("\"stdout\": \"principal:  user:crew\\n"),
             "{ssh}{}",
             String::from_utf8_lossy(&out.stderr)
         );

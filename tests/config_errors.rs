@@ -36,6 +36,11 @@ fn each_error_names_file_line_and_key() {
         ("unknown profile", "[[meters]]\nid = \"m1\"\nprofile = \"nope\"\n", 9, "meters[0].profile", "unknown profile `nope`"),
         ("bad meter id", "[[meters]]\nid = \"m 1\"\nprofile = \"p\"\n", 8, "meters[0].id", "not a valid name"),
         ("write FC not a write", "[[profiles.p.write]]\npermission = \"Master Reset\"\nfunctions = [3]\nstart = 1\ncount = 1\n", 2, "profiles.p.write[0]", "function code 3"),
+        ("action writing two ways", "[[profiles.p.actions]]\nname = \"x\"\nfunction = 6\naddress = 1\nvalues = [1]\nclock = true\n", 2, "profiles.p.actions[0] (x)", "exactly one of `values`, `choices` or `clock = true`"),
+        ("action FC 6 of two registers", "[[profiles.p.actions]]\nname = \"x\"\nfunction = 6\naddress = 1\nvalues = [1, 2]\n", 2, "profiles.p.actions[0] (x)", "exactly one register"),
+        ("account by role and permission", "[[profiles.p.accounts]]\nrole = \"Viewer\"\npermission = \"Data View\"\naccount = \"v\"\n", 2, "profiles.p.accounts", "a role or a permission, exactly one"),
+        ("console key not pinnable", "[[meters]]\nid = \"m1\"\nprofile = \"p\"\nconsole = { address = \"127.0.0.1:22\", host_key = \"nope\" }\n", 10, "meters[0].console.host_key", "not an OpenSSH public key"),
+        ("support key", "[support]\nkeys = [\"ssh-ed25519 AAAA-broken\"]\n", 8, "support.keys[0]", "not an OpenSSH public key"),
         ("syntax", "[[meters]\n", 7, "-", "unclosed array table"),
     ];
     for (what, extra, line, key, message) in table {

@@ -4,30 +4,13 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/ssh.rs"]
+mod ssh;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use daemon::*;
-
-/// Non-interactive OpenSSH: no config file, no host-key prompt or memory,
-/// only the key given.
-const SSH_OPTIONS: [&str; 14] = [
-    "-F",
-    "/dev/null",
-    "-o",
-    "StrictHostKeyChecking=no",
-    "-o",
-    "UserKnownHostsFile=/dev/null",
-    "-o",
-    "BatchMode=yes",
-    "-o",
-    "IdentitiesOnly=yes",
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "ConnectTimeout=20",
-];
+use ssh::{hold, keygen, paramiko, wait_gone};
 
 struct Gateway {
     d: Daemon,
@@ -50,39 +33,9 @@ fn gateway_with(extra: &str) -> Gateway {
     Gateway { d, port }
 }
 
-/// A fresh ed25519 key pair from OpenSSH's ssh-keygen.
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&path)
-        .output()
-        .expect("ssh-keygen runs (apt-get install openssh-client)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
-
 impl Gateway {
     fn ssh(&self, key: &Path, user: &str, extra: &[&str], command: &str) -> Run {
-        let out = Command::new("ssh")
-            .args(SSH_OPTIONS)
-            .arg("-i")
-            .arg(key)
-            .args(["-p", &self.port.to_string()])
-            .args(extra)
-            .arg(format!("{user}@127.0.0.1"))
-            .arg(command)
-            .output()
-            .expect("ssh runs (apt-get install openssh-client)");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        }
+        ssh::ssh(self.port, key, user, extra, command)
     }
 
     fn user_with_key(&self, name: &str) -> PathBuf {
@@ -115,7 +68,8 @@ fn key_login_runs_commands_and_each_session_is_logged() {
     let g = gateway();
     let key = g.user_with_key("alice");
     let r = g.ssh(&key, "alice", &[], "whoami");
-    assert_eq!((r.code, r.stdout.as_str()), (0, "user:alice\n"), "{r:?}");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("principal:  user:alice\n"), "{r:?}");
     let help = g.ssh(&key, "alice", &[], "frobnicate now");
     assert_eq!(help.code, 2, "{help:?}");
     assert!(
@@ -234,24 +188,6 @@ fn admin_commands_run_as_the_callers_policies_allow() {
     assert!(denied.contains("user:alice"), "{denied}");
 }
 
-/// Runs tests/peers/ssh.py (paramiko) against the gateway.
-fn paramiko(port: u16, args: &[&str]) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ssh.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(port.to_string())
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {text}{}",
-            String::from_utf8_lossy(&out.stderr) // names the pip install when paramiko is missing
-        )
-    })
-}
-
 fn temporary_password(stdout: &str) -> String {
     stdout
         .lines()
@@ -296,7 +232,7 @@ fn a_first_login_replaces_the_temporary_password_then_the_password_works() {
         ],
     );
     assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(r["stdout"], "user:bob\n", "{r}");
+    assert!(first_line(&r["stdout"]) == "principal:  user:bob", "{r}");
     let rounds = r["rounds"].as_array().unwrap();
     let prompts: Vec<Vec<&str>> = rounds
         .iter()
@@ -333,11 +269,8 @@ fn a_first_login_replaces_the_temporary_password_then_the_password_works() {
         g.port,
         &["password", "bob", "Granite lantern 7 ferry", "whoami"],
     );
-    assert_eq!(
-        (r["ok"].clone(), r["stdout"].clone()),
-        (true.into(), "user:bob\n".into()),
-        "{r}"
-    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(first_line(&r["stdout"]), "principal:  user:bob", "{r}");
     let r = paramiko(g.port, &["password", "bob", &temp, "whoami"]);
     assert_eq!(r["ok"], false, "{r}");
     assert!(g.events("password.changed").contains("user:bob"));
@@ -381,10 +314,11 @@ fn password_failures_lock_password_login_but_not_keys_until_unlocked() {
             .contains("password login is locked until")
     );
     let r = g.ssh(&key, "carol", &[], "whoami");
-    assert_eq!((r.code, r.stdout.as_str()), (0, "user:carol\n"), "{r:?}");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("principal:  user:carol\n"), "{r:?}");
     g.d.mg(&["user", "unlock", "carol"]).ok();
     let r = paramiko(g.port, &["password", "carol", good, "whoami"]);
-    assert_eq!(r["stdout"], "user:carol\n", "{r}");
+    assert_eq!(first_line(&r["stdout"]), "principal:  user:carol", "{r}");
 }
 
 #[test]
@@ -392,29 +326,18 @@ fn a_live_session_ends_when_its_user_is_deactivated_or_it_is_killed() {
     let g = gateway();
     let key = g.user_with_key("dora");
     // Killed by an administrator.
-    let mut child = hold(&g, &key, "dora");
+    let mut child = hold(g.port, &key, "dora");
     let id = wait_listed(&g, "dora");
     g.d.mg(&["session", "kill", &id]).ok();
     wait_gone(&mut child);
     // Ended by deactivating the user.
-    let mut child = hold(&g, &key, "dora");
+    let mut child = hold(g.port, &key, "dora");
     wait_listed(&g, "dora");
     g.d.mg(&["user", "deactivate", "dora"]).ok();
     wait_gone(&mut child);
     let ends = g.events("session.end");
     assert!(ends.contains("ended by"), "{ends}");
     assert!(ends.contains("deactivated"), "{ends}");
-}
-
-/// `ssh -N`: a session that holds its connection open and runs nothing.
-fn hold(g: &Gateway, key: &Path, user: &str) -> std::process::Child {
-    Command::new("ssh")
-        .args(SSH_OPTIONS)
-        .args(["-N", "-i"])
-        .arg(key)
-        .args(["-p", &g.port.to_string(), &format!("{user}@127.0.0.1")])
-        .spawn()
-        .expect("ssh runs")
 }
 
 /// Waits until `session list` shows an SSH session of `user`; its id.
@@ -436,26 +359,11 @@ fn wait_listed(g: &Gateway, user: &str) -> String {
     }
 }
 
-/// Waits (bounded) for a held session's client to exit.
-fn wait_gone(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the ssh session was not ended");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn sessions_per_principal_and_their_length_are_bounded() {
     let g = gateway_with("max_sessions_per_principal = 1\nmax_session = \"3s\"\n");
     let key = g.user_with_key("erin");
-    let mut first = hold(&g, &key, "erin");
+    let mut first = hold(g.port, &key, "erin");
     wait_listed(&g, "erin");
     // A second concurrent session is refused, and the event says why.
     let r = g.ssh(&key, "erin", &[], "whoami");
@@ -469,4 +377,10 @@ fn sessions_per_principal_and_their_length_are_bounded() {
     wait_gone(&mut first);
     let ends = g.events("session.end");
     assert!(ends.contains("maximum session length"), "{ends}");
+}
+
+/// The first line of a paramiko result's output (`whoami` names the
+/// principal there).
+fn first_line(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or("").lines().next().unwrap_or("")
 }

@@ -1,4 +1,6 @@
-//! The fleet: connections to meters (the pool) and the meter simulator.
+//! The fleet: connections to meters (the pool), the meter simulator and its
+//! SSH console.
 
+pub mod console;
 pub mod pool;
 pub mod simulator;

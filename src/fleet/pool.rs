@@ -64,6 +64,29 @@ pub struct MeterLink {
     lanes: Vec<Mutex<Option<Arc<Conn>>>>,
     /// Held while a lane connects, so two callers never open the same lane.
     connecting: tokio::sync::Mutex<()>,
+    /// How the last request went (the shell's `meters`).
+    last: Mutex<Option<Result<(), UpstreamError>>>,
+}
+
+/// A meter's health as the gateway last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// No request went to the meter yet.
+    Unknown,
+    /// The last request was answered.
+    Up,
+    /// The last request failed, and why.
+    Down(String),
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Unknown => f.write_str("not polled yet"),
+            Health::Up => f.write_str("up"),
+            Health::Down(why) => write!(f, "down ({why})"),
+        }
+    }
 }
 
 impl MeterLink {
@@ -96,6 +119,7 @@ impl MeterLink {
             busy: std::sync::atomic::AtomicU64::new(0),
             lanes: (0..lanes).map(|_| Mutex::new(None)).collect(),
             connecting: tokio::sync::Mutex::new(()),
+            last: Mutex::new(None),
         }
     }
 
@@ -188,8 +212,27 @@ impl MeterLink {
         }
     }
 
+    /// How the last request to the meter went.
+    pub fn health(&self) -> Health {
+        match self.last.lock().ok().and_then(|l| l.clone()) {
+            None => Health::Unknown,
+            Some(Ok(())) => Health::Up,
+            Some(Err(e)) => Health::Down(e.to_string()),
+        }
+    }
+
     /// Sends one request PDU and returns the meter's response PDU.
     pub async fn call(&self, pdu: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        let r = self.call_once(pdu).await;
+        if !matches!(r, Err(UpstreamError::Busy))
+            && let Ok(mut last) = self.last.lock()
+        {
+            *last = Some(r.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+        r
+    }
+
+    async fn call_once(&self, pdu: &[u8]) -> Result<Vec<u8>, UpstreamError> {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             self.busy.fetch_add(1, Ordering::Relaxed);

@@ -101,6 +101,19 @@ impl MeterState {
         self.set(6000, self.writes);
     }
 
+    /// One line of readings for the simulated console's `status`.
+    pub fn summary(&mut self) -> String {
+        self.refresh();
+        format!(
+            "voltage {:.1} V, demand {} kW, peak demand {:.1} kW, test mode {}, writes {}",
+            f64::from(self.get(3000)) / 10.0,
+            self.get(3006),
+            f64::from(self.peak) / 10.0,
+            if self.get(5020) == 1 { "on" } else { "off" },
+            self.writes
+        )
+    }
+
     fn get(&self, a: u16) -> u16 {
         self.regs[(a - FIRST) as usize]
     }

@@ -44,6 +44,8 @@ pub(crate) struct Origin {
     /// For each permission, the index (in the principal's `roles`) of the
     /// role that brought it, or NO_ROLE when named directly or not covered.
     role_for: [u8; 18],
+    /// The roles the statement grants, by name (meter-side accounts).
+    pub roles: Box<[Arc<str>]>,
 }
 
 const NO_ROLE: u8 = u8::MAX;
@@ -87,6 +89,22 @@ pub(crate) struct CompiledPrincipal {
 }
 
 impl CompiledPrincipal {
+    /// The roles that allow statements grant on meter `m` (explicit denies
+    /// of permissions do not take a role away; the guard decides those).
+    pub fn roles_on(&self, m: MeterRef<'_>) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = Vec::new();
+        for (i, st) in self.statements.iter().enumerate() {
+            if st.effect == Effect::Allow && self.selectors(st).iter().any(|s| s.matches(m)) {
+                for r in self.origins[i].roles.iter() {
+                    if !out.contains(r) {
+                        out.push(r.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn selectors(&self, st: &PStatement) -> &[Sel] {
         &self.sels[st.sel_start as usize..(st.sel_start + st.sel_len) as usize]
     }
@@ -284,6 +302,7 @@ impl Snapshot {
                         policy: Label::new(&policies[pi as usize].name),
                         number: si as u32 + 1,
                         role_for,
+                        roles: info.roles.iter().map(|(n, _)| n.clone()).collect(),
                     });
                 }
             }

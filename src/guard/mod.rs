@@ -307,6 +307,27 @@ impl Guard {
         }
     }
 
+    /// The configured meters and profiles (the shell's `meters`, actions
+    /// and meter-side accounts).
+    pub fn fleet(
+        &self,
+    ) -> Arc<(
+        Vec<MeterConfig>,
+        std::collections::BTreeMap<String, Profile>,
+    )> {
+        self.meters.load_full()
+    }
+
+    /// The roles `who` holds on `meter` through allow statements (by name),
+    /// for choosing a meter-side account.
+    pub fn roles_on(&self, who: &PrincipalId, meter: &str) -> Vec<String> {
+        let snap = self.snapshot.load();
+        let (Ok(p), Some(m)) = (lookup(&snap, who), snap.meter(meter)) else {
+            return Vec::new();
+        };
+        p.roles_on(m).iter().map(|r| r.to_string()).collect()
+    }
+
     /// `check`: may `who` use `permission` on `meter` (or globally)?
     pub fn decide_permission(
         &self,
@@ -553,6 +574,13 @@ impl Guard {
 
     pub fn meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &str) -> Option<T> {
         self.state.meta(key).ok().flatten()
+    }
+
+    /// Counts a failed secret from `source` toward its throttling without
+    /// touching any principal's lockout (access keys).
+    pub fn source_failed(&self, source: IpAddr, now: OffsetDateTime) {
+        let window = self.settings.load().lockout.window.0;
+        self.state.source_failed(source, micros(now), window);
     }
 
     /// `user unlock`: ends a password lock.

@@ -79,6 +79,114 @@ pub struct Profile {
     pub write: Vec<WriteRule>,
     #[serde(default)]
     pub paths: Vec<PathRule>,
+    /// Named meter actions for the shell (`reset-peak-demand METER`): each
+    /// is a register write, so the write allowlist above decides which
+    /// permission it needs.
+    #[serde(default)]
+    pub actions: Vec<MeterAction>,
+    /// Meter-side accounts for console and file sessions, least privileged
+    /// first (DESIGN §2); a meter's own list replaces its profile's.
+    #[serde(default)]
+    pub accounts: Vec<AccountRule>,
+}
+
+/// A named meter action: what register write it makes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterAction {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// 6 (one register) or 16 (several).
+    pub function: u8,
+    pub address: u16,
+    /// What it writes: fixed `values`, one list per argument in `choices`
+    /// (`test-mode METER on`), or the gateway's UTC clock as year, month,
+    /// day, hour, minute, second (`clock = true`).
+    #[serde(default)]
+    pub values: Vec<u16>,
+    #[serde(default)]
+    pub choices: BTreeMap<String, Vec<u16>>,
+    #[serde(default)]
+    pub clock: bool,
+}
+
+impl MeterAction {
+    /// Why the action is ill-formed, if it is.
+    pub fn problem(&self) -> Option<String> {
+        let kinds = usize::from(!self.values.is_empty())
+            + usize::from(!self.choices.is_empty())
+            + usize::from(self.clock);
+        if kinds != 1 {
+            return Some("give exactly one of `values`, `choices` or `clock = true`".into());
+        }
+        if !matches!(self.function, 6 | 16) {
+            return Some(format!(
+                "function {} is not a register write (6 or 16)",
+                self.function
+            ));
+        }
+        let n = if self.clock {
+            6
+        } else {
+            self.values
+                .len()
+                .max(self.choices.values().map(Vec::len).max().unwrap_or(0))
+        };
+        if self.function == 6 && n != 1 {
+            return Some("function 6 writes exactly one register".into());
+        }
+        if self.choices.values().any(Vec::is_empty) {
+            return Some("a choice writes at least one value".into());
+        }
+        if self.address as usize + n > 0x1_0000 {
+            return Some("the write runs past register 65535".into());
+        }
+        None
+    }
+
+    /// The values to write for `argument` at `now` (UTC), or why not.
+    pub fn values_for(
+        &self,
+        argument: Option<&str>,
+        now: time::OffsetDateTime,
+    ) -> Result<Vec<u16>, String> {
+        if self.clock {
+            let now = now.to_offset(time::UtcOffset::UTC);
+            return Ok(vec![
+                u16::try_from(now.year()).unwrap_or(0),
+                u16::from(u8::from(now.month())),
+                u16::from(now.day()),
+                u16::from(now.hour()),
+                u16::from(now.minute()),
+                u16::from(now.second()),
+            ]);
+        }
+        if !self.choices.is_empty() {
+            let names = || self.choices.keys().cloned().collect::<Vec<_>>().join("|");
+            return match argument {
+                Some(a) => self
+                    .choices
+                    .get(a)
+                    .cloned()
+                    .ok_or_else(|| format!("`{}` takes {}", self.name, names())),
+                None => Err(format!("`{}` takes {}", self.name, names())),
+            };
+        }
+        Ok(self.values.clone())
+    }
+}
+
+/// One meter-side account mapping: callers holding `role` on the meter, or
+/// using `permission`, log in to the meter as `account`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRule {
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub permission: Option<Permission>,
+    pub account: String,
 }
 
 /// What a file operation does, for the permission it needs.

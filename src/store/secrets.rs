@@ -68,8 +68,14 @@ pub fn generate_password() -> Result<Secret, SecretError> {
 }
 
 /// An access key id (not secret; it names the key in events).
+/// Every access key id starts so (the SSH door tells them from user names).
+pub const KEY_ID_PREFIX: &str = "MGK";
+
 pub fn generate_key_id() -> Result<String, SecretError> {
-    Ok(format!("MGK{}", random_text(16)?.to_uppercase()))
+    Ok(format!(
+        "{KEY_ID_PREFIX}{}",
+        random_text(16)?.to_uppercase()
+    ))
 }
 
 /// An access-key secret: 40 symbols, 200 bits.

@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_metergate");
 
+/// Where a test's demo listens.
+pub struct DemoPorts {
+    pub ssh: u16,
+    pub modbus: u16,
+}
+
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -151,6 +157,80 @@ impl Daemon {
         );
     }
 
+    /// `metergate demo` in a fresh directory on free ports; returns once it
+    /// printed `metergate demo ready`. `mg` reaches its control socket.
+    pub fn start_demo() -> (Daemon, DemoPorts) {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let demo = dir.path().join("demo");
+        let base = free_port_block();
+        let mut child = Command::new(BIN)
+            .args(["demo", "--base-port", &base.to_string(), "--dir"])
+            .arg(&demo)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("metergate demo starts");
+        let out = child.stdout.take().expect("stdout");
+        let ready = BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("metergate demo ready"));
+        assert!(ready, "the demo did not get ready");
+        let d = Daemon {
+            config: demo.join("metergate.toml"),
+            socket: demo.join("control.sock"),
+            dir,
+            child: Some(child),
+        };
+        (
+            d,
+            DemoPorts {
+                ssh: base - 3280,
+                modbus: base,
+            },
+        )
+    }
+
+    /// A demo user's password from credentials.toml.
+    pub fn demo_password(&self, user: &str) -> String {
+        let path = self.config.with_file_name("credentials.toml");
+        let text = std::fs::read_to_string(&path).expect("credentials.toml");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{user} = ")))
+            .unwrap_or_else(|| panic!("no {user} in {}", path.display()))
+            .trim_matches('"')
+            .to_string()
+    }
+
+    /// Edits the config and applies it with SIGHUP; waits (bounded) for the
+    /// reload event.
+    pub fn reload_with(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(&self.config, edit(text)).expect("config written");
+        let before = self.count_events("system.reload");
+        let pid = self.pid().expect("running");
+        nix_kill(pid, "HUP").expect("kill runs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.count_events("system.reload") == before {
+            assert!(
+                Instant::now() < deadline,
+                "no system.reload event: {}",
+                self.mg(&["audit", "query", "--code", "system.reload-failed"])
+                    .stdout
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn count_events(&self, code: &str) -> usize {
+        self.mg(&["audit", "query", "--code", code, "--limit", "1000"])
+            .stdout
+            .lines()
+            .filter(|l| l.contains(code))
+            .count()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
@@ -248,18 +328,18 @@ pub fn free_port_block() -> u16 {
         };
         let Ok(addr) = l.local_addr() else { continue };
         let p = addr.port();
-        if p as u32 + 15_521 > 65_535 {
+        if p as u32 + 15_524 > 65_535 {
             continue;
         }
-        // The meters (15519-15521 above), Modbus/TCP Security (3300 above)
-        // and SSH (3280 below).
-        let others: Vec<_> = [15_519, 15_520, 15_521, 3_300]
+        // The meters (15519-15521 above), their consoles (15522-15524
+        // above), Modbus/TCP Security (3300 above) and SSH (3280 below).
+        let others: Vec<_> = [15_519, 15_520, 15_521, 15_522, 15_523, 15_524, 3_300]
             .into_iter()
             .map(|d| p + d)
             .chain(p.checked_sub(3_280))
             .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
             .collect();
-        if others.len() == 5 {
+        if others.len() == 8 {
             return p;
         }
     }

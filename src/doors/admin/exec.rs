@@ -971,10 +971,26 @@ async fn user(
             if removed == 0 {
                 return refused(format!("user {n} has no key matching `{wanted}`"));
             }
+            let gone: Vec<String> = get_user(&dir, n)?
+                .ssh_keys
+                .into_iter()
+                .filter(|k| !u.ssh_keys.contains(k))
+                .collect();
             apply(ctx, who, now, vec![put_user(u)])?;
+            // Sessions that logged in with a removed key end with it.
+            let ended: usize = gone
+                .iter()
+                .filter_map(|line| russh::keys::PublicKey::from_openssh(line).ok())
+                .map(|k| {
+                    ctx.sessions.kill_credential(
+                        &crate::doors::ssh::key_credential(&k),
+                        &format!("the key was removed from user {n}"),
+                    )
+                })
+                .sum();
             Ok(Done::changed(
-                format!("{removed} key(s) removed from {n}\n"),
-                format!("user {n}: removed {removed} key(s)"),
+                format!("{removed} key(s) removed from {n} ({ended} live sessions ended)\n"),
+                format!("user {n}: removed {removed} key(s), ended {ended} sessions"),
             ))
         }
         UserCommand::GrantRole {

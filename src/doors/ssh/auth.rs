@@ -249,7 +249,7 @@ pub async fn interactive_step(
             let violation = if new.expose() != repeat.expose() {
                 Some("The two new passwords differ.".to_string())
             } else {
-                policy.violation(&name, new.expose(), temporary.expose())
+                policy.violation(&name, new.expose(), temporary.expose(), "temporary")
             };
             if let Some(why) = violation {
                 let ev = EventDraft::new(
@@ -335,4 +335,59 @@ pub async fn interactive_step(
             }
         }
     }
+}
+
+/// A service user's access key on the password method: the user name is
+/// the key id, the password its secret. The secrets are long and random, so
+/// they do not lock the service user; failing sources are still throttled.
+/// Returns the principal and the key id the session runs on.
+pub async fn access_key(
+    admin: &AdminContext,
+    source: IpAddr,
+    key_id: &str,
+    secret: Secret,
+) -> Option<(PrincipalId, String)> {
+    let dir = admin.guard.store().directory();
+    let (service, key) = dir
+        .service_users
+        .values()
+        .find_map(|s| s.keys.iter().find(|k| k.id == key_id).map(|k| (s, k)))?;
+    let who = PrincipalId::Service(service.name.clone());
+    let now = OffsetDateTime::now_utc();
+    match admin.guard.password_gate(&who, Some(source), now) {
+        PasswordGate::SourceRefused => {
+            let why = "too many failures from this source: refused for the lockout window".into();
+            log(admin, failure(&who, source, "access-key", why)).await;
+            return None;
+        }
+        PasswordGate::Delay(d) => tokio::time::sleep(d.min(MAX_DELAY)).await,
+        // Access keys never lock their service user (no lockout DoS).
+        PasswordGate::Locked { .. } | PasswordGate::Open => {}
+    }
+    let verified = admin
+        .hashes
+        .verify(secret, key.secret_hash.clone())
+        .await
+        .unwrap_or(false);
+    if verified && key.status != crate::model::Status::Active {
+        let why = format!("access key {key_id} is deactivated");
+        log(admin, failure(&who, source, "access-key", why)).await;
+        return None;
+    }
+    let d = admin
+        .guard
+        .login(
+            &who,
+            Some(source),
+            DOOR,
+            Credential::AccessKey,
+            verified,
+            now,
+        )
+        .await;
+    if !verified {
+        // Not a password: no lockout, but the source is throttled.
+        admin.guard.source_failed(source, now);
+    }
+    d.allowed.then(|| (who, key_id.to_string()))
 }

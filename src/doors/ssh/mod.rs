@@ -5,11 +5,18 @@
 //! refused and logged.
 
 mod auth;
+pub mod console;
 mod host_key;
+pub mod shell;
+mod terminal;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
@@ -19,8 +26,7 @@ use tokio::net::TcpListener;
 
 pub use host_key::load_or_create as host_key;
 
-use crate::doors::admin::exec::{AdminContext, execute_streaming};
-use crate::doors::admin::protocol::Request as AdminRequest;
+use crate::doors::admin::exec::AdminContext;
 use crate::guard::Credential;
 use crate::model::PrincipalId;
 use crate::store::{Category, EventDraft, Outcome};
@@ -37,11 +43,17 @@ pub enum SshError {
     HostKey { path: String, error: String },
 }
 
+/// Bytes of typed input a channel may have queued before the client waits.
+const INPUT_QUEUE: usize = 64;
+
 /// The door's shared state.
 pub struct SshDoor {
     admin: Arc<AdminContext>,
+    shell: Arc<shell::ShellContext>,
     config: Arc<russh::server::Config>,
     passwords: Arc<crate::config::Passwords>,
+    /// The vendor's keys from `[support]` (replaced on reload).
+    support_keys: ArcSwap<Vec<PublicKey>>,
     max_session: Duration,
     max_sessions: usize,
 }
@@ -61,10 +73,12 @@ impl SshDoor {
     pub fn new(
         admin: Arc<AdminContext>,
         key: russh::keys::PrivateKey,
-        passwords: crate::config::Passwords,
+        config: &crate::config::Config,
         ssh: &crate::config::SshConfig,
+        fleet: Arc<ArcSwap<Vec<Arc<crate::doors::modbus::UnitMap>>>>,
     ) -> SshDoor {
-        let config = russh::server::Config {
+        let passwords = Arc::new(config.passwords.clone());
+        let russh_config = russh::server::Config {
             // OpenSSH probes with `none` first: no delay for that probe
             // (DESIGN §4), a constant second for real rejections.
             auth_rejection_time: Duration::from_secs(1),
@@ -89,13 +103,40 @@ impl SshDoor {
             nodelay: true,
             ..Default::default()
         };
-        SshDoor {
+        let shell = Arc::new(shell::ShellContext {
+            admin: admin.clone(),
+            fleet,
+            passwords: passwords.clone(),
+            consoles: console::Consoles {
+                credentials: ssh.meter_credentials.clone(),
+            },
+        });
+        let door = SshDoor {
             admin,
-            config: Arc::new(config),
-            passwords: Arc::new(passwords),
+            shell,
+            config: Arc::new(russh_config),
+            passwords,
+            support_keys: ArcSwap::from_pointee(Vec::new()),
             max_session: ssh.max_session,
             max_sessions: ssh.max_sessions_per_principal,
-        }
+        };
+        door.set_support_keys(&config.support.keys);
+        door
+    }
+
+    /// The vendor's public keys (`[support] keys`); unreadable lines were
+    /// refused when the config was checked.
+    pub fn set_support_keys(&self, lines: &[String]) {
+        let keys = lines
+            .iter()
+            .filter_map(|l| PublicKey::from_openssh(l).ok())
+            .collect();
+        self.support_keys.store(Arc::new(keys));
+    }
+
+    /// Ends the sessions that logged in with `credential`.
+    pub fn end_sessions_on(&self, credential: &str, reason: &str) -> usize {
+        self.admin.sessions.kill_credential(credential, reason)
     }
 
     /// Accepts connections until `stop`; each runs in its own task and is
@@ -124,7 +165,9 @@ impl SshDoor {
 
     async fn connection(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
         let (logged_in_tx, logged_in) = tokio::sync::oneshot::channel();
+        let session_id = Arc::new(AtomicU64::new(0));
         let handler = Connection {
+            door: self.clone(),
             admin: self.admin.clone(),
             passwords: self.passwords.clone(),
             peer,
@@ -132,6 +175,8 @@ impl SshDoor {
             logged_in: Some(logged_in_tx),
             interactive: None,
             max_sessions: self.max_sessions,
+            session_id: session_id.clone(),
+            channels: HashMap::new(),
         };
         let session = match russh::server::run_stream(self.config.clone(), socket, handler).await {
             Ok(s) => s,
@@ -143,9 +188,9 @@ impl SshDoor {
         let handle = session.handle();
         tokio::pin!(session);
         // Until the login, the connection is bounded in time.
-        let who: PrincipalId = tokio::select! {
+        let (who, credential) = tokio::select! {
             r = logged_in => match r {
-                Ok(who) => who,
+                Ok(x) => x,
                 Err(_) => { let _ = (&mut session).await; return; }
             },
             _ = &mut session => return,
@@ -156,8 +201,15 @@ impl SshDoor {
         };
         let sessions = self.admin.sessions.clone();
         let started = crate::model::micros(OffsetDateTime::now_utc());
-        let mut registered = sessions.register(&who, &peer.ip().to_string(), DOOR, None, started);
+        let mut registered = sessions.register(
+            &who,
+            &peer.ip().to_string(),
+            DOOR,
+            Some(credential),
+            started,
+        );
         let id = registered.id;
+        session_id.store(id, Ordering::Release);
         log(
             &self.admin,
             EventDraft::new("session.start", Category::Session, Outcome::Success)
@@ -194,32 +246,54 @@ impl SshDoor {
     }
 }
 
-fn bytes(v: Vec<u8>) -> russh::keys::ssh_encoding::bytes::Bytes {
-    russh::keys::ssh_encoding::bytes::Bytes::from(v)
-}
-
 async fn log(admin: &AdminContext, ev: EventDraft) {
     if let Err(e) = admin.guard.store().log().append(ev).await {
         tracing::error!(error = %e, "ssh event could not be logged");
     }
 }
 
+/// A channel's pty and, once its shell or command runs, where its input goes.
+#[derive(Default)]
+struct ChannelSlot {
+    pty: Option<terminal::Pty>,
+    input: Option<tokio::sync::mpsc::Sender<terminal::Input>>,
+}
+
 /// One client connection: russh's callbacks, translated.
 struct Connection {
+    door: Arc<SshDoor>,
     admin: Arc<AdminContext>,
     passwords: Arc<crate::config::Passwords>,
     peer: SocketAddr,
     principal: Option<PrincipalId>,
-    logged_in: Option<tokio::sync::oneshot::Sender<PrincipalId>>,
+    /// Who logged in, and with what credential (a key fingerprint or an
+    /// access key id), so removing that credential ends the session.
+    logged_in: Option<tokio::sync::oneshot::Sender<(PrincipalId, String)>>,
     interactive: Option<auth::Interactive>,
     max_sessions: usize,
+    session_id: Arc<AtomicU64>,
+    channels: HashMap<ChannelId, ChannelSlot>,
+}
+
+/// The credential a public-key session runs on (`user remove-key` ends it).
+pub fn key_credential(key: &PublicKey) -> String {
+    format!("key:{}", key.fingerprint(russh::keys::HashAlg::Sha256))
 }
 
 impl Connection {
-    /// Whether `key` is one of the user's keys (OpenSSH lines from
-    /// `user add-key`).
-    fn user_has_key(&self, user: &str, key: &PublicKey) -> Option<PrincipalId> {
+    /// Who `key` lets in as `user`: one of the user's keys (`user add-key`),
+    /// or for `support`, one of the vendor's keys in the config.
+    fn key_owner(&self, user: &str, key: &PublicKey) -> Option<PrincipalId> {
         let who = PrincipalId::parse(user).ok()?;
+        if who == PrincipalId::Support {
+            return self
+                .door
+                .support_keys
+                .load()
+                .iter()
+                .any(|k| k.key_data() == key.key_data())
+                .then_some(who);
+        }
         let PrincipalId::User(name) = &who else {
             return None;
         };
@@ -234,7 +308,7 @@ impl Connection {
 
     /// The credential is good: let the principal in, unless it already
     /// holds its maximum of live SSH sessions (IEC 62443 CR 2.7).
-    async fn logged_in(&mut self, who: PrincipalId) -> Auth {
+    async fn logged_in(&mut self, who: PrincipalId, credential: String) -> Auth {
         let name = who.to_string();
         let live = self
             .admin
@@ -257,9 +331,32 @@ impl Connection {
         }
         self.principal = Some(who.clone());
         if let Some(tx) = self.logged_in.take() {
-            let _ = tx.send(who);
+            let _ = tx.send((who, credential));
         }
         Auth::Accept
+    }
+
+    /// Starts a shell or command on `channel`: its input is routed to the
+    /// returned terminal. None before login or if the channel already runs.
+    fn start_channel(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Option<(shell::Caller, terminal::Io)> {
+        let who = self.principal.clone()?;
+        let slot = self.channels.entry(channel).or_default();
+        if slot.input.is_some() {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(INPUT_QUEUE);
+        slot.input = Some(tx);
+        let io = terminal::Io::new(session.handle(), channel, rx, slot.pty.clone());
+        let caller = shell::Caller {
+            who,
+            peer: self.peer,
+            session: self.session_id.load(Ordering::Acquire),
+        };
+        Some((caller, io))
     }
 
     async fn refuse(&self, code: &str, reason: &str) {
@@ -291,7 +388,7 @@ impl russh::server::Handler for Connection {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(match self.user_has_key(user, offer.public_key) {
+        Ok(match self.key_owner(user, offer.public_key) {
             Some(_) => Auth::Accept,
             None => Auth::reject(),
         })
@@ -310,7 +407,7 @@ impl russh::server::Handler for Connection {
             .await;
             return Ok(Auth::reject());
         }
-        let Some(who) = self.user_has_key(user, key.public_key) else {
+        let Some(who) = self.key_owner(user, key.public_key) else {
             return Ok(Auth::reject());
         };
         let d = self
@@ -329,14 +426,23 @@ impl russh::server::Handler for Connection {
             // The event says why; the client is told only that it was denied.
             return Ok(Auth::reject());
         }
-        Ok(self.logged_in(who).await)
+        Ok(self.logged_in(who, key_credential(key.public_key)).await)
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         let secret = crate::store::secrets::Secret::new(password);
+        // A service user's access key: the user name is the key id.
+        if user.starts_with(crate::store::secrets::KEY_ID_PREFIX) {
+            return Ok(
+                match auth::access_key(&self.admin, self.peer.ip(), user, secret).await {
+                    Some((who, key_id)) => self.logged_in(who, key_id).await,
+                    None => Auth::reject(),
+                },
+            );
+        }
         Ok(
             match auth::password(&self.admin, self.peer.ip(), user, secret).await {
-                Some(who) => self.logged_in(who).await,
+                Some(who) => self.logged_in(who, "password".into()).await,
                 None => Auth::reject(),
             },
         )
@@ -364,7 +470,7 @@ impl russh::server::Handler for Connection {
         match auth::interactive_step(&self.admin, &self.passwords, self.peer.ip(), state, answers)
             .await
         {
-            Ok(who) => Ok(self.logged_in(who).await),
+            Ok(who) => Ok(self.logged_in(who, "password".into()).await),
             Err((next, reply)) => {
                 self.interactive = next;
                 Ok(reply)
@@ -382,61 +488,105 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.entry(channel).or_default().pty = Some(terminal::Pty {
+            term: term.chars().take(64).collect(),
+            cols: col_width.clamp(1, 1000),
+            rows: row_height.clamp(1, 1000),
+        });
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (cols, rows) = (col_width.clamp(1, 1000), row_height.clamp(1, 1000));
+        if let Some(slot) = self.channels.get_mut(&channel) {
+            if let Some(p) = &mut slot.pty {
+                p.cols = cols;
+                p.rows = rows;
+            }
+            if let Some(tx) = &slot.input {
+                let _ = tx.send(terminal::Input::Resize { cols, rows }).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
+            let _ = tx.send(terminal::Input::Data(data.to_vec())).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
+            let _ = tx.send(terminal::Input::Eof).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Dropping the sender ends the channel's task.
+        self.channels.remove(&channel);
+        Ok(())
+    }
+
     async fn exec_request(
         &mut self,
         channel: ChannelId,
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(who) = self.principal.clone() else {
+        let Some((caller, io)) = self.start_channel(channel, session) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
         session.channel_success(channel)?;
-        let out = match std::str::from_utf8(data) {
+        let shell = self.door.shell.clone();
+        match std::str::from_utf8(data) {
             Ok(line) if line.len() <= MAX_COMMAND => {
-                shell::run(&self.admin, &who, self.peer, line).await
+                tokio::spawn(shell::exec(shell, caller, line.to_string(), io));
             }
-            _ => shell::Output::error("error: the command is not valid UTF-8 or too long\n", 2),
-        };
-        if !out.stdout.is_empty() {
-            session.data(channel, bytes(out.stdout.into_bytes()))?;
+            _ => {
+                tokio::spawn(async move {
+                    io.err("error: the command is not valid UTF-8 or too long\n")
+                        .await;
+                    io.finish(2).await;
+                });
+            }
         }
-        if !out.stderr.is_empty() {
-            session.extended_data(channel, 1, bytes(out.stderr.into_bytes()))?;
-        }
-        if let Some(stream) = out.stream {
-            // `audit export`, `audit tail -f`: relayed from a task so this
-            // connection's callbacks go on; it stops when the client leaves.
-            let handle = session.handle();
-            let store = self.admin.guard.store().clone();
-            tokio::spawn(async move {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
-                let producer =
-                    tokio::spawn(crate::doors::admin::stream::produce(store, stream, tx));
-                while let Some(chunk) = rx.recv().await {
-                    if handle
-                        .data(channel, bytes(chunk.into_bytes()))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                drop(rx);
-                let code = match producer.await {
-                    Ok(Ok(())) => 0,
-                    _ => 1,
-                };
-                let _ = handle.exit_status_request(channel, code).await;
-                let _ = handle.eof(channel).await;
-                let _ = handle.close(channel).await;
-            });
-            return Ok(());
-        }
-        session.exit_status_request(channel, out.code)?;
-        session.eof(channel)?;
-        session.close(channel)?;
         Ok(())
     }
 
@@ -445,17 +595,12 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let Some((caller, io)) = self.start_channel(channel, session) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
         session.channel_success(channel)?;
-        session.data(
-            channel,
-            bytes(
-                b"The interactive gateway shell is not available yet: run one command at a time (ssh HOST help).\r\n"
-                    .to_vec(),
-            ),
-        )?;
-        session.exit_status_request(channel, 1)?;
-        session.eof(channel)?;
-        session.close(channel)?;
+        tokio::spawn(shell::interactive(self.door.shell.clone(), caller, io));
         Ok(())
     }
 
@@ -539,92 +684,5 @@ impl russh::server::Handler for Connection {
             .await;
         session.channel_failure(channel)?;
         Ok(())
-    }
-}
-
-/// The gateway shell's commands (exec form for now).
-mod shell {
-    use super::*;
-
-    const HELP: &str = "metergate gateway shell. Commands:\n  \
-        whoami                 who you are logged in as\n  \
-        help                   this text\n  \
-        user|service-user|group|role|policy|support|session|audit|check|review …\n                         \
-        the admin commands, as your policies allow\n";
-
-    /// What a command printed, its exit status, and what remains to stream.
-    pub struct Output {
-        pub stdout: String,
-        pub stderr: String,
-        pub code: u32,
-        pub stream: Option<crate::doors::admin::stream::Stream>,
-    }
-
-    impl Output {
-        fn text(stdout: String, stderr: String, code: u32) -> Output {
-            Output {
-                stdout,
-                stderr,
-                code,
-                stream: None,
-            }
-        }
-        pub fn error(stderr: &str, code: u32) -> Output {
-            Output::text(String::new(), stderr.to_string(), code)
-        }
-    }
-
-    /// Runs one command line.
-    pub async fn run(
-        admin: &AdminContext,
-        who: &PrincipalId,
-        peer: SocketAddr,
-        line: &str,
-    ) -> Output {
-        let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-        match words.first().map(String::as_str) {
-            None | Some("help") | Some("--help") => {
-                Output::text(HELP.to_string(), String::new(), 0)
-            }
-            Some("whoami") => Output::text(format!("{who}\n"), String::new(), 0),
-            Some(
-                "user" | "service-user" | "group" | "role" | "policy" | "support" | "session"
-                | "audit" | "check" | "review",
-            ) => {
-                let req = AdminRequest {
-                    argv: words,
-                    json: false,
-                    files: Default::default(),
-                };
-                let (r, stream) = execute_streaming(
-                    admin,
-                    who,
-                    &peer.to_string(),
-                    DOOR,
-                    &req,
-                    OffsetDateTime::now_utc(),
-                )
-                .await;
-                // DESIGN §3: a denial prints `DENY: reason` and exits 1.
-                let (stderr, code) = match r.stderr.strip_prefix("error: DENY: ") {
-                    Some(reason) => (format!("DENY: {reason}"), 1),
-                    None => (r.stderr, u32::from(r.code)),
-                };
-                Output {
-                    stdout: r.stdout,
-                    stderr,
-                    code,
-                    stream,
-                }
-            }
-            Some(other) => Output::text(
-                HELP.to_string(),
-                format!(
-                    "unknown command `{}`\n",
-                    other.chars().take(64).collect::<String>()
-                ),
-                2,
-            ),
-        }
     }
 }
