@@ -69,6 +69,7 @@ impl SimulatedConsole {
                     line: Vec::new(),
                 };
                 let config = config.clone();
+                let _ = socket.set_nodelay(true);
                 tokio::spawn(async move {
                     if let Ok(s) = russh::server::run_stream(config, socket, handler).await {
                         let _ = s.await;

@@ -251,6 +251,8 @@ async fn open(
     let presented = Arc::new(std::sync::Mutex::new(None));
     let config = Arc::new(russh::client::Config {
         inactivity_timeout: None,
+        // Keystrokes go to the meter at once (no Nagle delay).
+        nodelay: true,
         ..Default::default()
     });
     let handler = Pinned {

@@ -165,6 +165,9 @@ impl SshDoor {
 
     async fn connection(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
         let (logged_in_tx, logged_in) = tokio::sync::oneshot::channel();
+        // run_stream does not apply the config's nodelay: without it, Nagle
+        // and delayed ACKs add 40 ms steps to every login.
+        let _ = socket.set_nodelay(true);
         let session_id = Arc::new(AtomicU64::new(0));
         let handler = Connection {
             door: self.clone(),

@@ -1,0 +1,147 @@
+//! SSH load generator for the benchmark against OpenSSH's sshd
+//! (scripts/bench-ssh.py runs it): the same russh client drives both servers.
+//!
+//!   ssh_load logins PORT USER KEY COUNT CONCURRENCY COMMAND
+//!     COUNT × (connect, ed25519 key login, exec COMMAND, wait for its exit);
+//!     prints {"rate":…, "median_ms":…, "p90_ms":…, "login_median_ms":…,
+//!     "errors":…} (login: key exchange and key authentication alone)
+//!   ssh_load hold PORT USER KEY SESSIONS SECONDS
+//!     opens SESSIONS interactive sessions (pty + shell), prints "held N",
+//!     keeps them SECONDS, then leaves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use russh::ChannelMsg;
+use russh::client::{self, Handle};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+
+struct Trusting;
+
+impl client::Handler for Trusting {
+    type Error = russh::Error;
+
+    // A benchmark on loopback against servers this script started.
+    async fn check_server_key(&mut self, _: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+async fn login(port: u16, user: &str, key: &Arc<PrivateKey>) -> anyhow::Result<Handle<Trusting>> {
+    // No Nagle: both servers see requests as soon as they are written.
+    let config = Arc::new(client::Config {
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut h = client::connect(config, ("127.0.0.1", port), Trusting).await?;
+    let auth = h
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), None))
+        .await?;
+    anyhow::ensure!(auth.success(), "the key was refused");
+    Ok(h)
+}
+
+/// One round trip; returns how long the login alone took (key exchange and
+/// key authentication).
+async fn one(
+    port: u16,
+    user: &str,
+    key: &Arc<PrivateKey>,
+    command: &str,
+) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let h = login(port, user, key).await?;
+    let logged_in = t0.elapsed();
+    let mut ch = h.channel_open_session().await?;
+    ch.exec(true, command).await?;
+    let mut status = None;
+    while let Some(msg) = ch.wait().await {
+        match msg {
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    anyhow::ensure!(status == Some(0), "exit status {status:?}");
+    h.disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await?;
+    Ok(logged_in)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: ssh_load logins PORT USER KEY COUNT CONCURRENCY COMMAND | hold PORT USER KEY SESSIONS SECONDS";
+    anyhow::ensure!(args.len() >= 7, "{usage}");
+    let port: u16 = args[2].parse()?;
+    let user = args[3].clone();
+    let key = Arc::new(russh::keys::load_secret_key(&args[4], None)?);
+    match args[1].as_str() {
+        "logins" => {
+            anyhow::ensure!(args.len() == 8, "{usage}");
+            let count: usize = args[5].parse()?;
+            let concurrency: usize = args[6].parse::<usize>()?.max(1);
+            let command = args[7].clone();
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for t in 0..concurrency {
+                let (user, key, command) = (user.clone(), key.clone(), command.clone());
+                let n = count / concurrency + usize::from(t < count % concurrency);
+                tasks.push(tokio::spawn(async move {
+                    let mut times = Vec::new();
+                    let mut errors = 0;
+                    for _ in 0..n {
+                        let t0 = Instant::now();
+                        match one(port, &user, &key, &command).await {
+                            Ok(login) => times.push((t0.elapsed(), login)),
+                            Err(e) => {
+                                errors += 1;
+                                eprintln!("{e}");
+                            }
+                        }
+                    }
+                    (times, errors)
+                }));
+            }
+            let mut times = Vec::new();
+            let mut errors = 0;
+            for t in tasks {
+                let (mut x, e) = t.await?;
+                times.append(&mut x);
+                errors += e;
+            }
+            let wall = started.elapsed().as_secs_f64();
+            let pick = |mut xs: Vec<Duration>, q: f64| {
+                xs.sort();
+                xs.get(((xs.len() as f64 - 1.0) * q).round() as usize)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+            };
+            let whole: Vec<Duration> = times.iter().map(|t| t.0).collect();
+            let login: Vec<Duration> = times.iter().map(|t| t.1).collect();
+            println!(
+                "{{\"rate\":{:.1},\"median_ms\":{:.2},\"p90_ms\":{:.2},\"login_median_ms\":{:.2},\"errors\":{errors}}}",
+                times.len() as f64 / wall,
+                pick(whole.clone(), 0.5),
+                pick(whole, 0.9),
+                pick(login, 0.5)
+            );
+        }
+        "hold" => {
+            let sessions: usize = args[5].parse()?;
+            let seconds: u64 = args[6].parse()?;
+            let mut held = Vec::new();
+            for _ in 0..sessions {
+                let h = login(port, &user, &key).await?;
+                let ch = h.channel_open_session().await?;
+                ch.request_pty(true, "xterm", 80, 24, 0, 0, &[]).await?;
+                ch.request_shell(true).await?;
+                held.push((h, ch));
+            }
+            println!("held {}", held.len());
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            drop(held);
+        }
+        _ => anyhow::bail!("{usage}"),
+    }
+    Ok(())
+}
