@@ -37,6 +37,7 @@ fn world(policies: usize, dir: &Path) -> Guard {
             max_connections: 2,
             timeout: std::time::Duration::from_secs(1),
             pipeline: 1,
+            files: None,
             console: None,
             accounts: None,
         })

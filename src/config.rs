@@ -352,6 +352,8 @@ pub struct MeterConfig {
     /// Requests the gateway may have in flight on one connection to the
     /// meter (1: one at a time, safe for meters that cannot queue them).
     pub pipeline: usize,
+    /// The meter's SFTP file store on the gateway's disk (a directory).
+    pub files: Option<PathBuf>,
     /// The meter's SSH console, if it has one.
     pub console: Option<ConsoleConfig>,
     /// Meter-side accounts replacing the profile's list.
@@ -528,6 +530,10 @@ struct RawSsh {
     max_sessions_per_principal: Option<usize>,
     #[serde(default)]
     meter_credentials: Option<PathBuf>,
+    #[serde(default)]
+    max_upload_bytes: Option<u64>,
+    #[serde(default)]
+    store_quota_bytes: Option<u64>,
 }
 
 /// `[ssh]`: the SSH door (the gateway shell; SFTP later).
@@ -545,6 +551,10 @@ pub struct SshConfig {
     /// The meter-side accounts' credentials (TOML `[METER] account =
     /// "secret"`, 0600, read at each console login, never shown).
     pub meter_credentials: Option<PathBuf>,
+    /// SFTP: the largest file one upload may write (default 1 GiB).
+    pub max_upload_bytes: u64,
+    /// SFTP: the most a meter's store may hold (default 10 GiB).
+    pub store_quota_bytes: u64,
 }
 
 #[derive(Deserialize)]
@@ -614,6 +624,8 @@ struct RawMeter {
     timeout: Option<Interval>,
     #[serde(default = "one_usize")]
     pipeline: usize,
+    #[serde(default)]
+    files: Option<PathBuf>,
     #[serde(default)]
     console: Option<Spanned<ConsoleConfig>>,
     #[serde(default)]
@@ -942,6 +954,7 @@ impl Config {
                 max_connections: m.max_connections,
                 timeout: m.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
                 pipeline: m.pipeline.clamp(1, 64),
+                files: m.files.as_ref().map(|f| base.join(f)),
                 console: m.console.as_ref().map(|c| c.get_ref().clone()),
                 accounts: m.accounts.as_ref().map(|a| a.get_ref().clone()),
             });
@@ -1071,6 +1084,8 @@ impl Config {
                         .map_or(Duration::from_secs(12 * 3600), |i| i.0),
                     max_sessions_per_principal: max_sessions,
                     meter_credentials: raw_ssh.meter_credentials.as_ref().map(|p| base.join(p)),
+                    max_upload_bytes: raw_ssh.max_upload_bytes.unwrap_or(1 << 30),
+                    store_quota_bytes: raw_ssh.store_quota_bytes.unwrap_or(10 << 30),
                 })
             }
         };

@@ -96,6 +96,7 @@ profile = "ion-sim"
 address = "127.0.0.1:{p1}"
 gateway_unit = 1
 console = {{ address = "127.0.0.1:{c1}", host_key = "{k1}" }}
+files = "meters/meter-1"
 
 [[meters]]
 id = "meter-2"
@@ -104,6 +105,7 @@ profile = "ion-sim"
 address = "127.0.0.1:{p2}"
 gateway_unit = 2
 console = {{ address = "127.0.0.1:{c2}", host_key = "{k2}" }}
+files = "meters/meter-2"
 
 [[meters]]
 id = "meter-3"
@@ -112,6 +114,7 @@ profile = "ion-sim"
 address = "127.0.0.1:{p3}"
 gateway_unit = 3
 console = {{ address = "127.0.0.1:{c3}", host_key = "{k3}" }}
+files = "meters/meter-3"
 
 [modbus]
 listen = ["127.0.0.1:{proxy}"]

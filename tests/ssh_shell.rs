@@ -6,84 +6,13 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/site.rs"]
+mod site;
 #[path = "common/ssh.rs"]
 mod ssh;
 
-use std::time::{Duration, Instant};
-
-use daemon::*;
+use site::Site;
 use ssh::*;
-
-/// The demo with an OpenSSH key added to each of its users.
-struct Site {
-    d: Daemon,
-    port: u16,
-    keys: tempfile::TempDir,
-}
-
-impl Site {
-    fn start() -> Site {
-        let (d, ports) = Daemon::start_demo();
-        let keys = tempfile::tempdir().unwrap();
-        for user in ["admin", "crew", "viewer"] {
-            let key = keygen(keys.path(), user);
-            d.mg(&["user", "add-key", user, &public_line(&key)]).ok();
-        }
-        Site {
-            d,
-            port: ports.ssh,
-            keys,
-        }
-    }
-
-    fn key(&self, user: &str) -> std::path::PathBuf {
-        self.keys.path().join(user)
-    }
-
-    fn ssh(&self, user: &str, command: &str) -> Run {
-        ssh(self.port, &self.key(user), user, &[], command)
-    }
-
-    fn events(&self, code: &str) -> String {
-        self.d
-            .mg(&["audit", "query", "--code", code, "--limit", "200"])
-            .ok()
-            .stdout
-            .clone()
-    }
-
-    /// Waits (bounded) until an event with `code` mentions every word.
-    fn wait_event(&self, code: &str, words: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = self.events(code);
-            if words.iter().all(|w| text.contains(w)) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {code} with {words:?}: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until `session list` shows an SSH session of `principal`.
-    fn wait_listed(&self, principal: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let list = self.d.mg(&["session", "list"]).ok().stdout.clone();
-            if list
-                .lines()
-                .any(|l| l.contains(principal) && l.contains("ssh"))
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "no live session: {list}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
 
 #[test]
 fn meter_commands_follow_the_callers_roles() {

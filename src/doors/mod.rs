@@ -4,4 +4,5 @@
 pub mod admin;
 pub mod mbaps;
 pub mod modbus;
+pub mod sftp;
 pub mod ssh;

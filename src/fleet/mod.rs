@@ -2,5 +2,6 @@
 //! SSH console.
 
 pub mod console;
+pub mod files;
 pub mod pool;
 pub mod simulator;

@@ -56,6 +56,9 @@ pub struct SshDoor {
     support_keys: ArcSwap<Vec<PublicKey>>,
     max_session: Duration,
     max_sessions: usize,
+    /// SFTP limits (bytes).
+    max_upload: u64,
+    quota: u64,
 }
 
 /// The methods offered, in the order scripted clients try them.
@@ -119,6 +122,8 @@ impl SshDoor {
             support_keys: ArcSwap::from_pointee(Vec::new()),
             max_session: ssh.max_session,
             max_sessions: ssh.max_sessions_per_principal,
+            max_upload: ssh.max_upload_bytes,
+            quota: ssh.store_quota_bytes,
         };
         door.set_support_keys(&config.support.keys);
         door
@@ -249,7 +254,7 @@ impl SshDoor {
     }
 }
 
-async fn log(admin: &AdminContext, ev: EventDraft) {
+pub(crate) async fn log(admin: &AdminContext, ev: EventDraft) {
     if let Err(e) = admin.guard.store().log().append(ev).await {
         tracing::error!(error = %e, "ssh event could not be logged");
     }
@@ -260,6 +265,10 @@ async fn log(admin: &AdminContext, ev: EventDraft) {
 struct ChannelSlot {
     pty: Option<terminal::Pty>,
     input: Option<tokio::sync::mpsc::Sender<terminal::Input>>,
+    /// The channel itself until it is known what runs on it: the SFTP
+    /// subsystem reads it as a stream; a shell or command drops it (russh
+    /// queues every message for a live channel object).
+    channel: Option<Channel<Msg>>,
 }
 
 /// One client connection: russh's callbacks, translated.
@@ -351,6 +360,7 @@ impl Connection {
         if slot.input.is_some() {
             return None;
         }
+        slot.channel = None;
         let (tx, rx) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         slot.input = Some(tx);
         let io = terminal::Io::new(session.handle(), channel, rx, slot.pty.clone());
@@ -483,10 +493,12 @@ impl russh::server::Handler for Connection {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let id = channel.id();
+        self.channels.entry(id).or_default().channel = Some(channel);
         reply.accept().await;
         Ok(())
     }
@@ -613,6 +625,39 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let taken = self.channels.get_mut(&channel).and_then(|s| {
+            if s.input.is_some() {
+                None
+            } else {
+                s.channel.take()
+            }
+        });
+        if name == "sftp"
+            && let (Some(ch), Some(who)) = (taken, self.principal.clone())
+        {
+            session.channel_success(channel)?;
+            let caller = shell::Caller {
+                who,
+                peer: self.peer,
+                session: self.session_id.load(Ordering::Acquire),
+            };
+            let sftp = crate::doors::sftp::SftpSession::new(
+                self.door.shell.clone(),
+                caller,
+                self.door.max_upload,
+                self.door.quota,
+            );
+            let handle = session.handle();
+            tokio::spawn(async move {
+                crate::doors::sftp::serve(ch.into_stream(), sftp).await;
+                // russh-sftp's own loop never ends the channel; clients on
+                // other SSH stacks wait for this.
+                let _ = handle.exit_status_request(channel, 0).await;
+                let _ = handle.eof(channel).await;
+                let _ = handle.close(channel).await;
+            });
+            return Ok(());
+        }
         self.refuse(
             "ssh.subsystem.deny",
             &format!(

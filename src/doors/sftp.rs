@@ -1,0 +1,834 @@
+//! The SFTP door: the `sftp` subsystem of an SSH session. `/` lists the
+//! meters the caller can reach; `/METER/…` is that meter's file store. Each
+//! request becomes a file action for the guard (the profile's path rules say
+//! which permission it needs) and runs in the sandboxed store
+//! (`fleet::files`). Uploads go to a temporary name and are renamed on close
+//! with their SHA-256 in the event. russh-sftp provides the wire types; the
+//! dispatch loop is ours, so the channel is ended properly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use russh_sftp::protocol::{
+    Attrs, Data, File as SftpFile, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
+    StatusCode, Version,
+};
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::doors::ssh::shell::{Caller, ShellContext};
+use crate::fleet::files::{FileError, LocalStore, RelPath, is_dir, is_file};
+use crate::guard::{Action, Request};
+use crate::model::{FileOp, Permission};
+use crate::store::{Category, EventDraft, Outcome};
+
+const DOOR: &str = "sftp";
+/// Largest request packet accepted (a 256 KiB write and its header).
+const MAX_PACKET: u32 = 300 * 1024;
+/// Largest read answered at once.
+const MAX_READ: u32 = 256 * 1024;
+/// Handles one session may hold open.
+const MAX_HANDLES: usize = 64;
+
+/// Where a path leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `/`: the meters.
+    Root,
+    /// A meter's store and the path inside it.
+    Meter { meter: String, rel: RelPath },
+}
+
+/// Resolves an SFTP path (absolute, or relative to `/`) lexically: `.` is
+/// dropped, `..` goes up, but never above `/`; NUL bytes and empty paths
+/// beyond the root are refused. The store then opens the result without
+/// following symlinks, so the lexical answer is the physical one.
+pub fn resolve(path: &str) -> Result<Target, FileError> {
+    if path.contains('\0') {
+        return Err(FileError::BadPath(path.escape_debug().to_string()));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if names.pop().is_none() {
+                    return Err(FileError::Escape);
+                }
+            }
+            p => names.push(p.to_string()),
+        }
+    }
+    if names.is_empty() {
+        return Ok(Target::Root);
+    }
+    let meter = names.remove(0);
+    Ok(Target::Meter {
+        meter,
+        rel: RelPath::new(names)?,
+    })
+}
+
+fn display(t: &Target) -> String {
+    match t {
+        Target::Root => "/".into(),
+        Target::Meter { meter, rel } if rel.is_root() => format!("/{meter}"),
+        Target::Meter { meter, rel } => format!("/{meter}/{}", rel.text()),
+    }
+}
+
+/// What an open handle is.
+enum Open {
+    Dir {
+        entries: Vec<SftpFile>,
+        sent: bool,
+    },
+    Read {
+        meter: String,
+        rel: RelPath,
+        file: Arc<std::fs::File>,
+        bytes: u64,
+    },
+    Write(Upload),
+}
+
+struct Upload {
+    meter: String,
+    rel: RelPath,
+    temp: RelPath,
+    store: Arc<LocalStore>,
+    file: Arc<std::fs::File>,
+    /// The highest offset written.
+    size: u64,
+    /// What the store held when the upload began (quota).
+    used: u64,
+    /// Why a write was refused: the upload is then discarded on close.
+    failed: Option<String>,
+}
+
+/// One SFTP channel.
+pub struct SftpSession {
+    ctx: Arc<ShellContext>,
+    caller: Caller,
+    handles: HashMap<String, Open>,
+    next: u64,
+    max_upload: u64,
+    quota: u64,
+}
+
+type Reply = Result<Packet, (StatusCode, String)>;
+
+fn denied(why: impl Into<String>) -> (StatusCode, String) {
+    (StatusCode::PermissionDenied, why.into())
+}
+
+fn from_file_error(e: FileError) -> (StatusCode, String) {
+    let code = match e {
+        FileError::NotFound => StatusCode::NoSuchFile,
+        FileError::Escape | FileError::BadPath(_) => StatusCode::PermissionDenied,
+        _ => StatusCode::Failure,
+    };
+    (code, e.to_string())
+}
+
+fn attrs_of(st: &nix::sys::stat::FileStat) -> FileAttributes {
+    FileAttributes {
+        size: Some(st.st_size.max(0) as u64),
+        uid: Some(st.st_uid),
+        user: None,
+        gid: Some(st.st_gid),
+        group: None,
+        permissions: Some(st.st_mode),
+        atime: Some(st.st_atime.max(0) as u32),
+        mtime: Some(st.st_mtime.max(0) as u32),
+    }
+}
+
+fn dir_attrs() -> FileAttributes {
+    FileAttributes {
+        permissions: Some(0o40750),
+        ..FileAttributes::empty()
+    }
+}
+
+fn ok(id: u32) -> Packet {
+    Packet::Status(Status {
+        id,
+        status_code: StatusCode::Ok,
+        error_message: "Ok".into(),
+        language_tag: "en-US".into(),
+    })
+}
+
+/// The first path component that is a literal directory name of a profile
+/// path rule (`firmware/**` → `firmware`): such directories cannot be
+/// renamed or removed.
+fn protected(profile: &crate::model::Profile, rel: &RelPath) -> bool {
+    rel.names().len() == 1
+        && profile
+            .paths
+            .iter()
+            .any(|r| r.pattern.trim_matches('/').split('/').next() == Some(rel.names()[0].as_str()))
+}
+
+impl SftpSession {
+    pub fn new(ctx: Arc<ShellContext>, caller: Caller, max_upload: u64, quota: u64) -> Self {
+        SftpSession {
+            ctx,
+            caller,
+            handles: HashMap::new(),
+            next: 0,
+            max_upload,
+            quota,
+        }
+    }
+
+    async fn log(&self, ev: EventDraft) {
+        crate::doors::ssh::log(&self.ctx.admin, ev.principal(&self.caller.who)).await;
+    }
+
+    fn event(&self, code: &str, outcome: Outcome, meter: &str, path: &RelPath) -> EventDraft {
+        EventDraft::new(code, Category::File, outcome)
+            .source(self.caller.peer.ip())
+            .door(DOOR)
+            .meter(meter)
+            .detail("path", path.text())
+            .detail("session", self.caller.session)
+    }
+
+    /// A request refused before the guard (an escape, a link, a protected
+    /// directory, a cross-meter rename): logged, permission denied.
+    async fn refuse(&self, path: &str, why: &str) -> (StatusCode, String) {
+        let ev = EventDraft::new("sftp.refused", Category::File, Outcome::Deny)
+            .source(self.caller.peer.ip())
+            .door(DOOR)
+            .reason(why)
+            .detail("path", path.chars().take(256).collect::<String>())
+            .detail("session", self.caller.session);
+        self.log(ev).await;
+        denied(why)
+    }
+
+    /// Resolves a path; one that leaves `/` or names no configured meter
+    /// is refused and logged.
+    async fn target(&self, path: &str) -> Result<Target, (StatusCode, String)> {
+        match resolve(path) {
+            Ok(Target::Meter { meter, .. })
+                if !self.ctx.admin.guard.fleet().0.iter().any(|m| m.id == meter) =>
+            {
+                Err(self
+                    .refuse(
+                        path,
+                        &format!(
+                            "`{}` is not a meter",
+                            meter.chars().take(64).collect::<String>()
+                        ),
+                    )
+                    .await)
+            }
+            Ok(t) => Ok(t),
+            Err(e) => Err(self.refuse(path, &e.to_string()).await),
+        }
+    }
+
+    /// A store operation's result; a symlink or an escape the kernel
+    /// refused is logged like any refusal.
+    async fn checked<T>(
+        &self,
+        path: &str,
+        r: Result<T, FileError>,
+    ) -> Result<T, (StatusCode, String)> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e @ FileError::Escape) => Err(self.refuse(path, &e.to_string()).await),
+            Err(e) => Err(from_file_error(e)),
+        }
+    }
+
+    /// The guard's decision on a file action (logged by the guard).
+    async fn allow(
+        &self,
+        meter: &str,
+        op: FileOp,
+        rel: &RelPath,
+    ) -> Result<(), (StatusCode, String)> {
+        let d = self
+            .ctx
+            .admin
+            .guard
+            .authorize(
+                &Request {
+                    principal: self.caller.who.clone(),
+                    source: Some(self.caller.peer.ip().to_string()),
+                    door: DOOR,
+                    action: Action::File {
+                        meter: meter.to_string(),
+                        op,
+                        path: rel.text(),
+                    },
+                    read_only: false,
+                    certificate: None,
+                },
+                OffsetDateTime::now_utc(),
+            )
+            .await;
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(denied(format!("{}", d.reason)))
+        }
+    }
+
+    fn store(
+        &self,
+        meter: &str,
+    ) -> Result<(Arc<LocalStore>, crate::model::Profile), (StatusCode, String)> {
+        let fleet = self.ctx.admin.guard.fleet();
+        let m = fleet
+            .0
+            .iter()
+            .find(|m| m.id == meter)
+            .ok_or_else(|| (StatusCode::NoSuchFile, format!("no meter `{meter}`")))?;
+        let dir = m.files.as_ref().ok_or_else(|| {
+            (
+                StatusCode::NoSuchFile,
+                format!("meter {meter} has no file store"),
+            )
+        })?;
+        let store = LocalStore::open(dir).map_err(from_file_error)?;
+        let profile = fleet.1.get(&m.profile).cloned().unwrap_or_default();
+        Ok((Arc::new(store), profile))
+    }
+
+    /// The meters whose stores the caller may at least list.
+    fn meters(&self) -> Vec<SftpFile> {
+        let guard = &self.ctx.admin.guard;
+        let now = OffsetDateTime::now_utc();
+        let fleet = guard.fleet();
+        fleet
+            .0
+            .iter()
+            .filter(|m| m.files.is_some())
+            .filter(|m| {
+                [
+                    Permission::FileSystemReadOnlyAccess,
+                    Permission::FileSystemReadAndWriteAccess,
+                    Permission::FirmwareManagement,
+                    Permission::CertificateManagement,
+                ]
+                .into_iter()
+                .any(|p| {
+                    guard
+                        .decide_permission(&self.caller.who, p, Some(&m.id), now)
+                        .allowed
+                })
+            })
+            .map(|m| SftpFile::new(m.id.clone(), dir_attrs()))
+            .collect()
+    }
+
+    fn handle(&mut self, open: Open) -> Result<String, (StatusCode, String)> {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err((
+                StatusCode::Failure,
+                format!("at most {MAX_HANDLES} open handles"),
+            ));
+        }
+        self.next += 1;
+        let h = self.next.to_string();
+        self.handles.insert(h.clone(), open);
+        Ok(h)
+    }
+
+    pub async fn request(&mut self, packet: Packet) -> Reply {
+        match packet {
+            Packet::Init(_) => {
+                let mut v = Version::new();
+                v.extensions
+                    .insert("posix-rename@openssh.com".into(), "1".into());
+                // Offered so that clients ask, and the refusal is logged.
+                v.extensions
+                    .insert("hardlink@openssh.com".into(), "1".into());
+                Ok(Packet::Version(v))
+            }
+            Packet::RealPath(r) => {
+                let t = self.target(&r.path).await?;
+                Ok(Packet::Name(Name {
+                    id: r.id,
+                    files: vec![SftpFile::dummy(display(&t))],
+                }))
+            }
+            Packet::Stat(s) => self.stat(s.id, &s.path, true).await,
+            Packet::Lstat(s) => self.stat(s.id, &s.path, false).await,
+            Packet::Fstat(s) => {
+                let file = match self.handles.get(&s.handle) {
+                    Some(Open::Read { file, .. }) => file.clone(),
+                    Some(Open::Write(u)) => u.file.clone(),
+                    Some(Open::Dir { .. }) => {
+                        return Ok(Packet::Attrs(Attrs {
+                            id: s.id,
+                            attrs: dir_attrs(),
+                        }));
+                    }
+                    None => return Err((StatusCode::Failure, "no such handle".into())),
+                };
+                let st = nix::sys::stat::fstat(&*file).map_err(|e| from_file_error(e.into()))?;
+                Ok(Packet::Attrs(Attrs {
+                    id: s.id,
+                    attrs: attrs_of(&st),
+                }))
+            }
+            Packet::OpenDir(o) => {
+                let entries = match self.target(&o.path).await? {
+                    Target::Root => self.meters(),
+                    Target::Meter { meter, rel } => {
+                        self.allow(&meter, FileOp::List, &rel).await?;
+                        let (store, _) = self.store(&meter)?;
+                        let list = tokio::task::spawn_blocking(move || store.list(&rel))
+                            .await
+                            .map_err(|e| (StatusCode::Failure, e.to_string()))?;
+                        let list = self.checked(&o.path, list).await?;
+                        list.into_iter()
+                            .map(|e| SftpFile::new(e.name, attrs_of(&e.stat)))
+                            .collect()
+                    }
+                };
+                let handle = self.handle(Open::Dir {
+                    entries,
+                    sent: false,
+                })?;
+                Ok(Packet::Handle(Handle { id: o.id, handle }))
+            }
+            Packet::ReadDir(r) => match self.handles.get_mut(&r.handle) {
+                Some(Open::Dir { entries, sent }) if !*sent => {
+                    *sent = true;
+                    Ok(Packet::Name(Name {
+                        id: r.id,
+                        files: std::mem::take(entries),
+                    }))
+                }
+                Some(Open::Dir { .. }) => Err((StatusCode::Eof, "end of directory".into())),
+                _ => Err((StatusCode::Failure, "no such directory handle".into())),
+            },
+            Packet::Open(o) => self.open(o.id, &o.filename, o.pflags).await,
+            Packet::Read(r) => {
+                let Some(Open::Read { file, bytes, .. }) = self.handles.get_mut(&r.handle) else {
+                    return Err((
+                        StatusCode::Failure,
+                        "no such file handle open for reading".into(),
+                    ));
+                };
+                let file = file.clone();
+                let len = r.len.min(MAX_READ) as usize;
+                let data = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; len];
+                    let n = file.read_at(&mut buf, r.offset)?;
+                    buf.truncate(n);
+                    Ok::<_, std::io::Error>(buf)
+                })
+                .await
+                .map_err(|e| (StatusCode::Failure, e.to_string()))?
+                .map_err(|e| from_file_error(e.into()))?;
+                if data.is_empty() {
+                    return Err((StatusCode::Eof, "end of file".into()));
+                }
+                *bytes += data.len() as u64;
+                Ok(Packet::Data(Data { id: r.id, data }))
+            }
+            Packet::Write(w) => {
+                let (max, quota) = (self.max_upload, self.quota);
+                let Some(Open::Write(u)) = self.handles.get_mut(&w.handle) else {
+                    return Err((
+                        StatusCode::Failure,
+                        "no such file handle open for writing".into(),
+                    ));
+                };
+                let end = w.offset.saturating_add(w.data.len() as u64);
+                let refused = if let Some(why) = &u.failed {
+                    Some(why.clone())
+                } else if end > max {
+                    Some(format!(
+                        "the upload would exceed the maximum upload size ({max} bytes)"
+                    ))
+                } else if u.used.saturating_add(end.max(u.size)) > quota {
+                    Some(format!(
+                        "the meter's store quota ({quota} bytes) would be exceeded"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = refused {
+                    u.failed = Some(why.clone());
+                    return Err((StatusCode::Failure, why));
+                }
+                let file = u.file.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    file.write_all_at(&w.data, w.offset)
+                })
+                .await
+                .map_err(|e| (StatusCode::Failure, e.to_string()))?;
+                if let Err(e) = written {
+                    // A full disk among them: the upload is discarded.
+                    let why = format!("the write failed: {e}");
+                    u.failed = Some(why.clone());
+                    return Err((StatusCode::Failure, why));
+                }
+                u.size = u.size.max(end);
+                Ok(ok(w.id))
+            }
+            Packet::Close(c) => self.close(c.id, &c.handle).await,
+            Packet::MkDir(m) => {
+                let (meter, rel) = self.in_meter(&m.path).await?;
+                self.allow(&meter, FileOp::Mkdir, &rel).await?;
+                let (store, _) = self.store(&meter)?;
+                self.checked(&m.path, store.mkdir(&rel)).await?;
+                self.log(self.event("sftp.mkdir", Outcome::Success, &meter, &rel))
+                    .await;
+                Ok(ok(m.id))
+            }
+            Packet::RmDir(m) => {
+                let (meter, rel) = self.in_meter(&m.path).await?;
+                let (store, profile) = self.store(&meter)?;
+                if protected(&profile, &rel) {
+                    return Err(self
+                        .refuse(&m.path, "a protected directory cannot be removed")
+                        .await);
+                }
+                self.allow(&meter, FileOp::Rmdir, &rel).await?;
+                self.checked(&m.path, store.rmdir(&rel)).await?;
+                self.log(self.event("sftp.rmdir", Outcome::Success, &meter, &rel))
+                    .await;
+                Ok(ok(m.id))
+            }
+            Packet::Remove(r) => {
+                let (meter, rel) = self.in_meter(&r.filename).await?;
+                self.allow(&meter, FileOp::Remove, &rel).await?;
+                let (store, _) = self.store(&meter)?;
+                self.checked(&r.filename, store.remove(&rel)).await?;
+                self.log(self.event("sftp.remove", Outcome::Success, &meter, &rel))
+                    .await;
+                Ok(ok(r.id))
+            }
+            Packet::Rename(r) => self.rename(r.id, &r.oldpath, &r.newpath, false).await,
+            Packet::SetStat(s) => {
+                let (meter, rel) = self.in_meter(&s.path).await?;
+                self.allow(&meter, FileOp::SetStat, &rel).await?;
+                let (store, _) = self.store(&meter)?;
+                let st = self.checked(&s.path, store.stat(&rel)).await?;
+                if is_file(&st) {
+                    let f = self.checked(&s.path, store.open_write(&rel)).await?;
+                    apply_attrs(&f, &s.attrs)?;
+                }
+                Ok(ok(s.id))
+            }
+            Packet::FSetStat(s) => match self.handles.get(&s.handle) {
+                Some(Open::Write(u)) => {
+                    apply_attrs(&u.file, &s.attrs)?;
+                    Ok(ok(s.id))
+                }
+                Some(_) => Ok(ok(s.id)),
+                None => Err((StatusCode::Failure, "no such handle".into())),
+            },
+            Packet::Symlink(s) => Err(self
+                .refuse(&s.linkpath, "symbolic links cannot be created")
+                .await),
+            Packet::ReadLink(r) => Err(self
+                .refuse(&r.path, "symbolic links are never followed or read")
+                .await),
+            Packet::Extended(e) => self.extended(e).await,
+            _ => Err((StatusCode::OpUnsupported, "not a request".into())),
+        }
+    }
+
+    /// A path that must be inside a meter's store (not `/` or a meter's
+    /// own root).
+    async fn in_meter(&self, path: &str) -> Result<(String, RelPath), (StatusCode, String)> {
+        match self.target(path).await? {
+            Target::Meter { meter, rel } if !rel.is_root() => Ok((meter, rel)),
+            _ => Err(self
+                .refuse(
+                    path,
+                    "the root and a meter's own directory cannot be changed",
+                )
+                .await),
+        }
+    }
+
+    /// STAT follows a symlink, LSTAT does not: the store never follows
+    /// one, so STAT on a symlink is refused and LSTAT describes the link.
+    async fn stat(&self, id: u32, path: &str, follow: bool) -> Reply {
+        let attrs = match self.target(path).await? {
+            Target::Root => dir_attrs(),
+            Target::Meter { meter, rel } => {
+                self.allow(&meter, FileOp::Stat, &rel).await?;
+                let (store, _) = self.store(&meter)?;
+                let st = self.checked(path, store.stat(&rel)).await?;
+                if follow && !is_file(&st) && !is_dir(&st) {
+                    return Err(self
+                        .checked::<()>(path, Err(FileError::Escape))
+                        .await
+                        .unwrap_err());
+                }
+                attrs_of(&st)
+            }
+        };
+        Ok(Packet::Attrs(Attrs { id, attrs }))
+    }
+
+    async fn open(&mut self, id: u32, path: &str, flags: OpenFlags) -> Reply {
+        let (meter, rel) = self.in_meter(path).await?;
+        let (store, _) = self.store(&meter)?;
+        let writing = flags.intersects(
+            OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+        );
+        if !writing {
+            self.allow(&meter, FileOp::Read, &rel).await?;
+            let file = self.checked(path, store.open_read(&rel)).await?;
+            let handle = self.handle(Open::Read {
+                meter,
+                rel,
+                file: Arc::new(file),
+                bytes: 0,
+            })?;
+            return Ok(Packet::Handle(Handle { id, handle }));
+        }
+        let exists = store.stat(&rel).is_ok();
+        let op = if exists {
+            FileOp::Write
+        } else {
+            FileOp::Create
+        };
+        self.allow(&meter, op, &rel).await?;
+        if exists && flags.contains(OpenFlags::EXCLUDE) {
+            return Err((StatusCode::Failure, "it already exists".into()));
+        }
+        let s = store.clone();
+        let used = tokio::task::spawn_blocking(move || s.usage())
+            .await
+            .map_err(|e| (StatusCode::Failure, e.to_string()))?
+            .map_err(from_file_error)?;
+        let (file, temp) = self.checked(path, store.create_upload(&rel)).await?;
+        let handle = self.handle(Open::Write(Upload {
+            meter,
+            rel,
+            temp,
+            store,
+            file: Arc::new(file),
+            size: 0,
+            used,
+            failed: None,
+        }))?;
+        Ok(Packet::Handle(Handle { id, handle }))
+    }
+
+    async fn close(&mut self, id: u32, handle: &str) -> Reply {
+        match self.handles.remove(handle) {
+            None => Err((StatusCode::Failure, "no such handle".into())),
+            Some(Open::Dir { .. }) => Ok(ok(id)),
+            Some(Open::Read {
+                meter, rel, bytes, ..
+            }) => {
+                let ev = self
+                    .event("sftp.read", Outcome::Success, &meter, &rel)
+                    .reason(format!("read {bytes} bytes"))
+                    .detail("bytes", bytes);
+                self.log(ev).await;
+                Ok(ok(id))
+            }
+            Some(Open::Write(u)) => {
+                let (meter, rel, size) = (u.meter.clone(), u.rel.clone(), u.size);
+                if let Some(why) = u.failed.clone() {
+                    let _ = u.store.remove(&u.temp);
+                    let ev = self
+                        .event("sftp.upload", Outcome::Failure, &meter, &rel)
+                        .reason(format!("the upload was discarded: {why}"));
+                    self.log(ev).await;
+                    return Err((StatusCode::Failure, why));
+                }
+                match finish_upload(u).await {
+                    Ok(sha256) => {
+                        let ev = self
+                            .event("sftp.upload", Outcome::Success, &meter, &rel)
+                            .reason(format!("wrote {size} bytes, SHA-256 {sha256}"))
+                            .detail("bytes", size)
+                            .detail("sha256", &sha256);
+                        self.log(ev).await;
+                        Ok(ok(id))
+                    }
+                    Err(e) => {
+                        let ev = self
+                            .event("sftp.upload", Outcome::Failure, &meter, &rel)
+                            .reason(format!("the upload was not stored: {}", e.1));
+                        self.log(ev).await;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn rename(&self, id: u32, from: &str, to: &str, replace: bool) -> Reply {
+        let (meter, a) = self.in_meter(from).await?;
+        let (other, b) = self.in_meter(to).await?;
+        if meter != other {
+            return Err(self
+                .refuse(
+                    &format!("{from} -> {to}"),
+                    "a rename cannot move files between meters",
+                )
+                .await);
+        }
+        let (store, profile) = self.store(&meter)?;
+        if protected(&profile, &a) || protected(&profile, &b) {
+            return Err(self
+                .refuse(
+                    &format!("{from} -> {to}"),
+                    "a protected directory cannot be renamed",
+                )
+                .await);
+        }
+        self.allow(&meter, FileOp::Rename, &a).await?;
+        self.allow(&meter, FileOp::Rename, &b).await?;
+        self.checked(&format!("{from} -> {to}"), store.rename(&a, &b, replace))
+            .await?;
+        let ev = self
+            .event("sftp.rename", Outcome::Success, &meter, &a)
+            .reason(format!("renamed {} to {}", a.text(), b.text()))
+            .detail("to", b.text());
+        self.log(ev).await;
+        Ok(ok(id))
+    }
+
+    async fn extended(&self, e: russh_sftp::protocol::Extended) -> Reply {
+        match e.request.as_str() {
+            "posix-rename@openssh.com" => {
+                let mut data = Bytes::from(e.data);
+                let (Some(from), Some(to)) = (ssh_string(&mut data), ssh_string(&mut data)) else {
+                    return Err((
+                        StatusCode::BadMessage,
+                        "posix-rename takes two paths".into(),
+                    ));
+                };
+                self.rename(e.id, &from, &to, true).await
+            }
+            "hardlink@openssh.com" => Err(self.refuse("", "hard links cannot be created").await),
+            other => Err((
+                StatusCode::OpUnsupported,
+                format!(
+                    "extension `{}` is not offered",
+                    other.chars().take(64).collect::<String>()
+                ),
+            )),
+        }
+    }
+}
+
+/// A length-prefixed SSH string.
+fn ssh_string(b: &mut Bytes) -> Option<String> {
+    if b.len() < 4 {
+        return None;
+    }
+    let n = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if b.len() < 4 + n {
+        return None;
+    }
+    let s = String::from_utf8(b[4..4 + n].to_vec()).ok()?;
+    *b = b.slice(4 + n..);
+    Some(s)
+}
+
+fn apply_attrs(f: &std::fs::File, a: &FileAttributes) -> Result<(), (StatusCode, String)> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(size) = a.size {
+        f.set_len(size)
+            .map_err(|e| (StatusCode::Failure, e.to_string()))?;
+    }
+    if let Some(mode) = a.permissions {
+        // No set-id or sticky bits from a client.
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
+            .map_err(|e| (StatusCode::Failure, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Makes an upload durable under its final name: fsync, SHA-256 of what is
+/// stored, rename over the target. On failure the temporary file is removed
+/// so nothing half-written is left.
+async fn finish_upload(u: Upload) -> Result<String, (StatusCode, String)> {
+    let store = u.store.clone();
+    let temp = u.temp.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::try_clone(&u.file)?;
+        f.sync_all()?;
+        f.rewind()?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        u.store
+            .rename(&u.temp, &u.rel, true)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok::<_, std::io::Error>(hex::encode(ctx.finish()))
+    })
+    .await
+    .map_err(|e| (StatusCode::Failure, e.to_string()))?;
+    result.map_err(|e| {
+        let _ = store.remove(&temp);
+        (
+            StatusCode::Failure,
+            format!("the upload could not be stored: {e}"),
+        )
+    })
+}
+
+/// Runs the SFTP protocol on `stream` until the client ends it; requests
+/// are answered one at a time, in order.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, mut session: SftpSession) {
+    while let Ok(len) = stream.read_u32().await {
+        if len == 0 || len > MAX_PACKET {
+            tracing::debug!(len, "sftp packet length refused");
+            break;
+        }
+        let mut buf = vec![0u8; len as usize];
+        if stream.read_exact(&mut buf).await.is_err() {
+            break;
+        }
+        let mut bytes = Bytes::from(buf);
+        let response = match Packet::try_from(&mut bytes) {
+            Ok(p) => {
+                let id = p.get_request_id();
+                match session.request(p).await {
+                    Ok(reply) => reply,
+                    Err((code, message)) => Packet::Status(Status {
+                        id,
+                        status_code: code,
+                        error_message: message,
+                        language_tag: "en-US".into(),
+                    }),
+                }
+            }
+            Err(_) => Packet::error(0, StatusCode::BadMessage),
+        };
+        let Ok(out) = Bytes::try_from(response) else {
+            break;
+        };
+        if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+            break;
+        }
+    }
+    // Uploads never closed are not kept.
+    for (_, open) in session.handles.drain() {
+        if let Open::Write(u) = open {
+            let _ = u.store.remove(&u.temp);
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! A meter's local file store, sandboxed without check-then-use: every path
+//! is opened relative to the store's root directory with openat2 and
+//! RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, and operations on a final name go
+//! through its parent directory's descriptor (unlinkat, mkdirat, renameat2,
+//! fstatat without following). `..`, absolute paths, NUL bytes, symlinks
+//! planted in the store and races that swap a directory for a symlink
+//! cannot leave the root: the kernel refuses them while resolving.
+
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+/// Uploads are written under a name like this, renamed on close.
+pub const UPLOAD_PREFIX: &str = ".metergate-upload-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("`{0}` is not a path inside the meter's store")]
+    BadPath(String),
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("it already exists")]
+    Exists,
+    #[error("a symbolic link or a path leaving the store: refused")]
+    Escape,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("the directory is not empty")]
+    NotEmpty,
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<Errno> for FileError {
+    fn from(e: Errno) -> Self {
+        match e {
+            Errno::ENOENT => FileError::NotFound,
+            Errno::EEXIST => FileError::Exists,
+            // openat2 says EXDEV when resolution would leave the root, ELOOP
+            // when it meets a symlink.
+            Errno::EXDEV | Errno::ELOOP => FileError::Escape,
+            Errno::ENOTDIR => FileError::NotADirectory,
+            Errno::ENOTEMPTY => FileError::NotEmpty,
+            other => FileError::Io(other.desc().to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for FileError {
+    fn from(e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(code) => Errno::from_raw(code).into(),
+            None => FileError::Io(e.to_string()),
+        }
+    }
+}
+
+/// A path inside a store: plain names only (no `.`, `..`, `/` or NUL);
+/// empty for the root itself.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RelPath(Vec<String>);
+
+impl RelPath {
+    pub fn new(names: Vec<String>) -> Result<RelPath, FileError> {
+        for n in &names {
+            if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
+                return Err(FileError::BadPath(n.clone()));
+            }
+        }
+        Ok(RelPath(names))
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The path as text, `a/b/c` ("" for the root).
+    pub fn text(&self) -> String {
+        self.0.join("/")
+    }
+
+    fn os(&self) -> PathBuf {
+        if self.0.is_empty() {
+            PathBuf::from(".")
+        } else {
+            PathBuf::from(self.text())
+        }
+    }
+
+    /// The parent and the final name (None for the root).
+    pub fn split(&self) -> Option<(RelPath, &str)> {
+        let (last, parent) = self.0.split_last()?;
+        Some((RelPath(parent.to_vec()), last))
+    }
+
+    pub fn join(&self, name: &str) -> Result<RelPath, FileError> {
+        let mut v = self.0.clone();
+        v.push(name.to_string());
+        RelPath::new(v)
+    }
+}
+
+/// One entry of a listing.
+pub struct Entry {
+    pub name: String,
+    pub stat: FileStat,
+}
+
+/// A meter's file store on the gateway's disk.
+pub struct LocalStore {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+fn how(flags: OFlag) -> OpenHow {
+    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_BENEATH
+            | ResolveFlag::RESOLVE_NO_SYMLINKS
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+impl LocalStore {
+    pub fn open(path: &Path) -> Result<LocalStore, FileError> {
+        let root = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(LocalStore {
+            root,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn at(&self, rel: &RelPath, flags: OFlag, mode: Mode) -> Result<OwnedFd, FileError> {
+        Ok(openat2(
+            self.root.as_fd(),
+            &rel.os(),
+            how(flags).mode(mode),
+        )?)
+    }
+
+    /// The directory that holds `rel`'s final name, and that name.
+    fn parent<'a>(&self, rel: &'a RelPath) -> Result<(OwnedFd, &'a str), FileError> {
+        let (parent, name) = rel.split().ok_or_else(|| FileError::BadPath("/".into()))?;
+        Ok((
+            self.at(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?,
+            name,
+        ))
+    }
+
+    /// What `rel` is, without following a symlink at its end.
+    pub fn stat(&self, rel: &RelPath) -> Result<FileStat, FileError> {
+        if rel.is_root() {
+            return Ok(nix::sys::stat::fstat(self.root.as_fd())?);
+        }
+        let (dir, name) = self.parent(rel)?;
+        Ok(fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?)
+    }
+
+    pub fn open_read(&self, rel: &RelPath) -> Result<File, FileError> {
+        Ok(File::from(self.at(rel, OFlag::O_RDONLY, Mode::empty())?))
+    }
+
+    /// Opens an existing file for writing in place (setstat's truncate).
+    pub fn open_write(&self, rel: &RelPath) -> Result<File, FileError> {
+        Ok(File::from(self.at(rel, OFlag::O_WRONLY, Mode::empty())?))
+    }
+
+    /// Creates the temporary file an upload to `rel` is written to; its
+    /// relative path is returned with it.
+    pub fn create_upload(&self, rel: &RelPath) -> Result<(File, RelPath), FileError> {
+        let (parent, name) = rel.split().ok_or_else(|| FileError::BadPath("/".into()))?;
+        let mut random = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| FileError::Io("no randomness".into()))?;
+        let temp = parent.join(&format!("{UPLOAD_PREFIX}{}-{name}", hex::encode(random)))?;
+        let f = self.at(
+            &temp,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+            Mode::from_bits_truncate(0o640),
+        )?;
+        Ok((File::from(f), temp))
+    }
+
+    pub fn list(&self, rel: &RelPath) -> Result<Vec<Entry>, FileError> {
+        let fd = self.at(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+        let mut dir = nix::dir::Dir::from_fd(fd)?;
+        let mut out = Vec::new();
+        let dfd = dir.as_fd().try_clone_to_owned()?;
+        for e in dir.iter() {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." || name.starts_with(UPLOAD_PREFIX) {
+                continue;
+            }
+            if let Ok(stat) = fstatat(dfd.as_fd(), e.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                out.push(Entry { name, stat });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn mkdir(&self, rel: &RelPath) -> Result<(), FileError> {
+        let (dir, name) = self.parent(rel)?;
+        Ok(mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o750))?)
+    }
+
+    pub fn rmdir(&self, rel: &RelPath) -> Result<(), FileError> {
+        let (dir, name) = self.parent(rel)?;
+        Ok(unlinkat(dir.as_fd(), name, UnlinkatFlags::RemoveDir)?)
+    }
+
+    pub fn remove(&self, rel: &RelPath) -> Result<(), FileError> {
+        let (dir, name) = self.parent(rel)?;
+        Ok(unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)?)
+    }
+
+    /// Renames within the store; `replace` allows overwriting the target
+    /// (posix-rename), otherwise an existing target is refused.
+    pub fn rename(&self, from: &RelPath, to: &RelPath, replace: bool) -> Result<(), FileError> {
+        let (a, an) = self.parent(from)?;
+        let (b, bn) = self.parent(to)?;
+        let flags = if replace {
+            nix::fcntl::RenameFlags::empty()
+        } else {
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE
+        };
+        Ok(nix::fcntl::renameat2(a.as_fd(), an, b.as_fd(), bn, flags)?)
+    }
+
+    /// Bytes of regular files in the store (for the quota), uploads in
+    /// progress included; walks without following symlinks.
+    pub fn usage(&self) -> Result<u64, FileError> {
+        fn walk(store: &LocalStore, rel: &RelPath, depth: usize) -> Result<u64, FileError> {
+            if depth > 32 {
+                return Ok(0);
+            }
+            let fd = store.at(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+            let mut dir = nix::dir::Dir::from_fd(fd)?;
+            let dfd = dir.as_fd().try_clone_to_owned()?;
+            let mut total = 0;
+            let mut subdirs: Vec<String> = Vec::new();
+            for e in dir.iter() {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name == "." || name == ".." {
+                    continue;
+                }
+                let Ok(st) = fstatat(dfd.as_fd(), e.file_name(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                else {
+                    continue;
+                };
+                if is_file(&st) {
+                    total += st.st_size.max(0) as u64;
+                } else if is_dir(&st) {
+                    subdirs.push(name);
+                }
+            }
+            for d in subdirs {
+                if let Ok(r) = rel.join(&d) {
+                    total += walk(store, &r, depth + 1)?;
+                }
+            }
+            Ok(total)
+        }
+        walk(self, &RelPath::default(), 0)
+    }
+}
+
+/// Whether a stat is a directory, a regular file or something else.
+fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+}
+
+pub fn is_dir(st: &FileStat) -> bool {
+    kind(st) == SFlag::S_IFDIR
+}
+
+pub fn is_file(st: &FileStat) -> bool {
+    kind(st) == SFlag::S_IFREG
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(p: &str) -> RelPath {
+        RelPath::new(
+            p.split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_symlink_planted_in_the_store_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("m");
+        std::fs::create_dir_all(root.join("logs")).unwrap();
+        std::fs::write(root.join("logs/a.log"), "x").unwrap();
+        std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("logs/passwd")).unwrap();
+        let s = LocalStore::open(&root).unwrap();
+        // (what, result) table: the symlink is refused wherever it appears.
+        assert!(s.open_read(&rel("logs/a.log")).is_ok());
+        for p in ["escape/etc/passwd", "logs/passwd", "escape"] {
+            assert!(
+                matches!(s.open_read(&rel(p)), Err(FileError::Escape)),
+                "{p}"
+            );
+        }
+        assert!(matches!(s.list(&rel("escape")), Err(FileError::Escape)));
+        assert!(matches!(
+            s.create_upload(&rel("escape/tmp/x")),
+            Err(FileError::Escape)
+        ));
+        // The link itself can be seen (lstat) and removed, never followed.
+        assert!(!is_dir(&s.stat(&rel("escape")).unwrap()));
+        assert!(RelPath::new(vec!["..".into()]).is_err());
+        assert!(RelPath::new(vec!["a\0b".into()]).is_err());
+    }
+}

@@ -1,0 +1,360 @@
+//! The SFTP door driven by OpenSSH's `sftp -b` (a client nobody here wrote)
+//! on the demo's meter stores: the permission table of DESIGN §2, protected
+//! directories, the escape corpus (refused, logged, nothing outside touched),
+//! uploads with their SHA-256, the size limit and the store quota.
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/site.rs"]
+mod site;
+#[path = "common/ssh.rs"]
+mod ssh;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use daemon::*;
+use site::Site;
+use ssh::*;
+
+/// Runs one `sftp -b` batch as `user`; true when every command succeeded.
+fn sftp(port: u16, key: &Path, user: &str, batch: &str) -> (bool, String) {
+    let mut child = Command::new("sftp")
+        .args(SSH_OPTIONS)
+        .arg("-i")
+        .arg(key)
+        .args(["-P", &port.to_string(), "-b", "-"])
+        .arg(format!("{user}@127.0.0.1"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sftp runs (apt-get install openssh-client)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The demo with three more users: `rw` (File System Read and Write
+/// Access), `flasher` (Firmware Management alone); crew is an Operator
+/// (Read-Only Access) and admin holds Administrator.
+fn site() -> Site {
+    let s = Site::start();
+    for (role, permission) in [
+        ("Writer", "File System Read and Write Access"),
+        ("Flasher", "Firmware Management"),
+    ] {
+        s.d.mg(&["role", "create", role, "--permission", permission])
+            .ok();
+    }
+    for (user, role) in [("rw", "Writer"), ("flasher", "Flasher")] {
+        s.d.mg(&[
+            "user",
+            "add",
+            user,
+            "--email",
+            &format!("{user}@example.org"),
+        ])
+        .ok();
+        s.d.mg(&["user", "grant-role", user, role]).ok();
+        let key = keygen(s.keys.path(), user);
+        s.d.mg(&["user", "add-key", user, &public_line(&key)]).ok();
+    }
+    s
+}
+
+fn store(s: &Site, meter: &str) -> PathBuf {
+    s.d.config.with_file_name("meters").join(meter)
+}
+
+#[test]
+fn each_operation_needs_the_permission_the_table_names() {
+    let s = site();
+    let local = tempfile::tempdir().unwrap();
+    let upload = local.path().join("new.bin");
+    std::fs::write(&upload, b"firmware image 1.2.3\n").unwrap();
+    let up = upload.display().to_string();
+    let got = local.path().join("got");
+    let get = got.display().to_string();
+    // (who, batch) -> succeeds?
+    #[rustfmt::skip]
+    let table: Vec<(&str, String, bool)> = vec![
+        ("crew", format!("get /meter-1/logs/events.log {get}"), true),
+        ("crew", "ls /meter-1/logs".into(), true),
+        ("crew", format!("put {up} /meter-1/logs/new.bin"), false),
+        ("crew", "rm /meter-1/logs/events.log".into(), false),
+        ("crew", "rename /meter-1/logs/events.log /meter-1/logs/e2".into(), false),
+        ("crew", "mkdir /meter-1/logs/d".into(), false),
+        ("crew", format!("get /meter-1/firmware/VERSION {get}"), true),
+        ("crew", format!("put {up} /meter-1/firmware/new.bin"), false),
+        ("crew", "ls /meter-3".into(), false),
+        ("rw", format!("put {up} /meter-1/logs/new.bin"), true),
+        ("rw", "mkdir /meter-1/logs/d".into(), true),
+        ("rw", "rename /meter-1/logs/new.bin /meter-1/logs/d/moved.bin".into(), true),
+        ("rw", "rm /meter-1/logs/d/moved.bin".into(), true),
+        ("rw", "rmdir /meter-1/logs/d".into(), true),
+        ("rw", format!("put {up} /meter-1/firmware/new.bin"), false),
+        ("rw", format!("put {up} /meter-1/certificates/ca.pem"), false),
+        ("flasher", format!("put {up} /meter-1/firmware/new.bin"), true),
+        ("flasher", format!("get /meter-1/firmware/VERSION {get}"), true),
+        ("flasher", format!("put {up} /meter-1/logs/new.bin"), false),
+        ("flasher", format!("get /meter-1/logs/events.log {get}"), false),
+        ("admin", "rename /meter-1/firmware /meter-1/fw-old".into(), false),
+        ("admin", "rmdir /meter-1/certificates".into(), false),
+        ("admin", format!("put {up} /meter-3/config/new.cfg"), true),
+    ];
+    for (who, batch, expected) in &table {
+        let (ok, out) = sftp(s.port, &s.key(who), who, &format!("{batch}\n"));
+        assert_eq!(ok, *expected, "{who}: `{batch}`: {out}");
+    }
+    // What was put is stored whole, under its final name only.
+    let fw = store(&s, "meter-1").join("firmware");
+    assert_eq!(
+        std::fs::read(fw.join("new.bin")).unwrap(),
+        b"firmware image 1.2.3\n"
+    );
+    assert!(fw.join("VERSION").is_file(), "firmware/ was never renamed");
+    let leftovers: Vec<_> = std::fs::read_dir(&fw)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".metergate-upload-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // The upload's event carries the stored file's SHA-256.
+    let sha = {
+        let out = Command::new("sha256sum").arg(&upload).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    s.wait_event("sftp.upload", &["user:flasher", &sha]);
+    s.wait_event("file.deny", &["user:crew", "meter-1"]);
+    s.wait_event("sftp.refused", &["a protected directory cannot be renamed"]);
+    // The root lists only the meters one may reach.
+    let (_, ls) = sftp(s.port, &s.key("crew"), "crew", "ls /\n");
+    assert!(ls.contains("meter-1") && !ls.contains("meter-3"), "{ls}");
+}
+
+#[test]
+fn the_escape_corpus_is_refused_logged_and_nothing_outside_changes() {
+    let s = site();
+    let local = tempfile::tempdir().unwrap();
+    let get = local.path().join("got").display().to_string();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "outside").unwrap();
+    // A symlink planted in the store, pointing out of it.
+    let planted = store(&s, "meter-1").join("logs/out");
+    std::os::unix::fs::symlink(outside.path(), &planted).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", store(&s, "meter-1").join("logs/pw")).unwrap();
+    let o = outside.path().display().to_string();
+    #[rustfmt::skip]
+    let corpus: Vec<String> = vec![
+        format!("get /meter-1/../../etc/passwd {get}"),
+        format!("get ../../../../etc/passwd {get}"),
+        format!("get /etc/passwd {get}"),
+        format!("get /meter-1/logs/out/secret {get}"),
+        format!("get /meter-1/logs/pw {get}"),
+        "ls /meter-1/logs/out/secret".into(),
+        format!("put /etc/hostname /meter-1/logs/out/planted"),
+        "rm /meter-1/logs/out/secret".into(),
+        "rename /meter-1/logs/events.log /meter-2/logs/stolen.log".into(),
+        format!("rename /meter-1/logs/events.log /meter-1/../../{o}/moved"),
+        "ln -s / /meter-1/logs/root".into(),
+        "ln /meter-1/logs/events.log /meter-1/logs/hard".into(),
+        format!("mkdir /meter-1/logs/out/newdir"),
+    ];
+    for batch in &corpus {
+        let (ok, out) = sftp(s.port, &s.key("admin"), "admin", &format!("{batch}\n"));
+        assert!(!ok, "`{batch}` should be refused: {out}");
+    }
+    // The planted link is seen as a link, never followed.
+    let (_, ls) = sftp(s.port, &s.key("admin"), "admin", "ls -l /meter-1/logs\n");
+    assert!(ls.contains("out") && !ls.contains("secret"), "{ls}");
+    // Nothing came out, nothing outside changed.
+    assert!(!Path::new(&get).exists(), "something was served");
+    let names: Vec<String> = std::fs::read_dir(outside.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["secret".to_string()]);
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("secret")).unwrap(),
+        "outside"
+    );
+    assert!(store(&s, "meter-1").join("logs/events.log").is_file());
+    assert!(!store(&s, "meter-2").join("logs/stolen.log").exists());
+    let refused = s.events("sftp.refused");
+    for why in [
+        "a path leaving the store",
+        "cannot move files between meters",
+        "symbolic links cannot be created",
+        "hard links cannot be created",
+        "is not a meter",
+    ] {
+        assert!(
+            refused.contains(why),
+            "no refusal saying {why:?}: {refused}"
+        );
+    }
+}
+
+#[test]
+fn the_upload_limit_and_the_store_quota_give_clear_errors_and_leave_nothing() {
+    let port = free_port();
+    let d = Daemon::start_text(|sock| {
+        gateway_config(
+            sock,
+            &format!(
+                "[[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\nfiles = \"files/m1\"\n\
+                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\nmax_upload_bytes = 50000\nstore_quota_bytes = 100000\n"
+            ),
+        )
+    });
+    let files = d.dir.path().join("files/m1/logs");
+    std::fs::create_dir_all(&files).unwrap();
+    let key = keygen(d.dir.path(), "ada");
+    d.mg(&["user", "add", "ada", "--email", "ada@example.org"])
+        .ok();
+    d.mg(&["user", "attach", "ada", "Administrator"]).ok();
+    d.mg(&["user", "add-key", "ada", &public_line(&key)]).ok();
+    let big = d.dir.path().join("big");
+    std::fs::write(&big, vec![7u8; 60_000]).unwrap();
+    let part = d.dir.path().join("part");
+    std::fs::write(&part, vec![1u8; 40_000]).unwrap();
+    // OpenSSH's sftp shows only the status ("Failure"); paramiko shows the
+    // message the gateway sent with it.
+    let script = r#"
+import json, socket, sys, paramiko
+port, key, big, part = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
+t.start_client(timeout=30)
+t.auth_publickey("ada", paramiko.Ed25519Key.from_private_key_file(key))
+sftp = paramiko.SFTPClient.from_transport(t)
+out = []
+for src, dst in [(big, "big"), (part, "a"), (part, "b"), (part, "c")]:
+    try:
+        with sftp.open("/m1/logs/" + dst, "wb") as f:
+            f.write(open(src, "rb").read())
+        out.append("ok")
+    except IOError as e:
+        out.append(str(e))
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .args([&key, &big, &part])
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        r[0].as_str()
+            .unwrap()
+            .contains("maximum upload size (50000 bytes)"),
+        "{r}"
+    );
+    assert_eq!(
+        (r[1].as_str(), r[2].as_str()),
+        (Some("ok"), Some("ok")),
+        "{r}"
+    );
+    assert!(
+        r[3].as_str()
+            .unwrap()
+            .contains("store quota (100000 bytes)"),
+        "{r}"
+    );
+    // OpenSSH's client is refused the same way.
+    let (ok, _) = sftp(
+        port,
+        &key,
+        "ada",
+        &format!("put {} /m1/logs/d\n", part.display()),
+    );
+    assert!(!ok);
+    let mut names: Vec<String> = std::fs::read_dir(&files)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["a".to_string(), "b".to_string()],
+        "no partial file"
+    );
+}
+
+#[test]
+fn paramiko_drives_the_extended_operations() {
+    let s = site();
+    let script = r#"
+import json, socket, sys, paramiko
+port, key = int(sys.argv[1]), sys.argv[2]
+t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
+t.start_client(timeout=30)
+t.auth_publickey("admin", paramiko.Ed25519Key.from_private_key_file(key))
+sftp = paramiko.SFTPClient.from_transport(t)
+out = {}
+with sftp.open("/meter-1/logs/a.txt", "w") as f:
+    f.write("first")
+with sftp.open("/meter-1/logs/b.txt", "w") as f:
+    f.write("second")
+sftp.posix_rename("/meter-1/logs/a.txt", "/meter-1/logs/b.txt")
+out["after_posix_rename"] = sftp.open("/meter-1/logs/b.txt").read().decode()
+out["exists_a"] = "a.txt" in sftp.listdir("/meter-1/logs")
+out["stat_size"] = sftp.stat("/meter-1/logs/b.txt").st_size
+for name, op in [("posix_rename_out", lambda: sftp.posix_rename("/meter-1/logs/b.txt", "/meter-1/../../tmp/x")),
+                 ("symlink", lambda: sftp.symlink("/", "/meter-1/logs/root")),
+                 ("readlink", lambda: sftp.readlink("/meter-1/logs/b.txt")),
+                 ("chmod_other_meter", lambda: sftp.chmod("/meter-9/logs/b.txt", 0o777))]:
+    try:
+        op()
+        out[name] = "allowed"
+    except IOError as e:
+        out[name] = "refused"
+sftp.close()
+t.close()
+print(json.dumps(out))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &s.port.to_string()])
+        .arg(s.key("admin"))
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["after_posix_rename"], "first", "{r}");
+    assert_eq!(r["exists_a"], false, "{r}");
+    assert_eq!(r["stat_size"], 5, "{r}");
+    for op in [
+        "posix_rename_out",
+        "symlink",
+        "readlink",
+        "chmod_other_meter",
+    ] {
+        assert_eq!(r[op], "refused", "{op}: {r}");
+    }
+}
