@@ -67,23 +67,26 @@ def cpu_s(pids):
     return proc_sum(pids, "stat", lambda t: sum(int(x) for x in t.rsplit(")", 1)[1].split()[11:13])) / bm.TICK
 
 
-def start_metergate(tmp, key):
+def start_metergate(tmp, key, extra="", policy=None):
     sock = os.path.join(tmp, "mg.sock")
     port = bm.free_port()
     path = os.path.join(tmp, "mg.toml")
     open(path, "w").write(
         f'state_dir = "mg-state"\n[daemon]\nallow_root = true\n[control]\nsocket = "{sock}"\ngroup = ""\nmode = "0600"\n'
-        f'[ssh]\nlisten = ["127.0.0.1:{port}"]\nmax_sessions_per_principal = 1000\n')
+        f'{extra}\n[ssh]\nlisten = ["127.0.0.1:{port}"]\nmax_sessions_per_principal = 1000\n')
     p = subprocess.Popen([bm.BIN, "serve", "--config", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "RUST_LOG": "warn"})
     bm.wait_port(port)
     public = open(key + ".pub").read().strip()
-    for args in (["user", "add", "bench", "--email", "bench@example.org"], ["user", "add-key", "bench", public]):
+    steps = [["user", "add", "bench", "--email", "bench@example.org"], ["user", "add-key", "bench", public]]
+    if policy:
+        steps.append(["user", "attach", "bench", policy])
+    for args in steps:
         subprocess.run([bm.BIN, "--socket", sock, *args], check=True, stdout=subprocess.DEVNULL)
     return p, port, "bench", "help"
 
 
-def start_sshd(tmp, key):
+def start_sshd(tmp, key, extra=""):
     os.makedirs("/run/sshd", exist_ok=True)
     port = bm.free_port()
     host = os.path.join(tmp, "sshd_host_ed25519_key")
@@ -96,7 +99,7 @@ def start_sshd(tmp, key):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nStrictModes no\n"
         "UsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PidFile none\nLogLevel ERROR\nMaxStartups 1000\nMaxSessions 10\nPrintMotd no\nPrintLastLog no\n"
-        "HostKeyAlgorithms ssh-ed25519\n")
+        "HostKeyAlgorithms ssh-ed25519\n" + extra)
     p = subprocess.Popen([SSHD, "-D", "-e", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     bm.wait_port(port)
     user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()

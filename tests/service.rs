@@ -80,6 +80,12 @@ fn started_as_root_it_binds_then_runs_as_the_service_account() {
         .unwrap()
     });
     let pid = d.pid().unwrap();
+    // The control socket accepts (its backlog) from the moment it is bound,
+    // before root is dropped: wait (bounded) for the drop itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status_field(pid, "Uid") == "0 0 0 0" && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
     assert_eq!(status_field(pid, "Uid"), "65534 65534 65534 65534");
     assert_eq!(status_field(pid, "Gid"), "65534 65534 65534 65534");
     for caps in ["CapEff", "CapPrm", "CapAmb"] {

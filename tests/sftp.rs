@@ -358,3 +358,68 @@ print(json.dumps(out))
         assert_eq!(r[op], "refused", "{op}: {r}");
     }
 }
+
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_read_never_serves_the_outside() {
+    let s = site();
+    let logs = store(&s, "meter-1").join("logs");
+    let parked = store(&s, "meter-1").join("logs-parked");
+    // Outside the store, a tree that looks like the one the client reads.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("events.log"), "OUTSIDE").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, logs, parked, target) = (
+            stop.clone(),
+            logs.clone(),
+            parked.clone(),
+            outside.path().to_path_buf(),
+        );
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // logs/ -> a symlink to the outside, and back.
+                if std::fs::rename(&logs, &parked).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&target, &logs);
+                    std::thread::yield_now();
+                    let _ = std::fs::remove_file(&logs);
+                    let _ = std::fs::rename(&parked, &logs);
+                    swaps += 1;
+                }
+            }
+            swaps
+        })
+    };
+    let script = r#"
+import json, socket, sys, paramiko
+port, key = int(sys.argv[1]), sys.argv[2]
+t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
+t.start_client(timeout=30)
+t.auth_publickey("admin", paramiko.Ed25519Key.from_private_key_file(key))
+sftp = paramiko.SFTPClient.from_transport(t)
+seen = {"inside": 0, "refused": 0, "outside": 0}
+for i in range(1500):
+    try:
+        with sftp.open("/meter-1/logs/events.log") as f:
+            data = f.read()
+        seen["outside" if b"OUTSIDE" in data else "inside"] += 1
+    except IOError:
+        seen["refused"] += 1
+print(json.dumps(seen))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &s.port.to_string()])
+        .arg(s.key("admin"))
+        .output()
+        .expect("python3 runs");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["outside"], 0, "the outside was served: {r}");
+    // The race really ran both ways: reads inside and reads refused.
+    assert!(swaps > 0, "{r}");
+    assert!(r["inside"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["refused"].as_u64().unwrap() > 0, "{r}");
+}

@@ -7,7 +7,8 @@
 //! dispatch loop is ours, so the channel is ended properly.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use russh_sftp::protocol::{
@@ -88,7 +89,7 @@ enum Open {
         meter: String,
         rel: RelPath,
         file: Arc<std::fs::File>,
-        bytes: u64,
+        bytes: Arc<AtomicU64>,
     },
     Write(Upload),
 }
@@ -103,8 +104,9 @@ struct Upload {
     size: u64,
     /// What the store held when the upload began (quota).
     used: u64,
-    /// Why a write was refused: the upload is then discarded on close.
-    failed: Option<String>,
+    /// Why a write was refused or failed: the upload is then discarded on
+    /// close. Shared with writes in flight.
+    failed: Arc<Mutex<Option<String>>>,
 }
 
 /// One SFTP channel.
@@ -412,73 +414,16 @@ impl SftpSession {
                 _ => Err((StatusCode::Failure, "no such directory handle".into())),
             },
             Packet::Open(o) => self.open(o.id, &o.filename, o.pflags).await,
-            Packet::Read(r) => {
-                let Some(Open::Read { file, bytes, .. }) = self.handles.get_mut(&r.handle) else {
-                    return Err((
-                        StatusCode::Failure,
-                        "no such file handle open for reading".into(),
-                    ));
-                };
-                let file = file.clone();
-                let len = r.len.min(MAX_READ) as usize;
-                let data = tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let mut buf = vec![0u8; len];
-                    let n = file.read_at(&mut buf, r.offset)?;
-                    buf.truncate(n);
-                    Ok::<_, std::io::Error>(buf)
-                })
-                .await
-                .map_err(|e| (StatusCode::Failure, e.to_string()))?
-                .map_err(|e| from_file_error(e.into()))?;
-                if data.is_empty() {
-                    return Err((StatusCode::Eof, "end of file".into()));
-                }
-                *bytes += data.len() as u64;
-                Ok(Packet::Data(Data { id: r.id, data }))
-            }
-            Packet::Write(w) => {
-                let (max, quota) = (self.max_upload, self.quota);
-                let Some(Open::Write(u)) = self.handles.get_mut(&w.handle) else {
-                    return Err((
-                        StatusCode::Failure,
-                        "no such file handle open for writing".into(),
-                    ));
-                };
-                let end = w.offset.saturating_add(w.data.len() as u64);
-                let refused = if let Some(why) = &u.failed {
-                    Some(why.clone())
-                } else if end > max {
-                    Some(format!(
-                        "the upload would exceed the maximum upload size ({max} bytes)"
-                    ))
-                } else if u.used.saturating_add(end.max(u.size)) > quota {
-                    Some(format!(
-                        "the meter's store quota ({quota} bytes) would be exceeded"
-                    ))
-                } else {
-                    None
-                };
-                if let Some(why) = refused {
-                    u.failed = Some(why.clone());
-                    return Err((StatusCode::Failure, why));
-                }
-                let file = u.file.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    file.write_all_at(&w.data, w.offset)
-                })
-                .await
-                .map_err(|e| (StatusCode::Failure, e.to_string()))?;
-                if let Err(e) = written {
-                    // A full disk among them: the upload is discarded.
-                    let why = format!("the write failed: {e}");
-                    u.failed = Some(why.clone());
-                    return Err((StatusCode::Failure, why));
-                }
-                u.size = u.size.max(end);
-                Ok(ok(w.id))
-            }
+            // Reads and writes run in flight (see `io`); these answer only
+            // requests on handles that are not open for them.
+            Packet::Read(_) => Err((
+                StatusCode::Failure,
+                "no such file handle open for reading".into(),
+            )),
+            Packet::Write(_) => Err((
+                StatusCode::Failure,
+                "no such file handle open for writing".into(),
+            )),
             Packet::Close(c) => self.close(c.id, &c.handle).await,
             Packet::MkDir(m) => {
                 let (meter, rel) = self.in_meter(&m.path).await?;
@@ -543,10 +488,146 @@ impl SftpSession {
         }
     }
 
+    /// A read or a write on an open handle, as a task that can run while
+    /// the next requests are read (clients pipeline them: OpenSSH keeps 64
+    /// in flight). None when the handle is not open for it; the caller
+    /// then answers through [`SftpSession::request`].
+    pub fn io(&mut self, packet: &Packet) -> Option<impl Future<Output = Packet> + Send + 'static> {
+        enum Job {
+            Read(Arc<std::fs::File>, Arc<AtomicU64>, u32, u64, usize),
+            Write(
+                Arc<std::fs::File>,
+                Arc<Mutex<Option<String>>>,
+                u32,
+                u64,
+                Vec<u8>,
+            ),
+            Refuse(u32, String),
+        }
+        let job = match packet {
+            Packet::Read(r) => match self.handles.get(&r.handle) {
+                Some(Open::Read { file, bytes, .. }) => Job::Read(
+                    file.clone(),
+                    bytes.clone(),
+                    r.id,
+                    r.offset,
+                    r.len.min(MAX_READ) as usize,
+                ),
+                _ => return None,
+            },
+            Packet::Write(w) => {
+                let (max, quota) = (self.max_upload, self.quota);
+                let Some(Open::Write(u)) = self.handles.get_mut(&w.handle) else {
+                    return None;
+                };
+                let end = w.offset.saturating_add(w.data.len() as u64);
+                let earlier = u.failed.lock().ok().and_then(|f| f.clone());
+                let refused = if let Some(why) = earlier {
+                    Some(why)
+                } else if end > max {
+                    Some(format!(
+                        "the upload would exceed the maximum upload size ({max} bytes)"
+                    ))
+                } else if u.used.saturating_add(end.max(u.size)) > quota {
+                    Some(format!(
+                        "the meter's store quota ({quota} bytes) would be exceeded"
+                    ))
+                } else {
+                    None
+                };
+                match refused {
+                    Some(why) => {
+                        if let Ok(mut f) = u.failed.lock() {
+                            *f = Some(why.clone());
+                        }
+                        Job::Refuse(w.id, why)
+                    }
+                    None => {
+                        u.size = u.size.max(end);
+                        Job::Write(
+                            u.file.clone(),
+                            u.failed.clone(),
+                            w.id,
+                            w.offset,
+                            w.data.clone(),
+                        )
+                    }
+                }
+            }
+            _ => return None,
+        };
+        Some(async move {
+            use std::os::unix::fs::FileExt;
+            let failure = |id, message: String| {
+                Packet::Status(Status {
+                    id,
+                    status_code: StatusCode::Failure,
+                    error_message: message,
+                    language_tag: "en-US".into(),
+                })
+            };
+            match job {
+                Job::Refuse(id, why) => failure(id, why),
+                Job::Read(file, bytes, id, offset, len) => {
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; len];
+                        let n = file.read_at(&mut buf, offset)?;
+                        buf.truncate(n);
+                        Ok::<_, std::io::Error>(buf)
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(data)) if data.is_empty() => Packet::Status(Status {
+                            id,
+                            status_code: StatusCode::Eof,
+                            error_message: "end of file".into(),
+                            language_tag: "en-US".into(),
+                        }),
+                        Ok(Ok(data)) => {
+                            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            Packet::Data(Data { id, data })
+                        }
+                        Ok(Err(e)) => failure(id, format!("the read failed: {e}")),
+                        Err(e) => failure(id, e.to_string()),
+                    }
+                }
+                Job::Write(file, failed, id, offset, data) => {
+                    let written =
+                        tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await;
+                    match written {
+                        Ok(Ok(())) => ok(id),
+                        Ok(Err(e)) => {
+                            // A full disk among them: the upload is discarded.
+                            let why = format!("the write failed: {e}");
+                            if let Ok(mut f) = failed.lock() {
+                                *f = Some(why.clone());
+                            }
+                            failure(id, why)
+                        }
+                        Err(e) => failure(id, e.to_string()),
+                    }
+                }
+            }
+        })
+    }
+
     /// A path that must be inside a meter's store (not `/` or a meter's
     /// own root).
     async fn in_meter(&self, path: &str) -> Result<(String, RelPath), (StatusCode, String)> {
         match self.target(path).await? {
+            Target::Meter { rel, .. }
+                if rel
+                    .names()
+                    .iter()
+                    .any(|n| n.starts_with(crate::fleet::files::UPLOAD_PREFIX)) =>
+            {
+                Err(self
+                    .refuse(
+                        path,
+                        "names starting with .metergate-upload- are the gateway's",
+                    )
+                    .await)
+            }
             Target::Meter { meter, rel } if !rel.is_root() => Ok((meter, rel)),
             _ => Err(self
                 .refuse(
@@ -591,7 +672,7 @@ impl SftpSession {
                 meter,
                 rel,
                 file: Arc::new(file),
-                bytes: 0,
+                bytes: Arc::new(AtomicU64::new(0)),
             })?;
             return Ok(Packet::Handle(Handle { id, handle }));
         }
@@ -619,7 +700,7 @@ impl SftpSession {
             file: Arc::new(file),
             size: 0,
             used,
-            failed: None,
+            failed: Arc::new(Mutex::new(None)),
         }))?;
         Ok(Packet::Handle(Handle { id, handle }))
     }
@@ -631,6 +712,7 @@ impl SftpSession {
             Some(Open::Read {
                 meter, rel, bytes, ..
             }) => {
+                let bytes = bytes.load(Ordering::Relaxed);
                 let ev = self
                     .event("sftp.read", Outcome::Success, &meter, &rel)
                     .reason(format!("read {bytes} bytes"))
@@ -640,7 +722,8 @@ impl SftpSession {
             }
             Some(Open::Write(u)) => {
                 let (meter, rel, size) = (u.meter.clone(), u.rel.clone(), u.size);
-                if let Some(why) = u.failed.clone() {
+                let failed = u.failed.lock().ok().and_then(|f| f.clone());
+                if let Some(why) = failed {
                     let _ = u.store.remove(&u.temp);
                     let ev = self
                         .event("sftp.upload", Outcome::Failure, &meter, &rel)
@@ -790,41 +873,80 @@ async fn finish_upload(u: Upload) -> Result<String, (StatusCode, String)> {
     })
 }
 
-/// Runs the SFTP protocol on `stream` until the client ends it; requests
-/// are answered one at a time, in order.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, mut session: SftpSession) {
-    while let Ok(len) = stream.read_u32().await {
+/// Reads and writes kept in flight at once per channel.
+const IN_FLIGHT: usize = 64;
+
+/// Runs the SFTP protocol on `stream` until the client ends it. Reads and
+/// writes on open handles run concurrently (up to [`IN_FLIGHT`]) and are
+/// answered as they finish (SFTP matches answers by id); any other request
+/// first waits for them, so a close sees every write before it.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    mut session: SftpSession,
+) {
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Packet>(IN_FLIGHT * 2);
+    let writing = tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let Ok(out) = Bytes::try_from(p) else { break };
+            if writer.write_all(&out).await.is_err() {
+                break;
+            }
+            if rx.is_empty() && writer.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.flush().await;
+    });
+    let mut in_flight = tokio::task::JoinSet::new();
+    while let Ok(len) = reader.read_u32().await {
         if len == 0 || len > MAX_PACKET {
             tracing::debug!(len, "sftp packet length refused");
             break;
         }
         let mut buf = vec![0u8; len as usize];
-        if stream.read_exact(&mut buf).await.is_err() {
+        if reader.read_exact(&mut buf).await.is_err() {
             break;
         }
         let mut bytes = Bytes::from(buf);
-        let response = match Packet::try_from(&mut bytes) {
-            Ok(p) => {
-                let id = p.get_request_id();
-                match session.request(p).await {
-                    Ok(reply) => reply,
-                    Err((code, message)) => Packet::Status(Status {
-                        id,
-                        status_code: code,
-                        error_message: message,
-                        language_tag: "en-US".into(),
-                    }),
-                }
+        let Ok(p) = Packet::try_from(&mut bytes) else {
+            if tx
+                .send(Packet::error(0, StatusCode::BadMessage))
+                .await
+                .is_err()
+            {
+                break;
             }
-            Err(_) => Packet::error(0, StatusCode::BadMessage),
+            continue;
         };
-        let Ok(out) = Bytes::try_from(response) else {
-            break;
+        if let Some(job) = session.io(&p) {
+            while in_flight.len() >= IN_FLIGHT {
+                in_flight.join_next().await;
+            }
+            let tx = tx.clone();
+            in_flight.spawn(async move {
+                let _ = tx.send(job.await).await;
+            });
+            continue;
+        }
+        while in_flight.join_next().await.is_some() {}
+        let id = p.get_request_id();
+        let response = match session.request(p).await {
+            Ok(reply) => reply,
+            Err((code, message)) => Packet::Status(Status {
+                id,
+                status_code: code,
+                error_message: message,
+                language_tag: "en-US".into(),
+            }),
         };
-        if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+        if tx.send(response).await.is_err() {
             break;
         }
     }
+    while in_flight.join_next().await.is_some() {}
+    drop(tx);
+    let _ = writing.await;
     // Uploads never closed are not kept.
     for (_, open) in session.handles.drain() {
         if let Open::Write(u) = open {
