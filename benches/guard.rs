@@ -38,6 +38,7 @@ fn world(policies: usize, dir: &Path) -> Guard {
             timeout: std::time::Duration::from_secs(1),
             pipeline: 1,
             files: None,
+            sftp: None,
             console: None,
             accounts: None,
         })

@@ -354,6 +354,8 @@ pub struct MeterConfig {
     pub pipeline: usize,
     /// The meter's SFTP file store on the gateway's disk (a directory).
     pub files: Option<PathBuf>,
+    /// Or the meter's own SFTP server, reached as a meter-side account.
+    pub sftp: Option<ConsoleConfig>,
     /// The meter's SSH console, if it has one.
     pub console: Option<ConsoleConfig>,
     /// Meter-side accounts replacing the profile's list.
@@ -626,6 +628,8 @@ struct RawMeter {
     pipeline: usize,
     #[serde(default)]
     files: Option<PathBuf>,
+    #[serde(default)]
+    sftp: Option<Spanned<ConsoleConfig>>,
     #[serde(default)]
     console: Option<Spanned<ConsoleConfig>>,
     #[serde(default)]
@@ -911,13 +915,24 @@ impl Config {
                     Some(unit)
                 }
             };
-            if let Some(spanned) = &m.console {
+            if let (Some(_), Some(s)) = (&m.files, &m.sftp) {
+                return Err(err_at(
+                    s.span().start,
+                    &format!("meters[{i}].sftp"),
+                    "a meter's store is either local (`files`) or upstream (`sftp`), not both"
+                        .into(),
+                ));
+            }
+            for (what, spanned) in [("console", &m.console), ("sftp", &m.sftp)]
+                .into_iter()
+                .filter_map(|(w, c)| c.as_ref().map(|c| (w, c)))
+            {
                 let (c, at) = (spanned.get_ref(), spanned.span().start);
                 if russh::keys::PublicKey::from_openssh(&c.host_key).is_err() {
                     return Err(err_at(
                         at,
-                        &format!("meters[{i}].console.host_key"),
-                        "not an OpenSSH public key line (`ssh-ed25519 AAAA…`): the console's host key is pinned, never learned".into(),
+                        &format!("meters[{i}].{what}.host_key"),
+                        "not an OpenSSH public key line (`ssh-ed25519 AAAA…`): the meter's host key is pinned, never learned".into(),
                     ));
                 }
                 if c.address
@@ -926,7 +941,7 @@ impl Config {
                 {
                     return Err(err_at(
                         at,
-                        &format!("meters[{i}].console.address"),
+                        &format!("meters[{i}].{what}.address"),
                         format!("`{}` is not host:port", c.address),
                     ));
                 }
@@ -955,6 +970,7 @@ impl Config {
                 timeout: m.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
                 pipeline: m.pipeline.clamp(1, 64),
                 files: m.files.as_ref().map(|f| base.join(f)),
+                sftp: m.sftp.as_ref().map(|c| c.get_ref().clone()),
                 console: m.console.as_ref().map(|c| c.get_ref().clone()),
                 accounts: m.accounts.as_ref().map(|a| a.get_ref().clone()),
             });

@@ -476,6 +476,7 @@ pub async fn start_meters(config: &Config, dir: &Path) -> Result<DemoMeters, Dem
                     key,
                     accounts,
                     meter.state.clone(),
+                    Some(files.clone()),
                 )
                 .await
                 .map_err(|e| DemoError::Io {

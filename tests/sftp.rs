@@ -94,6 +94,7 @@ fn each_operation_needs_the_permission_the_table_names() {
     let table: Vec<(&str, String, bool)> = vec![
         ("crew", format!("get /meter-1/logs/events.log {get}"), true),
         ("crew", "ls /meter-1/logs".into(), true),
+        ("crew", "df /meter-1/logs".into(), true),
         ("crew", format!("put {up} /meter-1/logs/new.bin"), false),
         ("crew", "rm /meter-1/logs/events.log".into(), false),
         ("crew", "rename /meter-1/logs/events.log /meter-1/logs/e2".into(), false),
@@ -181,6 +182,7 @@ fn the_escape_corpus_is_refused_logged_and_nothing_outside_changes() {
         "ln -s / /meter-1/logs/root".into(),
         "ln /meter-1/logs/events.log /meter-1/logs/hard".into(),
         format!("mkdir /meter-1/logs/out/newdir"),
+        "df /meter-1/logs/out".into(),
     ];
     for batch in &corpus {
         let (ok, out) = sftp(s.port, &s.key("admin"), "admin", &format!("{batch}\n"));
@@ -422,4 +424,101 @@ print(json.dumps(seen))
     assert!(swaps > 0, "{r}");
     assert!(r["inside"].as_u64().unwrap() > 0, "{r}");
     assert!(r["refused"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[test]
+fn an_upstream_store_is_reached_as_the_meter_side_account_with_the_pinned_key() {
+    let s = site();
+    // meter-2's and meter-3's stores become their meters' own SFTP servers
+    // (the simulated consoles serve them); meter-3 pins a key its server
+    // does not have. Read-only access maps to `viewer`, read-write to
+    // `engineer`.
+    let wrong = public_line(&keygen(s.keys.path(), "not-the-meter"));
+    let accounts = "accounts = [{ permission = \"File System Read-Only Access\", account = \"viewer\" }, \
+                    { permission = \"File System Read and Write Access\", account = \"engineer\" }]";
+    s.d.reload_with(|text| {
+        let mut console = String::new();
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("console = ") {
+                console = line.to_string();
+            }
+            let meter = line
+                .strip_prefix("files = \"meters/")
+                .map(|m| m.trim_end_matches('"').to_string());
+            match meter.as_deref() {
+                Some(m @ ("meter-2" | "meter-3")) => {
+                    let mut sftp = console.replacen("console = ", "sftp = ", 1);
+                    if m == "meter-3" {
+                        let (head, _) = sftp.split_once("host_key").unwrap();
+                        sftp = format!("{head}host_key = \"{wrong}\" }}");
+                    }
+                    out += &format!("{sftp}\n{accounts}\n");
+                }
+                _ => {
+                    out += line;
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    });
+    let local = tempfile::tempdir().unwrap();
+    let get = local.path().join("got");
+    let up = local.path().join("up.txt");
+    std::fs::write(&up, "from the crew\n").unwrap();
+    let meter2 = store(&s, "meter-2");
+    let table: Vec<(&str, String, bool)> = vec![
+        (
+            "crew",
+            format!("get /meter-2/logs/events.log {}", get.display()),
+            true,
+        ),
+        (
+            "crew",
+            format!("put {} /meter-2/logs/up.txt", up.display()),
+            false,
+        ),
+        (
+            "rw",
+            format!("put {} /meter-2/logs/up.txt", up.display()),
+            true,
+        ),
+        ("rw", "ls /meter-2/logs".into(), true),
+        (
+            "rw",
+            "rename /meter-2/logs/up.txt /meter-2/logs/up2.txt".into(),
+            true,
+        ),
+        ("rw", "ls /meter-3/logs".into(), false),
+    ];
+    for (who, batch, expected) in &table {
+        let (ok, out) = sftp(s.port, &s.key(who), who, &format!("{batch}\n"));
+        assert_eq!(
+            ok,
+            *expected,
+            "{who}: `{batch}`: {out} {}",
+            s.events("sftp.upload")
+        );
+    }
+    assert_eq!(
+        std::fs::read(&get).unwrap(),
+        std::fs::read(meter2.join("logs/events.log")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(meter2.join("logs/up2.txt")).unwrap(),
+        "from the crew\n"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(meter2.join("logs"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".metergate-upload-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    s.wait_event("sftp.upload", &["user:rw", "meter-2"]);
+    s.wait_event("sftp.upstream-failed", &["meter-3", "not the pinned one"]);
 }

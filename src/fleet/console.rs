@@ -30,6 +30,8 @@ struct Shared {
     meter: String,
     accounts: BTreeMap<String, String>,
     state: Arc<Mutex<MeterState>>,
+    /// The meter's file tree, served over SFTP.
+    files: Option<std::path::PathBuf>,
 }
 
 impl SimulatedConsole {
@@ -41,6 +43,7 @@ impl SimulatedConsole {
         host_key: russh::keys::PrivateKey,
         accounts: BTreeMap<String, String>,
         state: Arc<Mutex<MeterState>>,
+        files: Option<std::path::PathBuf>,
     ) -> std::io::Result<SimulatedConsole> {
         let listener = TcpListener::bind(bind).await?;
         let address = listener.local_addr()?;
@@ -55,6 +58,7 @@ impl SimulatedConsole {
             meter: meter.to_string(),
             accounts,
             state,
+            files,
         });
         let task = tokio::spawn(async move {
             loop {
@@ -67,6 +71,8 @@ impl SimulatedConsole {
                     size: (80, 24),
                     pty: false,
                     line: Vec::new(),
+                    channels: std::collections::HashMap::new(),
+                    sftp: std::collections::HashSet::new(),
                 };
                 let config = config.clone();
                 let _ = socket.set_nodelay(true);
@@ -87,6 +93,11 @@ struct ConsoleSession {
     size: (u32, u32),
     pty: bool,
     line: Vec<u8>,
+    /// Channels not yet running anything (an SFTP subsystem takes its own).
+    channels: std::collections::HashMap<ChannelId, Channel<Msg>>,
+    /// Channels running SFTP: their bytes are the subsystem's, never
+    /// console input.
+    sftp: std::collections::HashSet<ChannelId>,
 }
 
 impl ConsoleSession {
@@ -151,11 +162,35 @@ impl russh::server::Handler for ConsoleSession {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.channels.insert(channel.id(), channel);
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let store = self
+            .shared
+            .files
+            .as_deref()
+            .and_then(|f| super::files::LocalStore::open(f).ok());
+        match (name, self.channels.remove(&channel), store) {
+            ("sftp", Some(ch), Some(store)) => {
+                self.sftp.insert(channel);
+                session.channel_success(channel)?;
+                russh_sftp::server::run(ch.into_stream(), super::meter_sftp::MeterSftp::new(store))
+                    .await;
+            }
+            _ => session.channel_failure(channel)?,
+        }
         Ok(())
     }
 
@@ -194,6 +229,7 @@ impl russh::server::Handler for ConsoleSession {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
         session.channel_success(channel)?;
         let banner = format!(
             "{} console (simulated ION-class meter), account {}\n{}",
@@ -211,6 +247,7 @@ impl russh::server::Handler for ConsoleSession {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
         session.channel_success(channel)?;
         let (out, _) = self.command(&String::from_utf8_lossy(data));
         session.data(channel, self.text(&out))?;
@@ -226,6 +263,9 @@ impl russh::server::Handler for ConsoleSession {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.sftp.contains(&channel) {
+            return Ok(());
+        }
         for &b in data {
             match b {
                 b'\r' | b'\n' => {

@@ -197,6 +197,16 @@ impl LocalStore {
         Ok((File::from(f), temp))
     }
 
+    /// Opens `rel` for writing, created or truncated (the simulated
+    /// meter's own server writes in place).
+    pub fn create_or_truncate(&self, rel: &RelPath) -> Result<File, FileError> {
+        Ok(File::from(self.at(
+            rel,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+            Mode::from_bits_truncate(0o640),
+        )?))
+    }
+
     pub fn list(&self, rel: &RelPath) -> Result<Vec<Entry>, FileError> {
         let fd = self.at(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
         let mut dir = nix::dir::Dir::from_fd(fd)?;
@@ -242,6 +252,26 @@ impl LocalStore {
             nix::fcntl::RenameFlags::RENAME_NOREPLACE
         };
         Ok(nix::fcntl::renameat2(a.as_fd(), an, b.as_fd(), bn, flags)?)
+    }
+
+    /// The file system's figures under `rel` (statvfs@openssh.com): the
+    /// eleven numbers of statvfs, in its order.
+    pub fn statvfs(&self, rel: &RelPath) -> Result<[u64; 11], FileError> {
+        let fd = self.at(rel, OFlag::O_PATH, Mode::empty())?;
+        let v = nix::sys::statvfs::fstatvfs(&fd)?;
+        Ok([
+            v.block_size() as u64,
+            v.fragment_size() as u64,
+            v.blocks() as u64,
+            v.blocks_free() as u64,
+            v.blocks_available() as u64,
+            v.files() as u64,
+            v.files_free() as u64,
+            v.files_available() as u64,
+            v.filesystem_id() as u64,
+            v.flags().bits() as u64,
+            v.name_max() as u64,
+        ])
     }
 
     /// Bytes of regular files in the store (for the quota), uploads in

@@ -3,5 +3,6 @@
 
 pub mod console;
 pub mod files;
+pub mod meter_sftp;
 pub mod pool;
 pub mod simulator;

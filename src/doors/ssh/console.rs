@@ -98,7 +98,7 @@ fn secret(path: &PathBuf, meter: &str, account: &str) -> Result<String, ConsoleE
 }
 
 /// russh's client callbacks: only the pinned host key is accepted.
-struct Pinned {
+pub(crate) struct Pinned {
     pinned: PublicKey,
     presented: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -233,15 +233,16 @@ struct Link {
     channel: russh::Channel<russh::client::Msg>,
 }
 
-async fn open(
-    ctx: &ShellContext,
+/// An SSH session to a meter (its console or its SFTP server) as a
+/// meter-side account: the secret from the credentials file, the host key
+/// checked against the pinned one.
+pub(crate) async fn login(
+    consoles: &Consoles,
     console: &crate::config::ConsoleConfig,
     meter: &str,
     account: &str,
-    io: &Io,
-) -> Result<Link, ConsoleError> {
-    let path = ctx
-        .consoles
+) -> Result<russh::client::Handle<Pinned>, ConsoleError> {
+    let path = consoles
         .credentials
         .as_ref()
         .ok_or(ConsoleError::NoCredentials)?;
@@ -285,6 +286,18 @@ async fn open(
     if !auth.success() {
         return Err(ConsoleError::Refused(account.into()));
     }
+    Ok(session)
+}
+
+async fn open(
+    ctx: &ShellContext,
+    console: &crate::config::ConsoleConfig,
+    meter: &str,
+    account: &str,
+    io: &Io,
+) -> Result<Link, ConsoleError> {
+    let session = login(&ctx.consoles, console, meter, account).await?;
+    let up = |e: String| ConsoleError::Upstream(format!("{}: {e}", console.address));
     let channel = session
         .channel_open_session()
         .await

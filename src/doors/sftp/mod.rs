@@ -18,11 +18,14 @@ use russh_sftp::protocol::{
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod store;
+
 use crate::doors::ssh::shell::{Caller, ShellContext};
-use crate::fleet::files::{FileError, LocalStore, RelPath, is_dir, is_file};
+use crate::fleet::files::{FileError, LocalStore, RelPath};
 use crate::guard::{Action, Request};
 use crate::model::{FileOp, Permission};
 use crate::store::{Category, EventDraft, Outcome};
+use store::{Handle as Opened, Store, Upstream};
 
 const DOOR: &str = "sftp";
 /// Largest request packet accepted (a 256 KiB write and its header).
@@ -88,7 +91,7 @@ enum Open {
     Read {
         meter: String,
         rel: RelPath,
-        file: Arc<std::fs::File>,
+        file: Opened,
         bytes: Arc<AtomicU64>,
     },
     Write(Upload),
@@ -98,8 +101,8 @@ struct Upload {
     meter: String,
     rel: RelPath,
     temp: RelPath,
-    store: Arc<LocalStore>,
-    file: Arc<std::fs::File>,
+    store: Store,
+    file: Opened,
     /// The highest offset written.
     size: u64,
     /// What the store held when the upload began (quota).
@@ -117,6 +120,8 @@ pub struct SftpSession {
     next: u64,
     max_upload: u64,
     quota: u64,
+    /// Sessions to meters' own SFTP servers, by (meter, meter-side account).
+    upstream: HashMap<(String, String), Arc<Upstream>>,
 }
 
 type Reply = Result<Packet, (StatusCode, String)>;
@@ -132,19 +137,6 @@ fn from_file_error(e: FileError) -> (StatusCode, String) {
         _ => StatusCode::Failure,
     };
     (code, e.to_string())
-}
-
-fn attrs_of(st: &nix::sys::stat::FileStat) -> FileAttributes {
-    FileAttributes {
-        size: Some(st.st_size.max(0) as u64),
-        uid: Some(st.st_uid),
-        user: None,
-        gid: Some(st.st_gid),
-        group: None,
-        permissions: Some(st.st_mode),
-        atime: Some(st.st_atime.max(0) as u32),
-        mtime: Some(st.st_mtime.max(0) as u32),
-    }
 }
 
 fn dir_attrs() -> FileAttributes {
@@ -183,6 +175,7 @@ impl SftpSession {
             next: 0,
             max_upload,
             quota,
+            upstream: HashMap::new(),
         }
     }
 
@@ -254,7 +247,7 @@ impl SftpSession {
         meter: &str,
         op: FileOp,
         rel: &RelPath,
-    ) -> Result<(), (StatusCode, String)> {
+    ) -> Result<Option<Permission>, (StatusCode, String)> {
         let d = self
             .ctx
             .admin
@@ -276,31 +269,96 @@ impl SftpSession {
             )
             .await;
         if d.allowed {
-            Ok(())
+            Ok(d.permission)
         } else {
             Err(denied(format!("{}", d.reason)))
         }
     }
 
-    fn store(
-        &self,
+    /// The guard's decision, then the meter's store as the permission it
+    /// used reaches it (for an upstream store: the meter-side account).
+    async fn reach(
+        &mut self,
         meter: &str,
-    ) -> Result<(Arc<LocalStore>, crate::model::Profile), (StatusCode, String)> {
+        op: FileOp,
+        rel: &RelPath,
+    ) -> Result<Store, (StatusCode, String)> {
+        let permission = self.allow(meter, op, rel).await?;
+        self.store(meter, permission).await
+    }
+
+    fn profile(&self, meter: &str) -> crate::model::Profile {
+        let fleet = self.ctx.admin.guard.fleet();
+        fleet
+            .0
+            .iter()
+            .find(|m| m.id == meter)
+            .and_then(|m| fleet.1.get(&m.profile).cloned())
+            .unwrap_or_default()
+    }
+
+    async fn store(
+        &mut self,
+        meter: &str,
+        permission: Option<Permission>,
+    ) -> Result<Store, (StatusCode, String)> {
         let fleet = self.ctx.admin.guard.fleet();
         let m = fleet
             .0
             .iter()
             .find(|m| m.id == meter)
             .ok_or_else(|| (StatusCode::NoSuchFile, format!("no meter `{meter}`")))?;
-        let dir = m.files.as_ref().ok_or_else(|| {
-            (
+        if let Some(dir) = &m.files {
+            let store = LocalStore::open(dir).map_err(from_file_error)?;
+            return Ok(Store::Local(Arc::new(store)));
+        }
+        let Some(server) = &m.sftp else {
+            return Err((
                 StatusCode::NoSuchFile,
                 format!("meter {meter} has no file store"),
-            )
-        })?;
-        let store = LocalStore::open(dir).map_err(from_file_error)?;
-        let profile = fleet.1.get(&m.profile).cloned().unwrap_or_default();
-        Ok((Arc::new(store), profile))
+            ));
+        };
+        // DESIGN §2: the least privileged meter-side account matching a
+        // role the caller holds on the meter or the permission in use.
+        let entries = match &m.accounts {
+            Some(a) => a.clone(),
+            None => fleet
+                .1
+                .get(&m.profile)
+                .map(|p| p.accounts.clone())
+                .unwrap_or_default(),
+        };
+        let roles = self.ctx.admin.guard.roles_on(&self.caller.who, meter);
+        let account = permission
+            .and_then(|p| crate::doors::ssh::console::choose_account(&entries, &roles, p))
+            .map(|a| a.account.clone());
+        let Some(account) = account else {
+            return Err(self
+                .refuse(&format!("/{meter}"), &format!("no meter-side account of {meter} maps to your roles or the permission in use"))
+                .await);
+        };
+        let key = (meter.to_string(), account.clone());
+        if let Some(u) = self.upstream.get(&key) {
+            return Ok(Store::Upstream(u.clone()));
+        }
+        match Upstream::connect(&self.ctx.consoles, server, meter, &account).await {
+            Ok(u) => {
+                let u = Arc::new(u);
+                self.upstream.insert(key, u.clone());
+                Ok(Store::Upstream(u))
+            }
+            Err(e) => {
+                let ev = EventDraft::new("sftp.upstream-failed", Category::File, Outcome::Failure)
+                    .source(self.caller.peer.ip())
+                    .door(DOOR)
+                    .meter(meter)
+                    .reason(e.to_string())
+                    .detail("account", &account)
+                    .detail("session", self.caller.session);
+                self.log(ev).await;
+                Err((StatusCode::Failure, format!("the meter's file server: {e}")))
+            }
+        }
     }
 
     /// The meters whose stores the caller may at least list.
@@ -352,6 +410,8 @@ impl SftpSession {
                 // Offered so that clients ask, and the refusal is logged.
                 v.extensions
                     .insert("hardlink@openssh.com".into(), "1".into());
+                v.extensions
+                    .insert("statvfs@openssh.com".into(), "2".into());
                 Ok(Packet::Version(v))
             }
             Packet::RealPath(r) => {
@@ -375,25 +435,15 @@ impl SftpSession {
                     }
                     None => return Err((StatusCode::Failure, "no such handle".into())),
                 };
-                let st = nix::sys::stat::fstat(&*file).map_err(|e| from_file_error(e.into()))?;
-                Ok(Packet::Attrs(Attrs {
-                    id: s.id,
-                    attrs: attrs_of(&st),
-                }))
+                let attrs = file.attrs().await.map_err(from_file_error)?;
+                Ok(Packet::Attrs(Attrs { id: s.id, attrs }))
             }
             Packet::OpenDir(o) => {
                 let entries = match self.target(&o.path).await? {
                     Target::Root => self.meters(),
                     Target::Meter { meter, rel } => {
-                        self.allow(&meter, FileOp::List, &rel).await?;
-                        let (store, _) = self.store(&meter)?;
-                        let list = tokio::task::spawn_blocking(move || store.list(&rel))
-                            .await
-                            .map_err(|e| (StatusCode::Failure, e.to_string()))?;
-                        let list = self.checked(&o.path, list).await?;
-                        list.into_iter()
-                            .map(|e| SftpFile::new(e.name, attrs_of(&e.stat)))
-                            .collect()
+                        let store = self.reach(&meter, FileOp::List, &rel).await?;
+                        self.checked(&o.path, store.list(&rel).await).await?
                     }
                 };
                 let handle = self.handle(Open::Dir {
@@ -427,32 +477,29 @@ impl SftpSession {
             Packet::Close(c) => self.close(c.id, &c.handle).await,
             Packet::MkDir(m) => {
                 let (meter, rel) = self.in_meter(&m.path).await?;
-                self.allow(&meter, FileOp::Mkdir, &rel).await?;
-                let (store, _) = self.store(&meter)?;
-                self.checked(&m.path, store.mkdir(&rel)).await?;
+                let store = self.reach(&meter, FileOp::Mkdir, &rel).await?;
+                self.checked(&m.path, store.mkdir(&rel).await).await?;
                 self.log(self.event("sftp.mkdir", Outcome::Success, &meter, &rel))
                     .await;
                 Ok(ok(m.id))
             }
             Packet::RmDir(m) => {
                 let (meter, rel) = self.in_meter(&m.path).await?;
-                let (store, profile) = self.store(&meter)?;
-                if protected(&profile, &rel) {
+                if protected(&self.profile(&meter), &rel) {
                     return Err(self
                         .refuse(&m.path, "a protected directory cannot be removed")
                         .await);
                 }
-                self.allow(&meter, FileOp::Rmdir, &rel).await?;
-                self.checked(&m.path, store.rmdir(&rel)).await?;
+                let store = self.reach(&meter, FileOp::Rmdir, &rel).await?;
+                self.checked(&m.path, store.rmdir(&rel).await).await?;
                 self.log(self.event("sftp.rmdir", Outcome::Success, &meter, &rel))
                     .await;
                 Ok(ok(m.id))
             }
             Packet::Remove(r) => {
                 let (meter, rel) = self.in_meter(&r.filename).await?;
-                self.allow(&meter, FileOp::Remove, &rel).await?;
-                let (store, _) = self.store(&meter)?;
-                self.checked(&r.filename, store.remove(&rel)).await?;
+                let store = self.reach(&meter, FileOp::Remove, &rel).await?;
+                self.checked(&r.filename, store.remove(&rel).await).await?;
                 self.log(self.event("sftp.remove", Outcome::Success, &meter, &rel))
                     .await;
                 Ok(ok(r.id))
@@ -460,18 +507,14 @@ impl SftpSession {
             Packet::Rename(r) => self.rename(r.id, &r.oldpath, &r.newpath, false).await,
             Packet::SetStat(s) => {
                 let (meter, rel) = self.in_meter(&s.path).await?;
-                self.allow(&meter, FileOp::SetStat, &rel).await?;
-                let (store, _) = self.store(&meter)?;
-                let st = self.checked(&s.path, store.stat(&rel)).await?;
-                if is_file(&st) {
-                    let f = self.checked(&s.path, store.open_write(&rel)).await?;
-                    apply_attrs(&f, &s.attrs)?;
-                }
+                let store = self.reach(&meter, FileOp::SetStat, &rel).await?;
+                self.checked(&s.path, store.set_attrs(&rel, &s.attrs).await)
+                    .await?;
                 Ok(ok(s.id))
             }
             Packet::FSetStat(s) => match self.handles.get(&s.handle) {
                 Some(Open::Write(u)) => {
-                    apply_attrs(&u.file, &s.attrs)?;
+                    u.file.set_attrs(&s.attrs).await.map_err(from_file_error)?;
                     Ok(ok(s.id))
                 }
                 Some(_) => Ok(ok(s.id)),
@@ -494,14 +537,8 @@ impl SftpSession {
     /// then answers through [`SftpSession::request`].
     pub fn io(&mut self, packet: &Packet) -> Option<impl Future<Output = Packet> + Send + 'static> {
         enum Job {
-            Read(Arc<std::fs::File>, Arc<AtomicU64>, u32, u64, usize),
-            Write(
-                Arc<std::fs::File>,
-                Arc<Mutex<Option<String>>>,
-                u32,
-                u64,
-                Vec<u8>,
-            ),
+            Read(Opened, Arc<AtomicU64>, u32, u64, usize),
+            Write(Opened, Arc<Mutex<Option<String>>>, u32, u64, Vec<u8>),
             Refuse(u32, String),
         }
         let job = match packet {
@@ -557,7 +594,6 @@ impl SftpSession {
             _ => return None,
         };
         Some(async move {
-            use std::os::unix::fs::FileExt;
             let failure = |id, message: String| {
                 Packet::Status(Status {
                     id,
@@ -568,35 +604,23 @@ impl SftpSession {
             };
             match job {
                 Job::Refuse(id, why) => failure(id, why),
-                Job::Read(file, bytes, id, offset, len) => {
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; len];
-                        let n = file.read_at(&mut buf, offset)?;
-                        buf.truncate(n);
-                        Ok::<_, std::io::Error>(buf)
-                    })
-                    .await;
-                    match read {
-                        Ok(Ok(data)) if data.is_empty() => Packet::Status(Status {
-                            id,
-                            status_code: StatusCode::Eof,
-                            error_message: "end of file".into(),
-                            language_tag: "en-US".into(),
-                        }),
-                        Ok(Ok(data)) => {
-                            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            Packet::Data(Data { id, data })
-                        }
-                        Ok(Err(e)) => failure(id, format!("the read failed: {e}")),
-                        Err(e) => failure(id, e.to_string()),
+                Job::Read(file, bytes, id, offset, len) => match file.read_at(offset, len).await {
+                    Ok(data) if data.is_empty() => Packet::Status(Status {
+                        id,
+                        status_code: StatusCode::Eof,
+                        error_message: "end of file".into(),
+                        language_tag: "en-US".into(),
+                    }),
+                    Ok(data) => {
+                        bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        Packet::Data(Data { id, data })
                     }
-                }
+                    Err(e) => failure(id, format!("the read failed: {e}")),
+                },
                 Job::Write(file, failed, id, offset, data) => {
-                    let written =
-                        tokio::task::spawn_blocking(move || file.write_all_at(&data, offset)).await;
-                    match written {
-                        Ok(Ok(())) => ok(id),
-                        Ok(Err(e)) => {
+                    match file.write_at(data, offset).await {
+                        Ok(()) => ok(id),
+                        Err(e) => {
                             // A full disk among them: the upload is discarded.
                             let why = format!("the write failed: {e}");
                             if let Ok(mut f) = failed.lock() {
@@ -604,7 +628,6 @@ impl SftpSession {
                             }
                             failure(id, why)
                         }
-                        Err(e) => failure(id, e.to_string()),
                     }
                 }
             }
@@ -640,20 +663,19 @@ impl SftpSession {
 
     /// STAT follows a symlink, LSTAT does not: the store never follows
     /// one, so STAT on a symlink is refused and LSTAT describes the link.
-    async fn stat(&self, id: u32, path: &str, follow: bool) -> Reply {
+    async fn stat(&mut self, id: u32, path: &str, follow: bool) -> Reply {
         let attrs = match self.target(path).await? {
             Target::Root => dir_attrs(),
             Target::Meter { meter, rel } => {
-                self.allow(&meter, FileOp::Stat, &rel).await?;
-                let (store, _) = self.store(&meter)?;
-                let st = self.checked(path, store.stat(&rel)).await?;
-                if follow && !is_file(&st) && !is_dir(&st) {
+                let store = self.reach(&meter, FileOp::Stat, &rel).await?;
+                let st = self.checked(path, store.stat(&rel).await).await?;
+                if follow && !st.file && !st.dir {
                     return Err(self
                         .checked::<()>(path, Err(FileError::Escape))
                         .await
                         .unwrap_err());
                 }
-                attrs_of(&st)
+                st.attrs
             }
         };
         Ok(Packet::Attrs(Attrs { id, attrs }))
@@ -661,43 +683,33 @@ impl SftpSession {
 
     async fn open(&mut self, id: u32, path: &str, flags: OpenFlags) -> Reply {
         let (meter, rel) = self.in_meter(path).await?;
-        let (store, _) = self.store(&meter)?;
         let writing = flags.intersects(
             OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
         );
         if !writing {
-            self.allow(&meter, FileOp::Read, &rel).await?;
-            let file = self.checked(path, store.open_read(&rel)).await?;
+            let store = self.reach(&meter, FileOp::Read, &rel).await?;
+            let file = self.checked(path, store.open_read(&rel).await).await?;
             let handle = self.handle(Open::Read {
                 meter,
                 rel,
-                file: Arc::new(file),
+                file,
                 bytes: Arc::new(AtomicU64::new(0)),
             })?;
             return Ok(Packet::Handle(Handle { id, handle }));
         }
-        let exists = store.stat(&rel).is_ok();
-        let op = if exists {
-            FileOp::Write
-        } else {
-            FileOp::Create
-        };
-        self.allow(&meter, op, &rel).await?;
-        if exists && flags.contains(OpenFlags::EXCLUDE) {
+        // An upload writes the whole file, new or replaced.
+        let store = self.reach(&meter, FileOp::Write, &rel).await?;
+        if flags.contains(OpenFlags::EXCLUDE) && store.stat(&rel).await.is_ok() {
             return Err((StatusCode::Failure, "it already exists".into()));
         }
-        let s = store.clone();
-        let used = tokio::task::spawn_blocking(move || s.usage())
-            .await
-            .map_err(|e| (StatusCode::Failure, e.to_string()))?
-            .map_err(from_file_error)?;
-        let (file, temp) = self.checked(path, store.create_upload(&rel)).await?;
+        let used = store.usage().await.map_err(from_file_error)?;
+        let (file, temp) = self.checked(path, store.create_upload(&rel).await).await?;
         let handle = self.handle(Open::Write(Upload {
             meter,
             rel,
             temp,
             store,
-            file: Arc::new(file),
+            file,
             size: 0,
             used,
             failed: Arc::new(Mutex::new(None)),
@@ -710,8 +722,12 @@ impl SftpSession {
             None => Err((StatusCode::Failure, "no such handle".into())),
             Some(Open::Dir { .. }) => Ok(ok(id)),
             Some(Open::Read {
-                meter, rel, bytes, ..
+                meter,
+                rel,
+                bytes,
+                file,
             }) => {
+                file.close().await;
                 let bytes = bytes.load(Ordering::Relaxed);
                 let ev = self
                     .event("sftp.read", Outcome::Success, &meter, &rel)
@@ -724,7 +740,8 @@ impl SftpSession {
                 let (meter, rel, size) = (u.meter.clone(), u.rel.clone(), u.size);
                 let failed = u.failed.lock().ok().and_then(|f| f.clone());
                 if let Some(why) = failed {
-                    let _ = u.store.remove(&u.temp);
+                    u.file.close().await;
+                    let _ = u.store.remove(&u.temp).await;
                     let ev = self
                         .event("sftp.upload", Outcome::Failure, &meter, &rel)
                         .reason(format!("the upload was discarded: {why}"));
@@ -753,7 +770,7 @@ impl SftpSession {
         }
     }
 
-    async fn rename(&self, id: u32, from: &str, to: &str, replace: bool) -> Reply {
+    async fn rename(&mut self, id: u32, from: &str, to: &str, replace: bool) -> Reply {
         let (meter, a) = self.in_meter(from).await?;
         let (other, b) = self.in_meter(to).await?;
         if meter != other {
@@ -764,7 +781,7 @@ impl SftpSession {
                 )
                 .await);
         }
-        let (store, profile) = self.store(&meter)?;
+        let profile = self.profile(&meter);
         if protected(&profile, &a) || protected(&profile, &b) {
             return Err(self
                 .refuse(
@@ -774,9 +791,12 @@ impl SftpSession {
                 .await);
         }
         self.allow(&meter, FileOp::Rename, &a).await?;
-        self.allow(&meter, FileOp::Rename, &b).await?;
-        self.checked(&format!("{from} -> {to}"), store.rename(&a, &b, replace))
-            .await?;
+        let store = self.reach(&meter, FileOp::Rename, &b).await?;
+        self.checked(
+            &format!("{from} -> {to}"),
+            store.rename(&a, &b, replace).await,
+        )
+        .await?;
         let ev = self
             .event("sftp.rename", Outcome::Success, &meter, &a)
             .reason(format!("renamed {} to {}", a.text(), b.text()))
@@ -785,7 +805,7 @@ impl SftpSession {
         Ok(ok(id))
     }
 
-    async fn extended(&self, e: russh_sftp::protocol::Extended) -> Reply {
+    async fn extended(&mut self, e: russh_sftp::protocol::Extended) -> Reply {
         match e.request.as_str() {
             "posix-rename@openssh.com" => {
                 let mut data = Bytes::from(e.data);
@@ -798,6 +818,31 @@ impl SftpSession {
                 self.rename(e.id, &from, &to, true).await
             }
             "hardlink@openssh.com" => Err(self.refuse("", "hard links cannot be created").await),
+            "statvfs@openssh.com" => {
+                let mut data = Bytes::from(e.data);
+                let Some(path) = ssh_string(&mut data) else {
+                    return Err((StatusCode::BadMessage, "statvfs takes a path".into()));
+                };
+                let (meter, rel) = match self.target(&path).await? {
+                    Target::Meter { meter, rel } => (meter, rel),
+                    Target::Root => {
+                        return Err((StatusCode::OpUnsupported, "`/` is not a file system".into()));
+                    }
+                };
+                let store = self.reach(&meter, FileOp::Stat, &rel).await?;
+                match self.checked(&path, store.statvfs(&rel).await).await? {
+                    Some(figures) => {
+                        Ok(Packet::ExtendedReply(russh_sftp::protocol::ExtendedReply {
+                            id: e.id,
+                            data: figures.iter().flat_map(|v| v.to_be_bytes()).collect(),
+                        }))
+                    }
+                    None => Err((
+                        StatusCode::OpUnsupported,
+                        "the meter's own server does not say".into(),
+                    )),
+                }
+            }
             other => Err((
                 StatusCode::OpUnsupported,
                 format!(
@@ -823,54 +868,43 @@ fn ssh_string(b: &mut Bytes) -> Option<String> {
     Some(s)
 }
 
-fn apply_attrs(f: &std::fs::File, a: &FileAttributes) -> Result<(), (StatusCode, String)> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(size) = a.size {
-        f.set_len(size)
-            .map_err(|e| (StatusCode::Failure, e.to_string()))?;
-    }
-    if let Some(mode) = a.permissions {
-        // No set-id or sticky bits from a client.
-        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))
-            .map_err(|e| (StatusCode::Failure, e.to_string()))?;
-    }
-    Ok(())
-}
-
-/// Makes an upload durable under its final name: fsync, SHA-256 of what is
-/// stored, rename over the target. On failure the temporary file is removed
-/// so nothing half-written is left.
+/// Makes an upload durable under its final name: synced, its SHA-256 read
+/// back from the store, renamed over the target. On failure the temporary
+/// file is removed so nothing half-written is left.
 async fn finish_upload(u: Upload) -> Result<String, (StatusCode, String)> {
-    let store = u.store.clone();
-    let temp = u.temp.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek};
-        let mut f = std::fs::File::try_clone(&u.file)?;
-        f.sync_all()?;
-        f.rewind()?;
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
+    let hashed = match &u.store {
+        Store::Local(_) => u.file.sync_and_hash().await,
+        Store::Upstream(_) => {
+            // The meter's handle was opened for writing only: read it back
+            // through a fresh one.
+            u.file.close().await;
+            match u.store.open_read(&u.temp).await {
+                Ok(r) => {
+                    let h = r.sync_and_hash().await;
+                    r.close().await;
+                    h
+                }
+                Err(e) => Err(e),
             }
-            ctx.update(&buf[..n]);
         }
-        u.store
-            .rename(&u.temp, &u.rel, true)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok::<_, std::io::Error>(hex::encode(ctx.finish()))
-    })
-    .await
-    .map_err(|e| (StatusCode::Failure, e.to_string()))?;
-    result.map_err(|e| {
-        let _ = store.remove(&temp);
-        (
-            StatusCode::Failure,
-            format!("the upload could not be stored: {e}"),
-        )
-    })
+    };
+    let result = match hashed {
+        Ok(sha) => u.store.rename(&u.temp, &u.rel, true).await.map(|_| sha),
+        Err(e) => Err(e),
+    };
+    if let Store::Local(_) = &u.store {
+        u.file.close().await;
+    }
+    match result {
+        Ok(sha) => Ok(sha),
+        Err(e) => {
+            let _ = u.store.remove(&u.temp).await;
+            Err((
+                StatusCode::Failure,
+                format!("the upload could not be stored: {e}"),
+            ))
+        }
+    }
 }
 
 /// Reads and writes kept in flight at once per channel.
@@ -949,8 +983,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let _ = writing.await;
     // Uploads never closed are not kept.
     for (_, open) in session.handles.drain() {
-        if let Open::Write(u) = open {
-            let _ = u.store.remove(&u.temp);
+        match open {
+            Open::Write(u) => {
+                u.file.close().await;
+                let _ = u.store.remove(&u.temp).await;
+            }
+            Open::Read { file, .. } => file.close().await,
+            Open::Dir { .. } => {}
         }
     }
 }
