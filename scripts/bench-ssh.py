@@ -62,6 +62,11 @@ def pss_kib(pids):
                     lambda t: sum(int(l.split()[1]) for l in t.splitlines() if l.startswith("Pss:")))
 
 
+def rss_kib(pids):
+    return proc_sum(pids, "status",
+                    lambda t: sum(int(l.split()[1]) for l in t.splitlines() if l.startswith("VmRSS:")))
+
+
 def cpu_s(pids):
     # utime and stime, fields 14 and 15 of /proc/PID/stat
     return proc_sum(pids, "stat", lambda t: sum(int(x) for x in t.rsplit(")", 1)[1].split()[11:13])) / bm.TICK
@@ -129,11 +134,12 @@ def hold(server, key, sessions, seconds):
     time.sleep(1)
     pids = tree(proc.pid)
     mid = cpu_s(pids)
-    pss = pss_kib(pids)
+    pss, rss = pss_kib(pids), rss_kib(pids)
     time.sleep(max(seconds - 3, 1))
     idle = cpu_s(tree(proc.pid)) - mid
     h.wait()
-    return {"open_s": opened, "open_cpu_s": mid - before, "pss_mib": pss / 1024, "idle_cpu_s": idle,
+    return {"open_s": opened, "open_cpu_s": mid - before, "pss_mib": pss / 1024, "rss_mib": rss / 1024,
+            "idle_cpu_s": idle,
             "processes": len(pids)}
 
 
@@ -188,7 +194,8 @@ def main():
     print(f"{a.sessions} interactive sessions (pty + shell), medians of {len(holds['sshd'])} runs:")
     for name in servers:
         hs = holds[name]
-        print(f"  {name:9} PSS {median([h['pss_mib'] for h in hs]):7.1f} MiB in {median([h['processes'] for h in hs])} "
+        print(f"  {name:9} PSS {median([h['pss_mib'] for h in hs]):7.1f} MiB (RSS summed {median([h['rss_mib'] for h in hs]):7.1f} MiB)"
+              f" in {median([h['processes'] for h in hs])} "
               f"process(es); CPU to open {median([h['open_cpu_s'] for h in hs]):5.2f} s; "
               f"CPU while idle {median([h['idle_cpu_s'] for h in hs]):5.2f} s over {max(a.hold - 3, 1)} s")
 

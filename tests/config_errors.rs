@@ -40,6 +40,7 @@ fn each_error_names_file_line_and_key() {
         ("action FC 6 of two registers", "[[profiles.p.actions]]\nname = \"x\"\nfunction = 6\naddress = 1\nvalues = [1, 2]\n", 2, "profiles.p.actions[0] (x)", "exactly one register"),
         ("account by role and permission", "[[profiles.p.accounts]]\nrole = \"Viewer\"\npermission = \"Data View\"\naccount = \"v\"\n", 2, "profiles.p.accounts", "a role or a permission, exactly one"),
         ("console key not pinnable", "[[meters]]\nid = \"m1\"\nprofile = \"p\"\nconsole = { address = \"127.0.0.1:22\", host_key = \"nope\" }\n", 10, "meters[0].console.host_key", "not an OpenSSH public key"),
+        ("store both local and upstream", "[[meters]]\nid = \"m1\"\nprofile = \"p\"\nfiles = \"/srv/m1\"\nsftp = { address = \"127.0.0.1:22\", host_key = \"nope\" }\n", 11, "meters[0].sftp", "either local (`files`) or upstream (`sftp`)"),
         ("support key", "[support]\nkeys = [\"ssh-ed25519 AAAA-broken\"]\n", 8, "support.keys[0]", "not an OpenSSH public key"),
         ("syntax", "[[meters]\n", 7, "-", "unclosed array table"),
     ];

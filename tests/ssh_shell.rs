@@ -282,6 +282,9 @@ fn a_service_user_logs_in_with_an_access_key_until_the_key_is_deleted() {
     );
     let wrong = paramiko(s.port, &["password", &id, "not-the-secret", "whoami"]);
     assert_eq!(wrong["ok"], false, "{wrong}");
+    let unknown = paramiko(s.port, &["password", "MGKNOSUCHKEY", &secret, "whoami"]);
+    assert_eq!(unknown["ok"], false, "{unknown}");
+    s.wait_event("login.failure", &["no access key `MGKNOSUCHKEY`"]);
     let logins =
         s.d.mg(&["audit", "query", "--code", "login.success", "--json"])
             .ok()

@@ -348,10 +348,26 @@ pub async fn access_key(
     secret: Secret,
 ) -> Option<(PrincipalId, String)> {
     let dir = admin.guard.store().directory();
-    let (service, key) = dir
+    let Some((service, key)) = dir
         .service_users
         .values()
-        .find_map(|s| s.keys.iter().find(|k| k.id == key_id).map(|k| (s, k)))?;
+        .find_map(|s| s.keys.iter().find(|k| k.id == key_id).map(|k| (s, k)))
+    else {
+        // Every attempt is an event, an unknown key id too; its source is
+        // throttled like any failing one.
+        let ev = EventDraft::new("login.failure", Category::Authentication, Outcome::Failure)
+            .source(source)
+            .door(DOOR)
+            .action("login")
+            .reason(format!(
+                "no access key `{}`",
+                key_id.chars().take(40).collect::<String>()
+            ))
+            .detail("credential", "access-key");
+        log(admin, ev).await;
+        admin.guard.source_failed(source, OffsetDateTime::now_utc());
+        return None;
+    };
     let who = PrincipalId::Service(service.name.clone());
     let now = OffsetDateTime::now_utc();
     match admin.guard.password_gate(&who, Some(source), now) {

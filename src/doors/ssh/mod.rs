@@ -421,6 +421,19 @@ impl russh::server::Handler for Connection {
             return Ok(Auth::reject());
         }
         let Some(who) = self.key_owner(user, key.public_key) else {
+            // Signed with a key that is not this principal's: an attempt,
+            // logged, never counted toward lockout (keys do not lock).
+            let ev = EventDraft::new("login.failure", Category::Authentication, Outcome::Failure)
+                .source(self.peer.ip())
+                .door(DOOR)
+                .action("login")
+                .reason(format!(
+                    "a key that is not `{}`'s ({})",
+                    user.chars().take(64).collect::<String>(),
+                    key.public_key.fingerprint(russh::keys::HashAlg::Sha256)
+                ))
+                .detail("credential", "publickey");
+            log(&self.admin, ev).await;
             return Ok(Auth::reject());
         };
         let d = self
