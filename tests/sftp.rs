@@ -522,3 +522,82 @@ fn an_upstream_store_is_reached_as_the_meter_side_account_with_the_pinned_key() 
     s.wait_event("sftp.upload", &["user:rw", "meter-2"]);
     s.wait_event("sftp.upstream-failed", &["meter-3", "not the pinned one"]);
 }
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
+    let port = free_port();
+    let d = Daemon::start_text(|sock| {
+        gateway_config(
+            sock,
+            &format!(
+                "[[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\nfiles = \"files/m1\"\n\
+                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\n"
+            ),
+        )
+    });
+    let files = d.dir.path().join("files/m1");
+    std::fs::create_dir_all(&files).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
+        .arg(&files)
+        .status()
+        .expect("mount runs");
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs needs root (CI runs as root)"
+    );
+    let _disk = SmallDisk(files.clone());
+    std::fs::create_dir(files.join("logs")).unwrap();
+    let key = keygen(d.dir.path(), "ada");
+    d.mg(&["user", "add", "ada", "--email", "ada@example.org"])
+        .ok();
+    d.mg(&["user", "attach", "ada", "Administrator"]).ok();
+    d.mg(&["user", "add-key", "ada", &public_line(&key)]).ok();
+    let script = r#"
+import json, socket, sys, paramiko
+port, key = int(sys.argv[1]), sys.argv[2]
+t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
+t.start_client(timeout=30)
+t.auth_publickey("ada", paramiko.Ed25519Key.from_private_key_file(key))
+sftp = paramiko.SFTPClient.from_transport(t)
+try:
+    with sftp.open("/m1/logs/big.bin", "wb") as f:
+        for _ in range(16):
+            f.write(b"x" * 32768)
+    print(json.dumps("ok"))
+except IOError as e:
+    print(json.dumps(str(e)))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .arg(&key)
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("No space left on device"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = std::fs::read_dir(files.join("logs"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.is_empty(), "nothing half-written is left: {names:?}");
+    let failures = d
+        .mg(&["audit", "query", "--code", "sftp.upload"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(failures.contains("discarded"), "{failures}");
+}
