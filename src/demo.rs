@@ -385,6 +385,7 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 ssh -p {ssh} crew@127.0.0.1 read meter-1 3000 3\n\
          \x20 ssh -p {ssh} crew@127.0.0.1 master-reset meter-1    # DENY: an Operator may not\n\
          \x20 ssh -p {ssh} -t crew@127.0.0.1 connect meter-1      # the meter's console as `operator`\n\
+         \x20 sftp -P {ssh} crew@127.0.0.1                        # the meters' files (crew: read-only)\n\
          \x20 ssh -p {ssh} admin@127.0.0.1 user list\n\
          stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
         ssh = demo
