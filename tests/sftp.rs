@@ -220,25 +220,63 @@ fn the_escape_corpus_is_refused_logged_and_nothing_outside_changes() {
     }
 }
 
-#[test]
-fn the_upload_limit_and_the_store_quota_give_clear_errors_and_leave_nothing() {
+/// Runs a paramiko SFTP script: `sftp` is logged in as `user` with `key`,
+/// `args` holds the extra arguments; the script prints one JSON value.
+fn paramiko_sftp(
+    port: u16,
+    user: &str,
+    key: &Path,
+    body: &str,
+    args: &[&str],
+) -> serde_json::Value {
+    let script = format!(
+        r#"import json, socket, sys, paramiko
+port, user, key, args = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
+t.start_client(timeout=30)
+t.auth_publickey(user, paramiko.Ed25519Key.from_private_key_file(key))
+sftp = paramiko.SFTPClient.from_transport(t)
+{body}"#
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script, &port.to_string(), user])
+        .arg(key)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A gateway with one meter `m1` whose store is `files/m1` (created),
+/// `[ssh]` with `ssh_extra`, and `ada` (Administrator) with a key.
+fn one_meter(ssh_extra: &str) -> (Daemon, u16, PathBuf, PathBuf) {
     let port = free_port();
     let d = Daemon::start_text(|sock| {
         gateway_config(
             sock,
             &format!(
                 "[[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\nfiles = \"files/m1\"\n\
-                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\nmax_upload_bytes = 50000\nstore_quota_bytes = 100000\n"
+                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\n{ssh_extra}"
             ),
         )
     });
-    let files = d.dir.path().join("files/m1/logs");
+    let files = d.dir.path().join("files/m1");
     std::fs::create_dir_all(&files).unwrap();
     let key = keygen(d.dir.path(), "ada");
     d.mg(&["user", "add", "ada", "--email", "ada@example.org"])
         .ok();
     d.mg(&["user", "attach", "ada", "Administrator"]).ok();
     d.mg(&["user", "add-key", "ada", &public_line(&key)]).ok();
+    (d, port, files, key)
+}
+
+#[test]
+fn the_upload_limit_and_the_store_quota_give_clear_errors_and_leave_nothing() {
+    let (d, port, files, key) = one_meter("max_upload_bytes = 50000\nstore_quota_bytes = 100000\n");
+    let files = files.join("logs");
+    std::fs::create_dir_all(&files).unwrap();
     let big = d.dir.path().join("big");
     std::fs::write(&big, vec![7u8; 60_000]).unwrap();
     let part = d.dir.path().join("part");
@@ -246,13 +284,8 @@ fn the_upload_limit_and_the_store_quota_give_clear_errors_and_leave_nothing() {
     // OpenSSH's sftp shows only the status ("Failure"); paramiko shows the
     // message the gateway sent with it.
     let script = r#"
-import json, socket, sys, paramiko
-port, key, big, part = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
-t.start_client(timeout=30)
-t.auth_publickey("ada", paramiko.Ed25519Key.from_private_key_file(key))
-sftp = paramiko.SFTPClient.from_transport(t)
 out = []
+big, part = args
 for src, dst in [(big, "big"), (part, "a"), (part, "b"), (part, "c")]:
     try:
         with sftp.open("/m1/logs/" + dst, "wb") as f:
@@ -262,14 +295,8 @@ for src, dst in [(big, "big"), (part, "a"), (part, "b"), (part, "c")]:
         out.append(str(e))
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &port.to_string()])
-        .args([&key, &big, &part])
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let r: serde_json::Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    let (big, part) = (big.display().to_string(), part.display().to_string());
+    let r = paramiko_sftp(port, "ada", &key, script, &[&big, &part]);
     assert!(
         r[0].as_str()
             .unwrap()
@@ -288,12 +315,7 @@ print(json.dumps(out))
         "{r}"
     );
     // OpenSSH's client is refused the same way.
-    let (ok, _) = sftp(
-        port,
-        &key,
-        "ada",
-        &format!("put {} /m1/logs/d\n", part.display()),
-    );
+    let (ok, _) = sftp(port, &key, "ada", &format!("put {part} /m1/logs/d\n"));
     assert!(!ok);
     let mut names: Vec<String> = std::fs::read_dir(&files)
         .unwrap()
@@ -312,12 +334,6 @@ print(json.dumps(out))
 fn paramiko_drives_the_extended_operations() {
     let s = site();
     let script = r#"
-import json, socket, sys, paramiko
-port, key = int(sys.argv[1]), sys.argv[2]
-t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
-t.start_client(timeout=30)
-t.auth_publickey("admin", paramiko.Ed25519Key.from_private_key_file(key))
-sftp = paramiko.SFTPClient.from_transport(t)
 out = {}
 with sftp.open("/meter-1/logs/a.txt", "w") as f:
     f.write("first")
@@ -340,14 +356,7 @@ sftp.close()
 t.close()
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &s.port.to_string()])
-        .arg(s.key("admin"))
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let r: serde_json::Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    let r = paramiko_sftp(s.port, "admin", &s.key("admin"), script, &[]);
     assert_eq!(r["after_posix_rename"], "first", "{r}");
     assert_eq!(r["exists_a"], false, "{r}");
     assert_eq!(r["stat_size"], 5, "{r}");
@@ -393,12 +402,6 @@ fn a_directory_swapped_for_a_symlink_mid_read_never_serves_the_outside() {
         })
     };
     let script = r#"
-import json, socket, sys, paramiko
-port, key = int(sys.argv[1]), sys.argv[2]
-t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
-t.start_client(timeout=30)
-t.auth_publickey("admin", paramiko.Ed25519Key.from_private_key_file(key))
-sftp = paramiko.SFTPClient.from_transport(t)
 seen = {"inside": 0, "refused": 0, "outside": 0}
 for i in range(1500):
     try:
@@ -409,16 +412,9 @@ for i in range(1500):
         seen["refused"] += 1
 print(json.dumps(seen))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &s.port.to_string()])
-        .arg(s.key("admin"))
-        .output()
-        .expect("python3 runs");
+    let r = paramiko_sftp(s.port, "admin", &s.key("admin"), script, &[]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let swaps = swapper.join().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let r: serde_json::Value = serde_json::from_str(text.trim())
-        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(r["outside"], 0, "the outside was served: {r}");
     // The race really ran both ways: reads inside and reads refused.
     assert!(swaps > 0, "{r}");
@@ -534,18 +530,7 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
-    let port = free_port();
-    let d = Daemon::start_text(|sock| {
-        gateway_config(
-            sock,
-            &format!(
-                "[[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\nfiles = \"files/m1\"\n\
-                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\n"
-            ),
-        )
-    });
-    let files = d.dir.path().join("files/m1");
-    std::fs::create_dir_all(&files).unwrap();
+    let (d, port, files, key) = one_meter("");
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
         .arg(&files)
@@ -557,18 +542,7 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
     );
     let _disk = SmallDisk(files.clone());
     std::fs::create_dir(files.join("logs")).unwrap();
-    let key = keygen(d.dir.path(), "ada");
-    d.mg(&["user", "add", "ada", "--email", "ada@example.org"])
-        .ok();
-    d.mg(&["user", "attach", "ada", "Administrator"]).ok();
-    d.mg(&["user", "add-key", "ada", &public_line(&key)]).ok();
     let script = r#"
-import json, socket, sys, paramiko
-port, key = int(sys.argv[1]), sys.argv[2]
-t = paramiko.Transport(socket.create_connection(("127.0.0.1", port), timeout=30))
-t.start_client(timeout=30)
-t.auth_publickey("ada", paramiko.Ed25519Key.from_private_key_file(key))
-sftp = paramiko.SFTPClient.from_transport(t)
 try:
     with sftp.open("/m1/logs/big.bin", "wb") as f:
         for _ in range(16):
@@ -577,16 +551,10 @@ try:
 except IOError as e:
     print(json.dumps(str(e)))
 "#;
-    let out = Command::new("python3")
-        .args(["-c", script, &port.to_string()])
-        .arg(&key)
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let r = paramiko_sftp(port, "ada", &key, script, &[]);
     assert!(
-        text.contains("No space left on device"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        r.as_str().unwrap_or("").contains("No space left on device"),
+        "{r}"
     );
     let names: Vec<String> = std::fs::read_dir(files.join("logs"))
         .unwrap()

@@ -59,14 +59,19 @@ async fn log(admin: &AdminContext, ev: EventDraft) {
     }
 }
 
-fn failure(who: &PrincipalId, source: IpAddr, credential: &str, reason: String) -> EventDraft {
+/// A failed login attempt whose principal is not known (an unknown key id,
+/// a key that is nobody's).
+pub(super) fn attempt(source: IpAddr, credential: &str, reason: String) -> EventDraft {
     EventDraft::new("login.failure", Category::Authentication, Outcome::Failure)
-        .principal(who)
         .source(source)
         .door(DOOR)
         .action("login")
         .reason(reason)
         .detail("credential", credential)
+}
+
+fn failure(who: &PrincipalId, source: IpAddr, credential: &str, reason: String) -> EventDraft {
+    attempt(source, credential, reason).principal(who)
 }
 
 /// Logs why a keyboard-interactive login failed.
@@ -355,16 +360,11 @@ pub async fn access_key(
     else {
         // Every attempt is an event, an unknown key id too; its source is
         // throttled like any failing one.
-        let ev = EventDraft::new("login.failure", Category::Authentication, Outcome::Failure)
-            .source(source)
-            .door(DOOR)
-            .action("login")
-            .reason(format!(
-                "no access key `{}`",
-                key_id.chars().take(40).collect::<String>()
-            ))
-            .detail("credential", "access-key");
-        log(admin, ev).await;
+        let why = format!(
+            "no access key `{}`",
+            key_id.chars().take(40).collect::<String>()
+        );
+        log(admin, attempt(source, "access-key", why)).await;
         admin.guard.source_failed(source, OffsetDateTime::now_utc());
         return None;
     };

@@ -348,6 +348,14 @@ impl Connection {
         Auth::Accept
     }
 
+    /// Passes what the client sent to the shell or command running on
+    /// `channel` (nothing runs yet: dropped).
+    async fn forward(&self, channel: ChannelId, input: terminal::Input) {
+        if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
+            let _ = tx.send(input).await;
+        }
+    }
+
     /// Starts a shell or command on `channel`: its input is routed to the
     /// returned terminal. None before login or if the channel already runs.
     fn start_channel(
@@ -423,17 +431,12 @@ impl russh::server::Handler for Connection {
         let Some(who) = self.key_owner(user, key.public_key) else {
             // Signed with a key that is not this principal's: an attempt,
             // logged, never counted toward lockout (keys do not lock).
-            let ev = EventDraft::new("login.failure", Category::Authentication, Outcome::Failure)
-                .source(self.peer.ip())
-                .door(DOOR)
-                .action("login")
-                .reason(format!(
-                    "a key that is not `{}`'s ({})",
-                    user.chars().take(64).collect::<String>(),
-                    key.public_key.fingerprint(russh::keys::HashAlg::Sha256)
-                ))
-                .detail("credential", "publickey");
-            log(&self.admin, ev).await;
+            let why = format!(
+                "a key that is not `{}`'s ({})",
+                user.chars().take(64).collect::<String>(),
+                key.public_key.fingerprint(russh::keys::HashAlg::Sha256)
+            );
+            log(&self.admin, auth::attempt(self.peer.ip(), "publickey", why)).await;
             return Ok(Auth::reject());
         };
         let d = self
@@ -546,15 +549,16 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let (cols, rows) = (col_width.clamp(1, 1000), row_height.clamp(1, 1000));
-        if let Some(slot) = self.channels.get_mut(&channel) {
-            if let Some(p) = &mut slot.pty {
-                p.cols = cols;
-                p.rows = rows;
-            }
-            if let Some(tx) = &slot.input {
-                let _ = tx.send(terminal::Input::Resize { cols, rows }).await;
-            }
+        if let Some(p) = self
+            .channels
+            .get_mut(&channel)
+            .and_then(|slot| slot.pty.as_mut())
+        {
+            p.cols = cols;
+            p.rows = rows;
         }
+        self.forward(channel, terminal::Input::Resize { cols, rows })
+            .await;
         Ok(())
     }
 
@@ -564,9 +568,8 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
-            let _ = tx.send(terminal::Input::Data(data.to_vec())).await;
-        }
+        self.forward(channel, terminal::Input::Data(data.to_vec()))
+            .await;
         Ok(())
     }
 
@@ -575,9 +578,7 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.as_ref()) {
-            let _ = tx.send(terminal::Input::Eof).await;
-        }
+        self.forward(channel, terminal::Input::Eof).await;
         Ok(())
     }
 
