@@ -76,6 +76,17 @@ fn site() -> Site {
     s
 }
 
+/// The names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 fn store(s: &Site, meter: &str) -> PathBuf {
     s.d.config.with_file_name("meters").join(meter)
 }
@@ -128,14 +139,9 @@ fn each_operation_needs_the_permission_the_table_names() {
         b"firmware image 1.2.3\n"
     );
     assert!(fw.join("VERSION").is_file(), "firmware/ was never renamed");
-    let leftovers: Vec<_> = std::fs::read_dir(&fw)
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(".metergate-upload-")
-        })
+    let leftovers: Vec<String> = names(&fw)
+        .into_iter()
+        .filter(|n| n.starts_with(".metergate-upload-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // The upload's event carries the stored file's SHA-256.
@@ -193,12 +199,7 @@ fn the_escape_corpus_is_refused_logged_and_nothing_outside_changes() {
     assert!(ls.contains("out") && !ls.contains("secret"), "{ls}");
     // Nothing came out, nothing outside changed.
     assert!(!Path::new(&get).exists(), "something was served");
-    let names: Vec<String> = std::fs::read_dir(outside.path())
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, vec!["secret".to_string()]);
+    assert_eq!(names(outside.path()), vec!["secret".to_string()]);
     assert_eq!(
         std::fs::read_to_string(outside.path().join("secret")).unwrap(),
         "outside"
@@ -317,14 +318,8 @@ print(json.dumps(out))
     // OpenSSH's client is refused the same way.
     let (ok, _) = sftp(port, &key, "ada", &format!("put {part} /m1/logs/d\n"));
     assert!(!ok);
-    let mut names: Vec<String> = std::fs::read_dir(&files)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        names(&files),
         vec!["a".to_string(), "b".to_string()],
         "no partial file"
     );
@@ -505,14 +500,9 @@ fn an_upstream_store_is_reached_as_the_meter_side_account_with_the_pinned_key() 
         std::fs::read_to_string(meter2.join("logs/up2.txt")).unwrap(),
         "from the crew\n"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(meter2.join("logs"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(".metergate-upload-")
-        })
+    let leftovers: Vec<String> = names(&meter2.join("logs"))
+        .into_iter()
+        .filter(|n| n.starts_with(".metergate-upload-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     s.wait_event("sftp.upload", &["user:rw", "meter-2"]);
@@ -556,12 +546,8 @@ except IOError as e:
         r.as_str().unwrap_or("").contains("No space left on device"),
         "{r}"
     );
-    let names: Vec<String> = std::fs::read_dir(files.join("logs"))
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(names.is_empty(), "nothing half-written is left: {names:?}");
+    let left = names(&files.join("logs"));
+    assert!(left.is_empty(), "nothing half-written is left: {left:?}");
     let failures = d
         .mg(&["audit", "query", "--code", "sftp.upload"])
         .ok()

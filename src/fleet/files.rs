@@ -109,6 +109,16 @@ impl RelPath {
     }
 }
 
+/// A fresh temporary name beside `rel` for an upload to it (renamed over
+/// `rel` when the upload is complete).
+pub fn upload_name(rel: &RelPath) -> Result<RelPath, FileError> {
+    let (parent, name) = rel.split().ok_or_else(|| FileError::BadPath("/".into()))?;
+    let mut random = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .map_err(|_| FileError::Io("no randomness".into()))?;
+    parent.join(&format!("{UPLOAD_PREFIX}{}-{name}", hex::encode(random)))
+}
+
 /// One entry of a listing.
 pub struct Entry {
     pub name: String,
@@ -184,11 +194,7 @@ impl LocalStore {
     /// Creates the temporary file an upload to `rel` is written to; its
     /// relative path is returned with it.
     pub fn create_upload(&self, rel: &RelPath) -> Result<(File, RelPath), FileError> {
-        let (parent, name) = rel.split().ok_or_else(|| FileError::BadPath("/".into()))?;
-        let mut random = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .map_err(|_| FileError::Io("no randomness".into()))?;
-        let temp = parent.join(&format!("{UPLOAD_PREFIX}{}-{name}", hex::encode(random)))?;
+        let temp = upload_name(rel)?;
         let f = self.at(
             &temp,
             OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,

@@ -60,13 +60,18 @@ fn code(e: FileError) -> StatusCode {
     }
 }
 
-fn attrs(st: &nix::sys::stat::FileStat) -> FileAttributes {
+/// A stat as SFTP attributes (the gateway's local stores answer with these
+/// too).
+pub fn attributes(st: &nix::sys::stat::FileStat) -> FileAttributes {
     FileAttributes {
         size: Some(st.st_size.max(0) as u64),
+        uid: Some(st.st_uid),
+        user: None,
+        gid: Some(st.st_gid),
+        group: None,
         permissions: Some(st.st_mode),
-        mtime: Some(st.st_mtime.max(0) as u32),
         atime: Some(st.st_atime.max(0) as u32),
-        ..FileAttributes::empty()
+        mtime: Some(st.st_mtime.max(0) as u32),
     }
 }
 
@@ -106,7 +111,7 @@ impl russh_sftp::server::Handler for MeterSftp {
         let st = self.store.stat(&rel(&path)?).map_err(code)?;
         Ok(Attrs {
             id,
-            attrs: attrs(&st),
+            attrs: attributes(&st),
         })
     }
 
@@ -118,7 +123,7 @@ impl russh_sftp::server::Handler for MeterSftp {
         let list = self.store.list(&rel(&path)?).map_err(code)?;
         let files = list
             .into_iter()
-            .map(|e| SftpFile::new(e.name, attrs(&e.stat)))
+            .map(|e| SftpFile::new(e.name, attributes(&e.stat)))
             .collect();
         Ok(Handle {
             id,

@@ -318,24 +318,21 @@ impl SftpSession {
                 format!("meter {meter} has no file store"),
             ));
         };
-        // DESIGN §2: the least privileged meter-side account matching a
-        // role the caller holds on the meter or the permission in use.
-        let entries = match &m.accounts {
-            Some(a) => a.clone(),
-            None => fleet
-                .1
-                .get(&m.profile)
-                .map(|p| p.accounts.clone())
-                .unwrap_or_default(),
+        // Upstream: as the meter-side account for the permission in use.
+        let chosen = match permission {
+            Some(p) => crate::doors::ssh::console::meter_account(
+                &self.ctx.admin.guard,
+                &self.caller.who,
+                m,
+                p,
+            ),
+            None => Err(format!(
+                "no permission names a meter-side account of {meter}"
+            )),
         };
-        let roles = self.ctx.admin.guard.roles_on(&self.caller.who, meter);
-        let account = permission
-            .and_then(|p| crate::doors::ssh::console::choose_account(&entries, &roles, p))
-            .map(|a| a.account.clone());
-        let Some(account) = account else {
-            return Err(self
-                .refuse(&format!("/{meter}"), &format!("no meter-side account of {meter} maps to your roles or the permission in use"))
-                .await);
+        let account = match chosen {
+            Ok(a) => a,
+            Err(why) => return Err(self.refuse(&format!("/{meter}"), &why).await),
         };
         let key = (meter.to_string(), account.clone());
         if let Some(u) = self.upstream.get(&key) {

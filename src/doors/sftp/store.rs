@@ -47,19 +47,6 @@ fn upstream_error(e: ClientError) -> FileError {
     }
 }
 
-fn local_attrs(st: &nix::sys::stat::FileStat) -> FileAttributes {
-    FileAttributes {
-        size: Some(st.st_size.max(0) as u64),
-        uid: Some(st.st_uid),
-        user: None,
-        gid: Some(st.st_gid),
-        group: None,
-        permissions: Some(st.st_mode),
-        atime: Some(st.st_atime.max(0) as u32),
-        mtime: Some(st.st_mtime.max(0) as u32),
-    }
-}
-
 fn remote(rel: &RelPath) -> String {
     format!("/{}", rel.text())
 }
@@ -105,7 +92,7 @@ impl Store {
                 let (s, rel) = (s.clone(), rel.clone());
                 let st = blocking(move || s.stat(&rel)).await?;
                 Ok(Stat {
-                    attrs: local_attrs(&st),
+                    attrs: crate::fleet::meter_sftp::attributes(&st),
                     dir: is_dir(&st),
                     file: is_file(&st),
                 })
@@ -128,7 +115,7 @@ impl Store {
                 let list = blocking(move || s.list(&rel)).await?;
                 Ok(list
                     .into_iter()
-                    .map(|e| SftpFile::new(e.name, local_attrs(&e.stat)))
+                    .map(|e| SftpFile::new(e.name, crate::fleet::meter_sftp::attributes(&e.stat)))
                     .collect())
             }
             Store::Upstream(u) => {
@@ -181,15 +168,7 @@ impl Store {
                 Ok((Handle::Local(Arc::new(f)), temp))
             }
             Store::Upstream(u) => {
-                let (parent, name) = rel.split().ok_or_else(|| FileError::BadPath("/".into()))?;
-                let mut random = [0u8; 8];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-                    .map_err(|_| FileError::Io("no randomness".into()))?;
-                let temp = parent.join(&format!(
-                    "{}{}-{name}",
-                    crate::fleet::files::UPLOAD_PREFIX,
-                    hex::encode(random)
-                ))?;
+                let temp = crate::fleet::files::upload_name(rel)?;
                 let h = u
                     .sftp
                     .open(
@@ -383,7 +362,9 @@ impl Handle {
     /// Attributes of the open file (fstat).
     pub async fn attrs(&self) -> Result<FileAttributes, FileError> {
         match self {
-            Handle::Local(f) => Ok(local_attrs(&nix::sys::stat::fstat(&**f)?)),
+            Handle::Local(f) => Ok(crate::fleet::meter_sftp::attributes(
+                &nix::sys::stat::fstat(&**f)?,
+            )),
             Handle::Upstream(u, h) => u
                 .sftp
                 .fstat(h.as_str())

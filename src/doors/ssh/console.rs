@@ -51,10 +51,9 @@ pub enum ConsoleError {
     Refused(String),
 }
 
-/// The meter-side account for `caller` on `meter`: among the entries that
-/// match a role the caller holds there or the permission in use (Terminal
-/// Access), the first (entries are listed least privileged first).
-pub fn choose_account<'a>(
+/// Among `entries` (least privileged first), the first that names one of
+/// `roles` or `permission`.
+fn choose_account<'a>(
     entries: &'a [AccountRule],
     roles: &[String],
     permission: Permission,
@@ -62,6 +61,38 @@ pub fn choose_account<'a>(
     entries.iter().find(|e| {
         e.role.as_ref().is_some_and(|r| roles.contains(r)) || e.permission == Some(permission)
     })
+}
+
+/// DESIGN §2: the meter-side account `who` uses on `meter` (its own
+/// `accounts`, else its profile's) for `permission`, or why there is none.
+pub(crate) fn meter_account(
+    guard: &crate::guard::Guard,
+    who: &crate::model::PrincipalId,
+    meter: &crate::config::MeterConfig,
+    permission: Permission,
+) -> Result<String, String> {
+    let fleet = guard.fleet();
+    let entries = match &meter.accounts {
+        Some(a) => a.as_slice(),
+        None => fleet
+            .1
+            .get(&meter.profile)
+            .map(|p| p.accounts.as_slice())
+            .unwrap_or(&[]),
+    };
+    let roles = guard.roles_on(who, &meter.id);
+    match choose_account(entries, &roles, permission) {
+        Some(a) => Ok(a.account.clone()),
+        None => Err(format!(
+            "no meter-side account of {} maps to your roles ({}) or to {permission}",
+            meter.id,
+            if roles.is_empty() {
+                "none".to_string()
+            } else {
+                roles.join(", ")
+            }
+        )),
+    }
 }
 
 /// The account's secret from the credentials file (TOML, `[METER]
@@ -164,33 +195,18 @@ pub async fn connect(ctx: &ShellContext, caller: &Caller, meter: &str, io: &mut 
             .await;
         return 1;
     };
-    let entries = match &m.accounts {
-        Some(a) => a.as_slice(),
-        None => fleet
-            .1
-            .get(&m.profile)
-            .map(|p| p.accounts.as_slice())
-            .unwrap_or(&[]),
+    let account = match meter_account(guard, &caller.who, m, Permission::TerminalAccess) {
+        Ok(a) => a,
+        Err(why) => {
+            log(
+                &ctx.admin,
+                event("console.refused", Outcome::Deny, caller, meter).reason(&why),
+            )
+            .await;
+            io.err(&format!("DENY: {why}\n")).await;
+            return 1;
+        }
     };
-    let roles = guard.roles_on(&caller.who, meter);
-    let Some(account) = choose_account(entries, &roles, Permission::TerminalAccess) else {
-        let why = format!(
-            "no meter-side account of {meter} maps to your roles ({}) or to Terminal Access",
-            if roles.is_empty() {
-                "none".to_string()
-            } else {
-                roles.join(", ")
-            }
-        );
-        log(
-            &ctx.admin,
-            event("console.refused", Outcome::Deny, caller, meter).reason(&why),
-        )
-        .await;
-        io.err(&format!("DENY: {why}\n")).await;
-        return 1;
-    };
-    let account = account.account.clone();
     let link = match open(ctx, console, meter, &account, io).await {
         Ok(link) => link,
         Err(e) => {
