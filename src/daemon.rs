@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::config::Config;
 use crate::doors::admin::exec::{AdminContext, ReviewSettings, review_due};
 use crate::doors::admin::server::{self, Access, ControlError};
-use crate::doors::mbaps::{MbapsDoor, MbapsError, Tls};
+use crate::doors::modbus::mbaps::{MbapsDoor, MbapsError, Tls};
 use crate::doors::modbus::{ModbusDoor, UnitMap, unit_maps, unit_maps_reusing};
 use crate::guard::{Guard, GuardSettings};
 use crate::metrics::{self, MeterSample, Sample};
@@ -38,7 +38,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Forward(#[from] crate::store::forward::ForwardError),
     #[error("SSH host key {0}")]
-    Ssh(#[from] crate::doors::ssh::SshError),
+    Ssh(#[from] crate::sshkeys::SshError),
     #[error("listener {address}: {error}")]
     Listen {
         address: String,
@@ -205,7 +205,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     if let Some(ssh) = &config.ssh {
         // After the store: the key lives in the state directory, created
         // by the service account.
-        let key = crate::doors::ssh::host_key(&ssh.host_key)?;
+        let key = crate::sshkeys::host_key(&ssh.host_key)?;
         let door = Arc::new(crate::doors::ssh::SshDoor::new(
             ctx.clone(),
             key,
@@ -383,9 +383,9 @@ impl Live {
                 .filter(|k| !new.support.keys.contains(k))
                 .collect();
             for line in gone {
-                if let Ok(k) = russh::keys::PublicKey::from_openssh(line) {
+                if let Some(k) = crate::sshkeys::line_credential(line) {
                     ended += ssh.end_sessions_on(
-                        &crate::doors::ssh::key_credential(&k),
+                        &k,
                         "support key removed from the config",
                     );
                 }

@@ -203,7 +203,7 @@ fn consoles(dir: &Path) -> Result<Vec<String>, DemoError> {
     for m in DEMO_METERS {
         let path = console_key_path(dir, m);
         let key =
-            crate::doors::ssh::host_key(&path).map_err(|e| DemoError::Secret(e.to_string()))?;
+            crate::sshkeys::host_key(&path).map_err(|e| DemoError::Secret(e.to_string()))?;
         public.push(
             key.public_key()
                 .to_openssh()
@@ -459,7 +459,7 @@ pub async fn start_meters(config: &Config, dir: &Path) -> Result<DemoMeters, Dem
         if let Some(c) = &m.console
             && let Ok(bind) = c.address.parse()
         {
-            let key = crate::doors::ssh::host_key(&console_key_path(dir, &m.id))
+            let key = crate::sshkeys::host_key(&console_key_path(dir, &m.id))
                 .map_err(|e| DemoError::Secret(e.to_string()))?;
             let accounts = creds
                 .get(&m.id)

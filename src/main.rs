@@ -236,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if let Some(m) = &config.mbaps
                 && let Err(e) =
-                    metergate::doors::mbaps::Tls::load(m, time::OffsetDateTime::now_utc())
+                    metergate::doors::modbus::mbaps::Tls::load(m, time::OffsetDateTime::now_utc())
             {
                 eprintln!("error: mbaps: {e}");
                 return Ok(ExitCode::from(2));

@@ -4,7 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metergate::doors::modbus::{action_of, frame};
+use metergate::doors::modbus::action_of;
+use metergate::mbap as frame;
 use metergate::fleet::simulator::MeterState;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use metergate::doors::sftp::{Target, resolve};
+use metergate::doors::ssh::sftp::{Target, resolve};
 
 fuzz_target!(|data: &[u8]| {
     let path = String::from_utf8_lossy(data);

@@ -2,7 +2,5 @@
 //! none decides on its own.
 
 pub mod admin;
-pub mod mbaps;
 pub mod modbus;
-pub mod sftp;
 pub mod ssh;

@@ -4,5 +4,7 @@
 pub mod console;
 pub mod files;
 pub mod meter_sftp;
+pub mod meter_ssh;
 pub mod pool;
 pub mod simulator;
+pub mod units;

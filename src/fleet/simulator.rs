@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::doors::modbus::frame::{self, Header, Pdu, exception};
+use crate::mbap::{self as frame, Header, Pdu, exception};
 
 /// Value written to 5000 to reset peak demand.
 pub const PEAK_RESET: u16 = 21212;

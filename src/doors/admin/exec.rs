@@ -980,10 +980,10 @@ async fn user(
             // Sessions that logged in with a removed key end with it.
             let ended: usize = gone
                 .iter()
-                .filter_map(|line| russh::keys::PublicKey::from_openssh(line).ok())
+                .filter_map(|line| crate::sshkeys::line_credential(line))
                 .map(|k| {
                     ctx.sessions.kill_credential(
-                        &crate::doors::ssh::key_credential(&k),
+                        &k,
                         &format!("the key was removed from user {n}"),
                     )
                 })

@@ -6,7 +6,7 @@
 
 mod auth;
 pub mod console;
-mod host_key;
+pub mod sftp;
 pub mod shell;
 mod terminal;
 
@@ -24,7 +24,6 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
-pub use host_key::load_or_create as host_key;
 
 use crate::doors::admin::exec::AdminContext;
 use crate::guard::Credential;
@@ -37,11 +36,6 @@ const MAX_COMMAND: usize = 8 * 1024;
 /// A connection that has not authenticated by then is closed.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum SshError {
-    #[error("{path}: {error}")]
-    HostKey { path: String, error: String },
-}
 
 /// Bytes of typed input a channel may have queued before the client waits.
 const INPUT_QUEUE: usize = 64;
@@ -287,10 +281,6 @@ struct Connection {
     channels: HashMap<ChannelId, ChannelSlot>,
 }
 
-/// The credential a public-key session runs on (`user remove-key` ends it).
-pub fn key_credential(key: &PublicKey) -> String {
-    format!("key:{}", key.fingerprint(russh::keys::HashAlg::Sha256))
-}
 
 impl Connection {
     /// Who `key` lets in as `user`: one of the user's keys (`user add-key`),
@@ -455,7 +445,7 @@ impl russh::server::Handler for Connection {
             // The event says why; the client is told only that it was denied.
             return Ok(Auth::reject());
         }
-        Ok(self.logged_in(who, key_credential(key.public_key)).await)
+        Ok(self.logged_in(who, crate::sshkeys::key_credential(key.public_key)).await)
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
@@ -655,7 +645,7 @@ impl russh::server::Handler for Connection {
                 peer: self.peer,
                 session: self.session_id.load(Ordering::Acquire),
             };
-            let sftp = crate::doors::sftp::SftpSession::new(
+            let sftp = sftp::SftpSession::new(
                 self.door.shell.clone(),
                 caller,
                 self.door.max_upload,
@@ -663,7 +653,7 @@ impl russh::server::Handler for Connection {
             );
             let handle = session.handle();
             tokio::spawn(async move {
-                crate::doors::sftp::serve(ch.into_stream(), sftp).await;
+                sftp::serve(ch.into_stream(), sftp).await;
                 // russh-sftp's own loop never ends the channel; clients on
                 // other SSH stacks wait for this.
                 let _ = handle.exit_status_request(channel, 0).await;

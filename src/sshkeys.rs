@@ -1,5 +1,6 @@
-//! The gateway's ed25519 SSH host key: generated at first start from the
-//! system random source, kept in OpenSSH format, readable only by the daemon.
+//! SSH keys in the product's words, shared by the SSH door, the core and the
+//! demo: the gateway's ed25519 host key (generated at first start, 0600) and
+//! the credential id a public-key session runs on. russh stays behind this.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,10 +10,31 @@ use russh::keys::PrivateKey;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 
-use super::SshError;
+pub use russh::keys::{PrivateKey as HostKey, PublicKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("{path}: {error}")]
+    HostKey { path: String, error: String },
+}
+
+/// The credential a public-key session runs on (`user remove-key` ends it).
+pub fn key_credential(key: &PublicKey) -> String {
+    format!("key:{}", key.fingerprint(russh::keys::HashAlg::Sha256))
+}
+
+/// The credential of an OpenSSH public key line, if the line is one.
+pub fn line_credential(line: &str) -> Option<String> {
+    PublicKey::from_openssh(line).ok().map(|k| key_credential(&k))
+}
+
+/// Whether an OpenSSH public key line holds `key`.
+pub fn line_is(line: &str, key: &PublicKey) -> bool {
+    PublicKey::from_openssh(line).is_ok_and(|k| k.key_data() == key.key_data())
+}
 
 /// Loads the host key, creating it (0600) if it does not exist.
-pub fn load_or_create(path: &Path) -> Result<PrivateKey, SshError> {
+pub fn host_key(path: &Path) -> Result<PrivateKey, SshError> {
     let err = |e: String| SshError::HostKey {
         path: path.display().to_string(),
         error: e,

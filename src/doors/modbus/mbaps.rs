@@ -19,7 +19,7 @@ use tokio_rustls::rustls::{
     server::{ServerSessionMemoryCache, StoresServerSessions, WebPkiClientVerifier},
 };
 
-use super::modbus::{Caller, Proxy, UnitMap};
+use super::{Caller, Proxy, UnitMap};
 use crate::config::MbapsConfig;
 use crate::guard::{Action, CertificateClaim, Guard, Request};
 use crate::model::{PrincipalId, micros};
