@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::doors::admin::exec::{AdminContext, ReviewSettings, review_due};
+use crate::commands::{Gateway, ReviewSettings, review_due};
 use crate::doors::admin::server::{self, Access, ControlError};
 use crate::doors::modbus::mbaps::{MbapsDoor, MbapsError, Tls};
 use crate::doors::modbus::{ModbusDoor, UnitMap, unit_maps, unit_maps_reusing};
@@ -20,7 +20,6 @@ use crate::model::micros;
 use crate::service::{self, Notifier, ServiceError};
 use crate::sessions::Sessions;
 use crate::store::log::Capacity;
-use crate::store::secrets::HashPool;
 use crate::store::{Category, EventDraft, Outcome, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -142,16 +141,20 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         interval: config.review.interval.0,
         unused_after: config.review.unused_after.0,
     };
-    let sessions = Arc::new(Sessions::default());
-    let ctx = Arc::new(AdminContext {
+    let sessions = guard.sessions().clone();
+    let maps = unit_maps(&config);
+    let shared_maps = Arc::new(ArcSwap::from_pointee(maps.clone()));
+    let ctx = Arc::new(Gateway {
         guard: guard.clone(),
         sessions: sessions.clone(),
-        hashes: Arc::new(HashPool::new(
-            config.passwords.hash_threads,
-            config.passwords.hash_queue,
-        )),
+        hashes: guard.hashes().clone(),
         review: review.clone(),
         crl_changed: tls.as_ref().map(|t| t.crl_changed.clone()),
+        fleet: shared_maps.clone(),
+        passwords: Arc::new(config.passwords.clone()),
+        consoles: crate::fleet::meter_ssh::Consoles {
+            credentials: config.ssh.as_ref().and_then(|s| s.meter_credentials.clone()),
+        },
     });
 
     let started = EventDraft::new("system.start", Category::System, Outcome::Success)
@@ -167,9 +170,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         access,
         stop_rx.clone(),
     ));
-    let maps = unit_maps(&config);
     let mut doors = Vec::new();
-    let shared_maps = Arc::new(ArcSwap::from_pointee(maps.clone()));
     let mut live = Live {
         config: config.clone(),
         shared_maps: shared_maps.clone(),
@@ -211,7 +212,6 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
             key,
             &config,
             ssh,
-            shared_maps.clone(),
         ));
         live.ssh = Some(door.clone());
         for listener in ssh_listeners {
@@ -429,6 +429,8 @@ impl Live {
         kept.control = self.config.control.clone();
         kept.daemon = self.config.daemon.clone();
         kept.passwords = self.config.passwords.clone();
+        kept.ssh = self.config.ssh.clone();
+        kept.audit.forward = self.config.audit.forward.clone();
         self.config = kept;
     }
 }

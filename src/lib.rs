@@ -1,6 +1,7 @@
 //! metergate: a gateway in front of fleets of electricity meters. Every door
 //! asks one guard; every decision that matters lands in one hash-chained log.
 
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod demo;

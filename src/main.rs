@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use metergate::config::Config;
 use metergate::doors::admin::protocol::Request;
 use metergate::doors::admin::server::{call, call_streaming, default_socket};
-use metergate::doors::admin::{AdminCommand, AuditCommand};
+use metergate::commands::{AdminCommand, AuditCommand};
 use metergate::{daemon, demo, store};
 
 #[derive(Parser)]

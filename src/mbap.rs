@@ -280,6 +280,80 @@ impl Pdu {
     }
 }
 
+/// Builds request PDUs for the gateway's own requests (the shell's `read`
+/// and named meter actions) and reads their answers.
+pub mod request {
+    /// FC 3: read `count` holding registers from `start`.
+    pub fn read_holding(start: u16, count: u16) -> Vec<u8> {
+        let mut p = vec![3];
+        p.extend_from_slice(&start.to_be_bytes());
+        p.extend_from_slice(&count.to_be_bytes());
+        p
+    }
+
+    /// A register write: FC 6 (one value) or FC 16 (several).
+    pub fn write_registers(function: u8, start: u16, values: &[u16]) -> Vec<u8> {
+        let mut p = vec![function];
+        p.extend_from_slice(&start.to_be_bytes());
+        if function == 6 {
+            p.extend_from_slice(&values.first().copied().unwrap_or(0).to_be_bytes());
+        } else {
+            p.extend_from_slice(&(values.len() as u16).to_be_bytes());
+            p.push((values.len() * 2) as u8);
+            for v in values {
+                p.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        p
+    }
+
+    /// What a meter answered to a request of `function`.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Answer {
+        /// The registers of a read (or nothing, for a write).
+        Ok(Vec<u16>),
+        /// An exception code.
+        Exception(u8),
+        /// Not an answer to that request.
+        Malformed,
+    }
+
+    /// Reads the answer to a read of `count` registers (or, with
+    /// `count` None, to a write).
+    pub fn answer(function: u8, count: Option<u16>, pdu: &[u8]) -> Answer {
+        match pdu.first() {
+            Some(f) if *f == function => match count {
+                Some(n) if pdu.len() == 2 + 2 * n as usize => Answer::Ok(
+                    pdu[2..]
+                        .chunks_exact(2)
+                        .map(|v| u16::from_be_bytes([v[0], v[1]]))
+                        .collect(),
+                ),
+                Some(_) => Answer::Malformed,
+                None => Answer::Ok(Vec::new()),
+            },
+            Some(f) if *f == function | 0x80 => {
+                Answer::Exception(pdu.get(1).copied().unwrap_or(0))
+            }
+            _ => Answer::Malformed,
+        }
+    }
+
+    /// An exception code in words.
+    pub fn exception_words(code: u8) -> &'static str {
+        match code {
+            1 => "illegal function",
+            2 => "illegal data address",
+            3 => "illegal data value",
+            4 => "server device failure",
+            6 => "server device busy",
+            10 => "gateway path unavailable",
+            11 => "gateway target device failed to respond",
+            _ => "exception",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,14 +7,41 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use metergate::doors::admin::exec::{AdminContext, ReviewSettings, execute};
-use metergate::doors::admin::protocol::Request;
+use metergate::commands::{Caller, Gateway, Input, Outcome, ReviewSettings, execute};
 use metergate::model::*;
-use metergate::sessions::Sessions;
 use metergate::store::Entity;
-use metergate::store::secrets::HashPool;
 
-fn ctx() -> (Fixture, AdminContext) {
+/// What the control socket answers: exit code, stdout, stderr.
+#[derive(Debug)]
+struct Reply {
+    code: u8,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(ctx: &Gateway, who: &PrincipalId, req: &Input) -> Reply {
+    let caller = Caller {
+        who: who.clone(),
+        source: "test".into(),
+        addr: None,
+        door: "test",
+        session: 0,
+    };
+    let (code, stdout, stderr) = match execute(ctx, &caller, req, NOW).await {
+        Outcome::Done { stdout, .. } => (0, stdout, String::new()),
+        Outcome::Usage(t) => (2, String::new(), t),
+        Outcome::Denied { message, .. } => (2, String::new(), format!("error: DENY: {message}\n")),
+        Outcome::Refused(m) => (2, String::new(), format!("error: {m}\n")),
+        Outcome::Failed(m) => (1, String::new(), format!("error: {m}\n")),
+    };
+    Reply {
+        code,
+        stdout,
+        stderr,
+    }
+}
+
+fn ctx() -> (Fixture, Gateway) {
     let f = Fixture::new();
     let mut svc_admin = ServiceUser::new("integration");
     svc_admin.policies = vec![ADMINISTRATOR.into()];
@@ -29,15 +56,18 @@ fn ctx() -> (Fixture, AdminContext) {
         Entity::User(user("root-admin", &[ADMINISTRATOR])),
     ]);
     let day = std::time::Duration::from_secs(86_400);
-    let ctx = AdminContext {
+    let ctx = Gateway {
         guard: f.guard.clone(),
-        sessions: Arc::new(Sessions::default()),
-        hashes: Arc::new(HashPool::new(1, 8)),
+        sessions: f.guard.sessions().clone(),
+        hashes: f.guard.hashes().clone(),
         review: ReviewSettings {
             interval: day * 90,
             unused_after: day * 90,
         },
         crl_changed: None,
+        fleet: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
+        passwords: Arc::new(Default::default()),
+        consoles: Default::default(),
     };
     (f, ctx)
 }
@@ -70,12 +100,12 @@ async fn who_may_run_which_admin_command() {
     ];
     let mut failures = Vec::new();
     for (who, line, code, needle) in table {
-        let req = Request {
+        let req = Input {
             argv: line.split(' ').map(String::from).collect(),
             json: false,
             files: Default::default(),
         };
-        let r = execute(&ctx, &who, "test", "test", &req, NOW).await;
+        let r = run(&ctx, &who, &req).await;
         let text = format!("{}{}", r.stdout, r.stderr);
         if r.code != code || !text.contains(needle) {
             failures.push(format!(
@@ -102,20 +132,12 @@ async fn deactivating_a_user_ends_their_live_sessions() {
     let olga = uid("olga");
     let session = ctx.sessions.register(&olga, "10.0.0.7", "ssh", None, 0);
     let mut ended = session.ended.clone();
-    let req = Request {
+    let req = Input {
         argv: ["user", "deactivate", "olga"].map(String::from).to_vec(),
         json: false,
         files: Default::default(),
     };
-    let r = execute(
-        &ctx,
-        &PrincipalId::Local("root".into()),
-        "test",
-        "test",
-        &req,
-        NOW,
-    )
-    .await;
+    let r = run(&ctx, &PrincipalId::Local("root".into()), &req).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("1 live sessions ended"), "{r:?}");
     tokio::time::timeout(std::time::Duration::from_secs(5), ended.changed())

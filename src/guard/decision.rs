@@ -90,6 +90,12 @@ pub enum Reason {
     /// Service users need the Administrator policy for API calls; some
     /// operations need it for anyone.
     AdministratorRequired(&'static str),
+    /// An admin change would confer a permission the caller does not hold
+    /// (on that meter, or anywhere for a global permission).
+    ConfersUnheld {
+        permission: Permission,
+        meter: Option<Label>,
+    },
     /// A peak demand reset inside the configured interval.
     PeakDemandLockout {
         next_allowed: i64,
@@ -181,6 +187,20 @@ impl fmt::Display for Reason {
             },
             Reason::Privileged(what) => write!(f, "{what} is privileged and never forwarded"),
             Reason::AdministratorRequired(why) => write!(f, "{why} needs the Administrator policy"),
+            Reason::ConfersUnheld {
+                permission,
+                meter: Some(m),
+            } => write!(
+                f,
+                "the change would confer {permission} on {m}, which you do not hold there: no one grants what they do not hold"
+            ),
+            Reason::ConfersUnheld {
+                permission,
+                meter: None,
+            } => write!(
+                f,
+                "the change would confer {permission}, which you do not hold: no one grants what they do not hold"
+            ),
             Reason::PeakDemandLockout { next_allowed } => {
                 write!(
                     f,

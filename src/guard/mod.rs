@@ -5,9 +5,10 @@
 pub mod action;
 mod compiled;
 pub mod decision;
+mod confer;
+mod login;
 mod state;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,11 +20,15 @@ use crate::config::{Config, Lockout, MeterConfig, OnFailure};
 use crate::model::{
     Directory, MeterSelector, Permission, PermissionSet, PrincipalId, Profile, micros,
 };
+use crate::sessions::Sessions;
+use crate::store::secrets::HashPool;
 use crate::store::{Category, EventDraft, Op, Outcome, Store, StoreError};
 
 pub use action::{Action, AdminOp, CertificateClaim, Request, WriteValues};
 use compiled::{CompiledPrincipal, MeterRef, Snapshot};
 pub use decision::{Decision, Label, Reason};
+pub use confer::Conferral;
+pub use login::{Attempt, Credential, PasswordCheck, PasswordGate, Proof, Verdict};
 pub use state::SourceGate;
 
 /// The rules from the config that decisions depend on.
@@ -48,42 +53,6 @@ impl GuardSettings {
             support_meters: c.support.meters.clone(),
         }
     }
-}
-
-/// How a principal proved who it is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Credential {
-    Password,
-    KeyboardInteractive,
-    PublicKey,
-    AccessKey,
-    Certificate,
-}
-
-impl Credential {
-    /// Only these count toward lockout and source throttling (CR 1.11
-    /// without its denial-of-service trap: keys and certificates never lock).
-    pub fn is_password(self) -> bool {
-        matches!(self, Credential::Password | Credential::KeyboardInteractive)
-    }
-    fn word(self) -> &'static str {
-        match self {
-            Credential::Password => "password",
-            Credential::KeyboardInteractive => "keyboard-interactive",
-            Credential::PublicKey => "publickey",
-            Credential::AccessKey => "access-key",
-            Credential::Certificate => "certificate",
-        }
-    }
-}
-
-/// Why a password attempt is refused before it is even checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PasswordGate {
-    Open,
-    Delay(Duration),
-    SourceRefused,
-    Locked { until: i64 },
 }
 
 /// Counters that metrics read.
@@ -113,16 +82,25 @@ pub struct Guard {
         std::collections::BTreeMap<String, Profile>,
     )>,
     pub counters: Counters,
+    /// The bounded password-hashing pool (logins, new passwords).
+    hashes: Arc<HashPool>,
+    /// Live sessions on every door (the session cap; ending access).
+    sessions: Arc<Sessions>,
 }
 
 impl Guard {
     pub fn new(store: Arc<Store>, config: &Config) -> Guard {
-        Guard::with_fleet(
+        let mut guard = Guard::with_fleet(
             store,
             GuardSettings::from_config(config),
             config.meters.clone(),
             config.profiles.clone(),
-        )
+        );
+        guard.hashes = Arc::new(HashPool::new(
+            config.passwords.hash_threads,
+            config.passwords.hash_queue,
+        ));
+        guard
     }
 
     pub fn with_fleet(
@@ -139,11 +117,54 @@ impl Guard {
             settings: ArcSwap::from_pointee(settings),
             meters: ArcSwap::from_pointee((meters, profiles)),
             counters: Counters::default(),
+            hashes: Arc::new(HashPool::new(1, 64)),
+            sessions: Arc::new(Sessions::default()),
         }
     }
 
+    /// The store, for the daemon's own housekeeping and the core's reads of
+    /// the log; doors never reach it.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The directory as it is now (a snapshot).
+    pub fn directory(&self) -> Arc<Directory> {
+        self.store.directory()
+    }
+
+    pub fn hashes(&self) -> &Arc<HashPool> {
+        &self.hashes
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Writes an event that is not a decision (a session's start and end, a
+    /// change applied, what the CA did). One that cannot be made durable
+    /// raises the alarm of DESIGN §4; its seq when it was.
+    pub async fn record(&self, ev: EventDraft) -> Option<u64> {
+        match self.store.log().append(ev).await {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                tracing::error!(error = %e, "an event could not be logged");
+                self.counters.audit_alarm.store(true, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Writes an event caused by unauthenticated traffic (aggregated
+    /// garbage, refused handshakes), within the quota of `audit`.
+    pub async fn record_unauthenticated(&self, ev: EventDraft) {
+        let _ = self.store.log().append_unauthenticated(ev).await;
+    }
+
+    /// Says in one event how many unauthenticated-traffic events the quota
+    /// counted instead of logging.
+    pub async fn report_suppressed(&self) {
+        let _ = self.store.log().report_suppressed().await;
     }
 
     pub fn settings(&self) -> Arc<GuardSettings> {
@@ -328,6 +349,45 @@ impl Guard {
         p.roles_on(m).iter().map(|r| r.to_string()).collect()
     }
 
+    /// DESIGN §2: the meter-side account `who` uses on `meter` (its own
+    /// `accounts`, else its profile's) for `permission`: the first entry,
+    /// least privileged first, that names one of the roles `who` holds there
+    /// or `permission` itself; or why there is none.
+    pub fn meter_account(
+        &self,
+        who: &PrincipalId,
+        meter: &str,
+        permission: Permission,
+    ) -> Result<String, String> {
+        let fleet = self.fleet();
+        let Some(m) = fleet.0.iter().find(|m| m.id == meter) else {
+            return Err(format!("no meter `{meter}`"));
+        };
+        let entries = match &m.accounts {
+            Some(a) => a.as_slice(),
+            None => fleet
+                .1
+                .get(&m.profile)
+                .map(|p| p.accounts.as_slice())
+                .unwrap_or(&[]),
+        };
+        let roles = self.roles_on(who, meter);
+        let chosen = entries.iter().find(|e| {
+            e.role.as_ref().is_some_and(|r| roles.contains(r)) || e.permission == Some(permission)
+        });
+        match chosen {
+            Some(a) => Ok(a.account.clone()),
+            None => Err(format!(
+                "no meter-side account of {meter} maps to your roles ({}) or to {permission}",
+                if roles.is_empty() {
+                    "none".to_string()
+                } else {
+                    roles.join(", ")
+                }
+            )),
+        }
+    }
+
     /// `check`: may `who` use `permission` on `meter` (or globally)?
     pub fn decide_permission(
         &self,
@@ -436,116 +496,6 @@ impl Guard {
         d
     }
 
-    /// Before checking a password: is the principal locked, or the source
-    /// throttled? Public keys and certificates never ask this.
-    pub fn password_gate(
-        &self,
-        who: &PrincipalId,
-        source: Option<IpAddr>,
-        now: OffsetDateTime,
-    ) -> PasswordGate {
-        let now_us = micros(now);
-        if let Ok(Some(until)) = self.state.locked_until(who, now_us) {
-            return PasswordGate::Locked { until };
-        }
-        let window = self.settings.load().lockout.window.0;
-        match source.map(|a| self.state.source_gate(a, now_us, window)) {
-            Some(SourceGate::Refuse) => PasswordGate::SourceRefused,
-            Some(SourceGate::Delay(d)) => PasswordGate::Delay(d),
-            _ => PasswordGate::Open,
-        }
-    }
-
-    /// Records a login attempt whose credential was checked (`verified`),
-    /// applies lockout and the gate checks, and logs it. The secret itself
-    /// never reaches this function.
-    pub async fn login(
-        &self,
-        who: &PrincipalId,
-        source: Option<IpAddr>,
-        door: &'static str,
-        credential: Credential,
-        verified: bool,
-        now: OffsetDateTime,
-    ) -> Decision {
-        let now_us = micros(now);
-        let settings = self.settings.load();
-        let req = Request {
-            principal: who.clone(),
-            source: source.map(|s| s.to_string()),
-            door,
-            action: Action::Login,
-            read_only: false,
-            certificate: None,
-        };
-        let mut locked = None;
-        let d = if !verified {
-            if credential.is_password() {
-                let l = &settings.lockout;
-                locked = self
-                    .state
-                    .password_failed(who, now_us, l.failures, l.window.0, l.duration.0)
-                    .ok()
-                    .flatten();
-                if let Some(a) = source {
-                    self.state.source_failed(a, now_us, l.window.0);
-                }
-            }
-            Decision::deny(None, Reason::NoStatementAllows)
-        } else {
-            let d = self.decide(&req, now);
-            if d.allowed {
-                if credential.is_password() {
-                    let _ = self.state.password_succeeded(who);
-                }
-                let _ = self.state.set_last_login(who, now_us);
-                if let Some(a) = source {
-                    self.state.source_succeeded(a);
-                }
-            }
-            d
-        };
-        let (code, outcome) = if d.allowed {
-            ("login.success", Outcome::Success)
-        } else {
-            ("login.failure", Outcome::Failure)
-        };
-        let reason = if verified {
-            d.reason.to_string()
-        } else {
-            format!("wrong {}", credential.word())
-        };
-        let mut ev = EventDraft::new(code, Category::Authentication, outcome)
-            .principal(who)
-            .door(door)
-            .action("login")
-            .reason(reason)
-            .detail("credential", credential.word());
-        if let Some(s) = source {
-            ev = ev.source(s);
-        }
-        let mut d = d;
-        match self.store.log().append(ev.clone()).await {
-            Ok(seq) => d.event = Some(seq),
-            Err(_) if d.allowed && settings.on_failure == OnFailure::FailClosed => {
-                d = Decision::deny(None, Reason::AuditUnavailable);
-            }
-            Err(_) => self.counters.audit_alarm.store(true, Ordering::Relaxed),
-        }
-        if let Some(until) = locked {
-            let lock = EventDraft::new("login.lockout", Category::Authentication, Outcome::Deny)
-                .principal(who)
-                .door(door)
-                .reason(format!(
-                    "{} consecutive password failures; password login locked until {}",
-                    settings.lockout.failures,
-                    crate::model::rfc3339(until)
-                ));
-            let _ = self.store.log().append(lock).await;
-        }
-        d
-    }
-
     /// A configured meter's tags (for the support boundary, a cold path).
     fn meter_tags(&self, id: &str) -> std::collections::BTreeMap<String, String> {
         self.meters
@@ -574,13 +524,6 @@ impl Guard {
 
     pub fn meta<T: for<'de> serde::Deserialize<'de>>(&self, key: &str) -> Option<T> {
         self.state.meta(key).ok().flatten()
-    }
-
-    /// Counts a failed secret from `source` toward its throttling without
-    /// touching any principal's lockout (access keys).
-    pub fn source_failed(&self, source: IpAddr, now: OffsetDateTime) {
-        let window = self.settings.load().lockout.window.0;
-        self.state.source_failed(source, micros(now), window);
     }
 
     /// `user unlock`: ends a password lock.

@@ -25,10 +25,13 @@ struct LoginFailures {
     locked_until: Option<i64>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Default)]
 struct SourceFailures {
     count: u32,
     last: i64,
+    /// Each principal's share of `count` (its id; "" for attempts that
+    /// named nobody): a principal's own success takes back only its share.
+    by: HashMap<String, u32>,
 }
 
 /// What to do with a password attempt from an address that keeps failing.
@@ -201,27 +204,40 @@ impl GuardState {
         }
     }
 
-    pub fn source_failed(&self, addr: IpAddr, now: i64, window: Duration) {
+    /// Counts a failure from `addr`, as `who`'s share ("" for nobody's).
+    pub fn source_failed(&self, addr: IpAddr, who: &str, now: i64, window: Duration) {
         if let Ok(mut map) = self.sources.lock() {
             // Bound the table: forget quiet addresses when it grows large.
             if map.len() > 100_000 {
                 map.retain(|_, f| now - f.last < window.as_micros() as i64);
             }
-            let e = map.entry(addr).or_insert(SourceFailures {
-                count: 0,
+            let e = map.entry(addr).or_insert_with(|| SourceFailures {
                 last: now,
+                ..Default::default()
             });
             if now - e.last >= window.as_micros() as i64 {
                 e.count = 0;
+                e.by.clear();
             }
             e.count += 1;
             e.last = now;
+            // A bounded share table: past it, failures count for the
+            // address only (and so are never taken back).
+            if e.by.len() < 1024 || e.by.contains_key(who) {
+                *e.by.entry(who.to_string()).or_default() += 1;
+            }
         }
     }
 
-    pub fn source_succeeded(&self, addr: IpAddr) {
-        if let Ok(mut map) = self.sources.lock() {
-            map.remove(&addr);
+    /// A password success by `who` from `addr` takes back `who`'s own
+    /// failures from that address, never anyone else's: one principal's
+    /// login must not open the address for another's guessing.
+    pub fn source_succeeded(&self, addr: IpAddr, who: &str) {
+        if let Ok(mut map) = self.sources.lock()
+            && let Some(e) = map.get_mut(&addr)
+            && let Some(own) = e.by.remove(who)
+        {
+            e.count = e.count.saturating_sub(own);
         }
     }
 }

@@ -11,10 +11,13 @@ use nix::unistd::{Gid, Uid};
 use time::OffsetDateTime;
 use tokio::net::{UnixListener, UnixStream};
 
-use super::exec::{AdminContext, execute_streaming};
+use crate::commands::stream::{Stream, produce};
+use crate::commands::{Caller, Gateway, Input, Outcome as CommandOutcome, execute};
 use super::protocol::{Request, Response, read_frame, write_frame};
 use crate::model::{PrincipalId, check_name};
 use crate::store::{Category, EventDraft, Outcome};
+
+const DOOR: &str = "control-socket";
 
 /// A request must arrive this fast; a silent client is dropped.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +100,7 @@ pub fn bind(
 /// Accepts connections until `stop` fires; each runs in its own task.
 pub async fn serve(
     listener: UnixListener,
-    ctx: Arc<AdminContext>,
+    ctx: Arc<Gateway>,
     access: Access,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -131,7 +134,7 @@ fn local_principal(uid: u32) -> PrincipalId {
     }
 }
 
-async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) {
+async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access) {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => {
@@ -146,11 +149,11 @@ async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) 
         let ev = EventDraft::new("admin.socket-refused", Category::Admin, Outcome::Deny)
             .principal(&who)
             .source(&source)
-            .door("control-socket")
+            .door(DOOR)
             .reason(
                 "caller is not root, the daemon's user or a member of the control socket's group",
             );
-        let _ = ctx.guard.store().log().append(ev).await;
+        ctx.guard.record(ev).await;
         let refusal = Response {
             code: 2,
             stdout: String::new(),
@@ -179,15 +182,19 @@ async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) 
             }
             Err(_) => return,
         };
-    let (response, more) = execute_streaming(
-        ctx,
-        &who,
-        &source,
-        "control-socket",
-        &request,
-        OffsetDateTime::now_utc(),
-    )
-    .await;
+    let caller = Caller {
+        who,
+        source,
+        addr: None,
+        door: DOOR,
+        session: 0,
+    };
+    let input = Input {
+        argv: request.argv,
+        json: request.json,
+        files: request.files,
+    };
+    let (response, more) = render(execute(ctx, &caller, &input, OffsetDateTime::now_utc()).await);
     if let Err(e) = write_frame(&mut stream, &response).await {
         tracing::debug!(error = %e, "control socket client left before the answer");
         return;
@@ -197,11 +204,37 @@ async fn connection(mut stream: UnixStream, ctx: &AdminContext, access: Access) 
     }
 }
 
+/// The CLI's exit codes and words (DESIGN §3): 0 done, 1 failed, 2 refused
+/// or denied (`error: DENY: reason`).
+fn render(outcome: CommandOutcome) -> (Response, Option<Stream>) {
+    let fail = |code: u8, stderr: String| Response {
+        code,
+        stdout: String::new(),
+        stderr,
+        more: false,
+    };
+    match outcome {
+        CommandOutcome::Done { stdout, stream } => (
+            Response {
+                code: 0,
+                stdout,
+                stderr: String::new(),
+                more: stream.is_some(),
+            },
+            stream,
+        ),
+        CommandOutcome::Usage(text) => (fail(2, text), None),
+        CommandOutcome::Denied { message, .. } => (fail(2, format!("error: DENY: {message}\n")), None),
+        CommandOutcome::Refused(m) => (fail(2, format!("error: {m}\n")), None),
+        CommandOutcome::Failed(m) => (fail(1, format!("error: {m}\n")), None),
+    }
+}
+
 /// Sends a streamed answer as frames until it ends or the client leaves
 /// (the client never writes after its request: readable means gone).
-async fn relay(mut stream: UnixStream, ctx: &AdminContext, more: super::stream::Stream) {
+async fn relay(mut stream: UnixStream, ctx: &Gateway, more: Stream) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
-    let producer = tokio::spawn(super::stream::produce(ctx.guard.store().clone(), more, tx));
+    let producer = tokio::spawn(produce(ctx.guard.clone(), more, tx));
     let mut probe = [0u8; 1];
     loop {
         tokio::select! {

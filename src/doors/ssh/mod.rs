@@ -25,8 +25,8 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 
-use crate::doors::admin::exec::AdminContext;
-use crate::guard::Credential;
+use crate::commands::{Caller, Gateway};
+use crate::guard::{Attempt, Credential, Proof, Verdict};
 use crate::model::PrincipalId;
 use crate::store::{Category, EventDraft, Outcome};
 
@@ -42,10 +42,8 @@ const INPUT_QUEUE: usize = 64;
 
 /// The door's shared state.
 pub struct SshDoor {
-    admin: Arc<AdminContext>,
-    shell: Arc<shell::ShellContext>,
+    gw: Arc<Gateway>,
     config: Arc<russh::server::Config>,
-    passwords: Arc<crate::config::Passwords>,
     /// The vendor's keys from `[support]` (replaced on reload).
     support_keys: ArcSwap<Vec<PublicKey>>,
     max_session: Duration,
@@ -68,13 +66,11 @@ fn methods() -> MethodSet {
 
 impl SshDoor {
     pub fn new(
-        admin: Arc<AdminContext>,
+        gw: Arc<Gateway>,
         key: russh::keys::PrivateKey,
         config: &crate::config::Config,
         ssh: &crate::config::SshConfig,
-        fleet: Arc<ArcSwap<Vec<Arc<crate::doors::modbus::UnitMap>>>>,
     ) -> SshDoor {
-        let passwords = Arc::new(config.passwords.clone());
         let russh_config = russh::server::Config {
             // OpenSSH probes with `none` first: no delay for that probe
             // (DESIGN §4), a constant second for real rejections.
@@ -100,19 +96,9 @@ impl SshDoor {
             nodelay: true,
             ..Default::default()
         };
-        let shell = Arc::new(shell::ShellContext {
-            admin: admin.clone(),
-            fleet,
-            passwords: passwords.clone(),
-            consoles: console::Consoles {
-                credentials: ssh.meter_credentials.clone(),
-            },
-        });
         let door = SshDoor {
-            admin,
-            shell,
+            gw,
             config: Arc::new(russh_config),
-            passwords,
             support_keys: ArcSwap::from_pointee(Vec::new()),
             max_session: ssh.max_session,
             max_sessions: ssh.max_sessions_per_principal,
@@ -135,7 +121,7 @@ impl SshDoor {
 
     /// Ends the sessions that logged in with `credential`.
     pub fn end_sessions_on(&self, credential: &str, reason: &str) -> usize {
-        self.admin.sessions.kill_credential(credential, reason)
+        self.gw.sessions.kill_credential(credential, reason)
     }
 
     /// Accepts connections until `stop`; each runs in its own task and is
@@ -170,13 +156,11 @@ impl SshDoor {
         let session_id = Arc::new(AtomicU64::new(0));
         let handler = Connection {
             door: self.clone(),
-            admin: self.admin.clone(),
-            passwords: self.passwords.clone(),
+            gw: self.gw.clone(),
             peer,
             principal: None,
             logged_in: Some(logged_in_tx),
             interactive: None,
-            max_sessions: self.max_sessions,
             session_id: session_id.clone(),
             channels: HashMap::new(),
         };
@@ -192,7 +176,12 @@ impl SshDoor {
         // Until the login, the connection is bounded in time.
         let (who, credential) = tokio::select! {
             r = logged_in => match r {
-                Ok(x) => x,
+                Ok(Ok(x)) => x,
+                // Busy is not wrong: the client is told to come back.
+                Ok(Err(Busy)) => {
+                    let _ = handle.disconnect(russh::Disconnect::ServiceNotAvailable, "the gateway is busy checking passwords: nothing was counted against you; try again".into(), "en".into()).await;
+                    return;
+                }
                 Err(_) => { let _ = (&mut session).await; return; }
             },
             _ = &mut session => return,
@@ -201,7 +190,7 @@ impl SshDoor {
                 return;
             }
         };
-        let sessions = self.admin.sessions.clone();
+        let sessions = self.gw.sessions.clone();
         let started = crate::model::micros(OffsetDateTime::now_utc());
         let mut registered = sessions.register(
             &who,
@@ -212,15 +201,16 @@ impl SshDoor {
         );
         let id = registered.id;
         session_id.store(id, Ordering::Release);
-        log(
-            &self.admin,
-            EventDraft::new("session.start", Category::Session, Outcome::Success)
-                .principal(&who)
-                .source(peer.ip())
-                .door(DOOR)
-                .detail("session", id),
-        )
-        .await;
+        self.gw
+            .guard
+            .record(
+                EventDraft::new("session.start", Category::Session, Outcome::Success)
+                    .principal(&who)
+                    .source(peer.ip())
+                    .door(DOOR)
+                    .detail("session", id),
+            )
+            .await;
         let why = tokio::select! {
             _ = &mut session => "the client disconnected".to_string(),
             _ = tokio::time::sleep(self.max_session) => {
@@ -235,24 +225,22 @@ impl SshDoor {
             }
         };
         drop(registered);
-        log(
-            &self.admin,
-            EventDraft::new("session.end", Category::Session, Outcome::Success)
-                .principal(&who)
-                .source(peer.ip())
-                .door(DOOR)
-                .reason(why)
-                .detail("session", id),
-        )
-        .await;
+        self.gw
+            .guard
+            .record(
+                EventDraft::new("session.end", Category::Session, Outcome::Success)
+                    .principal(&who)
+                    .source(peer.ip())
+                    .door(DOOR)
+                    .reason(why)
+                    .detail("session", id),
+            )
+            .await;
     }
 }
 
-pub(crate) async fn log(admin: &AdminContext, ev: EventDraft) {
-    if let Err(e) = admin.guard.store().log().append(ev).await {
-        tracing::error!(error = %e, "ssh event could not be logged");
-    }
-}
+/// The password pool was too busy to check a login.
+struct Busy;
 
 /// A channel's pty and, once its shell or command runs, where its input goes.
 #[derive(Default)]
@@ -268,15 +256,13 @@ struct ChannelSlot {
 /// One client connection: russh's callbacks, translated.
 struct Connection {
     door: Arc<SshDoor>,
-    admin: Arc<AdminContext>,
-    passwords: Arc<crate::config::Passwords>,
+    gw: Arc<Gateway>,
     peer: SocketAddr,
     principal: Option<PrincipalId>,
     /// Who logged in, and with what credential (a key fingerprint or an
     /// access key id), so removing that credential ends the session.
-    logged_in: Option<tokio::sync::oneshot::Sender<(PrincipalId, String)>>,
+    logged_in: Option<tokio::sync::oneshot::Sender<Result<(PrincipalId, String), Busy>>>,
     interactive: Option<auth::Interactive>,
-    max_sessions: usize,
     session_id: Arc<AtomicU64>,
     channels: HashMap<ChannelId, ChannelSlot>,
 }
@@ -299,43 +285,30 @@ impl Connection {
         let PrincipalId::User(name) = &who else {
             return None;
         };
-        let dir = self.admin.guard.store().directory();
+        let dir = self.gw.guard.directory();
         let u = dir.users.get(name)?;
         u.ssh_keys
             .iter()
-            .filter_map(|line| PublicKey::from_openssh(line).ok())
-            .any(|k| k.key_data() == key.key_data())
+            .any(|line| crate::sshkeys::line_is(line, key))
             .then_some(who)
     }
 
-    /// The credential is good: let the principal in, unless it already
-    /// holds its maximum of live SSH sessions (IEC 62443 CR 2.7).
-    async fn logged_in(&mut self, who: PrincipalId, credential: String) -> Auth {
-        let name = who.to_string();
-        let live = self
-            .admin
-            .sessions
-            .list()
-            .iter()
-            .filter(|s| s.door == DOOR && s.principal == name)
-            .count();
-        if live >= self.max_sessions {
-            let ev = EventDraft::new("session.refused", Category::Session, Outcome::Deny)
-                .principal(&who)
-                .source(self.peer.ip())
-                .door(DOOR)
-                .reason(format!(
-                    "{live} live SSH sessions: the maximum per principal is {}",
-                    self.max_sessions
-                ));
-            log(&self.admin, ev).await;
-            return Auth::reject();
-        }
+    /// The guard let the principal in: the connection task registers the
+    /// session.
+    fn logged_in(&mut self, who: PrincipalId, credential: String) -> Auth {
         self.principal = Some(who.clone());
         if let Some(tx) = self.logged_in.take() {
-            let _ = tx.send((who, credential));
+            let _ = tx.send(Ok((who, credential)));
         }
         Auth::Accept
+    }
+
+    /// The hash pool was full: the connection task tells the client so.
+    fn busy(&mut self) -> Auth {
+        if let Some(tx) = self.logged_in.take() {
+            let _ = tx.send(Err(Busy));
+        }
+        Auth::reject()
     }
 
     /// Passes what the client sent to the shell or command running on
@@ -352,7 +325,7 @@ impl Connection {
         &mut self,
         channel: ChannelId,
         session: &mut Session,
-    ) -> Option<(shell::Caller, terminal::Io)> {
+    ) -> Option<(Caller, terminal::Io)> {
         let who = self.principal.clone()?;
         let slot = self.channels.entry(channel).or_default();
         if slot.input.is_some() {
@@ -362,12 +335,28 @@ impl Connection {
         let (tx, rx) = tokio::sync::mpsc::channel(INPUT_QUEUE);
         slot.input = Some(tx);
         let io = terminal::Io::new(session.handle(), channel, rx, slot.pty.clone());
-        let caller = shell::Caller {
+        Some((self.caller(who), io))
+    }
+
+    fn caller(&self, who: PrincipalId) -> Caller {
+        Caller {
             who,
-            peer: self.peer,
+            source: self.peer.ip().to_string(),
+            addr: Some(self.peer.ip()),
+            door: DOOR,
             session: self.session_id.load(Ordering::Acquire),
-        };
-        Some((caller, io))
+        }
+    }
+
+    /// A login attempt that names nobody the directory knows for this key.
+    async fn refuse_login(&self, credential: &str, why: String) {
+        let ev = EventDraft::new("login.failure", Category::Authentication, Outcome::Failure)
+            .source(self.peer.ip())
+            .door(DOOR)
+            .action("login")
+            .reason(why)
+            .detail("credential", credential);
+        self.gw.guard.record(ev).await;
     }
 
     async fn refuse(&self, code: &str, reason: &str) {
@@ -378,7 +367,7 @@ impl Connection {
         if let Some(p) = &self.principal {
             ev = ev.principal(p);
         }
-        log(&self.admin, ev).await;
+        self.gw.guard.record(ev).await;
     }
 }
 
@@ -426,43 +415,42 @@ impl russh::server::Handler for Connection {
                 user.chars().take(64).collect::<String>(),
                 key.public_key.fingerprint(russh::keys::HashAlg::Sha256)
             );
-            log(&self.admin, auth::attempt(self.peer.ip(), "publickey", why)).await;
+            self.refuse_login("publickey", why).await;
             return Ok(Auth::reject());
         };
-        let d = self
-            .admin
+        let verdict = self
+            .gw
             .guard
-            .login(
-                &who,
-                Some(self.peer.ip()),
-                DOOR,
-                Credential::PublicKey,
-                true,
-                OffsetDateTime::now_utc(),
-            )
+            .attempt(Attempt {
+                claimed: &who.to_string(),
+                source: self.peer.ip(),
+                door: DOOR,
+                proof: Proof::Checked {
+                    credential: Credential::PublicKey,
+                    id: Some(crate::sshkeys::key_credential(key.public_key)),
+                },
+                max_sessions: Some(self.door.max_sessions),
+            })
             .await;
-        if !d.allowed {
+        Ok(match verdict {
+            Verdict::Accepted {
+                who,
+                credential: Some(c),
+            } => self.logged_in(who, c),
             // The event says why; the client is told only that it was denied.
-            return Ok(Auth::reject());
-        }
-        Ok(self.logged_in(who, crate::sshkeys::key_credential(key.public_key)).await)
+            _ => Auth::reject(),
+        })
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         let secret = crate::store::secrets::Secret::new(password);
-        // A service user's access key: the user name is the key id.
-        if user.starts_with(crate::store::secrets::KEY_ID_PREFIX) {
-            return Ok(
-                match auth::access_key(&self.admin, self.peer.ip(), user, secret).await {
-                    Some((who, key_id)) => self.logged_in(who, key_id).await,
-                    None => Auth::reject(),
-                },
-            );
-        }
         Ok(
-            match auth::password(&self.admin, self.peer.ip(), user, secret).await {
-                Some(who) => self.logged_in(who, "password".into()).await,
-                None => Auth::reject(),
+            match auth::password(&self.gw, self.peer.ip(), user, secret, self.door.max_sessions)
+                .await
+            {
+                auth::PasswordLogin::In { who, credential } => self.logged_in(who, credential),
+                auth::PasswordLogin::Busy => self.busy(),
+                auth::PasswordLogin::Out => Auth::reject(),
             },
         )
     }
@@ -486,10 +474,16 @@ impl russh::server::Handler for Connection {
         let answers = response
             .map(|b| crate::store::secrets::Secret::new(String::from_utf8_lossy(&b).into_owned()))
             .collect();
-        match auth::interactive_step(&self.admin, &self.passwords, self.peer.ip(), state, answers)
-            .await
+        match auth::interactive_step(
+            &self.gw,
+            self.peer.ip(),
+            state,
+            answers,
+            self.door.max_sessions,
+        )
+        .await
         {
-            Ok(who) => Ok(self.logged_in(who, "password".into()).await),
+            Ok(who) => Ok(self.logged_in(who, "password".into())),
             Err((next, reply)) => {
                 self.interactive = next;
                 Ok(reply)
@@ -593,7 +587,7 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel)?;
-        let shell = self.door.shell.clone();
+        let shell = self.gw.clone();
         match std::str::from_utf8(data) {
             Ok(line) if line.len() <= MAX_COMMAND => {
                 tokio::spawn(shell::exec(shell, caller, line.to_string(), io));
@@ -619,7 +613,7 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel)?;
-        tokio::spawn(shell::interactive(self.door.shell.clone(), caller, io));
+        tokio::spawn(shell::interactive(self.gw.clone(), caller, io));
         Ok(())
     }
 
@@ -640,13 +634,9 @@ impl russh::server::Handler for Connection {
             && let (Some(ch), Some(who)) = (taken, self.principal.clone())
         {
             session.channel_success(channel)?;
-            let caller = shell::Caller {
-                who,
-                peer: self.peer,
-                session: self.session_id.load(Ordering::Acquire),
-            };
+            let caller = self.caller(who);
             let sftp = sftp::SftpSession::new(
-                self.door.shell.clone(),
+                self.gw.clone(),
                 caller,
                 self.door.max_upload,
                 self.door.quota,

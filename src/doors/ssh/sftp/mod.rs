@@ -20,9 +20,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 mod store;
 
-use crate::doors::ssh::shell::{Caller, ShellContext};
+use crate::commands::{Caller, Gateway};
 use crate::fleet::files::{FileError, LocalStore, RelPath};
-use crate::guard::{Action, Request};
+use crate::guard::Action;
 use crate::model::{FileOp, Permission};
 use crate::store::{Category, EventDraft, Outcome};
 use store::{Handle as Opened, Store, Upstream};
@@ -114,7 +114,7 @@ struct Upload {
 
 /// One SFTP channel.
 pub struct SftpSession {
-    ctx: Arc<ShellContext>,
+    ctx: Arc<Gateway>,
     caller: Caller,
     handles: HashMap<String, Open>,
     next: u64,
@@ -167,7 +167,7 @@ fn protected(profile: &crate::model::Profile, rel: &RelPath) -> bool {
 }
 
 impl SftpSession {
-    pub fn new(ctx: Arc<ShellContext>, caller: Caller, max_upload: u64, quota: u64) -> Self {
+    pub fn new(ctx: Arc<Gateway>, caller: Caller, max_upload: u64, quota: u64) -> Self {
         SftpSession {
             ctx,
             caller,
@@ -180,12 +180,12 @@ impl SftpSession {
     }
 
     async fn log(&self, ev: EventDraft) {
-        crate::doors::ssh::log(&self.ctx.admin, ev.principal(&self.caller.who)).await;
+        self.ctx.guard.record(ev.principal(&self.caller.who)).await;
     }
 
     fn event(&self, code: &str, outcome: Outcome, meter: &str, path: &RelPath) -> EventDraft {
         EventDraft::new(code, Category::File, outcome)
-            .source(self.caller.peer.ip())
+            .source(self.caller.source.as_str())
             .door(DOOR)
             .meter(meter)
             .detail("path", path.text())
@@ -196,7 +196,7 @@ impl SftpSession {
     /// directory, a cross-meter rename): logged, permission denied.
     async fn refuse(&self, path: &str, why: &str) -> (StatusCode, String) {
         let ev = EventDraft::new("sftp.refused", Category::File, Outcome::Deny)
-            .source(self.caller.peer.ip())
+            .source(self.caller.source.as_str())
             .door(DOOR)
             .reason(why)
             .detail("path", path.chars().take(256).collect::<String>())
@@ -210,7 +210,7 @@ impl SftpSession {
     async fn target(&self, path: &str) -> Result<Target, (StatusCode, String)> {
         match resolve(path) {
             Ok(Target::Meter { meter, .. })
-                if !self.ctx.admin.guard.fleet().0.iter().any(|m| m.id == meter) =>
+                if !self.ctx.guard.fleet().0.iter().any(|m| m.id == meter) =>
             {
                 Err(self
                     .refuse(
@@ -248,25 +248,16 @@ impl SftpSession {
         op: FileOp,
         rel: &RelPath,
     ) -> Result<Option<Permission>, (StatusCode, String)> {
+        let mut req = self.caller.request(Action::File {
+            meter: meter.to_string(),
+            op,
+            path: rel.text(),
+        });
+        req.door = DOOR;
         let d = self
             .ctx
-            .admin
             .guard
-            .authorize(
-                &Request {
-                    principal: self.caller.who.clone(),
-                    source: Some(self.caller.peer.ip().to_string()),
-                    door: DOOR,
-                    action: Action::File {
-                        meter: meter.to_string(),
-                        op,
-                        path: rel.text(),
-                    },
-                    read_only: false,
-                    certificate: None,
-                },
-                OffsetDateTime::now_utc(),
-            )
+            .authorize(&req, OffsetDateTime::now_utc())
             .await;
         if d.allowed {
             Ok(d.permission)
@@ -288,7 +279,7 @@ impl SftpSession {
     }
 
     fn profile(&self, meter: &str) -> crate::model::Profile {
-        let fleet = self.ctx.admin.guard.fleet();
+        let fleet = self.ctx.guard.fleet();
         fleet
             .0
             .iter()
@@ -302,7 +293,7 @@ impl SftpSession {
         meter: &str,
         permission: Option<Permission>,
     ) -> Result<Store, (StatusCode, String)> {
-        let fleet = self.ctx.admin.guard.fleet();
+        let fleet = self.ctx.guard.fleet();
         let m = fleet
             .0
             .iter()
@@ -320,12 +311,7 @@ impl SftpSession {
         };
         // Upstream: as the meter-side account for the permission in use.
         let chosen = match permission {
-            Some(p) => crate::doors::ssh::console::meter_account(
-                &self.ctx.admin.guard,
-                &self.caller.who,
-                m,
-                p,
-            ),
+            Some(p) => self.ctx.guard.meter_account(&self.caller.who, meter, p),
             None => Err(format!(
                 "no permission names a meter-side account of {meter}"
             )),
@@ -346,7 +332,7 @@ impl SftpSession {
             }
             Err(e) => {
                 let ev = EventDraft::new("sftp.upstream-failed", Category::File, Outcome::Failure)
-                    .source(self.caller.peer.ip())
+                    .source(self.caller.source.as_str())
                     .door(DOOR)
                     .meter(meter)
                     .reason(e.to_string())
@@ -360,7 +346,7 @@ impl SftpSession {
 
     /// The meters whose stores the caller may at least list.
     fn meters(&self) -> Vec<SftpFile> {
-        let guard = &self.ctx.admin.guard;
+        let guard = &self.ctx.guard;
         let now = OffsetDateTime::now_utc();
         let fleet = guard.fleet();
         fleet

@@ -9,7 +9,7 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as ClientError;
 use russh_sftp::protocol::{File as SftpFile, FileAttributes, OpenFlags, StatusCode};
 
-use crate::doors::ssh::console::{ConsoleError, Pinned};
+use crate::fleet::meter_ssh::{ConsoleError, Consoles, Pinned, login};
 use crate::fleet::files::{FileError, LocalStore, RelPath, is_dir, is_file};
 
 /// A meter's store.
@@ -63,12 +63,12 @@ impl Upstream {
     /// Logs in to the meter's SFTP server (`address`, pinned `host_key`) as
     /// `account`.
     pub async fn connect(
-        consoles: &crate::doors::ssh::console::Consoles,
+        consoles: &Consoles,
         server: &crate::config::ConsoleConfig,
         meter: &str,
         account: &str,
     ) -> Result<Upstream, ConsoleError> {
-        let ssh = crate::doors::ssh::console::login(consoles, server, meter, account).await?;
+        let ssh = login(consoles, server, meter, account).await?;
         let up = |e: String| ConsoleError::Upstream(format!("{}: {e}", server.address));
         let channel = ssh
             .channel_open_session()

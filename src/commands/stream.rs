@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::store::Store;
+use crate::guard::Guard;
 use crate::store::export::{Format, Origin, format};
 use crate::store::log::SecurityEvent;
 
@@ -33,10 +33,11 @@ pub enum Stream {
 /// Produces the stream's chunks into `tx` until it is done or the reader
 /// has gone (`tx` closed). Returns an error text for the last frame.
 pub async fn produce(
-    store: Arc<Store>,
+    guard: Arc<Guard>,
     stream: Stream,
     tx: mpsc::Sender<String>,
 ) -> Result<(), String> {
+    let store = guard.store().clone();
     match stream {
         Stream::Export {
             format: f,

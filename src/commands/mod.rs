@@ -1,0 +1,399 @@
+//! The application core: every command of the contract, once, whatever door
+//! it came through. A command parses from argv, asks the guard (which decides
+//! and logs), applies the change and answers with an [`Outcome`] that the
+//! control socket, the SSH shell and the HTTPS API each render their own way.
+
+mod audit;
+mod certificates;
+mod groups;
+mod helpers;
+pub mod meter;
+pub mod password;
+mod policies;
+mod review;
+mod roles;
+mod service_users;
+mod sessions;
+pub mod shape;
+pub mod stream;
+mod support;
+mod users;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::config::Passwords;
+use crate::fleet::meter_ssh::Consoles;
+use crate::fleet::units::UnitMap;
+use crate::guard::{Action, AdminOp, Conferral, Decision, Guard, Request as GuardRequest};
+use crate::model::*;
+use crate::sessions::Sessions;
+use crate::store::export::Format;
+use crate::store::secrets::{self, HashPool, Secret};
+use crate::store::{
+    Category, Entity, EventDraft, Expect, Kind, Op, Outcome as EventOutcome, StoreError,
+    sod_conflicts,
+};
+use audit::*;
+use certificates::*;
+use groups::*;
+use helpers::*;
+use policies::*;
+use review::*;
+use roles::*;
+use service_users::*;
+use sessions::*;
+pub use shape::*;
+use stream::{Stream, event_lines, json_lines};
+use support::*;
+use users::*;
+
+pub use review::{ReviewRecord, review_due};
+
+/// Longest argument accepted; names are further limited to 64 characters.
+const MAX_ARG: usize = 4096;
+
+/// What the commands need from the daemon: one bundle handed to every door.
+pub struct Gateway {
+    pub guard: Arc<Guard>,
+    pub sessions: Arc<Sessions>,
+    pub hashes: Arc<HashPool>,
+    pub review: ReviewSettings,
+    /// Wakes the Modbus/TCP Security CRL watcher (a reported revocation).
+    pub crl_changed: Option<Arc<tokio::sync::Notify>>,
+    /// The meters' connection pools, swapped whole on reload.
+    pub fleet: Arc<ArcSwap<Vec<Arc<UnitMap>>>>,
+    /// The password policy (first login, `passwd`).
+    pub passwords: Arc<Passwords>,
+    /// Where the meter-side accounts' secrets are.
+    pub consoles: Consoles,
+}
+
+/// When a review is due, and when an account counts as unused.
+#[derive(Clone, Debug)]
+pub struct ReviewSettings {
+    pub interval: Duration,
+    pub unused_after: Duration,
+}
+
+/// Who runs a command, from where, through which door.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub who: PrincipalId,
+    /// Where the request came from, as events show it.
+    pub source: String,
+    /// The network address, when the caller came over the network
+    /// (throttling, and events of the doors that have one).
+    pub addr: Option<IpAddr>,
+    pub door: &'static str,
+    /// The live session the command runs in (0: none).
+    pub session: u64,
+}
+
+impl Caller {
+    /// A guard request for `action` by this caller.
+    pub fn request(&self, action: Action) -> GuardRequest {
+        GuardRequest {
+            principal: self.who.clone(),
+            source: Some(self.source.clone()),
+            door: self.door,
+            action,
+            read_only: false,
+            certificate: None,
+        }
+    }
+}
+
+/// A command as a door received it: the words, whether JSON is wanted, and
+/// the contents of the files it names (`--file F`, `@FILE`), read by the
+/// client with the client's rights.
+#[derive(Clone, Debug, Default)]
+pub struct Input {
+    pub argv: Vec<String>,
+    pub json: bool,
+    pub files: BTreeMap<String, String>,
+}
+
+/// What a command came to. Doors render it: the control socket as an exit
+/// code and text, the shell as `DENY: …` and exit 1, the API as problem+json.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done: what to print, and for a streamed answer what follows.
+    Done {
+        stdout: String,
+        stream: Option<Stream>,
+    },
+    /// The command line itself is malformed: usage text (exit 2).
+    Usage(String),
+    /// The guard said no: the decision (its reason, its event) and the
+    /// words to show (the permission and meter when it was about one).
+    Denied { decision: Decision, message: String },
+    /// The request is wrong or refused (exit 2).
+    Refused(String),
+    /// Something failed while carrying it out (exit 1).
+    Failed(String),
+}
+
+impl Outcome {
+    /// Done with text only.
+    pub fn text(stdout: impl Into<String>) -> Outcome {
+        Outcome::Done {
+            stdout: stdout.into(),
+            stream: None,
+        }
+    }
+}
+
+/// Why a command did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The request itself is wrong or refused (exit 2).
+    #[error("{0}")]
+    Refused(String),
+    /// Something failed while carrying it out (exit 1).
+    #[error("{0}")]
+    Failed(String),
+    /// The guard refused a part of it (a grant the caller does not hold).
+    #[error("DENY: {}", .0.reason)]
+    Denied(Decision),
+}
+
+impl From<StoreError> for CommandError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io { .. }
+            | StoreError::Sled(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Locked(_) => CommandError::Failed(e.to_string()),
+            other => CommandError::Refused(other.to_string()),
+        }
+    }
+}
+
+impl From<NameError> for CommandError {
+    fn from(e: NameError) -> Self {
+        CommandError::Refused(e.to_string())
+    }
+}
+
+fn refused<T>(msg: impl Into<String>) -> Result<T, CommandError> {
+    Err(CommandError::Refused(msg.into()))
+}
+
+/// What a successful command prints, and the change to log (if any).
+struct Done {
+    stdout: String,
+    change: Option<String>,
+    /// More to send after `stdout` (export, tail -f).
+    stream: Option<Stream>,
+}
+
+impl Done {
+    fn show(stdout: impl Into<String>) -> Done {
+        Done {
+            stdout: stdout.into(),
+            change: None,
+            stream: None,
+        }
+    }
+    fn changed(stdout: impl Into<String>, what: impl Into<String>) -> Done {
+        Done {
+            stdout: stdout.into(),
+            change: Some(what.into()),
+            stream: None,
+        }
+    }
+    fn streaming(stdout: impl Into<String>, stream: Stream) -> Done {
+        Done {
+            stdout: stdout.into(),
+            change: None,
+            stream: Some(stream),
+        }
+    }
+}
+
+/// Runs one admin command for `caller`: parse, ask the guard (which logs the
+/// decision), apply, log what changed.
+pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDateTime) -> Outcome {
+    if let Some((i, _)) = req.argv.iter().enumerate().find(|(_, a)| a.len() > MAX_ARG) {
+        return Outcome::Refused(format!(
+            "argument {} is longer than {MAX_ARG} bytes",
+            i + 1
+        ));
+    }
+    let line = match AdminLine::try_parse_from(
+        std::iter::once("metergate".to_string()).chain(req.argv.iter().cloned()),
+    ) {
+        Ok(line) => line,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let text = e.render().to_string();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Outcome::text(text),
+                _ => Outcome::Usage(text),
+            };
+        }
+    };
+    let who = &caller.who;
+    // The command's own words for events; long ones (key lines) shortened.
+    let words = req
+        .argv
+        .iter()
+        .map(|a| {
+            if a.chars().count() > 48 {
+                format!("{}…", a.chars().take(40).collect::<String>())
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let action = action_of(&line.command, who, &words);
+    let decision = ctx.guard.authorize(&caller.request(action), now).await;
+    if !decision.allowed {
+        return Outcome::Denied {
+            message: decision.reason.to_string(),
+            decision,
+        };
+    }
+    let result = run(ctx, caller, &line.command, req, now).await;
+    let event = |outcome: EventOutcome, code: &str, reason: String| {
+        EventDraft::new(code, Category::Admin, outcome)
+            .principal(who)
+            .source(&caller.source)
+            .door(caller.door)
+            .action(&words)
+            .reason(reason)
+    };
+    match result {
+        Ok(done) => {
+            if let Some(what) = done.change {
+                ctx.guard
+                    .record(event(EventOutcome::Success, "admin.change", what))
+                    .await;
+            }
+            let stdout = if req.json && !done.stdout.trim_start().starts_with(['{', '[']) {
+                format!(
+                    "{}\n",
+                    json!({ "ok": true, "message": done.stdout.trim_end() })
+                )
+            } else {
+                done.stdout
+            };
+            Outcome::Done {
+                stdout,
+                stream: done.stream,
+            }
+        }
+        Err(CommandError::Denied(d)) => meter::denied(d, None),
+        Err(e) => {
+            ctx.guard
+                .record(event(EventOutcome::Failure, "admin.refused", e.to_string()))
+                .await;
+            match e {
+                CommandError::Failed(m) => Outcome::Failed(m),
+                other => Outcome::Refused(other.to_string()),
+            }
+        }
+    }
+}
+
+/// The guard action a command needs (DESIGN §3's permission table).
+fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
+    use AdminCommand as A;
+    let op = match cmd {
+        A::User {
+            command: UserCommand::List | UserCommand::Show { .. },
+        }
+        | A::ServiceUser {
+            command: ServiceUserCommand::List | ServiceUserCommand::Show { .. },
+        }
+        | A::ServiceUser {
+            command:
+                ServiceUserCommand::Key {
+                    command: KeyCommand::List { .. },
+                },
+        }
+        | A::Group {
+            command: GroupCommand::List | GroupCommand::Show { .. },
+        }
+        | A::Role {
+            command: RoleCommand::List | RoleCommand::Show { .. },
+        }
+        | A::Policy {
+            command: PolicyCommand::List | PolicyCommand::Show { .. },
+        }
+        | A::Support {
+            command: SupportCommand::Show,
+        }
+        | A::Session {
+            command: SessionCommand::List,
+        }
+        | A::Check(_)
+        | A::Review { .. } => AdminOp::View,
+        A::User {
+            command: UserCommand::ResendPassword { .. },
+        } => AdminOp::ResendPassword,
+        // One's own first and last name need nothing beyond being let in.
+        A::User {
+            command: UserCommand::Edit {
+                name, email: None, ..
+            },
+        } if *who == PrincipalId::User(name.clone()) => AdminOp::OwnProfile,
+        A::Audit { command } => {
+            let what = match command {
+                AuditCommand::Tail { count, follow } => {
+                    format!("tail -n {count}{}", if *follow { " -f" } else { "" })
+                }
+                AuditCommand::Query(_) | AuditCommand::Export { .. } => {
+                    words.trim_start_matches("audit ").to_string()
+                }
+                AuditCommand::Status => "status".into(),
+                AuditCommand::Verify { from: Some(f), .. } => format!("verify --from {f}"),
+                AuditCommand::Verify { .. } => "verify".into(),
+                AuditCommand::Checkpoint => "checkpoint".into(),
+                AuditCommand::PublicKey => "public-key".into(),
+            };
+            return Action::ReadAudit { what };
+        }
+        _ => AdminOp::Change,
+    };
+    Action::Admin {
+        op,
+        target: words.to_string(),
+    }
+}
+
+async fn run(
+    ctx: &Gateway,
+    caller: &Caller,
+    cmd: &AdminCommand,
+    req: &Input,
+    now: OffsetDateTime,
+) -> Result<Done, CommandError> {
+    let who = &caller.who;
+    match cmd {
+        AdminCommand::User { command } => user(ctx, caller, command, req, now).await,
+        AdminCommand::ServiceUser { command } => {
+            service_user(ctx, caller, command, req.json, now).await
+        }
+        AdminCommand::Group { command } => group(ctx, caller, command, req.json, now).await,
+        AdminCommand::Role { command } => role(ctx, caller, command, req.json, now).await,
+        AdminCommand::Policy { command } => policy(ctx, who, command, req, now),
+        AdminCommand::Support { command } => support(ctx, caller, command, req.json, now).await,
+        AdminCommand::Session { command } => session(ctx, who, command, req.json),
+        AdminCommand::Audit { command } => audit(ctx, command, req),
+        AdminCommand::Check(c) => check(ctx, c, req.json, now),
+        AdminCommand::Review { ack } => review(ctx, who, *ack, req.json, now),
+        AdminCommand::CertificateReport(r) => certificate_report(ctx, caller, r).await,
+    }
+}

@@ -1,0 +1,150 @@
+//! `policy …`: permission policies (the managed ones are immutable).
+
+use super::*;
+
+pub(super) fn attached_to(dir: &Directory, p: &str) -> Vec<String> {
+    let mut out: Vec<String> = dir
+        .users
+        .values()
+        .filter(|u| u.policies.iter().any(|x| x == p))
+        .map(|u| format!("user:{}", u.name))
+        .collect();
+    out.extend(
+        dir.service_users
+            .values()
+            .filter(|s| s.policies.iter().any(|x| x == p))
+            .map(|s| format!("svc:{}", s.name)),
+    );
+    out.extend(
+        dir.groups
+            .values()
+            .filter(|g| g.policies.iter().any(|x| x == p))
+            .map(|g| format!("group:{}", g.name)),
+    );
+    if dir
+        .support
+        .as_ref()
+        .is_some_and(|s| s.policies.iter().any(|x| x == p))
+    {
+        out.push("support".into());
+    }
+    out
+}
+
+pub(super) fn policy(
+    ctx: &Gateway,
+    who: &PrincipalId,
+    cmd: &PolicyCommand,
+    req: &Input,
+    now: OffsetDateTime,
+) -> Result<Done, CommandError> {
+    let dir = ctx.guard.store().directory();
+    match cmd {
+        PolicyCommand::List => {
+            let mut rows = vec![
+                vec![
+                    ADMINISTRATOR.to_string(),
+                    "managed".into(),
+                    "1".into(),
+                    attached_to(&dir, ADMINISTRATOR).join(","),
+                ],
+                vec![
+                    READ_ONLY.to_string(),
+                    "managed".into(),
+                    "1".into(),
+                    attached_to(&dir, READ_ONLY).join(","),
+                ],
+            ];
+            rows.extend(dir.policies.values().map(|p| {
+                vec![
+                    p.name.clone(),
+                    "custom".into(),
+                    p.statements.len().to_string(),
+                    attached_to(&dir, &p.name).join(","),
+                ]
+            }));
+            if req.json {
+                let list: Vec<_> = rows.iter().map(|r| json!({"name": r[0], "type": r[1], "statements": r[2], "attached_to": r[3]})).collect();
+                return Ok(Done::show(to_json(&list)));
+            }
+            Ok(Done::show(table(
+                &["NAME", "TYPE", "STATEMENTS", "ATTACHED TO"],
+                &rows,
+            )))
+        }
+        PolicyCommand::Show { name: n } => {
+            let (description, statements, kind) = match managed_statements(n) {
+                Some(sts) => {
+                    let d = if n == ADMINISTRATOR {
+                        "every permission on every meter; may make API calls"
+                    } else {
+                        "Data View and File System Read-Only Access on every meter; no API calls, no security logs"
+                    };
+                    (d.to_string(), sts, "managed")
+                }
+                None => {
+                    let p = dir
+                        .policies
+                        .get(n)
+                        .ok_or_else(|| CommandError::Refused(format!("no policy `{n}`")))?;
+                    (p.description.clone(), p.statements.clone(), "custom")
+                }
+            };
+            if req.json {
+                return Ok(Done::show(to_json(
+                    &json!({"name": n, "type": kind, "description": description, "statements": statements, "attached_to": attached_to(&dir, n)}),
+                )));
+            }
+            let mut out = format!(
+                "name:         {n} ({kind})\ndescription:  {description}\nattached to:  {}\n",
+                attached_to(&dir, n).join(", ")
+            );
+            for (i, st) in statements.iter().enumerate() {
+                let _ = writeln!(out, "  {}. {st}", i + 1);
+            }
+            Ok(Done::show(out))
+        }
+        PolicyCommand::Create { file: path } => {
+            let path = path.display().to_string();
+            let doc = PolicyDocument::parse(&path, file(req, &path)?)
+                .map_err(|e| CommandError::Refused(e.to_string()))?;
+            let n = doc.name.clone();
+            let count = doc.statements.len();
+            let p = Policy::from_document(doc, Stamp::default());
+            apply(ctx, who, now, vec![Op::Put(Entity::Policy(p), Expect::New)])?;
+            Ok(Done::changed(
+                format!("policy {n} created with {count} statements\n"),
+                format!("created policy {n} ({count} statements)"),
+            ))
+        }
+        PolicyCommand::Delete { name: n } => {
+            if is_managed(n) {
+                return refused(format!(
+                    "`{n}` is a managed policy: it cannot be changed or deleted"
+                ));
+            }
+            let p = dir
+                .policies
+                .get(n)
+                .ok_or_else(|| CommandError::Refused(format!("no policy `{n}`")))?;
+            let users = attached_to(&dir, n);
+            if !users.is_empty() {
+                return refused(format!(
+                    "policy {n} is attached to {}; detach it first",
+                    users.join(", ")
+                ));
+            }
+            apply(
+                ctx,
+                who,
+                now,
+                vec![Op::Delete(Kind::Policy, n.clone(), p.version)],
+            )?;
+            Ok(Done::changed(
+                format!("policy {n} deleted\n"),
+                format!("deleted policy {n}"),
+            ))
+        }
+    }
+}
+

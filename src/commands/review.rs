@@ -1,0 +1,179 @@
+//! `check` and `review`: what the guard would decide, and who can do what
+//! where.
+
+use super::*;
+
+pub(super) fn check(
+    ctx: &Gateway,
+    c: &CheckArgs,
+    json_out: bool,
+    now: OffsetDateTime,
+) -> Result<Done, CommandError> {
+    let who = PrincipalId::parse(&c.principal)?;
+    let permission =
+        Permission::parse(&c.permission).map_err(|e| CommandError::Refused(e.to_string()))?;
+    if !permission.is_global() && c.meter.is_none() {
+        return refused(format!(
+            "\"{permission}\" is about meters: give --meter METER"
+        ));
+    }
+    let d = ctx
+        .guard
+        .decide_permission(&who, permission, c.meter.as_deref(), now);
+    if json_out {
+        return Ok(Done::show(to_json(
+            &json!({"allowed": d.allowed, "permission": permission.name(), "principal": who.to_string(), "meter": c.meter, "reason": d.reason.to_string()}),
+        )));
+    }
+    let mut line = d.to_string();
+    if !permission.enforceable_at_gateway() {
+        line += " (this permission is physical: not enforceable at the gateway)";
+    }
+    Ok(Done::show(line + "\n"))
+}
+
+/// Who reviewed last, and when.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ReviewRecord {
+    pub by: String,
+    pub at: i64,
+}
+
+/// Why a review is due, if it is.
+pub fn review_due(guard: &Guard, settings: &ReviewSettings, now: OffsetDateTime) -> Option<String> {
+    let last: Option<ReviewRecord> = guard.meta("last_review");
+    let changed: Option<i64> = guard.meta("directory_changed");
+    match last {
+        None => Some("no review has been recorded yet".into()),
+        Some(r) if micros(now) - r.at > settings.interval.as_micros() as i64 => Some(format!(
+            "the last review ({} by {}) is older than the configured interval",
+            rfc3339(r.at),
+            r.by
+        )),
+        Some(r) if changed.is_some_and(|c| c > r.at) => Some(format!(
+            "users or roles changed since the last review ({} by {})",
+            rfc3339(r.at),
+            r.by
+        )),
+        Some(_) => None,
+    }
+}
+
+pub(super) fn review(
+    ctx: &Gateway,
+    who: &PrincipalId,
+    ack: bool,
+    json_out: bool,
+    now: OffsetDateTime,
+) -> Result<Done, CommandError> {
+    if ack {
+        let record = ReviewRecord {
+            by: who.to_string(),
+            at: micros(now),
+        };
+        ctx.guard.set_meta("last_review", &record)?;
+        return Ok(Done::changed(
+            format!("review recorded: {} by {who}\n", rfc3339(record.at)),
+            "review acknowledged",
+        ));
+    }
+    let dir = ctx.guard.store().directory();
+    let unused_after = ctx.review.unused_after.as_micros() as i64;
+    let mut flags: Vec<String> = Vec::new();
+    let mut access: Vec<serde_json::Value> = Vec::new();
+    let pairs = &ctx.guard.settings().separation_of_duties;
+    for id in dir.principals() {
+        let (names, inline) = dir.policy_sources(&id);
+        let mut grants: Vec<String> = inline.iter().map(|s| format!("{s} (inline)")).collect();
+        for n in &names {
+            let sts = managed_statements(n)
+                .or_else(|| dir.policies.get(n).map(|p| p.statements.clone()))
+                .unwrap_or_default();
+            grants.extend(sts.iter().map(|s| format!("{s} (policy {n})")));
+        }
+        if names.iter().any(|n| n == ADMINISTRATOR) {
+            flags.push(format!("{id} holds Administrator"));
+            for (a, b) in pairs {
+                flags.push(format!("{id} holds both \"{a}\" and \"{b}\" (through Administrator, exempt from enforcement)"));
+            }
+        }
+        let (status, end, created, keys_of_inactive) = match &id {
+            PrincipalId::User(n) => {
+                let u = &dir.users[n];
+                (
+                    u.status,
+                    u.end_date,
+                    u.created.at,
+                    u.status == Status::Inactive && !u.ssh_keys.is_empty(),
+                )
+            }
+            PrincipalId::Service(n) => {
+                let s = &dir.service_users[n];
+                (
+                    s.status,
+                    s.end_date,
+                    s.created.at,
+                    s.status == Status::Inactive
+                        && s.keys.iter().any(|k| k.status == Status::Active),
+                )
+            }
+            _ => {
+                let s = dir.support.as_ref();
+                (
+                    Status::Active,
+                    s.map(|s| s.end_date),
+                    s.map(|s| s.created.at).unwrap_or(0),
+                    false,
+                )
+            }
+        };
+        if let Some(d) = end.filter(|d| d.has_passed(now)) {
+            flags.push(format!("{id}: access end date {d} has passed"));
+        }
+        if keys_of_inactive {
+            flags.push(format!("{id} is INACTIVE but still has keys"));
+        }
+        let last = ctx.guard.last_login(&id);
+        if status == Status::Active && micros(now) - last.unwrap_or(created) > unused_after {
+            flags.push(format!("{id} is unused (last login {})", when(last)));
+        }
+        access.push(json!({"principal": id.to_string(), "status": status.to_string(), "last_login": when(last), "grants": grants}));
+    }
+    for (id, a, b) in sod_conflicts(&dir, pairs) {
+        flags.push(format!(
+            "{id} holds both \"{a}\" and \"{b}\" (separation of duties)"
+        ));
+    }
+    let due = review_due(&ctx.guard, &ctx.review, now);
+    if json_out {
+        return Ok(Done::show(to_json(
+            &json!({"access": access, "attention": flags, "review_due": due}),
+        )));
+    }
+    let mut out = String::from("WHO CAN DO WHAT WHERE\n");
+    for a in &access {
+        let _ = writeln!(
+            out,
+            "{} ({}; last login {})",
+            a["principal"].as_str().unwrap_or(""),
+            a["status"].as_str().unwrap_or(""),
+            a["last_login"].as_str().unwrap_or("")
+        );
+        for g in a["grants"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  {}", g.as_str().unwrap_or(""));
+        }
+    }
+    out += "\nNEEDS ATTENTION\n";
+    if flags.is_empty() {
+        out += "  nothing\n";
+    }
+    for f in &flags {
+        let _ = writeln!(out, "  {f}");
+    }
+    let _ = writeln!(
+        out,
+        "\nreview: {}",
+        due.unwrap_or_else(|| "up to date".into())
+    );
+    Ok(Done::show(out))
+}

@@ -1,0 +1,423 @@
+//! The shapes of every command of the contract (DESIGN §3), as clap parses
+//! them: the CLI parses these and sends the words; the core parses them again
+//! with the same definitions, whichever door they came through.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// Every admin command. The CLI parses these and sends the words to the
+/// daemon, which parses them again with the same definitions.
+#[derive(Subcommand, Debug, Clone)]
+pub enum AdminCommand {
+    /// People: accounts, passwords, keys, roles, policies.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Automated processes (SCADA pollers, integrations) and their access keys.
+    ServiceUser {
+        #[command(subcommand)]
+        command: ServiceUserCommand,
+    },
+    /// Named sets of users; a group's policies apply to every member.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// Named, reusable sets of permissions.
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+    /// Permission policies (Administrator and ReadOnly are managed and immutable).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// The vendor's time-bound support access.
+    Support {
+        #[command(subcommand)]
+        command: SupportCommand,
+    },
+    /// Live sessions on every door.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// The security log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// What the guard would decide for a principal, with the reason.
+    Check(CheckArgs),
+    /// Who can do what where, and what needs attention.
+    Review {
+        /// Record that a review was done (who, when).
+        #[arg(long)]
+        ack: bool,
+    },
+    /// Sent by `metergate cert issue|server|revoke` so the security log
+    /// records what the certificate authority did.
+    #[command(hide = true)]
+    CertificateReport(CertificateReport),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct QueryArgs {
+    /// From this time: RFC 3339 (2026-11-23T08:00:00Z) or back from now (90s, 15m, 2h, 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Up to this time, in the same forms.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Typed id (user:alice, svc:scada-1, support, local:root) or a bare user name.
+    #[arg(long)]
+    pub principal: Option<String>,
+    #[arg(long)]
+    pub meter: Option<String>,
+    /// An event code from the catalogue (login.deny, write-registers.allow, …).
+    #[arg(long)]
+    pub code: Option<String>,
+    #[arg(long, value_parser = ["allow", "deny", "success", "failure"])]
+    pub outcome: Option<String>,
+    /// modbus, mbaps, ssh, sftp, control-socket.
+    #[arg(long)]
+    pub door: Option<String>,
+    /// At most this many (the newest), up to 10000.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CertificateReport {
+    #[arg(value_parser = ["issued", "revoked"])]
+    pub what: String,
+    #[arg(long)]
+    pub serial: String,
+    /// `server` or `client`.
+    #[arg(long)]
+    pub kind: String,
+    /// The service user or the server's name.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub role: Vec<String>,
+    #[arg(long)]
+    pub not_after: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Typed id (user:alice, svc:scada-1, support) or a bare user name.
+    #[arg(long)]
+    pub principal: String,
+    /// As in the product documents ("Peak Demand Reset") or kebab form.
+    #[arg(long)]
+    pub permission: String,
+    /// Meter id (needed for meter permissions).
+    #[arg(long)]
+    pub meter: Option<String>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum UserCommand {
+    /// Create a user; prints the temporary password once.
+    Add {
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        first: Option<String>,
+        #[arg(long)]
+        last: Option<String>,
+        /// Access ends at 00:00 UTC at the start of this date (YYYY-MM-DD).
+        #[arg(long)]
+        end_date: Option<String>,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Change email or names.
+    Edit {
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        first: Option<String>,
+        #[arg(long)]
+        last: Option<String>,
+    },
+    /// Remove the account (its events stay).
+    Delete {
+        name: String,
+    },
+    /// Keep the account but let nothing in; ends live sessions.
+    Deactivate {
+        name: String,
+    },
+    Activate {
+        name: String,
+    },
+    /// Issue a new temporary password (Administrator only).
+    ResendPassword {
+        name: String,
+    },
+    /// Set (YYYY-MM-DD) or clear (`none`) the access end date.
+    SetEndDate {
+        name: String,
+        date: String,
+    },
+    /// Add an OpenSSH public key (the line itself, or @FILE).
+    AddKey {
+        name: String,
+        key: String,
+    },
+    /// Remove a public key (the line, its base64 part, or its comment).
+    RemoveKey {
+        name: String,
+        key: String,
+    },
+    /// Allow a role on meters (adds a statement to the user's inline policy).
+    GrantRole {
+        name: String,
+        role: String,
+        #[arg(long, default_value = "*")]
+        meters: String,
+    },
+    /// End a password lockout.
+    Unlock {
+        name: String,
+    },
+    Attach {
+        name: String,
+        policy: String,
+    },
+    Detach {
+        name: String,
+        policy: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ServiceUserCommand {
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Edit {
+        name: String,
+        #[arg(long)]
+        description: String,
+    },
+    Delete {
+        name: String,
+    },
+    /// Let nothing in; ends its live sessions and Modbus connections.
+    Deactivate {
+        name: String,
+    },
+    Activate {
+        name: String,
+    },
+    /// Access keys (key id + secret; the secret is shown once).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    Attach {
+        name: String,
+        policy: String,
+    },
+    Detach {
+        name: String,
+        policy: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum KeyCommand {
+    Create { name: String },
+    List { name: String },
+    Deactivate { name: String, key_id: String },
+    Delete { name: String, key_id: String },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum GroupCommand {
+    Add {
+        name: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    Rename {
+        name: String,
+        new_name: String,
+    },
+    /// Members stay users; they lose the group's policies.
+    Delete {
+        name: String,
+    },
+    AddMember {
+        name: String,
+        user: String,
+    },
+    RemoveMember {
+        name: String,
+        user: String,
+    },
+    Attach {
+        name: String,
+        policy: String,
+    },
+    Detach {
+        name: String,
+        policy: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum RoleCommand {
+    List,
+    Show {
+        name: String,
+    },
+    /// A new role has no permission unless given some.
+    Create {
+        name: String,
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Edit {
+        name: String,
+        #[arg(long = "add")]
+        add: Vec<String>,
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum PolicyCommand {
+    List,
+    Show {
+        name: String,
+    },
+    /// From a TOML policy file (DESIGN §3).
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SupportCommand {
+    Show,
+    /// Grant access until a date (earliest: tomorrow); Administrator by default.
+    Grant {
+        #[arg(long)]
+        until: String,
+        #[arg(long = "policy")]
+        policies: Vec<String>,
+    },
+    Update {
+        #[arg(long)]
+        until: String,
+    },
+    Attach {
+        policy: String,
+    },
+    Detach {
+        policy: String,
+    },
+    /// End support access now; ends support's live sessions.
+    Revoke,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SessionCommand {
+    List,
+    Kill { id: u64 },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum AuditCommand {
+    /// The newest events; with -f, then every new event as it is logged.
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+        /// Keep printing new events until interrupted.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Every event (or those since a time or seq) in a format for other
+    /// tools: JSON lines, ArcSight CEF or syslog RFC 5424.
+    Export {
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "cef", "rfc5424"])]
+        format: String,
+        /// From this time: RFC 3339 or back from now (90s, 15m, 2h, 7d).
+        #[arg(long, conflicts_with = "from")]
+        since: Option<String>,
+        /// From this seq.
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Capacity, forwarding, the chain check at start, failures.
+    Status,
+    /// Events matching every filter given: the newest --limit, oldest first.
+    Query(QueryArgs),
+    /// Walk the hash chain and name the first bad event; with --checkpoint,
+    /// also check the log against a checkpoint kept elsewhere.
+    Verify {
+        /// State directory of a stopped daemon (checked here, not by the daemon).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// A file from `audit checkpoint`, kept off this machine.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The audit-signing public key the checkpoint must be signed with
+        /// (from `audit public-key`, recorded elsewhere).
+        #[arg(long, requires = "checkpoint")]
+        public_key: Option<String>,
+        /// Start the walk at this seq, taking its prev_hash as given (a
+        /// partial check of recent events; the full walk proves more).
+        #[arg(long, conflicts_with = "checkpoint")]
+        from: Option<u64>,
+    },
+    /// Print a checkpoint of the log's head (seq, hash, time) signed with the
+    /// audit-signing key; keep it off this machine.
+    Checkpoint,
+    /// Print the audit-signing key's public half (hex), to check checkpoints.
+    PublicKey,
+}
+
+/// The words the daemon parses: `metergate <AdminCommand …>`.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "metergate",
+    no_binary_name = false,
+    disable_help_subcommand = true
+)]
+pub struct AdminLine {
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}

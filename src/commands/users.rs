@@ -1,0 +1,375 @@
+//! `user …`: people, their passwords, keys, end dates, roles and policies.
+
+use super::*;
+
+pub(super) async fn temporary_password(
+    ctx: &Gateway,
+    now: OffsetDateTime,
+) -> Result<(Secret, PasswordRecord), CommandError> {
+    let secret = secrets::generate_password().map_err(|e| CommandError::Failed(e.to_string()))?;
+    let hash = ctx
+        .hashes
+        .hash(secret.clone())
+        .await
+        .map_err(|e| CommandError::Failed(e.to_string()))?;
+    Ok((
+        secret,
+        PasswordRecord {
+            hash,
+            temporary: true,
+            issued_at: micros(now),
+        },
+    ))
+}
+
+pub(super) fn temporary_words(secret: &Secret, record: &PasswordRecord) -> String {
+    format!(
+        "temporary password: {}\nit expires at {} and must be changed at first login\n",
+        secret.expose(),
+        when(record.expires_at())
+    )
+}
+
+pub(super) async fn user(
+    ctx: &Gateway,
+    caller: &Caller,
+    cmd: &UserCommand,
+    req: &Input,
+    now: OffsetDateTime,
+) -> Result<Done, CommandError> {
+    let who = &caller.who;
+    let dir = ctx.guard.directory();
+    match cmd {
+        UserCommand::Add {
+            name: n,
+            email: e,
+            first,
+            last,
+            end_date: end,
+        } => {
+            let mut u = User::new(&name(n)?, &email(e)?);
+            u.id = secrets::generate_id().map_err(|e| CommandError::Failed(e.to_string()))?;
+            u.first_name = text("first name", first.as_deref().unwrap_or(""), 64)?;
+            u.last_name = text("last name", last.as_deref().unwrap_or(""), 64)?;
+            u.end_date = end.as_deref().map(|d| end_date(d, now)).transpose()?;
+            if dir.users.contains_key(n) {
+                return refused(format!("user `{n}` already exists"));
+            }
+            let (secret, record) = temporary_password(ctx, now).await?;
+            u.password = Some(record.clone());
+            apply(ctx, who, now, vec![Op::Put(Entity::User(u), Expect::New)])?;
+            Ok(Done::changed(
+                format!("user {n} created\n{}", temporary_words(&secret, &record)),
+                format!("created user {n} ({e})"),
+            ))
+        }
+        UserCommand::List => {
+            let rows: Vec<Vec<String>> = dir
+                .users
+                .values()
+                .map(|u| {
+                    vec![
+                        u.name.clone(),
+                        u.email.clone(),
+                        u.status.to_string(),
+                        u.end_date
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            if req.json {
+                let list: Vec<_> = dir
+                    .users
+                    .values()
+                    .map(|u| json!({"name": u.name, "email": u.email, "status": u.status.to_string(), "access_end_date": u.end_date.map(|d| d.to_string())}))
+                    .collect();
+                return Ok(Done::show(to_json(&list)));
+            }
+            Ok(Done::show(table(
+                &["NAME", "EMAIL", "STATUS", "ACCESS END DATE"],
+                &rows,
+            )))
+        }
+        UserCommand::Show { name: n } => {
+            let u = get_user(&dir, n)?;
+            let id = PrincipalId::User(n.clone());
+            let groups: Vec<String> = dir.groups_of(n).map(|g| g.name.clone()).collect();
+            let password = match &u.password {
+                None => "none".to_string(),
+                Some(p) if p.temporary => format!("temporary, expires {}", when(p.expires_at())),
+                Some(p) => format!("set {}", rfc3339(p.issued_at)),
+            };
+            let locked = ctx.guard.locked_until(&id, now);
+            let view = json!({
+                "name": u.name, "unique_id": u.id, "email": u.email,
+                "first_name": u.first_name, "last_name": u.last_name,
+                "status": u.status.to_string(),
+                "access_end_date": u.end_date.map(|d| d.to_string()),
+                "policies": u.policies, "roles": roles_of(&dir, &id), "groups": groups,
+                "created": rfc3339(u.created.at), "created_by": u.created.by,
+                "last_modified": rfc3339(u.modified.at), "last_modified_by": u.modified.by,
+                "last_login": when(ctx.guard.last_login(&id)),
+                "ssh_keys": u.ssh_keys.len(), "password": password,
+                "password_login_locked_until": locked.map(rfc3339),
+            });
+            if req.json {
+                return Ok(Done::show(to_json(&view)));
+            }
+            let mut out = String::new();
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            let _ = writeln!(out, "name:             {}", u.name);
+            let _ = writeln!(out, "unique id:        {}", u.id);
+            let _ = writeln!(out, "email:            {}", u.email);
+            let _ = writeln!(out, "first name:       {}", u.first_name);
+            let _ = writeln!(out, "last name:        {}", u.last_name);
+            let _ = writeln!(out, "status:           {}", u.status);
+            let _ = writeln!(
+                out,
+                "access end date:  {}",
+                u.end_date
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "-".into())
+            );
+            let _ = writeln!(out, "policies:         {}", list(&u.policies));
+            let _ = writeln!(out, "roles:            {}", list(&roles_of(&dir, &id)));
+            let _ = writeln!(out, "groups:           {}", list(&groups));
+            let _ = writeln!(
+                out,
+                "created:          {} by {}",
+                rfc3339(u.created.at),
+                u.created.by
+            );
+            let _ = writeln!(
+                out,
+                "last modified:    {} by {}",
+                rfc3339(u.modified.at),
+                u.modified.by
+            );
+            let _ = writeln!(out, "last login:       {}", when(ctx.guard.last_login(&id)));
+            let _ = writeln!(out, "ssh keys:         {}", u.ssh_keys.len());
+            let _ = writeln!(out, "password:         {password}");
+            if let Some(l) = locked {
+                let _ = writeln!(
+                    out,
+                    "password login locked until {} (user unlock {n})",
+                    rfc3339(l)
+                );
+            }
+            Ok(Done::show(out))
+        }
+        UserCommand::Edit {
+            name: n,
+            email: e,
+            first,
+            last,
+        } => {
+            let mut u = get_user(&dir, n)?;
+            let mut what = Vec::new();
+            if let Some(e) = e {
+                u.email = email(e)?;
+                what.push("email");
+            }
+            if let Some(f) = first {
+                u.first_name = text("first name", f, 64)?;
+                what.push("first name");
+            }
+            if let Some(l) = last {
+                u.last_name = text("last name", l, 64)?;
+                what.push("last name");
+            }
+            if what.is_empty() {
+                return refused("nothing to change: give --email, --first or --last");
+            }
+            apply(ctx, who, now, vec![put_user(u)])?;
+            Ok(Done::changed(
+                format!("user {n} updated\n"),
+                format!("user {n}: changed {}", what.join(", ")),
+            ))
+        }
+        UserCommand::Delete { name: n } => {
+            let u = get_user(&dir, n)?;
+            let mut ops = vec![Op::Delete(Kind::User, n.clone(), u.version)];
+            for g in dir.groups_of(n) {
+                let mut g = g.clone();
+                g.members.retain(|m| m != n);
+                ops.push(put_group(g));
+            }
+            apply(ctx, who, now, ops)?;
+            let ended = ctx
+                .sessions
+                .kill_principal(&PrincipalId::User(n.clone()), "user deleted");
+            Ok(Done::changed(
+                format!("user {n} deleted ({ended} live sessions ended); their events are kept\n"),
+                format!("deleted user {n}, ended {ended} sessions"),
+            ))
+        }
+        UserCommand::Deactivate { name: n } | UserCommand::Activate { name: n } => {
+            let active = matches!(cmd, UserCommand::Activate { .. });
+            let mut u = get_user(&dir, n)?;
+            u.status = status(active);
+            apply(ctx, who, now, vec![put_user(u)])?;
+            Ok(status_changed(
+                ctx,
+                &PrincipalId::User(n.clone()),
+                "user",
+                n,
+                active,
+            ))
+        }
+        UserCommand::ResendPassword { name: n } => {
+            let mut u = get_user(&dir, n)?;
+            let (secret, record) = temporary_password(ctx, now).await?;
+            u.password = Some(record.clone());
+            apply(ctx, who, now, vec![put_user(u)])?;
+            Ok(Done::changed(
+                format!(
+                    "new temporary password for {n}\n{}",
+                    temporary_words(&secret, &record)
+                ),
+                format!("re-issued temporary password of {n}"),
+            ))
+        }
+        UserCommand::SetEndDate { name: n, date } => {
+            let mut u = get_user(&dir, n)?;
+            u.end_date = if date == "none" {
+                None
+            } else {
+                Some(end_date(date, now)?)
+            };
+            let shown = u
+                .end_date
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "none".into());
+            apply(ctx, who, now, vec![put_user(u)])?;
+            Ok(Done::changed(
+                format!("user {n}: access end date {shown}\n"),
+                format!("user {n}: access end date {shown}"),
+            ))
+        }
+        UserCommand::AddKey { name: n, key } => {
+            let line = match key.strip_prefix('@') {
+                Some(path) => file(req, path)?.to_string(),
+                None => key.clone(),
+            };
+            let line = ssh_key(&line)?;
+            let mut u = get_user(&dir, n)?;
+            let body = line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string();
+            if u.ssh_keys
+                .iter()
+                .any(|k| k.split_whitespace().nth(1) == Some(body.as_str()))
+            {
+                return refused(format!("user {n} already has this key"));
+            }
+            let kind = line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            u.ssh_keys.push(line);
+            apply(ctx, who, now, vec![put_user(u)])?;
+            Ok(Done::changed(
+                format!("key added to {n}\n"),
+                format!("user {n}: added a {kind} key"),
+            ))
+        }
+        UserCommand::RemoveKey { name: n, key } => {
+            let mut u = get_user(&dir, n)?;
+            let before = u.ssh_keys.len();
+            let wanted = key.trim();
+            u.ssh_keys.retain(|k| {
+                let parts: Vec<&str> = k.split_whitespace().collect();
+                !(k == wanted
+                    || parts.get(1) == Some(&wanted)
+                    || parts
+                        .get(2..)
+                        .is_some_and(|c| !c.is_empty() && c.join(" ") == wanted))
+            });
+            let removed = before - u.ssh_keys.len();
+            if removed == 0 {
+                return refused(format!("user {n} has no key matching `{wanted}`"));
+            }
+            let gone: Vec<String> = get_user(&dir, n)?
+                .ssh_keys
+                .into_iter()
+                .filter(|k| !u.ssh_keys.contains(k))
+                .collect();
+            apply(ctx, who, now, vec![put_user(u)])?;
+            // Sessions that logged in with a removed key end with it.
+            let ended: usize = gone
+                .iter()
+                .filter_map(|line| crate::sshkeys::line_credential(line))
+                .map(|k| {
+                    ctx.sessions.kill_credential(
+                        &k,
+                        &format!("the key was removed from user {n}"),
+                    )
+                })
+                .sum();
+            Ok(Done::changed(
+                format!("{removed} key(s) removed from {n} ({ended} live sessions ended)\n"),
+                format!("user {n}: removed {removed} key(s), ended {ended} sessions"),
+            ))
+        }
+        UserCommand::GrantRole {
+            name: n,
+            role: r,
+            meters,
+        } => {
+            let mut u = get_user(&dir, n)?;
+            get_role(&dir, r)?;
+            let selectors = meters
+                .split(',')
+                .map(|s| MeterSelector::parse(s).map_err(|e| CommandError::Refused(e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let st = Statement::allow_role(r, selectors);
+            if u.inline.contains(&st) {
+                return refused(format!("user {n} already has {st}"));
+            }
+            confer(ctx, caller, Conferral::Statements(std::slice::from_ref(&st)), now).await?;
+            u.inline.push(st.clone());
+            apply(ctx, who, now, vec![put_user(u)])?;
+            Ok(Done::changed(
+                format!("user {n}: {st}\n"),
+                format!("user {n}: inline policy += {st}"),
+            ))
+        }
+        UserCommand::Unlock { name: n } => {
+            get_user(&dir, n)?;
+            let was = ctx.guard.unlock(&PrincipalId::User(n.clone()))?;
+            let words = if was {
+                "password login unlocked"
+            } else {
+                "was not locked"
+            };
+            Ok(Done::changed(
+                format!("user {n}: {words}\n"),
+                format!("user {n}: {words}"),
+            ))
+        }
+        UserCommand::Attach { name: n, policy: p } | UserCommand::Detach { name: n, policy: p } => {
+            let attach = matches!(cmd, UserCommand::Attach { .. });
+            let mut u = get_user(&dir, n)?;
+            let verb = toggle_policy(&dir, &mut u.policies, p, attach, &format!("user {n}"))?;
+            if attach {
+                confer(ctx, caller, Conferral::Policy(p), now).await?;
+            }
+            apply(ctx, who, now, vec![put_user(u)])?;
+            Ok(Done::changed(
+                format!("policy {p} {verb} user {n}\n"),
+                format!("policy {p} {verb} user {n}"),
+            ))
+        }
+    }
+}
+
