@@ -219,6 +219,8 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         }
     }
     tokio::spawn(check_chain(guard.clone()));
+    // Access that ends, ends everywhere: end dates, expiries, changes.
+    tokio::spawn(crate::commands::access::watch(ctx.clone(), stop_rx.clone()));
     if let Some(f) = forwarder {
         tokio::spawn(f.run(store.clone(), stop_rx.clone()));
     }

@@ -9,7 +9,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::model::PrincipalId;
+use crate::model::{Permission, PrincipalId};
+
+/// What a live session relies on besides its principal being let in: a
+/// permission on a meter (Terminal Access for a console, a file permission
+/// for an open SFTP handle). When a change withdraws it, the session ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reliance {
+    pub permission: Permission,
+    pub meter: String,
+}
+
+/// A live session as the access watcher sees it.
+#[derive(Clone, Debug)]
+pub struct LiveSession {
+    pub id: u64,
+    pub principal: PrincipalId,
+    pub door: String,
+    pub relies_on: Vec<Reliance>,
+    /// When the credential stops being valid (a certificate's end; UTC µs).
+    pub expires: Option<i64>,
+}
 
 /// One live session as listed.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -28,6 +48,8 @@ struct Entry {
     /// What credential the session used (an access key id), so deleting
     /// that key ends it.
     credential: Option<String>,
+    relies_on: Vec<Reliance>,
+    expires: Option<i64>,
     end: watch::Sender<Option<String>>,
 }
 
@@ -80,6 +102,8 @@ impl Sessions {
                     info,
                     principal: principal.clone(),
                     credential,
+                    relies_on: Vec::new(),
+                    expires: None,
                     end,
                 },
             );
@@ -95,6 +119,60 @@ impl Sessions {
         self.live
             .lock()
             .map(|l| l.values().map(|e| e.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn with(&self, id: u64, f: impl FnOnce(&mut Entry)) {
+        if let Ok(mut live) = self.live.lock()
+            && let Some(e) = live.get_mut(&id)
+        {
+            f(e);
+        }
+    }
+
+    /// Session `id` relies on `permission` on `meter` from now on.
+    pub fn rely_on(&self, id: u64, permission: Permission, meter: &str) {
+        self.with(id, |e| {
+            e.relies_on.push(Reliance {
+                permission,
+                meter: meter.to_string(),
+            })
+        });
+    }
+
+    /// Session `id` no longer relies on one use of `permission` on `meter`.
+    pub fn release(&self, id: u64, permission: Permission, meter: &str) {
+        self.with(id, |e| {
+            if let Some(i) = e
+                .relies_on
+                .iter()
+                .position(|r| r.permission == permission && r.meter == meter)
+            {
+                e.relies_on.remove(i);
+            }
+        });
+    }
+
+    /// Session `id`'s credential stops being valid at `at` (UTC µs).
+    pub fn expires_at(&self, id: u64, at: i64) {
+        self.with(id, |e| e.expires = Some(at));
+    }
+
+    /// Every live session with what it relies on (the access watcher).
+    pub fn live(&self) -> Vec<LiveSession> {
+        self.live
+            .lock()
+            .map(|l| {
+                l.values()
+                    .map(|e| LiveSession {
+                        id: e.info.id,
+                        principal: e.principal.clone(),
+                        door: e.info.door.clone(),
+                        relies_on: e.relies_on.clone(),
+                        expires: e.expires,
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

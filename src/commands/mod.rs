@@ -3,6 +3,7 @@
 //! and logs), applies the change and answers with an [`Outcome`] that the
 //! control socket, the SSH shell and the HTTPS API each render their own way.
 
+pub mod access;
 mod audit;
 mod certificates;
 mod groups;

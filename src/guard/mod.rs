@@ -86,6 +86,9 @@ pub struct Guard {
     hashes: Arc<HashPool>,
     /// Live sessions on every door (the session cap; ending access).
     sessions: Arc<Sessions>,
+    /// Woken after every change to the directory or the rules, so that
+    /// access a change withdrew ends at once.
+    changed: tokio::sync::Notify,
 }
 
 impl Guard {
@@ -119,6 +122,7 @@ impl Guard {
             counters: Counters::default(),
             hashes: Arc::new(HashPool::new(1, 64)),
             sessions: Arc::new(Sessions::default()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -193,6 +197,7 @@ impl Guard {
             .store
             .apply(ops, &by.to_string(), now, &settings.separation_of_duties)?;
         self.recompile();
+        self.changed.notify_one();
         // `review` says when users and roles changed since the last review.
         if let Err(e) = self.state.set_meta("directory_changed", &micros(now)) {
             tracing::warn!(error = %e, "could not record the time of the change");
@@ -210,6 +215,12 @@ impl Guard {
         self.settings.store(Arc::new(settings));
         self.meters.store(Arc::new((meters, profiles)));
         self.recompile();
+        self.changed.notify_one();
+    }
+
+    /// Resolves after the next change to the directory or the rules.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// What the guard would decide, with the reason; no state changes, no

@@ -183,7 +183,7 @@ impl Tls {
                     ))
                     .detail("revoked", count)
                     .detail("ended", ended);
-                let _ = guard.store().log().append(ev).await;
+                guard.record(ev).await;
             }
             Err(e) => {
                 // The last good CRL stays in force; a broken file must not
@@ -198,7 +198,7 @@ impl Tls {
                 .reason(format!(
                     "the CRL was not reloaded, the previous one stays in force: {e}"
                 ));
-                let _ = guard.store().log().append(ev).await;
+                guard.record(ev).await;
             }
         }
     }
@@ -364,6 +364,9 @@ impl MbapsDoor {
             Some(credential(&id.serial)),
             micros(now),
         );
+        // The connection ends when the certificate does (the access watcher).
+        self.sessions
+            .expires_at(session.id, id.not_after.saturating_mul(1_000_000));
         // A CRL loaded between the check above and the registration did
         // not see this session: look again.
         if self.tls.revoked.load().contains(&id.serial) {
@@ -390,7 +393,7 @@ impl MbapsDoor {
             .reason(reason)
             .detail("certificate_serial", serial)
             .detail("certificate_subject", subject);
-        let _ = self.proxy.guard.store().log().append(ev).await;
+        self.proxy.guard.record(ev).await;
     }
 }
 

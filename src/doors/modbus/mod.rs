@@ -426,7 +426,7 @@ impl Floods {
             let ev = self.event(source, kind, reason, 1);
             let guard = self.guard.clone();
             tokio::spawn(async move {
-                let _ = guard.store().log().append_unauthenticated(ev).await;
+                guard.record_unauthenticated(ev).await;
             });
         }
     }
@@ -454,11 +454,11 @@ impl Floods {
         for ((source, kind), (count, reason)) in drained {
             if count > 0 {
                 let ev = self.event(source, kind, &reason, count);
-                let _ = self.guard.store().log().append_unauthenticated(ev).await;
+                self.guard.record_unauthenticated(ev).await;
             }
         }
         // What the quota held back is counted in one event.
-        let _ = self.guard.store().log().report_suppressed().await;
+        self.guard.report_suppressed().await;
     }
 
     pub async fn flush_every(self: Arc<Self>, every: Duration) {

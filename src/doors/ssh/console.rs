@@ -87,11 +87,31 @@ pub async fn connect(ctx: &Gateway, caller: &Caller, meter: &str, io: &mut Io) -
                 .detail("account", &account),
         )
         .await;
-    let (sent, received, status) = bridge(link, io).await;
+    // The console is a session of its own: listed, killable, and ended
+    // when Terminal Access on this meter is withdrawn.
+    let mut registered = ctx.sessions.register(
+        &caller.who,
+        &caller.source,
+        "console",
+        None,
+        crate::model::micros(OffsetDateTime::now_utc()),
+    );
+    ctx.sessions
+        .rely_on(registered.id, Permission::TerminalAccess, meter);
+    let (sent, received, status, cut) = bridge(link, io, &mut registered.ended).await;
+    drop(registered);
+    let why = match &cut {
+        Some(why) => {
+            io.err(&format!("\r\nconsole of {meter} ended: {why}\r\n"))
+                .await;
+            format!("; {why}")
+        }
+        None => String::new(),
+    };
     guard.record(
         event("console.end", Outcome::Success, caller, meter)
             .reason(format!(
-                "console of {meter} ended: {sent} bytes to the meter, {received} from it"
+                "console of {meter} ended: {sent} bytes to the meter, {received} from it{why}"
             ))
             .detail("account", &account)
             .detail("bytes_to_meter", sent)
@@ -101,10 +121,16 @@ pub async fn connect(ctx: &Gateway, caller: &Caller, meter: &str, io: &mut Io) -
     status
 }
 
-/// Relays both ways until either side ends; returns the bytes sent to the
-/// meter, the bytes received from it and the console's exit status.
-async fn bridge(mut link: ConsoleLink, io: &mut Io) -> (u64, u64, u32) {
+/// Relays both ways until either side ends or the session is ended;
+/// returns the bytes sent to the meter, the bytes received from it, the
+/// console's exit status and why the gateway cut it (if it did).
+async fn bridge(
+    mut link: ConsoleLink,
+    io: &mut Io,
+    ended: &mut tokio::sync::watch::Receiver<Option<String>>,
+) -> (u64, u64, u32, Option<String>) {
     let (mut sent, mut received, mut status) = (0u64, 0u64, 0u32);
+    let mut cut = None;
     // After the crew's EOF the meter may still have output to send.
     let mut crew_done = false;
     loop {
@@ -133,8 +159,17 @@ async fn bridge(mut link: ConsoleLink, io: &mut Io) -> (u64, u64, u32) {
                 ConsoleOutput::Closed => break,
                 ConsoleOutput::Other => {}
             },
+            r = ended.changed() => {
+                cut = Some(if r.is_ok() {
+                    ended.borrow().clone().unwrap_or_default()
+                } else {
+                    "the session ended".to_string()
+                });
+                status = 1;
+                break;
+            }
         }
     }
     link.close().await;
-    (sent, received, status)
+    (sent, received, status, cut)
 }

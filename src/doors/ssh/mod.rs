@@ -635,15 +635,25 @@ impl russh::server::Handler for Connection {
         {
             session.channel_success(channel)?;
             let caller = self.caller(who);
-            let sftp = sftp::SftpSession::new(
-                self.gw.clone(),
-                caller,
-                self.door.max_upload,
-                self.door.quota,
-            );
+            let gw = self.gw.clone();
+            let (max_upload, quota) = (self.door.max_upload, self.door.quota);
             let handle = session.handle();
             tokio::spawn(async move {
-                sftp::serve(ch.into_stream(), sftp).await;
+                // The SFTP channel is a session of its own: listed,
+                // killable, ended when what its handles rely on is withdrawn.
+                let sessions = gw.sessions.clone();
+                let registered = sessions.register(
+                    &caller.who,
+                    &caller.source,
+                    "sftp",
+                    None,
+                    crate::model::micros(OffsetDateTime::now_utc()),
+                );
+                let ended = registered.ended.clone();
+                let sftp =
+                    sftp::SftpSession::new(gw, caller, registered.id, max_upload, quota);
+                sftp::serve(ch.into_stream(), sftp, ended).await;
+                drop(registered);
                 // russh-sftp's own loop never ends the channel; clients on
                 // other SSH stacks wait for this.
                 let _ = handle.exit_status_request(channel, 0).await;

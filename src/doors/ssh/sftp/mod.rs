@@ -122,6 +122,10 @@ pub struct SftpSession {
     quota: u64,
     /// Sessions to meters' own SFTP servers, by (meter, meter-side account).
     upstream: HashMap<(String, String), Arc<Upstream>>,
+    /// This channel's own entry in the session registry.
+    registration: u64,
+    /// What each open handle relies on.
+    relied: HashMap<String, (Permission, String)>,
 }
 
 type Reply = Result<Packet, (StatusCode, String)>;
@@ -167,8 +171,16 @@ fn protected(profile: &crate::model::Profile, rel: &RelPath) -> bool {
 }
 
 impl SftpSession {
-    pub fn new(ctx: Arc<Gateway>, caller: Caller, max_upload: u64, quota: u64) -> Self {
+    pub fn new(
+        ctx: Arc<Gateway>,
+        caller: Caller,
+        registration: u64,
+        max_upload: u64,
+        quota: u64,
+    ) -> Self {
         SftpSession {
+            registration,
+            relied: HashMap::new(),
             ctx,
             caller,
             handles: HashMap::new(),
@@ -194,7 +206,7 @@ impl SftpSession {
 
     /// A request refused before the guard (an escape, a link, a protected
     /// directory, a cross-meter rename): logged, permission denied.
-    async fn refuse(&self, path: &str, why: &str) -> (StatusCode, String) {
+    async fn log_refusal(&self, path: &str, why: &str) {
         let ev = EventDraft::new("sftp.refused", Category::File, Outcome::Deny)
             .source(self.caller.source.as_str())
             .door(DOOR)
@@ -202,29 +214,56 @@ impl SftpSession {
             .detail("path", path.chars().take(256).collect::<String>())
             .detail("session", self.caller.session);
         self.log(ev).await;
+    }
+
+    async fn refuse(&self, path: &str, why: &str) -> (StatusCode, String) {
+        self.log_refusal(path, why).await;
         denied(why)
     }
 
-    /// Resolves a path; one that leaves `/` or names no configured meter
-    /// is refused and logged.
+    /// Resolves a path; one that leaves `/` is refused and logged. A meter
+    /// the caller may not reach is answered exactly as a name that is no
+    /// meter at all (only the event tells them apart), so no operation
+    /// (REALPATH, STAT, OPENDIR...) reveals which meters exist.
     async fn target(&self, path: &str) -> Result<Target, (StatusCode, String)> {
         match resolve(path) {
-            Ok(Target::Meter { meter, .. })
-                if !self.ctx.guard.fleet().0.iter().any(|m| m.id == meter) =>
-            {
-                Err(self
-                    .refuse(
-                        path,
-                        &format!(
-                            "`{}` is not a meter",
-                            meter.chars().take(64).collect::<String>()
-                        ),
-                    )
-                    .await)
+            Ok(Target::Meter { meter, .. }) if !self.visible(&meter) => {
+                let shown = meter.chars().take(64).collect::<String>();
+                let why = if self.ctx.guard.fleet().0.iter().any(|m| m.id == meter) {
+                    format!("`{shown}` is a meter the caller may not reach: answered as no meter")
+                } else {
+                    format!("`{shown}` is not a meter")
+                };
+                self.log_refusal(path, &why).await;
+                Err((StatusCode::NoSuchFile, "no such file or directory".into()))
             }
             Ok(t) => Ok(t),
             Err(e) => Err(self.refuse(path, &e.to_string()).await),
         }
+    }
+
+    /// Whether `/` shows `meter` to the caller: a configured meter with a
+    /// file store on which the caller holds some file permission.
+    fn visible(&self, meter: &str) -> bool {
+        let guard = &self.ctx.guard;
+        let now = OffsetDateTime::now_utc();
+        let fleet = guard.fleet();
+        let Some(m) = fleet.0.iter().find(|m| m.id == meter) else {
+            return false;
+        };
+        (m.files.is_some() || m.sftp.is_some())
+            && [
+                Permission::FileSystemReadOnlyAccess,
+                Permission::FileSystemReadAndWriteAccess,
+                Permission::FirmwareManagement,
+                Permission::CertificateManagement,
+            ]
+            .into_iter()
+            .any(|p| {
+                guard
+                    .decide_permission(&self.caller.who, p, Some(meter), now)
+                    .allowed
+            })
     }
 
     /// A store operation's result; a symlink or an escape the kernel
@@ -274,8 +313,28 @@ impl SftpSession {
         op: FileOp,
         rel: &RelPath,
     ) -> Result<Store, (StatusCode, String)> {
+        Ok(self.reach_for(meter, op, rel).await?.0)
+    }
+
+    /// The store, and the permission the guard's decision used.
+    async fn reach_for(
+        &mut self,
+        meter: &str,
+        op: FileOp,
+        rel: &RelPath,
+    ) -> Result<(Store, Option<Permission>), (StatusCode, String)> {
         let permission = self.allow(meter, op, rel).await?;
-        self.store(meter, permission).await
+        Ok((self.store(meter, permission).await?, permission))
+    }
+
+    /// An open handle relies on the permission that opened it: when a
+    /// change withdraws it, the channel ends (the access watcher).
+    fn rely(&mut self, handle: &str, permission: Option<Permission>, meter: &str) {
+        if let Some(p) = permission {
+            self.ctx.sessions.rely_on(self.registration, p, meter);
+            self.relied
+                .insert(handle.to_string(), (p, meter.to_string()));
+        }
     }
 
     fn profile(&self, meter: &str) -> crate::model::Profile {
@@ -346,27 +405,12 @@ impl SftpSession {
 
     /// The meters whose stores the caller may at least list.
     fn meters(&self) -> Vec<SftpFile> {
-        let guard = &self.ctx.guard;
-        let now = OffsetDateTime::now_utc();
-        let fleet = guard.fleet();
-        fleet
+        self.ctx
+            .guard
+            .fleet()
             .0
             .iter()
-            .filter(|m| m.files.is_some())
-            .filter(|m| {
-                [
-                    Permission::FileSystemReadOnlyAccess,
-                    Permission::FileSystemReadAndWriteAccess,
-                    Permission::FirmwareManagement,
-                    Permission::CertificateManagement,
-                ]
-                .into_iter()
-                .any(|p| {
-                    guard
-                        .decide_permission(&self.caller.who, p, Some(&m.id), now)
-                        .allowed
-                })
-            })
+            .filter(|m| self.visible(&m.id))
             .map(|m| SftpFile::new(m.id.clone(), dir_attrs()))
             .collect()
     }
@@ -670,25 +714,26 @@ impl SftpSession {
             OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
         );
         if !writing {
-            let store = self.reach(&meter, FileOp::Read, &rel).await?;
+            let (store, used) = self.reach_for(&meter, FileOp::Read, &rel).await?;
             let file = self.checked(path, store.open_read(&rel).await).await?;
             let handle = self.handle(Open::Read {
-                meter,
+                meter: meter.clone(),
                 rel,
                 file,
                 bytes: Arc::new(AtomicU64::new(0)),
             })?;
+            self.rely(&handle, used, &meter);
             return Ok(Packet::Handle(Handle { id, handle }));
         }
         // An upload writes the whole file, new or replaced.
-        let store = self.reach(&meter, FileOp::Write, &rel).await?;
+        let (store, permission) = self.reach_for(&meter, FileOp::Write, &rel).await?;
         if flags.contains(OpenFlags::EXCLUDE) && store.stat(&rel).await.is_ok() {
             return Err((StatusCode::Failure, "it already exists".into()));
         }
         let used = store.usage().await.map_err(from_file_error)?;
         let (file, temp) = self.checked(path, store.create_upload(&rel).await).await?;
         let handle = self.handle(Open::Write(Upload {
-            meter,
+            meter: meter.clone(),
             rel,
             temp,
             store,
@@ -697,10 +742,14 @@ impl SftpSession {
             used,
             failed: Arc::new(Mutex::new(None)),
         }))?;
+        self.rely(&handle, permission, &meter);
         Ok(Packet::Handle(Handle { id, handle }))
     }
 
     async fn close(&mut self, id: u32, handle: &str) -> Reply {
+        if let Some((p, meter)) = self.relied.remove(handle) {
+            self.ctx.sessions.release(self.registration, p, &meter);
+        }
         match self.handles.remove(handle) {
             None => Err((StatusCode::Failure, "no such handle".into())),
             Some(Open::Dir { .. }) => Ok(ok(id)),
@@ -900,6 +949,7 @@ const IN_FLIGHT: usize = 64;
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     mut session: SftpSession,
+    mut ended: tokio::sync::watch::Receiver<Option<String>>,
 ) {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Packet>(IN_FLIGHT * 2);
@@ -916,7 +966,15 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let _ = writer.flush().await;
     });
     let mut in_flight = tokio::task::JoinSet::new();
-    while let Ok(len) = reader.read_u32().await {
+    loop {
+        let len = tokio::select! {
+            r = reader.read_u32() => match r {
+                Ok(len) => len,
+                Err(_) => break,
+            },
+            // Ended (killed, or the access it relied on was withdrawn).
+            _ = ended.changed() => break,
+        };
         if len == 0 || len > MAX_PACKET {
             tracing::debug!(len, "sftp packet length refused");
             break;

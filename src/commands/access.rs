@@ -1,0 +1,121 @@
+//! Access that ends, ends everywhere, now (DESIGN §7): one watcher wakes at
+//! the next end (an end date's 00:00 UTC, support's end, a certificate's
+//! expiry) and after every directory change, asks the guard about each live
+//! session (is its principal still let in, does it still hold what the
+//! session relies on) and ends those it no longer allows, naming the cause.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::Gateway;
+use crate::guard::{Action, Request};
+use crate::model::{PrincipalId, micros};
+use crate::sessions::LiveSession;
+use crate::store::{Category, EventDraft, Outcome};
+
+/// The longest the watcher sleeps without looking (a wall clock that jumps
+/// is noticed within this).
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+
+/// Runs until `stop`.
+pub async fn watch(ctx: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let now = OffsetDateTime::now_utc();
+        end_lapsed(&ctx, now).await;
+        let wait = next_end(&ctx, now)
+            .map(|t| {
+                let us = (t - micros(now)).max(0) as u64;
+                // A little past the instant, so the guard sees it passed.
+                Duration::from_micros(us) + Duration::from_millis(50)
+            })
+            .unwrap_or(MAX_SLEEP)
+            .min(MAX_SLEEP);
+        tokio::select! {
+            _ = ctx.guard.changed() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Why the guard no longer allows `s`, if it does not.
+fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String> {
+    if let Some(at) = s.expires
+        && at <= micros(now)
+    {
+        return Some(format!(
+            "its certificate expired at {}",
+            crate::model::rfc3339(at)
+        ));
+    }
+    let login = Request {
+        principal: s.principal.clone(),
+        source: None,
+        door: "access",
+        action: Action::Login,
+        read_only: false,
+        certificate: None,
+    };
+    let d = ctx.guard.decide(&login, now);
+    if !d.allowed {
+        return Some(format!("{} may no longer log in: {}", s.principal, d.reason));
+    }
+    for r in &s.relies_on {
+        let d = ctx
+            .guard
+            .decide_permission(&s.principal, r.permission, Some(&r.meter), now);
+        if !d.allowed {
+            return Some(format!(
+                "{} on {} was withdrawn: {}",
+                r.permission, r.meter, d.reason
+            ));
+        }
+    }
+    None
+}
+
+/// Ends every live session the guard no longer allows; returns how many.
+pub async fn end_lapsed(ctx: &Gateway, now: OffsetDateTime) -> usize {
+    let mut ended = 0;
+    for s in ctx.sessions.live() {
+        let Some(cause) = lapsed(ctx, &s, now) else {
+            continue;
+        };
+        if !ctx.sessions.kill(s.id, &format!("access ended: {cause}")) {
+            continue;
+        }
+        ended += 1;
+        let ev = EventDraft::new("access.ended", Category::Session, Outcome::Deny)
+            .principal(&s.principal)
+            .door(&s.door)
+            .reason(format!("session {} on {} ended: {cause}", s.id, s.door))
+            .detail("session", s.id);
+        ctx.guard.record(ev).await;
+    }
+    ended
+}
+
+/// The next instant (UTC µs) after `now` at which a live session's access
+/// ends by itself: its principal's end date, support's end, its
+/// certificate's expiry.
+fn next_end(ctx: &Gateway, now: OffsetDateTime) -> Option<i64> {
+    let dir = ctx.guard.directory();
+    let now_us = micros(now);
+    ctx.sessions
+        .live()
+        .iter()
+        .flat_map(|s| {
+            let end_date = match &s.principal {
+                PrincipalId::User(n) => dir.users.get(n).and_then(|u| u.end_date),
+                PrincipalId::Service(n) => dir.service_users.get(n).and_then(|u| u.end_date),
+                PrincipalId::Support => dir.support.as_ref().map(|a| a.end_date),
+                PrincipalId::Local(_) => None,
+            };
+            [end_date.map(|d| micros(d.start())), s.expires]
+        })
+        .flatten()
+        .filter(|t| *t > now_us)
+        .min()
+}
