@@ -181,11 +181,18 @@ impl Sessions {
         self.live
             .lock()
             .ok()
-            .and_then(|l| {
-                l.get(&id)
-                    .map(|e| e.end.send_replace(Some(reason.to_string())))
-            })
+            .and_then(|l| l.get(&id).map(|e| end(e, reason)))
             .is_some()
+    }
+
+    /// Ends session `id` unless it is already ending; true if this call
+    /// ended it (so its cause is the one the session reports).
+    pub fn end_if_live(&self, id: u64, reason: &str) -> bool {
+        self.live
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&id).map(|e| end(e, reason)))
+            .unwrap_or(false)
     }
 
     /// Ends every session of a principal (deactivation, deletion, revoke);
@@ -208,11 +215,25 @@ impl Sessions {
         let Ok(live) = self.live.lock() else { return 0 };
         let mut ended = 0;
         for e in live.values().filter(|e| pred(e)) {
-            e.end.send_replace(Some(reason.to_string()));
+            end(e, reason);
             ended += 1;
         }
         ended
     }
+}
+
+/// Sets the session's end reason; the first reason given is the one it
+/// keeps (an explicit kill and the access watcher may race). True if this
+/// call set it.
+fn end(e: &Entry, reason: &str) -> bool {
+    e.end.send_if_modified(|r| {
+        if r.is_none() {
+            *r = Some(reason.to_string());
+            true
+        } else {
+            false
+        }
+    })
 }
 
 #[cfg(test)]

@@ -4,42 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
-use metergate::commands::{Caller, Gateway, Input, Outcome, ReviewSettings, execute};
+use common::gateway::{gateway, run_input as run};
+use metergate::commands::{Gateway, Input};
 use metergate::model::*;
 use metergate::store::Entity;
-
-/// What the control socket answers: exit code, stdout, stderr.
-#[derive(Debug)]
-struct Reply {
-    code: u8,
-    stdout: String,
-    stderr: String,
-}
-
-async fn run(ctx: &Gateway, who: &PrincipalId, req: &Input) -> Reply {
-    let caller = Caller {
-        who: who.clone(),
-        source: "test".into(),
-        addr: None,
-        door: "test",
-        session: 0,
-    };
-    let (code, stdout, stderr) = match execute(ctx, &caller, req, NOW).await {
-        Outcome::Done { stdout, .. } => (0, stdout, String::new()),
-        Outcome::Usage(t) => (2, String::new(), t),
-        Outcome::Denied { message, .. } => (2, String::new(), format!("error: DENY: {message}\n")),
-        Outcome::Refused(m) => (2, String::new(), format!("error: {m}\n")),
-        Outcome::Failed(m) => (1, String::new(), format!("error: {m}\n")),
-    };
-    Reply {
-        code,
-        stdout,
-        stderr,
-    }
-}
 
 fn ctx() -> (Fixture, Gateway) {
     let f = Fixture::new();
@@ -55,20 +24,7 @@ fn ctx() -> (Fixture, Gateway) {
         Entity::User(user_with_role("olga", "Operator", "*")),
         Entity::User(user("root-admin", &[ADMINISTRATOR])),
     ]);
-    let day = std::time::Duration::from_secs(86_400);
-    let ctx = Gateway {
-        guard: f.guard.clone(),
-        sessions: f.guard.sessions().clone(),
-        hashes: f.guard.hashes().clone(),
-        review: ReviewSettings {
-            interval: day * 90,
-            unused_after: day * 90,
-        },
-        crl_changed: None,
-        fleet: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
-        passwords: Arc::new(Default::default()),
-        consoles: Default::default(),
-    };
+    let ctx = gateway(&f);
     (f, ctx)
 }
 

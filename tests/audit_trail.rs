@@ -529,3 +529,52 @@ fn a_forwarding_config_with_a_missing_ca_is_a_config_error_naming_the_file() {
         assert!(all.contains(want), "{text}: {all}");
     }
 }
+
+/// After a reload that adds `[audit.forward]` (applied only at a restart),
+/// the kept config is still the one in force: a second reload does not make
+/// the log believe it forwards, so drop-oldest still drops.
+#[test]
+fn drop_oldest_still_drops_after_two_reloads_that_add_forwarding() {
+    let d = Daemon::start_text(|s| {
+        config_with(
+            s,
+            "[audit]\nwhen_full = \"drop-oldest\"\ncapacity_events = 1000\nwarn_at_percent = 90\n",
+        )
+    });
+    let collector = free_port();
+    let forward = format!("\n[audit.forward]\ntarget = \"tcp://127.0.0.1:{collector}\"\n");
+    d.reload_with(|text| text + &forward);
+    d.reload_with(|text| text);
+    let reloads = d
+        .mg(&["audit", "query", "--code", "system.reload", "--limit", "10"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(
+        reloads.contains("not applied until a restart: audit.forward"),
+        "{reloads}"
+    );
+    // Each `session list` is one logged admin decision: past capacity.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let socket = d.dir.path().join("control.sock");
+    rt.block_on(async {
+        let request = metergate::doors::admin::protocol::Request {
+            argv: vec!["session".into(), "list".into()],
+            ..Default::default()
+        };
+        for _ in 0..1300 {
+            let r = metergate::doors::admin::server::call(&socket, &request)
+                .await
+                .expect("the daemon answers");
+            assert_eq!(r.code, 0, "{r:?}");
+        }
+    });
+    let status = d.mg(&["audit", "status", "--json"]).ok().stdout.clone();
+    let st: serde_json::Value = serde_json::from_str(status.trim()).expect("JSON status");
+    assert!(
+        st["dropped"].as_u64().unwrap_or(0) > 0,
+        "nothing was dropped: {status}"
+    );
+    assert_eq!(st["refused_full"].as_u64(), Some(0), "{status}");
+    assert!(st["stored"].as_u64().unwrap() <= 1000, "{status}");
+}

@@ -384,3 +384,156 @@ fn sessions_per_principal_and_their_length_are_bounded() {
 fn first_line(v: &serde_json::Value) -> &str {
     v.as_str().unwrap_or("").lines().next().unwrap_or("")
 }
+
+/// Runs tests/peers/ssh_logins.py: `specs` at once, `threads` at a time.
+fn logins(port: u16, threads: usize, specs: &serde_json::Value) -> Vec<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ssh_logins.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(threads.to_string())
+        .arg(specs.to_string())
+        .output()
+        .expect("python3 runs");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A user whose password is `password` (the first login done).
+fn user_with_password(g: &Gateway, name: &str, password: &str) {
+    g.user_with_key(name);
+    let temp = temporary_password(
+        &g.d.mg(&["user", "resend-password", name]).ok().stdout.clone(),
+    );
+    let r = paramiko(
+        g.port,
+        &["interactive", name, "whoami", &temp, password, password],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+}
+
+#[test]
+fn a_busy_hash_pool_is_never_a_wrong_password() {
+    // One hashing thread and one queued job: a flood fills it at once.
+    let port = free_port();
+    let d = Daemon::start_text(|s| {
+        gateway_config(
+            s,
+            &format!(
+                "[passwords]\nhash_threads = 1\nhash_queue = 1\n[ssh]\nlisten = [\"127.0.0.1:{port}\"]\nmax_sessions_per_principal = 64\n"
+            ),
+        )
+    });
+    let g = Gateway { d, port };
+    let good = "Quiet harbor 42 lamps";
+    user_with_password(&g, "crew", good);
+    g.d.mg(&["service-user", "add", "flood"]).ok();
+    let created = g.d.mg(&["service-user", "key", "create", "flood"]).ok().stdout.clone();
+    let key_id = created
+        .lines()
+        .find_map(|l| l.strip_prefix("key id: "))
+        .expect("key id")
+        .trim()
+        .to_string();
+    // Wrong secrets for a known key id from many sources (so no source is
+    // refused for its failures), with crew's right password among them.
+    let mut specs = Vec::new();
+    for i in 0..96 {
+        specs.push(serde_json::json!({
+            "source": format!("127.0.1.{}", 2 + i % 48),
+            "user": key_id,
+            "password": format!("wrong-secret-{i}"),
+        }));
+        if i % 8 == 7 {
+            specs.push(serde_json::json!({
+                "source": "127.0.0.1",
+                "user": "crew",
+                "password": good,
+                "command": "whoami",
+            }));
+        }
+    }
+    let results = logins(g.port, 48, &serde_json::Value::Array(specs.clone()));
+    let mut crew_ok = 0;
+    let mut crew_busy = 0;
+    for (spec, r) in specs.iter().zip(&results) {
+        if spec["user"] != "crew" {
+            continue;
+        }
+        if r["ok"] == true {
+            assert!(
+                r["stdout"].as_str().unwrap_or("").contains("user:crew"),
+                "{r}"
+            );
+            crew_ok += 1;
+        } else {
+            // Refused only ever as busy, in words the client sees.
+            assert!(
+                r["disconnect"].as_str().unwrap_or("").contains("busy"),
+                "crew's right password was refused without saying busy: {r}"
+            );
+            crew_busy += 1;
+        }
+    }
+    assert_eq!(crew_ok + crew_busy, 12);
+    // The pool was full for someone: the test proved something.
+    let busy = g.events("login.busy");
+    assert!(busy.contains("busy"), "the flood never filled the pool");
+    // Busy never counted against crew: not a failure, not a lock.
+    let failures = g.events("login.failure");
+    assert!(
+        !failures.lines().any(|l| l.contains("user:crew")),
+        "{failures}"
+    );
+    assert!(!g.events("login.lockout").contains("user:crew"));
+    let show = g.d.mg(&["user", "show", "crew"]).ok().stdout.clone();
+    assert!(!show.contains("locked until"), "{show}");
+    // And the right password works once the flood is over.
+    let r = paramiko(g.port, &["password", "crew", good, "whoami"]);
+    assert_eq!(first_line(&r["stdout"]), "principal:  user:crew", "{r}");
+}
+
+#[test]
+fn one_principals_login_never_opens_an_address_for_anothers_guessing() {
+    let g = gateway();
+    let good = "Quiet harbor 42 lamps";
+    user_with_password(&g, "victim", good);
+    let key = g.user_with_key("mallory");
+    // Password guesses from 127.0.0.3 over invented names, until the
+    // address is refused (20 failures).
+    let specs: Vec<serde_json::Value> = (0..24)
+        .map(|i| {
+            serde_json::json!({
+                "source": "127.0.0.3", "user": format!("guess{i}"), "password": "guess",
+            })
+        })
+        .collect();
+    let results = logins(g.port, 24, &serde_json::Value::Array(specs));
+    assert!(results.iter().all(|r| r["ok"] == false));
+    // mallory logs in with a key from the same address, then with the
+    // right password of another principal: still refused as the address's.
+    let r = g.ssh(&key, "mallory", &["-o", "BindAddress=127.0.0.3"], "whoami");
+    assert_eq!(r.code, 0, "{r:?}");
+    let before = g.events("login.failure").matches("refused for the lockout window").count();
+    let again = logins(
+        g.port,
+        1,
+        &serde_json::json!([{"source": "127.0.0.3", "user": "victim", "password": good, "command": "whoami"}]),
+    );
+    assert_eq!(again[0]["ok"], false, "{:?}", again);
+    let after = g.events("login.failure").matches("refused for the lockout window").count();
+    assert!(after > before, "the address was not refused as throttled");
+    // The same password from another address is let in: it was the
+    // address, not the password, and victim was never locked.
+    let elsewhere = logins(
+        g.port,
+        1,
+        &serde_json::json!([{"source": "127.0.0.4", "user": "victim", "password": good, "command": "whoami"}]),
+    );
+    assert_eq!(elsewhere[0]["ok"], true, "{:?}", elsewhere);
+}

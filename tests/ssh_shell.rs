@@ -396,3 +396,45 @@ print("done")
     assert_eq!(k.code, 0, "{k:?}");
     assert!(k.stdout.starts_with("principal:  user:crew\n"), "{k:?}");
 }
+
+#[test]
+fn the_shell_confers_only_what_its_caller_holds() {
+    let s = Site::start();
+    // A security administrator: User Management (SecAdmin), nothing else.
+    s.d.mg(&["user", "add", "sec", "sec@example.net"]).ok();
+    s.d.mg(&["user", "grant-role", "sec", "SecAdmin"]).ok();
+    s.d.mg(&["group", "add", "auditors"]).ok();
+    s.d.mg(&["group", "add", "readers"]).ok();
+    s.d.mg(&["group", "attach", "readers", "ReadOnly"]).ok();
+    let key = keygen(s.keys.path(), "sec");
+    s.d.mg(&["user", "add-key", "sec", &public_line(&key)]).ok();
+    let sec = |command: &str| ssh(s.port, &key, "sec", &[], command);
+    // (who, command) -> (exit status, what stderr or stdout shows)
+    let table: &[(&str, &str, i32, &str)] = &[
+        ("sec", "user attach sec Administrator", 1, "DENY: conferring the managed Administrator policy needs the Administrator policy"),
+        ("sec", "user attach crew Administrator", 1, "DENY: conferring the managed Administrator policy"),
+        ("sec", "group add-member readers sec", 1, "DENY: the change would confer Data View on meter-"),
+        ("sec", "role edit SecAdmin --add master-reset", 1, "DENY: the change would confer Master Reset on meter-"),
+        ("sec", "user grant-role crew Installer", 1, "DENY: the change would confer Data View on meter-"),
+        ("sec", "group add-member auditors crew", 0, "user crew added to group auditors"),
+        ("admin", "group add-member readers sec", 0, "user sec added to group readers"),
+        ("admin", "role edit SecAdmin --add master-reset", 0, "role SecAdmin updated"),
+    ];
+    for (who, command, code, shows) in table {
+        let r = if *who == "sec" {
+            sec(command)
+        } else {
+            s.ssh(who, command)
+        };
+        assert_eq!(r.code, *code, "{who} `{command}`: {r:?}");
+        assert!(
+            r.stdout.contains(shows) || r.stderr.contains(shows),
+            "{who} `{command}` should show {shows:?}: {r:?}"
+        );
+    }
+    // sec is still no Administrator and reads no log.
+    let r = sec("audit tail -n 1");
+    assert_eq!(r.code, 1, "{r:?}");
+    let who = sec("whoami").stdout;
+    assert!(!who.contains("Security Logs Access"), "{who}");
+}

@@ -18,6 +18,8 @@ use crate::store::{Category, EventDraft, Outcome};
 /// The longest the watcher sleeps without looking (a wall clock that jumps
 /// is noticed within this).
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// How long after a change the watcher looks (well within "seconds").
+const SETTLE: Duration = Duration::from_millis(250);
 
 /// Runs until `stop`.
 pub async fn watch(ctx: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -33,7 +35,12 @@ pub async fn watch(ctx: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<boo
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
         tokio::select! {
-            _ = ctx.guard.changed() => {}
+            _ = ctx.guard.changed() => {
+                // A command that ends sessions itself (deactivate, revoke,
+                // key removal) does so right after its change: let it, so
+                // the sessions report its precise cause.
+                tokio::time::sleep(SETTLE).await;
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
@@ -83,7 +90,7 @@ pub async fn end_lapsed(ctx: &Gateway, now: OffsetDateTime) -> usize {
         let Some(cause) = lapsed(ctx, &s, now) else {
             continue;
         };
-        if !ctx.sessions.kill(s.id, &format!("access ended: {cause}")) {
+        if !ctx.sessions.end_if_live(s.id, &format!("access ended: {cause}")) {
             continue;
         }
         ended += 1;

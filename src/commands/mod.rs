@@ -295,7 +295,10 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
                 stream: done.stream,
             }
         }
-        Err(CommandError::Denied(d)) => meter::denied(d, None),
+        Err(CommandError::Denied(d)) => Outcome::Denied {
+            message: d.reason.to_string(),
+            decision: d,
+        },
         Err(e) => {
             ctx.guard
                 .record(event(EventOutcome::Failure, "admin.refused", e.to_string()))

@@ -160,11 +160,22 @@ impl Daemon {
     /// `metergate demo` in a fresh directory on free ports; returns once it
     /// printed `metergate demo ready`. `mg` reaches its control socket.
     pub fn start_demo() -> (Daemon, DemoPorts) {
+        Daemon::start_demo_at(None)
+    }
+
+    /// The demo, under libfaketime from `fake_time` when given.
+    pub fn start_demo_at(fake_time: Option<&str>) -> (Daemon, DemoPorts) {
         use std::io::{BufRead, BufReader};
         let dir = tempfile::tempdir().expect("temp dir");
         let demo = dir.path().join("demo");
         let base = free_port_block();
-        let mut child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(t) = fake_time {
+            cmd.env("LD_PRELOAD", libfaketime())
+                .env("FAKETIME", format!("@{t}"))
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let mut child = cmd
             .args(["demo", "--base-port", &base.to_string(), "--dir"])
             .arg(&demo)
             .stdout(Stdio::piped())

@@ -12,6 +12,8 @@ use metergate::store::{Entity, Expect, Op, Store};
 use time::OffsetDateTime;
 use time::macros::datetime;
 
+pub mod gateway;
+
 pub const NOW: OffsetDateTime = datetime!(2026-11-23 12:00 UTC);
 
 pub fn example_config(state_dir: &Path) -> Config {

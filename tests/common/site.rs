@@ -16,7 +16,12 @@ pub struct Site {
 
 impl Site {
     pub fn start() -> Site {
-        let (d, ports) = Daemon::start_demo();
+        Site::start_at(None)
+    }
+
+    /// The site under libfaketime from `fake_time` when given.
+    pub fn start_at(fake_time: Option<&str>) -> Site {
+        let (d, ports) = Daemon::start_demo_at(fake_time);
         let keys = tempfile::tempdir().unwrap();
         for user in ["admin", "crew", "viewer"] {
             let key = keygen(keys.path(), user);

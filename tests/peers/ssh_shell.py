@@ -5,6 +5,8 @@ nobody here wrote); prints one JSON object.
 usage: ssh_shell.py PORT USER PASSWORD STEP...
   the password method; then a pty (80x24, xterm) and a shell, then each STEP:
     send:TEXT      types TEXT and Enter (\r)
+    closed:SECONDS waits until the server closes the channel or the
+                   connection (fails if it is still open after SECONDS)
     type:TEXT      types TEXT as is (\\x1b, \\r and \\x03 escapes allowed)
     expect:TEXT    waits (20 s at most) until the output since the last
                    expect contains TEXT
@@ -66,10 +68,17 @@ def main():
                         raise TimeoutError(f"never saw {arg!r}")
                     pump()
                 seen = output.index(arg, seen) + len(arg)
+            elif kind == "closed":
+                deadline = time.time() + float(arg)
+                while not (ch.closed or ch.exit_status_ready() or not t.is_active()):
+                    if time.time() > deadline:
+                        raise TimeoutError(f"still open after {arg} s")
+                    if not pump():
+                        break
             else:
                 raise ValueError(f"unknown step {step!r}")
         deadline = time.time() + 20
-        while not ch.exit_status_ready() and time.time() < deadline:
+        while not ch.exit_status_ready() and t.is_active() and time.time() < deadline:
             pump()
         while ch.recv_ready():
             pump()
