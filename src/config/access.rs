@@ -2,11 +2,10 @@
 //! policies (the vendor's reach, exclusive permissions, review schedule).
 
 use serde::Deserialize;
-use toml::Spanned;
 
 use crate::model::{MeterSelector, Permission};
 
-use super::errors::{ConfigError, Source};
+use super::errors::{ConfigError, Key, Source};
 use super::interval::Interval;
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -41,7 +40,7 @@ impl Default for ReviewConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSod {
-    permissions: Spanned<Vec<Permission>>,
+    permissions: Vec<Permission>,
 }
 
 /// The separation-of-duties pairs, checked.
@@ -51,12 +50,11 @@ pub(super) fn separation_of_duties(
 ) -> Result<Vec<(Permission, Permission)>, ConfigError> {
     let mut pairs = Vec::new();
     for (i, sod) in raw.iter().enumerate() {
-        let p = sod.permissions.get_ref();
+        let p = &sod.permissions;
         if p.len() != 2 || p[0] == p[1] {
-            return Err(src.err_at(
-                sod.permissions.span().start,
-                &format!("separation_of_duties[{i}].permissions"),
-                "a separation-of-duties entry names exactly two different permissions".into(),
+            return Err(src.err(
+                &Key::new("separation_of_duties").index(i).at("permissions"),
+                "a separation-of-duties entry names exactly two different permissions",
             ));
         }
         pairs.push((p[0], p[1]));
@@ -68,10 +66,9 @@ pub(super) fn separation_of_duties(
 pub(super) fn check_support(support: &SupportConfig, src: &Source) -> Result<(), ConfigError> {
     for (i, k) in support.keys.iter().enumerate() {
         if russh::keys::PublicKey::from_openssh(k).is_err() {
-            return Err(src.err_at(
-                src.text.find(k.as_str()).unwrap_or(0),
-                &format!("support.keys[{i}]"),
-                "not an OpenSSH public key line (`ssh-ed25519 AAAA… comment`)".into(),
+            return Err(src.err(
+                &Key::new("support.keys").index(i),
+                "not an OpenSSH public key line (`ssh-ed25519 AAAA… comment`)",
             ));
         }
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::errors::{ConfigError, Source};
+use super::errors::{ConfigError, Key, Source};
 
 /// What to do when an event cannot be made durable (DESIGN §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -122,59 +122,54 @@ impl Default for AuditConfig {
     }
 }
 
-/// Checks `[audit]` (at offset `at`) and resolves the forwarding paths
-/// against `base`, the config's directory.
-pub(super) fn check(
-    audit: &mut AuditConfig,
-    at: usize,
-    base: &Path,
-    src: &Source,
-) -> Result<(), ConfigError> {
+/// Checks `[audit]` and resolves the forwarding paths against `base`, the
+/// config's directory.
+pub(super) fn check(audit: &mut AuditConfig, base: &Path, src: &Source) -> Result<(), ConfigError> {
     if !(1..=99).contains(&audit.warn_at_percent) {
-        return Err(src.err_at(
-            at,
-            "audit.warn_at_percent",
-            "must be between 1 and 99".into(),
+        return Err(src.err(
+            &Key::new("audit.warn_at_percent"),
+            "must be between 1 and 99",
         ));
     }
     if audit.capacity_events < 1000 {
-        return Err(src.err_at(
-            at,
-            "audit.capacity_events",
-            "must be at least 1000 events".into(),
+        return Err(src.err(
+            &Key::new("audit.capacity_events"),
+            "must be at least 1000 events",
         ));
     }
+    let forward = Key::new("audit.forward");
     if let Some(f) = &mut audit.forward {
         let (transport, _, _) = f
             .endpoint()
-            .map_err(|e| src.err_at(at, "audit.forward.target", e))?;
+            .map_err(|e| src.err(&forward.at("target"), e))?;
         if f.facility > 23 {
-            return Err(src.err_at(
-                at,
-                "audit.forward.facility",
-                "must be a syslog facility number, 0 to 23".into(),
+            return Err(src.err(
+                &forward.at("facility"),
+                "must be a syslog facility number, 0 to 23",
             ));
         }
         if f.certificate.is_some() != f.key.is_some() {
-            return Err(src.err_at(
-                at,
-                "audit.forward",
-                "give both certificate and key, or neither".into(),
+            let given = if f.certificate.is_some() {
+                "certificate"
+            } else {
+                "key"
+            };
+            return Err(src.err(
+                &forward.at(given),
+                "give both certificate and key, or neither",
             ));
         }
         match transport {
             Transport::Tls if f.ca.is_none() => {
-                return Err(src.err_at(
-                    at,
-                    "audit.forward.ca",
-                    "tls:// needs the CA (PEM) that signed the collector's certificate".into(),
+                return Err(src.err(
+                    &forward.at("ca"),
+                    "tls:// needs the CA (PEM) that signed the collector's certificate",
                 ));
             }
             Transport::Tcp if f.ca.is_some() || f.certificate.is_some() => {
-                return Err(src.err_at(
-                    at,
-                    "audit.forward.target",
-                    "ca, certificate and key apply to tls:// only".into(),
+                return Err(src.err(
+                    &forward.at("target"),
+                    "ca, certificate and key apply to tls:// only",
                 ));
             }
             _ => {}

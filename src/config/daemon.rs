@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::Spanned;
 
-use super::errors::{ConfigError, ConfigWarning, Source};
+use super::errors::{ConfigError, ConfigWarning, Key, Source};
 use super::interval::Interval;
 
 /// The control socket of DESIGN §3.
@@ -84,78 +83,68 @@ pub(super) struct RawMetrics {
 
 /// `[metrics]`: where Prometheus metrics are served (loopback only).
 pub(super) fn metrics_listen(
-    raw: &Option<Spanned<RawMetrics>>,
+    raw: &Option<RawMetrics>,
     src: &Source,
 ) -> Result<Option<std::net::SocketAddr>, ConfigError> {
     let Some(m) = raw else {
         return Ok(None);
     };
-    let at = m.span().start;
-    let text = &m.get_ref().listen;
+    let key = Key::new("metrics.listen");
+    let text = &m.listen;
     let addr: std::net::SocketAddr = text.parse().map_err(|_| {
-        src.err_at(
-            at,
-            "metrics.listen",
+        src.err(
+            &key,
             format!("`{text}` is not an address such as 127.0.0.1:9802"),
         )
     })?;
     // Metrics say which meters are down and who is connected:
     // loopback only; a remote scraper comes through a local agent.
     if !addr.ip().is_loopback() {
-        return Err(src.err_at(
-            at,
-            "metrics.listen",
+        return Err(src.err(
+            &key,
             format!("`{text}` is not a loopback address (127.0.0.1 or [::1])"),
         ));
     }
     Ok(Some(addr))
 }
 
-/// Checks `[daemon]` (at offset `at`).
+/// Checks `[daemon]`.
 pub(super) fn check_daemon(
     daemon: &DaemonConfig,
-    at: usize,
     src: &Source,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<(), ConfigError> {
+    let key = Key::new("daemon");
     if let Some(l) = &daemon.log_level
         && !["error", "warn", "info", "debug", "trace"].contains(&l.as_str())
     {
-        return Err(src.err_at(
-            at,
-            "daemon.log_level",
+        return Err(src.err(
+            &key.at("log_level"),
             format!("`{l}` is not one of error, warn, info, debug, trace"),
         ));
     }
     if daemon.group.is_some() && daemon.user.is_none() {
-        return Err(src.err_at(
-            at,
-            "daemon.group",
-            "a group without daemon.user: give the user too".into(),
+        return Err(src.err(
+            &key.at("group"),
+            "a group without daemon.user: give the user too",
         ));
     }
     if daemon.allow_root && daemon.user.is_none() {
-        warnings.push(ConfigWarning {
-            line: src.line(at),
-            key: "daemon.allow_root".into(),
-            message: "started as root, the daemon keeps running as root (every parser too); prefer daemon.user".into(),
-        });
+        warnings.push(src.warning(
+            &key.at("allow_root"),
+            "started as root, the daemon keeps running as root (every parser too); prefer daemon.user".into(),
+        ));
     }
     Ok(())
 }
 
-/// Checks `[control]` (at offset `at`).
-pub(super) fn check_control(
-    control: &ControlConfig,
-    at: usize,
-    src: &Source,
-) -> Result<(), ConfigError> {
+/// Checks `[control]`.
+pub(super) fn check_control(control: &ControlConfig, src: &Source) -> Result<(), ConfigError> {
     if let Some(m) = &control.mode
         && u32::from_str_radix(m, 8).map_or(true, |b| b > 0o777)
     {
-        return Err(src.err_at(
-            at,
-            "control.mode",
+        return Err(src.err(
+            &Key::new("control.mode"),
             format!("`{m}` is not an octal file mode such as \"0660\""),
         ));
     }

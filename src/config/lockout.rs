@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::errors::{ConfigError, Source};
+use super::errors::{ConfigError, Key, Source};
 use super::interval::Interval;
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -44,10 +44,10 @@ impl Default for Lockout {
     }
 }
 
-/// Checks `[lockout]` (at offset `at`).
-pub(super) fn check(lockout: &Lockout, at: usize, src: &Source) -> Result<(), ConfigError> {
+/// Checks `[lockout]`.
+pub(super) fn check(lockout: &Lockout, src: &Source) -> Result<(), ConfigError> {
     if lockout.failures == 0 {
-        return Err(src.err_at(at, "lockout.failures", "must be at least 1".into()));
+        return Err(src.err(&Key::new("lockout.failures"), "must be at least 1"));
     }
     Ok(())
 }

@@ -5,11 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::Spanned;
 
 use crate::pki::NameFrom;
 
-use super::errors::{ConfigError, ConfigWarning, Source};
+use super::errors::{ConfigError, ConfigWarning, Key, Source};
 use super::interval::Interval;
 
 /// Modbus/TCP Security listeners (TLS, mutual authentication).
@@ -53,47 +52,27 @@ pub(super) struct RawMbaps {
 /// The `[mbaps]` section, checked: None when there is none or it has no
 /// listener. `plain_listeners` is the number of `modbus.listen` entries.
 pub(super) fn mbaps(
-    raw: Option<Spanned<RawMbaps>>,
+    raw: Option<RawMbaps>,
     base: &Path,
     plain_listeners: usize,
     src: &Source,
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<Option<MbapsConfig>, ConfigError> {
-    let Some(m) = raw else {
+    let Some(m) = raw.filter(|m| !m.listen.is_empty()) else {
         return Ok(None);
     };
-    let at = m.span().start;
-    let m = m.into_inner();
-    let from = warnings.len();
-    let m = mbaps_config(m, base, plain_listeners, warnings)
-        .map_err(|(key, message)| src.err_at(at, &key, message))?;
-    for w in &mut warnings[from..] {
-        w.line = src.line(at);
-    }
-    Ok(m)
-}
-
-/// The `[mbaps]` section: None when it has no listener.
-fn mbaps_config(
-    m: RawMbaps,
-    base: &Path,
-    plain_listeners: usize,
-    warnings: &mut Vec<ConfigWarning>,
-) -> Result<Option<MbapsConfig>, (String, String)> {
-    if m.listen.is_empty() {
-        return Ok(None);
-    }
+    let section = Key::new("mbaps");
     for (i, l) in m.listen.iter().enumerate() {
         if l.parse::<std::net::SocketAddr>().is_err() {
-            return Err((
-                format!("mbaps.listen[{i}]"),
+            return Err(src.err(
+                &section.at("listen").index(i),
                 format!("`{l}` is not an address such as 0.0.0.0:802 or [::1]:8802"),
             ));
         }
     }
     if m.listen.len() > plain_listeners.max(1) {
-        return Err((
-            "mbaps.listen".into(),
+        return Err(src.err(
+            &section.at("listen"),
             format!(
                 "{} TLS listeners but {} unit maps: the i-th TLS listener serves the meters of modbus.listen[i]",
                 m.listen.len(),
@@ -103,16 +82,15 @@ fn mbaps_config(
     }
     let abs = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
     let certificate = abs(m.certificate.ok_or_else(|| {
-        (
-            "mbaps.certificate".to_string(),
-            "missing: the gateway's certificate (PEM), e.g. from `metergate cert server`"
-                .to_string(),
+        src.err(
+            &section.at("certificate"),
+            "missing: the gateway's certificate (PEM), e.g. from `metergate cert server`",
         )
     })?);
     let key = abs(m.key.ok_or_else(|| {
-        (
-            "mbaps.key".to_string(),
-            "missing: the gateway's private key (PEM)".to_string(),
+        src.err(
+            &section.at("key"),
+            "missing: the gateway's private key (PEM)",
         )
     })?);
     let client_ca = match m.client_ca {
@@ -127,24 +105,20 @@ fn mbaps_config(
         None => client_ca.parent().unwrap_or(Path::new(".")).join("crl.pem"),
     };
     if !crl.exists() {
-        warnings.push(ConfigWarning {
-            line: 0,
-            key: "mbaps.crl".into(),
-            message: format!(
+        warnings.push(src.warning(
+            &section.at("crl"),
+            format!(
                 "{} does not exist (yet): no certificate counts as revoked until it does",
                 crl.display()
             ),
-        });
+        ));
     }
     let handshake_timeout = m
         .handshake_timeout
         .map(|i| i.0)
         .unwrap_or(Duration::from_secs(10));
     if handshake_timeout.is_zero() {
-        return Err((
-            "mbaps.handshake_timeout".into(),
-            "must be at least 1s".into(),
-        ));
+        return Err(src.err(&section.at("handshake_timeout"), "must be at least 1s"));
     }
     Ok(Some(MbapsConfig {
         listen: m.listen,

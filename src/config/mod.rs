@@ -16,10 +16,8 @@ mod ssh;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use toml::Spanned;
-
 use crate::model::{Permission, Profile};
+use serde::Deserialize;
 
 pub use access::{ReviewConfig, SupportConfig};
 pub use audit::{AuditConfig, ForwardConfig, OnFailure, Transport, WhenFull};
@@ -33,7 +31,7 @@ pub use modbus::ModbusClient;
 pub use passwords::Passwords;
 pub use ssh::SshConfig;
 
-use errors::{Source, section_at};
+use errors::Source;
 
 /// The whole configuration, validated.
 #[derive(Clone, Debug)]
@@ -68,17 +66,17 @@ pub struct Config {
 struct RawConfig {
     state_dir: PathBuf,
     #[serde(default)]
-    control: Option<Spanned<ControlConfig>>,
+    control: ControlConfig,
     #[serde(default)]
     review: ReviewConfig,
     #[serde(default)]
-    audit: Option<Spanned<AuditConfig>>,
+    audit: AuditConfig,
     #[serde(default)]
     limits: Limits,
     #[serde(default)]
-    lockout: Option<Spanned<Lockout>>,
+    lockout: Lockout,
     #[serde(default)]
-    passwords: Option<Spanned<Passwords>>,
+    passwords: Passwords,
     #[serde(default)]
     separation_of_duties: Vec<access::RawSod>,
     #[serde(default)]
@@ -86,17 +84,17 @@ struct RawConfig {
     #[serde(default)]
     meters: Vec<meters::RawMeter>,
     #[serde(default)]
-    profiles: BTreeMap<String, Spanned<Profile>>,
+    profiles: BTreeMap<String, Profile>,
     #[serde(default)]
     modbus: modbus::RawModbus,
     #[serde(default)]
-    mbaps: Option<Spanned<mbaps::RawMbaps>>,
+    mbaps: Option<mbaps::RawMbaps>,
     #[serde(default)]
-    daemon: Option<Spanned<DaemonConfig>>,
+    daemon: DaemonConfig,
     #[serde(default)]
-    metrics: Option<Spanned<daemon::RawMetrics>>,
+    metrics: Option<daemon::RawMetrics>,
     #[serde(default)]
-    ssh: Option<Spanned<ssh::RawSsh>>,
+    ssh: Option<ssh::RawSsh>,
 }
 
 impl Config {
@@ -114,10 +112,7 @@ impl Config {
     /// Validates config text; `path` is used in messages and to resolve
     /// relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
-        let src = Source {
-            file: path.display().to_string(),
-            text,
-        };
+        let src = Source::new(path.display().to_string(), text);
         let de = toml::Deserializer::parse(text).map_err(|e| {
             src.err_at(
                 e.span().map(|s| s.start).unwrap_or(0),
@@ -129,8 +124,6 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let offset = inner.span().map(|s| s.start).unwrap_or(0);
-            // Spanned sections add a private path segment; people never wrote it.
-            let key = key.replace(".$__serde_spanned_private_value", "");
             let key = if key == "." { "-".to_string() } else { key };
             src.err_at(offset, &key, inner.message().trim().to_string())
         })?;
@@ -158,35 +151,23 @@ impl Config {
         access::check_support(&raw.support, &src)?;
         let ssh = ssh::ssh(&raw.ssh, base, &state_dir, &src)?;
         let metrics_listen = daemon::metrics_listen(&raw.metrics, &src)?;
-        let daemon_at = section_at(&raw.daemon);
-        let daemon = raw.daemon.map(Spanned::into_inner).unwrap_or_default();
-        daemon::check_daemon(&daemon, daemon_at, &src, &mut warnings)?;
-
-        let (audit_at, lockout_at, passwords_at) = (
-            section_at(&raw.audit),
-            section_at(&raw.lockout),
-            section_at(&raw.passwords),
-        );
-        let mut audit = raw.audit.map(Spanned::into_inner).unwrap_or_default();
-        let lockout = raw.lockout.map(Spanned::into_inner).unwrap_or_default();
-        let passwords = raw.passwords.map(Spanned::into_inner).unwrap_or_default();
-        let control_at = section_at(&raw.control);
-        let control = raw.control.map(Spanned::into_inner).unwrap_or_default();
-        daemon::check_control(&control, control_at, &src)?;
-        lockout::check(&lockout, lockout_at, &src)?;
-        passwords::check(&passwords, passwords_at, &src)?;
-        audit::check(&mut audit, audit_at, base, &src)?;
+        daemon::check_daemon(&raw.daemon, &src, &mut warnings)?;
+        daemon::check_control(&raw.control, &src)?;
+        lockout::check(&raw.lockout, &src)?;
+        passwords::check(&raw.passwords, &src)?;
+        let mut audit = raw.audit;
+        audit::check(&mut audit, base, &src)?;
 
         Ok((
             Config {
                 path: path.to_path_buf(),
                 state_dir,
-                control,
+                control: raw.control,
                 review: raw.review,
                 audit,
                 limits: raw.limits,
-                lockout,
-                passwords,
+                lockout: raw.lockout,
+                passwords: raw.passwords,
                 separation_of_duties: pairs,
                 support: raw.support,
                 meters,
@@ -195,7 +176,7 @@ impl Config {
                 modbus_listen: raw.modbus.listen.clone(),
                 modbus_max_queue: raw.modbus.max_queue,
                 mbaps,
-                daemon,
+                daemon: raw.daemon,
                 metrics_listen,
                 ssh,
             },

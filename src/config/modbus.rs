@@ -6,11 +6,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use toml::Spanned;
 
 use crate::model::check_name;
 
-use super::errors::{ConfigError, ConfigWarning, Source};
+use super::errors::{ConfigError, ConfigWarning, Key, Source};
 
 /// A plain Modbus/TCP client known only by its source address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,10 +82,10 @@ impl Default for RawModbus {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClient {
-    cidr: Spanned<String>,
-    service_user: Spanned<String>,
+    cidr: String,
+    service_user: String,
     #[serde(default)]
-    allow_writes: Option<Spanned<bool>>,
+    allow_writes: bool,
 }
 
 /// The plain clients, checked; a client allowed to write is a warning.
@@ -96,56 +95,45 @@ pub(super) fn clients(
     warnings: &mut Vec<ConfigWarning>,
 ) -> Result<Vec<ModbusClient>, ConfigError> {
     let mut clients = Vec::new();
-    let mut prefixes: HashMap<IpNet, usize> = HashMap::new();
+    let mut prefixes: HashMap<IpNet, Key> = HashMap::new();
     for (i, c) in raw.iter().enumerate() {
-        let at = c.cidr.span().start;
-        let key = format!("modbus.clients[{i}].cidr");
+        let entry = Key::new("modbus.clients").index(i);
+        let key = entry.at("cidr");
         let net: IpNet = c
             .cidr
-            .get_ref()
             .parse()
-            .or_else(|_| c.cidr.get_ref().parse::<IpAddr>().map(IpNet::from))
+            .or_else(|_| c.cidr.parse::<IpAddr>().map(IpNet::from))
             .map_err(|_| {
-                src.err_at(
-                    at,
+                src.err(
                     &key,
                     format!(
                         "`{}` is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
-                        c.cidr.get_ref()
+                        c.cidr
                     ),
                 )
             })?;
         let net = normalize_net(net);
-        if let Some(first) = prefixes.insert(net, at) {
-            return Err(src.err_at(
-                at,
+        if let Some(first) = prefixes.insert(net, key.clone()) {
+            return Err(src.err(
                 &key,
                 format!(
                     "prefix {net} is listed twice (first at line {}): which service user it means would be ambiguous",
-                    src.line(first)
+                    src.line_of(&first)
                 ),
             ));
         }
-        let su = c.service_user.get_ref();
-        check_name(su).map_err(|e| {
-            src.err_at(
-                c.service_user.span().start,
-                &format!("modbus.clients[{i}].service_user"),
-                e.to_string(),
-            )
-        })?;
-        let allow_writes = c.allow_writes.as_ref().is_some_and(|w| *w.get_ref());
-        if let Some(w) = c.allow_writes.as_ref().filter(|w| *w.get_ref()) {
-            warnings.push(ConfigWarning {
-                line: src.line(w.span().start),
-                key: format!("modbus.clients[{i}].allow_writes"),
-                message: format!("plain Modbus clients from {net} may write: their identity is only a source address, which is spoofable on a flat network and collapsed by NAT; prefer Modbus/TCP Security"),
-            });
+        check_name(&c.service_user)
+            .map_err(|e| src.err(&entry.at("service_user"), e.to_string()))?;
+        if c.allow_writes {
+            warnings.push(src.warning(
+                &entry.at("allow_writes"),
+                format!("plain Modbus clients from {net} may write: their identity is only a source address, which is spoofable on a flat network and collapsed by NAT; prefer Modbus/TCP Security"),
+            ));
         }
         clients.push(ModbusClient {
             cidr: net,
-            service_user: su.clone(),
-            allow_writes,
+            service_user: c.service_user.clone(),
+            allow_writes: c.allow_writes,
         });
     }
     Ok(clients)
@@ -155,9 +143,8 @@ pub(super) fn clients(
 pub(super) fn check_listen(listen: &[String], src: &Source) -> Result<(), ConfigError> {
     for (i, l) in listen.iter().enumerate() {
         if l.parse::<std::net::SocketAddr>().is_err() {
-            return Err(src.err_at(
-                0,
-                &format!("modbus.listen[{i}]"),
+            return Err(src.err(
+                &Key::new("modbus.listen").index(i),
                 format!("`{l}` is not an address such as 0.0.0.0:502 or [::1]:5502"),
             ));
         }

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::errors::{ConfigError, Source};
+use super::errors::{ConfigError, Key, Source};
 
 /// The bounded pool that hashes passwords and access-key secrets.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -52,14 +52,15 @@ impl Passwords {
     }
 }
 
-/// Checks `[passwords]` (at offset `at`).
-pub(super) fn check(passwords: &Passwords, at: usize, src: &Source) -> Result<(), ConfigError> {
-    if passwords.hash_threads == 0 || passwords.hash_queue == 0 {
-        return Err(src.err_at(
-            at,
-            "passwords",
-            "hash_threads and hash_queue must be at least 1".into(),
-        ));
+/// Checks `[passwords]`.
+pub(super) fn check(passwords: &Passwords, src: &Source) -> Result<(), ConfigError> {
+    for (name, value) in [
+        ("hash_threads", passwords.hash_threads),
+        ("hash_queue", passwords.hash_queue),
+    ] {
+        if value == 0 {
+            return Err(src.err(&Key::new("passwords").at(name), "must be at least 1"));
+        }
     }
     Ok(())
 }

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::Spanned;
 
-use super::errors::{ConfigError, Source};
+use super::errors::{ConfigError, Key, Source};
 use super::interval::Interval;
 
 #[derive(Deserialize, Default)]
@@ -56,32 +55,29 @@ pub struct SshConfig {
 /// listener. Relative paths are resolved against `base`; the host key
 /// defaults to one in `state_dir`.
 pub(super) fn ssh(
-    raw: &Option<Spanned<RawSsh>>,
+    raw: &Option<RawSsh>,
     base: &Path,
     state_dir: &Path,
     src: &Source,
 ) -> Result<Option<SshConfig>, ConfigError> {
-    let Some(sp) = raw else {
+    let Some(raw_ssh) = raw else {
         return Ok(None);
     };
-    let at = sp.span().start;
-    let raw_ssh = sp.get_ref();
+    let section = Key::new("ssh");
     let mut listen = Vec::new();
     for (i, l) in raw_ssh.listen.iter().enumerate() {
         listen.push(l.parse().map_err(|_| {
-            src.err_at(
-                at,
-                &format!("ssh.listen[{i}]"),
+            src.err(
+                &section.at("listen").index(i),
                 format!("`{l}` is not an address such as 0.0.0.0:22 or 127.0.0.1:2222"),
             )
         })?);
     }
     let max_sessions = raw_ssh.max_sessions_per_principal.unwrap_or(4);
     if max_sessions == 0 {
-        return Err(src.err_at(
-            at,
-            "ssh.max_sessions_per_principal",
-            "must be at least 1".into(),
+        return Err(src.err(
+            &section.at("max_sessions_per_principal"),
+            "must be at least 1",
         ));
     }
     Ok((!listen.is_empty()).then(|| SshConfig {
