@@ -444,51 +444,53 @@ fn raw_frames_get_the_outcomes_of_the_design_table() {
     );
 }
 
+/// What the simulated meter holds at 3000 + i for i in 7..=17: 10 × i,
+/// constant (src/fleet/simulator.rs, `MeterState::refresh`), so a reply can
+/// be told apart by its count and values.
+fn fixed_registers(start: u16, count: u16) -> Value {
+    assert!(
+        start >= 3007 && start + count <= 3018,
+        "not a constant range"
+    );
+    json!(
+        (start..start + count)
+            .map(|a| (a - 3000) * 10)
+            .collect::<Vec<_>>()
+    )
+}
+
 #[test]
 fn a_late_reply_after_a_timeout_never_reaches_another_client() {
-    // Every second request to this meter takes 2.5 s; the gateway waits 1 s.
+    // Every second request to this meter (counted across its connections)
+    // takes 2.5 s; the gateway waits 1 s. Each client reads its own range of
+    // constant registers, so a reply delivered to the wrong client differs
+    // in count and values.
     let slow = Simulator::start(1, &["--latency-ms", "2500", "--slow-every", "2"]);
     let s = setup(Some(&slow));
     let p = s.proxy;
-    let warm = one(
-        p,
-        json!({"op": "read", "unit": 4, "address": 3000, "count": 2}),
-    );
-    assert_eq!(
-        warm["registers"].as_array().map(|r| r.len()),
-        Some(2),
-        "request 1 is fast: {warm}"
-    );
-    // Client A's read is the slow one: 0B after the gateway's timeout...
-    let a = one(
-        p,
-        json!({"op": "read", "unit": 4, "address": 3000, "count": 1, "timeout": 6}),
-    );
-    assert_eq!(a["exception"], 11, "{a}");
-    // ...and clients B and C, asking while and after A's late reply is on
-    // its way, get their own answers (5 and 3 registers), never A's (1).
-    let b = one(
-        p,
-        json!({"op": "read", "unit": 4, "address": 3000, "count": 5, "timeout": 6}),
-    );
-    assert_eq!(b["registers"].as_array().map(|r| r.len()), Some(5), "{b}");
+    let read = |start: u16, count: u16| {
+        one(
+            p,
+            json!({"op": "read", "unit": 4, "address": start, "count": count, "timeout": 6}),
+        )
+    };
+    let own =
+        |start: u16, count: u16| json!({"ok": true, "registers": fixed_registers(start, count)});
+    let timed_out = json!({"ok": false, "exception": 11});
+    // Request 1 is fast, and shows the registers are what the meter holds.
+    assert_eq!(read(3007, 11), own(3007, 11), "request 1");
+    // Request 2, client A's, is the slow one: 0B after the gateway's
+    // timeout, while its reply ([70]) is still on its way...
+    assert_eq!(read(3007, 1), timed_out, "A");
+    // ...request 3, client B's, asked while it is, gets B's own answer.
+    assert_eq!(read(3008, 5), own(3008, 5), "B");
+    // By now the meter has sent A's late reply.
     std::thread::sleep(Duration::from_secs(2));
-    let c = one(
-        p,
-        json!({"op": "read", "unit": 4, "address": 6000, "count": 1, "timeout": 6}),
-    );
-    let c2 = one(
-        p,
-        json!({"op": "read", "unit": 4, "address": 3000, "count": 3, "timeout": 6}),
-    );
-    for r in [&c, &c2] {
-        assert!(r["ok"] == true || r["exception"] == 11, "{r}");
-    }
-    assert_eq!(
-        c2["registers"].as_array().map(|r| r.len()).unwrap_or(3),
-        3,
-        "{c2}"
-    );
+    // Request 4, client C's, is slow again (0B, its reply [130, 140] late);
+    // request 5, client D's, asked after A's late reply and while C's is on
+    // its way, gets D's own answer.
+    assert_eq!(read(3013, 2), timed_out, "C");
+    assert_eq!(read(3015, 3), own(3015, 3), "D");
 }
 
 #[test]
