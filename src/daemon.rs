@@ -9,8 +9,8 @@ use arc_swap::ArcSwap;
 
 use time::OffsetDateTime;
 
-use crate::config::Config;
 use crate::commands::{Gateway, ReviewSettings, review_due};
+use crate::config::Config;
 use crate::doors::admin::server::{self, Access, ControlError};
 use crate::doors::modbus::mbaps::{MbapsDoor, MbapsError, Tls};
 use crate::doors::modbus::{ModbusDoor, UnitMap, unit_maps, unit_maps_reusing};
@@ -153,7 +153,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         fleet: shared_maps.clone(),
         passwords: Arc::new(config.passwords.clone()),
         consoles: crate::fleet::meter_ssh::Consoles {
-            credentials: config.ssh.as_ref().and_then(|s| s.meter_credentials.clone()),
+            credentials: config
+                .ssh
+                .as_ref()
+                .and_then(|s| s.meter_credentials.clone()),
         },
     });
 
@@ -386,10 +389,7 @@ impl Live {
                 .collect();
             for line in gone {
                 if let Some(k) = crate::sshkeys::line_credential(line) {
-                    ended += ssh.end_sessions_on(
-                        &k,
-                        "support key removed from the config",
-                    );
+                    ended += ssh.end_sessions_on(&k, "support key removed from the config");
                 }
             }
         }

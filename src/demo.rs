@@ -202,8 +202,7 @@ fn consoles(dir: &Path) -> Result<Vec<String>, DemoError> {
     let mut table = toml::Table::new();
     for m in DEMO_METERS {
         let path = console_key_path(dir, m);
-        let key =
-            crate::sshkeys::host_key(&path).map_err(|e| DemoError::Secret(e.to_string()))?;
+        let key = crate::sshkeys::host_key(&path).map_err(|e| DemoError::Secret(e.to_string()))?;
         public.push(
             key.public_key()
                 .to_openssh()

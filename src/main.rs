@@ -8,10 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use metergate::commands::{AdminCommand, AuditCommand};
 use metergate::config::Config;
 use metergate::doors::admin::protocol::Request;
 use metergate::doors::admin::server::{call, call_streaming, default_socket};
-use metergate::commands::{AdminCommand, AuditCommand};
 use metergate::{daemon, demo, store};
 
 #[derive(Parser)]

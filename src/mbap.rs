@@ -332,9 +332,7 @@ pub mod request {
                 Some(_) => Answer::Malformed,
                 None => Answer::Ok(Vec::new()),
             },
-            Some(f) if *f == function | 0x80 => {
-                Answer::Exception(pdu.get(1).copied().unwrap_or(0))
-            }
+            Some(f) if *f == function | 0x80 => Answer::Exception(pdu.get(1).copied().unwrap_or(0)),
             _ => Answer::Malformed,
         }
     }

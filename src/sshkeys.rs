@@ -25,7 +25,9 @@ pub fn key_credential(key: &PublicKey) -> String {
 
 /// The credential of an OpenSSH public key line, if the line is one.
 pub fn line_credential(line: &str) -> Option<String> {
-    PublicKey::from_openssh(line).ok().map(|k| key_credential(&k))
+    PublicKey::from_openssh(line)
+        .ok()
+        .map(|k| key_credential(&k))
 }
 
 /// Whether an OpenSSH public key line holds `key`.

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::*;
 use common::gateway::{gateway, run_input as run};
+use common::*;
 use metergate::commands::{Gateway, Input};
 use metergate::model::*;
 use metergate::store::Entity;

@@ -61,7 +61,10 @@ fn no_door_imports_another_door() {
         for file in sources(&doors.join(door)) {
             for (line, name) in door_imports(&file) {
                 if &name != door {
-                    bad.push(format!("{}:{line}: door {door} imports door {name}", file.display()));
+                    bad.push(format!(
+                        "{}:{line}: door {door} imports door {name}",
+                        file.display()
+                    ));
                 }
             }
             // `super::` may not climb out of the door either.
@@ -72,7 +75,11 @@ fn no_door_imports_another_door() {
             let escape = "super::".repeat(depth + 1);
             for (i, l) in text.lines().enumerate() {
                 if l.contains(&escape) {
-                    bad.push(format!("{}:{}: climbs out of door {door}", file.display(), i + 1));
+                    bad.push(format!(
+                        "{}:{}: climbs out of door {door}",
+                        file.display(),
+                        i + 1
+                    ));
                 }
             }
         }
@@ -83,7 +90,16 @@ fn no_door_imports_another_door() {
 #[test]
 fn the_core_guard_fleet_store_and_model_import_no_door() {
     let mut bad = Vec::new();
-    for layer in ["commands", "guard", "fleet", "store", "model", "mbap.rs", "sessions.rs", "sshkeys.rs"] {
+    for layer in [
+        "commands",
+        "guard",
+        "fleet",
+        "store",
+        "model",
+        "mbap.rs",
+        "sessions.rs",
+        "sshkeys.rs",
+    ] {
         let path = src().join(layer);
         let files = if path.is_dir() {
             sources(&path)
@@ -105,12 +121,19 @@ fn doors_never_reach_the_store() {
     for file in sources(&src().join("doors")) {
         let text = std::fs::read_to_string(&file).unwrap();
         for (i, l) in text.lines().enumerate() {
-            if l.contains(".store()") || l.contains("crate::store::Store") || l.contains(".log().append") {
+            if l.contains(".store()")
+                || l.contains("crate::store::Store")
+                || l.contains(".log().append")
+            {
                 bad.push(format!("{}:{}: {}", file.display(), i + 1, l.trim()));
             }
         }
     }
-    assert!(bad.is_empty(), "doors write only through the guard:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "doors write only through the guard:\n{}",
+        bad.join("\n")
+    );
 }
 
 /// The check itself catches what it is for: a door that imports another.
@@ -118,7 +141,11 @@ fn doors_never_reach_the_store() {
 fn the_import_check_sees_a_door_import() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("x.rs");
-    std::fs::write(&file, "use crate::doors::ssh::shell::Caller;\nuse crate::doors::admin;\n").unwrap();
+    std::fs::write(
+        &file,
+        "use crate::doors::ssh::shell::Caller;\nuse crate::doors::admin;\n",
+    )
+    .unwrap();
     assert_eq!(
         door_imports(&file),
         vec![(1, "ssh".to_string()), (2, "admin".to_string())]

@@ -22,7 +22,10 @@ fn directory() -> Fixture {
         Entity::User(user("root-admin", &[ADMINISTRATOR])),
         Entity::Policy(Policy::new(
             "audit-all",
-            vec![Statement::allow_role("SecAuditor", vec![MeterSelector::All])],
+            vec![Statement::allow_role(
+                "SecAuditor",
+                vec![MeterSelector::All],
+            )],
         )),
     ]);
     f.add(vec![
@@ -87,9 +90,13 @@ async fn a_change_confers_only_what_its_caller_holds() {
                 || olga.inline.len() != 1
                 || dir.groups.values().any(|g| !g.members.is_empty())
                 || dir.support.is_some()
-                || dir.roles["SecAdmin"].permissions.contains(Permission::MasterReset)
+                || dir.roles["SecAdmin"]
+                    .permissions
+                    .contains(Permission::MasterReset)
             {
-                failures.push(format!("{who} `{line}` was refused but changed the directory"));
+                failures.push(format!(
+                    "{who} `{line}` was refused but changed the directory"
+                ));
             }
         }
     }

@@ -555,3 +555,58 @@ except IOError as e:
         .clone();
     assert!(failures.contains("discarded"), "{failures}");
 }
+
+#[test]
+fn a_meter_the_caller_may_not_reach_is_answered_as_one_that_does_not_exist() {
+    let s = Site::start();
+    // crew is an Operator on site=north: meter-3 (south) exists, meter-9
+    // does not; neither may be learned of.
+    let script = r#"
+def answer(op, path):
+    try:
+        r = getattr(sftp, op)(path)
+        if op == "listdir":
+            r = sorted(r)
+        elif op in ("stat", "lstat"):
+            r = "attrs"
+        elif op == "open":
+            r = "opened"
+        return ["ok", r]
+    except Exception as e:
+        return [type(e).__name__, getattr(e, "errno", None), str(e)]
+out = {}
+for op in ("normalize", "stat", "lstat", "listdir", "open"):
+    for path in args:
+        out[op + " " + path] = answer(op, path)
+out["root"] = answer("listdir", "/")
+print(json.dumps(out))
+"#;
+    let pairs = [
+        ("/meter-3", "/meter-9"),
+        ("/meter-3/logs", "/meter-9/logs"),
+        ("/meter-3/logs/energy.csv", "/meter-9/logs/energy.csv"),
+        ("meter-3", "meter-9"),
+    ];
+    let mut paths = Vec::new();
+    for (hidden, missing) in pairs {
+        paths.push(hidden);
+        paths.push(missing);
+    }
+    let r = paramiko_sftp(s.port, "crew", &s.key("crew"), script, &paths);
+    for op in ["normalize", "stat", "lstat", "listdir", "open"] {
+        for (hidden, missing) in pairs {
+            let (h, m) = (&r[format!("{op} {hidden}")], &r[format!("{op} {missing}")]);
+            assert_eq!(h, m, "{op}: {hidden} and {missing} answer differently: {r}");
+            assert_ne!(h[0], "ok", "{op} {hidden} answered: {r}");
+        }
+    }
+    let root = r["root"][1].as_array().expect("/ lists").clone();
+    assert!(root.iter().any(|n| n == "meter-1"), "{r}");
+    assert!(!root.iter().any(|n| n == "meter-3"), "{r}");
+    // The log still tells them apart.
+    s.wait_event(
+        "sftp.refused",
+        &["`meter-3` is a meter the caller may not reach"],
+    );
+    s.wait_event("sftp.refused", &["`meter-9` is not a meter"]);
+}

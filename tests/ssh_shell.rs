@@ -401,7 +401,8 @@ print("done")
 fn the_shell_confers_only_what_its_caller_holds() {
     let s = Site::start();
     // A security administrator: User Management (SecAdmin), nothing else.
-    s.d.mg(&["user", "add", "sec", "sec@example.net"]).ok();
+    s.d.mg(&["user", "add", "sec", "--email", "sec@example.net"])
+        .ok();
     s.d.mg(&["user", "grant-role", "sec", "SecAdmin"]).ok();
     s.d.mg(&["group", "add", "auditors"]).ok();
     s.d.mg(&["group", "add", "readers"]).ok();
@@ -411,14 +412,54 @@ fn the_shell_confers_only_what_its_caller_holds() {
     let sec = |command: &str| ssh(s.port, &key, "sec", &[], command);
     // (who, command) -> (exit status, what stderr or stdout shows)
     let table: &[(&str, &str, i32, &str)] = &[
-        ("sec", "user attach sec Administrator", 1, "DENY: conferring the managed Administrator policy needs the Administrator policy"),
-        ("sec", "user attach crew Administrator", 1, "DENY: conferring the managed Administrator policy"),
-        ("sec", "group add-member readers sec", 1, "DENY: the change would confer Data View on meter-"),
-        ("sec", "role edit SecAdmin --add master-reset", 1, "DENY: the change would confer Master Reset on meter-"),
-        ("sec", "user grant-role crew Installer", 1, "DENY: the change would confer Data View on meter-"),
-        ("sec", "group add-member auditors crew", 0, "user crew added to group auditors"),
-        ("admin", "group add-member readers sec", 0, "user sec added to group readers"),
-        ("admin", "role edit SecAdmin --add master-reset", 0, "role SecAdmin updated"),
+        (
+            "sec",
+            "user attach sec Administrator",
+            1,
+            "DENY: conferring the managed Administrator policy needs the Administrator policy",
+        ),
+        (
+            "sec",
+            "user attach crew Administrator",
+            1,
+            "DENY: conferring the managed Administrator policy",
+        ),
+        (
+            "sec",
+            "group add-member readers sec",
+            1,
+            "DENY: the change would confer Data View on meter-",
+        ),
+        (
+            "sec",
+            "role edit SecAdmin --add master-reset",
+            1,
+            "DENY: the change would confer Master Reset on meter-",
+        ),
+        (
+            "sec",
+            "user grant-role crew Installer",
+            1,
+            "DENY: the change would confer Data View on meter-",
+        ),
+        (
+            "sec",
+            "group add-member auditors crew",
+            0,
+            "user crew added to group auditors",
+        ),
+        (
+            "admin",
+            "group add-member readers sec",
+            0,
+            "user sec added to group readers",
+        ),
+        (
+            "admin",
+            "role edit SecAdmin --add master-reset",
+            0,
+            "role SecAdmin updated",
+        ),
     ];
     for (who, command, code, shows) in table {
         let r = if *who == "sec" {

@@ -67,7 +67,10 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
     };
     let d = ctx.guard.decide(&login, now);
     if !d.allowed {
-        return Some(format!("{} may no longer log in: {}", s.principal, d.reason));
+        return Some(format!(
+            "{} may no longer log in: {}",
+            s.principal, d.reason
+        ));
     }
     for r in &s.relies_on {
         let d = ctx
@@ -90,7 +93,10 @@ pub async fn end_lapsed(ctx: &Gateway, now: OffsetDateTime) -> usize {
         let Some(cause) = lapsed(ctx, &s, now) else {
             continue;
         };
-        if !ctx.sessions.end_if_live(s.id, &format!("access ended: {cause}")) {
+        if !ctx
+            .sessions
+            .end_if_live(s.id, &format!("access ended: {cause}"))
+        {
             continue;
         }
         ended += 1;

@@ -168,7 +168,10 @@ pub(super) fn parse_query(
     })
 }
 
-pub(super) fn verify_text(store: &crate::store::Store, from: Option<u64>) -> Result<Done, CommandError> {
+pub(super) fn verify_text(
+    store: &crate::store::Store,
+    from: Option<u64>,
+) -> Result<Done, CommandError> {
     let r = store.verify(from);
     match &r.problem {
         None => Ok(Done::show(format!("ok: {}\n", r.summary()))),
@@ -303,4 +306,3 @@ pub(super) fn status_text(ctx: &Gateway, json_out: bool) -> String {
     }
     out
 }
-

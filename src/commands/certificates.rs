@@ -52,4 +52,3 @@ pub(super) async fn certificate_report(
     }
     Ok(Done::show(format!("recorded: {reason}\n")))
 }
-

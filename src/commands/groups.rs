@@ -153,4 +153,3 @@ pub(super) async fn group(
         }
     }
 }
-

@@ -254,7 +254,6 @@ pub(super) fn file<'a>(req: &'a Input, path: &str) -> Result<&'a str, CommandErr
         .ok_or_else(|| CommandError::Refused(format!("{path}: the file's contents did not come with the request (run the command with the metergate CLI)")))
 }
 
-
 /// No one grants what they do not hold: asks the guard whether the caller
 /// may confer `what` (logged when it may not).
 pub(super) async fn confer(

@@ -165,8 +165,11 @@ pub fn meters(ctx: &Gateway, who: &PrincipalId) -> String {
 
 /// `read METER REGISTER [COUNT]`: FC 3 through the guard (Data View).
 pub async fn read(ctx: &Gateway, caller: &Caller, args: &[String]) -> Outcome {
-    let usage =
-        || Outcome::Usage(format!("usage: read METER REGISTER [COUNT] (COUNT 1-{MAX_READ})\n"));
+    let usage = || {
+        Outcome::Usage(format!(
+            "usage: read METER REGISTER [COUNT] (COUNT 1-{MAX_READ})\n"
+        ))
+    };
     let (meter, start, count) = match args {
         [m, r] => (m, r.parse::<u16>(), Ok(1)),
         [m, r, c] => (m, r.parse::<u16>(), c.parse::<u16>()),
@@ -207,9 +210,7 @@ pub async fn read(ctx: &Gateway, caller: &Caller, args: &[String]) -> Outcome {
                 "meter {meter} answered exception {code:02} ({})",
                 exception_words(code)
             )),
-            Answer::Malformed => {
-                Outcome::Failed(format!("meter {meter} sent a malformed answer"))
-            }
+            Answer::Malformed => Outcome::Failed(format!("meter {meter} sent a malformed answer")),
         },
         Err(e) => Outcome::Failed(format!("{meter}: {e}")),
     }
@@ -283,9 +284,7 @@ pub async fn action(ctx: &Gateway, caller: &Caller, words: &[String]) -> Outcome
                 "meter {meter} answered exception {code:02} ({})",
                 exception_words(code)
             )),
-            Answer::Malformed => {
-                Outcome::Failed(format!("meter {meter} sent a malformed answer"))
-            }
+            Answer::Malformed => Outcome::Failed(format!("meter {meter} sent a malformed answer")),
         },
         // A write is never retried: the operator decides whether to.
         Err(e) => Outcome::Failed(format!("{meter}: {e} (the write was not retried)")),

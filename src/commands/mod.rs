@@ -226,10 +226,7 @@ impl Done {
 /// decision), apply, log what changed.
 pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDateTime) -> Outcome {
     if let Some((i, _)) = req.argv.iter().enumerate().find(|(_, a)| a.len() > MAX_ARG) {
-        return Outcome::Refused(format!(
-            "argument {} is longer than {MAX_ARG} bytes",
-            i + 1
-        ));
+        return Outcome::Refused(format!("argument {} is longer than {MAX_ARG} bytes", i + 1));
     }
     let line = match AdminLine::try_parse_from(
         std::iter::once("metergate".to_string()).chain(req.argv.iter().cloned()),

@@ -310,10 +310,8 @@ pub(super) async fn user(
                 .iter()
                 .filter_map(|line| crate::sshkeys::line_credential(line))
                 .map(|k| {
-                    ctx.sessions.kill_credential(
-                        &k,
-                        &format!("the key was removed from user {n}"),
-                    )
+                    ctx.sessions
+                        .kill_credential(&k, &format!("the key was removed from user {n}"))
                 })
                 .sum();
             Ok(Done::changed(
@@ -336,7 +334,13 @@ pub(super) async fn user(
             if u.inline.contains(&st) {
                 return refused(format!("user {n} already has {st}"));
             }
-            confer(ctx, caller, Conferral::Statements(std::slice::from_ref(&st)), now).await?;
+            confer(
+                ctx,
+                caller,
+                Conferral::Statements(std::slice::from_ref(&st)),
+                now,
+            )
+            .await?;
             u.inline.push(st.clone());
             apply(ctx, who, now, vec![put_user(u)])?;
             Ok(Done::changed(
@@ -372,4 +376,3 @@ pub(super) async fn user(
         }
     }
 }
-

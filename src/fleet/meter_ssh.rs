@@ -155,7 +155,6 @@ pub async fn login(
     Ok(session)
 }
 
-
 /// A console session on a meter: a shell channel, with a pty when the crew
 /// has one.
 pub struct ConsoleLink {

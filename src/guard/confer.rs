@@ -7,8 +7,7 @@ use time::OffsetDateTime;
 
 use super::{Decision, Guard, Label, Reason, Request};
 use crate::model::{
-    ADMINISTRATOR, Effect, Permission, PermissionSet, PrincipalId, Statement,
-    managed_statements,
+    ADMINISTRATOR, Effect, Permission, PermissionSet, PrincipalId, Statement, managed_statements,
 };
 
 /// What an admin change would confer.

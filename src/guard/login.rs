@@ -163,7 +163,9 @@ impl Guard {
                     return Verdict::Rejected;
                 };
                 let refuse = if temporary_round && !r.temporary {
-                    Some("keyboard-interactive is for a first login with a temporary password; use the password method")
+                    Some(
+                        "keyboard-interactive is for a first login with a temporary password; use the password method",
+                    )
                 } else if temporary_round && r.expires_at().is_some_and(|t| t <= micros(now)) {
                     Some("the temporary password has expired: ask an administrator to resend one")
                 } else if !temporary_round && r.temporary {
@@ -189,8 +191,16 @@ impl Guard {
                     }
                     return Verdict::MustChangePassword(who);
                 }
-                self.finish(&who, a.source, a.door, credential, None, a.max_sessions, now)
-                    .await
+                self.finish(
+                    &who,
+                    a.source,
+                    a.door,
+                    credential,
+                    None,
+                    a.max_sessions,
+                    now,
+                )
+                .await
             }
             Proof::AccessKey(ref secret) => {
                 let dir = self.store.directory();
@@ -215,7 +225,8 @@ impl Guard {
                 let who = PrincipalId::Service(service);
                 match self.password_gate(&who, Some(a.source), now) {
                     PasswordGate::SourceRefused => {
-                        let why = "too many failures from this source: refused for the lockout window";
+                        let why =
+                            "too many failures from this source: refused for the lockout window";
                         self.login_failure(Some(&who), a.source, a.door, "access-key", why.into())
                             .await;
                         return Verdict::Rejected;
@@ -233,8 +244,15 @@ impl Guard {
                     }
                 };
                 if !verified {
-                    self.login(&who, Some(a.source), a.door, Credential::AccessKey, false, now)
-                        .await;
+                    self.login(
+                        &who,
+                        Some(a.source),
+                        a.door,
+                        Credential::AccessKey,
+                        false,
+                        now,
+                    )
+                    .await;
                     // Not a password: no lockout, but the source is throttled.
                     self.source_failed(a.source, &who.to_string(), now);
                     return Verdict::Rejected;
@@ -283,7 +301,10 @@ impl Guard {
             PasswordGate::Delay(d) => tokio::time::sleep(d.min(MAX_DELAY)).await,
             PasswordGate::Open => {}
         }
-        match self.check_hash(secret, self.password_record(who).as_ref()).await {
+        match self
+            .check_hash(secret, self.password_record(who).as_ref())
+            .await
+        {
             Ok(true) => PasswordCheck::Right,
             Ok(false) => {
                 self.login(who, Some(source), door, Credential::Password, false, now)
@@ -346,7 +367,11 @@ impl Guard {
 
     /// Checks `secret` against `record` in the pool; `Err` when the pool is
     /// full (busy, not wrong).
-    async fn check_hash(&self, secret: &Secret, record: Option<&PasswordRecord>) -> Result<bool, ()> {
+    async fn check_hash(
+        &self,
+        secret: &Secret,
+        record: Option<&PasswordRecord>,
+    ) -> Result<bool, ()> {
         let Some(r) = record else { return Ok(false) };
         match self.hashes.verify(secret.clone(), r.hash.clone()).await {
             Ok(v) => Ok(v),
@@ -431,7 +456,9 @@ impl Guard {
                 return Verdict::Rejected;
             }
         }
-        let d = self.login(who, Some(source), door, credential, true, now).await;
+        let d = self
+            .login(who, Some(source), door, credential, true, now)
+            .await;
         if d.allowed {
             Verdict::Accepted {
                 who: who.clone(),

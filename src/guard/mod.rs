@@ -4,8 +4,8 @@
 
 pub mod action;
 mod compiled;
-pub mod decision;
 mod confer;
+pub mod decision;
 mod login;
 mod state;
 
@@ -26,8 +26,8 @@ use crate::store::{Category, EventDraft, Op, Outcome, Store, StoreError};
 
 pub use action::{Action, AdminOp, CertificateClaim, Request, WriteValues};
 use compiled::{CompiledPrincipal, MeterRef, Snapshot};
-pub use decision::{Decision, Label, Reason};
 pub use confer::Conferral;
+pub use decision::{Decision, Label, Reason};
 pub use login::{Attempt, Credential, PasswordCheck, PasswordGate, Proof, Verdict};
 pub use state::SourceGate;
 

@@ -9,13 +9,15 @@ usage: ssh_logins.py PORT THREADS SPEC
 result: [{"ok": true, "stdout": "..."}
          | {"ok": false, "error": "...", "disconnect": "the server's words"}]
   `disconnect` is the text of an SSH disconnect the server sent (paramiko
-  logs it), so a test can tell "busy, try again" from a plain refusal.
+  logs it; after a failure the script waits up to 3 s for one), so a test
+  can tell "busy, try again" from a plain refusal.
 """
 import json
 import logging
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 try:
@@ -31,12 +33,12 @@ class Disconnects(logging.Handler):
     def __init__(self):
         super().__init__(logging.INFO)
         self.text = {}
-        self.lock = threading.Lock()
+        self.mutex = threading.Lock()
 
     def emit(self, record):
         msg = record.getMessage()
         if "isconnect" in msg:
-            with self.lock:
+            with self.mutex:
                 self.text[record.name] = self.text.get(record.name, "") + msg
 
 
@@ -60,9 +62,14 @@ def attempt(port, i, spec, disconnects):
         return {"ok": True, "stdout": out}
     except Exception as e:  # the test reads what went wrong
         if t is not None:
+            # A server that refuses because it is busy says so in a
+            # disconnect right after the failure: read it (3 s at most).
+            deadline = time.time() + 3
+            while t.is_active() and time.time() < deadline:
+                time.sleep(0.05)
             t.close()
             t.join(5)
-        with disconnects.lock:
+        with disconnects.mutex:
             said = disconnects.text.get(channel, "")
         return {"ok": False, "error": f"{type(e).__name__}: {e}", "disconnect": said}
     finally:

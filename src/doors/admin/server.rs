@@ -11,9 +11,9 @@ use nix::unistd::{Gid, Uid};
 use time::OffsetDateTime;
 use tokio::net::{UnixListener, UnixStream};
 
+use super::protocol::{Request, Response, read_frame, write_frame};
 use crate::commands::stream::{Stream, produce};
 use crate::commands::{Caller, Gateway, Input, Outcome as CommandOutcome, execute};
-use super::protocol::{Request, Response, read_frame, write_frame};
 use crate::model::{PrincipalId, check_name};
 use crate::store::{Category, EventDraft, Outcome};
 
@@ -224,7 +224,9 @@ fn render(outcome: CommandOutcome) -> (Response, Option<Stream>) {
             stream,
         ),
         CommandOutcome::Usage(text) => (fail(2, text), None),
-        CommandOutcome::Denied { message, .. } => (fail(2, format!("error: DENY: {message}\n")), None),
+        CommandOutcome::Denied { message, .. } => {
+            (fail(2, format!("error: DENY: {message}\n")), None)
+        }
         CommandOutcome::Refused(m) => (fail(2, format!("error: {m}\n")), None),
         CommandOutcome::Failed(m) => (fail(1, format!("error: {m}\n")), None),
     }

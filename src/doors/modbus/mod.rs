@@ -20,10 +20,10 @@ use crate::config::{Config, ModbusClient};
 use crate::fleet::pool::UpstreamError;
 pub use crate::fleet::units::{UnitMap, unit_maps, unit_maps_reusing};
 use crate::guard::{Action, CertificateClaim, Guard, Request, WriteValues};
+use crate::mbap::{self as frame, FrameError, Header, Pdu, exception};
 use crate::model::{PrincipalId, micros};
 use crate::sessions::Sessions;
 use crate::store::{Category, EventDraft, Outcome};
-use crate::mbap::{self as frame, FrameError, Header, Pdu, exception};
 
 /// A connection with nothing to say for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);

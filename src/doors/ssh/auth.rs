@@ -50,7 +50,10 @@ pub fn new_password_round(instructions: String) -> Auth {
 
 /// What the guard's verdict means for the password method.
 pub enum PasswordLogin {
-    In { who: PrincipalId, credential: String },
+    In {
+        who: PrincipalId,
+        credential: String,
+    },
     Busy,
     Out,
 }

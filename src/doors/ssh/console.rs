@@ -108,16 +108,17 @@ pub async fn connect(ctx: &Gateway, caller: &Caller, meter: &str, io: &mut Io) -
         }
         None => String::new(),
     };
-    guard.record(
-        event("console.end", Outcome::Success, caller, meter)
-            .reason(format!(
-                "console of {meter} ended: {sent} bytes to the meter, {received} from it{why}"
-            ))
-            .detail("account", &account)
-            .detail("bytes_to_meter", sent)
-            .detail("bytes_from_meter", received),
-    )
-    .await;
+    guard
+        .record(
+            event("console.end", Outcome::Success, caller, meter)
+                .reason(format!(
+                    "console of {meter} ended: {sent} bytes to the meter, {received} from it{why}"
+                ))
+                .detail("account", &account)
+                .detail("bytes_to_meter", sent)
+                .detail("bytes_from_meter", received),
+        )
+        .await;
     status
 }
 

@@ -24,7 +24,6 @@ use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
-
 use crate::commands::{Caller, Gateway};
 use crate::guard::{Attempt, Credential, Proof, Verdict};
 use crate::model::PrincipalId;
@@ -35,7 +34,6 @@ const DOOR: &str = "ssh";
 const MAX_COMMAND: usize = 8 * 1024;
 /// A connection that has not authenticated by then is closed.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
-
 
 /// Bytes of typed input a channel may have queued before the client waits.
 const INPUT_QUEUE: usize = 64;
@@ -267,7 +265,6 @@ struct Connection {
     channels: HashMap<ChannelId, ChannelSlot>,
 }
 
-
 impl Connection {
     /// Who `key` lets in as `user`: one of the user's keys (`user add-key`),
     /// or for `support`, one of the vendor's keys in the config.
@@ -445,8 +442,14 @@ impl russh::server::Handler for Connection {
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         let secret = crate::store::secrets::Secret::new(password);
         Ok(
-            match auth::password(&self.gw, self.peer.ip(), user, secret, self.door.max_sessions)
-                .await
+            match auth::password(
+                &self.gw,
+                self.peer.ip(),
+                user,
+                secret,
+                self.door.max_sessions,
+            )
+            .await
             {
                 auth::PasswordLogin::In { who, credential } => self.logged_in(who, credential),
                 auth::PasswordLogin::Busy => self.busy(),
@@ -650,8 +653,7 @@ impl russh::server::Handler for Connection {
                     crate::model::micros(OffsetDateTime::now_utc()),
                 );
                 let ended = registered.ended.clone();
-                let sftp =
-                    sftp::SftpSession::new(gw, caller, registered.id, max_upload, quota);
+                let sftp = sftp::SftpSession::new(gw, caller, registered.id, max_upload, quota);
                 sftp::serve(ch.into_stream(), sftp, ended).await;
                 drop(registered);
                 // russh-sftp's own loop never ends the channel; clients on

@@ -9,8 +9,8 @@ use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as ClientError;
 use russh_sftp::protocol::{File as SftpFile, FileAttributes, OpenFlags, StatusCode};
 
-use crate::fleet::meter_ssh::{ConsoleError, Consoles, Pinned, login};
 use crate::fleet::files::{FileError, LocalStore, RelPath, is_dir, is_file};
+use crate::fleet::meter_ssh::{ConsoleError, Consoles, Pinned, login};
 
 /// A meter's store.
 #[derive(Clone)]
