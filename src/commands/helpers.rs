@@ -270,6 +270,6 @@ pub(super) async fn confer(
     if d.allowed {
         Ok(())
     } else {
-        Err(CommandError::Denied(d))
+        Err(CommandError::Denied(Box::new(d)))
     }
 }

@@ -23,7 +23,7 @@ pub fn denied(d: Decision, meter: Option<&str>) -> Outcome {
     };
     Outcome::Denied {
         message: format!("{about}{}", d.reason),
-        decision: d,
+        decision: Box::new(d),
     }
 }
 

@@ -137,7 +137,10 @@ pub enum Outcome {
     Usage(String),
     /// The guard said no: the decision (its reason, its event) and the
     /// words to show (the permission and meter when it was about one).
-    Denied { decision: Decision, message: String },
+    Denied {
+        decision: Box<Decision>,
+        message: String,
+    },
     /// The request is wrong or refused (exit 2).
     Refused(String),
     /// Something failed while carrying it out (exit 1).
@@ -165,7 +168,7 @@ pub enum CommandError {
     Failed(String),
     /// The guard refused a part of it (a grant the caller does not hold).
     #[error("DENY: {}", .0.reason)]
-    Denied(Decision),
+    Denied(Box<Decision>),
 }
 
 impl From<StoreError> for CommandError {
@@ -260,7 +263,7 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
     if !decision.allowed {
         return Outcome::Denied {
             message: decision.reason.to_string(),
-            decision,
+            decision: Box::new(decision),
         };
     }
     let result = run(ctx, caller, &line.command, req, now).await;
