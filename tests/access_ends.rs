@@ -94,9 +94,7 @@ fn an_end_date_ends_open_consoles_and_sftp_handles_at_midnight() {
         "access.ended",
         &["user:crew", "access ended at 2026-12-02 00:00 UTC"],
     );
-    // The console and the SSH sessions are ended by name; the SFTP channel
-    // ends with its SSH connection if that goes first (the holder saw it).
-    for door in ["on console", "on ssh"] {
+    for door in ["on console", "on sftp", "on ssh"] {
         assert!(ended.contains(door), "no session {door} ended: {ended}");
     }
     wait_unlisted(&s, "user:crew");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::gateway::{gateway, run};
+use common::gateway::{gateway, run, run_argv};
 use common::*;
 use metergate::model::*;
 use metergate::store::Entity;
@@ -20,6 +20,11 @@ fn directory() -> Fixture {
         Entity::User(user_with_role("sam", "SecAdmin", "*")),
         Entity::User(user_with_role("olga", "Operator", "*")),
         Entity::User(user("root-admin", &[ADMINISTRATOR])),
+        Entity::ServiceUser({
+            let mut s = ServiceUser::new("integration");
+            s.policies = vec![ADMINISTRATOR.into()];
+            s
+        }),
         Entity::Policy(Policy::new(
             "audit-all",
             vec![Statement::allow_role(
@@ -128,4 +133,48 @@ async fn a_refused_grant_is_logged_as_a_denial_naming_the_permission() {
             .any(|e| e.code == "admin.change" && e.principal.as_deref() == Some("user:sam")),
         "{tail:?}"
     );
+}
+
+/// A credential for someone is all of that someone: whoever holds an SSH key
+/// or an access key acts as its principal.
+#[tokio::test]
+async fn a_credential_is_given_only_for_what_its_giver_holds() {
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let admin = uid("root-admin");
+    #[rustfmt::skip]
+    let table: Vec<(PrincipalId, Vec<&str>, u8, &str)> = vec![
+        (uid("sam"), vec!["user", "add-key", "root-admin", KEY], 2, "a credential for a holder of the Administrator policy needs the Administrator policy"),
+        (uid("sam"), vec!["user", "add-key", "olga", KEY], 2, "would confer Data View on meter-"),
+        (uid("sam"), vec!["service-user", "key", "create", "integration"], 2, "needs the Administrator policy"),
+        (uid("sam"), vec!["user", "add-key", "sam", KEY], 0, "key added"),
+        (admin.clone(), vec!["user", "add-key", "olga", KEY], 0, "key added"),
+        (admin, vec!["service-user", "key", "create", "integration"], 0, "key id: "),
+    ];
+    let mut failures = Vec::new();
+    for (who, argv, code, needle) in table {
+        let f = directory();
+        let ctx = gateway(&f);
+        let r = run_argv(&ctx, &who, &argv).await;
+        if r.code != code || !r.text().contains(needle) {
+            failures.push(format!(
+                "{who} `{}`: expected {code} with {needle:?}, got {} {:?}",
+                argv.join(" "),
+                r.code,
+                r.text()
+            ));
+        }
+        if code != 0 {
+            let dir = f.guard.directory();
+            if dir.users.values().any(|u| !u.ssh_keys.is_empty())
+                || dir.service_users.values().any(|s| !s.keys.is_empty())
+            {
+                failures.push(format!(
+                    "{who} `{}` was refused but a credential was stored",
+                    argv.join(" ")
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -87,19 +87,21 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
 }
 
 /// Ends every live session the guard no longer allows; returns how many.
+/// All are ended first, then logged: ending an SSH session closes the
+/// console and SFTP channels inside it, and each must still be ended (and
+/// logged) for its own cause.
 pub async fn end_lapsed(ctx: &Gateway, now: OffsetDateTime) -> usize {
-    let mut ended = 0;
-    for s in ctx.sessions.live() {
-        let Some(cause) = lapsed(ctx, &s, now) else {
-            continue;
-        };
-        if !ctx
-            .sessions
-            .end_if_live(s.id, &format!("access ended: {cause}"))
-        {
-            continue;
-        }
-        ended += 1;
+    let ended: Vec<(LiveSession, String)> = ctx
+        .sessions
+        .live()
+        .into_iter()
+        .filter_map(|s| lapsed(ctx, &s, now).map(|cause| (s, cause)))
+        .filter(|(s, cause)| {
+            ctx.sessions
+                .end_if_live(s.id, &format!("access ended: {cause}"))
+        })
+        .collect();
+    for (s, cause) in &ended {
         let ev = EventDraft::new("access.ended", Category::Session, Outcome::Deny)
             .principal(&s.principal)
             .door(&s.door)
@@ -107,7 +109,7 @@ pub async fn end_lapsed(ctx: &Gateway, now: OffsetDateTime) -> usize {
             .detail("session", s.id);
         ctx.guard.record(ev).await;
     }
-    ended
+    ended.len()
 }
 
 /// The next instant (UTC µs) after `now` at which a live session's access

@@ -145,7 +145,7 @@ pub(super) async fn service_user(
                 active,
             ))
         }
-        ServiceUserCommand::Key { command } => key(ctx, who, command, json_out, now).await,
+        ServiceUserCommand::Key { command } => key(ctx, caller, command, json_out, now).await,
         ServiceUserCommand::Attach { name: n, policy: p }
         | ServiceUserCommand::Detach { name: n, policy: p } => {
             let attach = matches!(cmd, ServiceUserCommand::Attach { .. });
@@ -171,15 +171,19 @@ pub(super) async fn service_user(
 
 pub(super) async fn key(
     ctx: &Gateway,
-    who: &PrincipalId,
+    caller: &Caller,
     cmd: &KeyCommand,
     json_out: bool,
     now: OffsetDateTime,
 ) -> Result<Done, CommandError> {
-    let dir = ctx.guard.store().directory();
+    let who = &caller.who;
+    let dir = ctx.guard.directory();
     match cmd {
         KeyCommand::Create { name: n } => {
             let mut s = get_service(&dir, n)?;
+            // Whoever holds the key acts as the service user.
+            let target = PrincipalId::Service(n.clone());
+            confer(ctx, caller, Conferral::CredentialsOf(&target), now).await?;
             let id = secrets::generate_key_id().map_err(|e| CommandError::Failed(e.to_string()))?;
             let secret =
                 secrets::generate_key_secret().map_err(|e| CommandError::Failed(e.to_string()))?;

@@ -260,6 +260,9 @@ pub(super) async fn user(
             };
             let line = ssh_key(&line)?;
             let mut u = get_user(&dir, n)?;
+            // Whoever holds the key acts as the user.
+            let target = PrincipalId::User(n.clone());
+            confer(ctx, caller, Conferral::CredentialsOf(&target), now).await?;
             let body = line
                 .split_whitespace()
                 .nth(1)

@@ -19,6 +19,9 @@ pub enum Conferral<'a> {
     Statements(&'a [Statement]),
     /// Permissions added to a role: conferred wherever the role is granted.
     RolePermissions { role: &'a str, added: PermissionSet },
+    /// A credential for another principal (an SSH key, an access key): its
+    /// holder acts as that principal, so it confers all that principal holds.
+    CredentialsOf(&'a PrincipalId),
 }
 
 impl Guard {
@@ -50,6 +53,29 @@ impl Guard {
         let dir = self.store.directory();
         let administrator = dir.policy_sources(who).0.iter().any(|p| p == ADMINISTRATOR);
         let statements: Vec<Statement> = match what {
+            Conferral::CredentialsOf(target) => {
+                let (names, inline) = dir.policy_sources(target);
+                if names.iter().any(|n| n == ADMINISTRATOR) && !administrator {
+                    return Decision::deny(
+                        None,
+                        Reason::AdministratorRequired(
+                            "a credential for a holder of the Administrator policy",
+                        ),
+                    );
+                }
+                names
+                    .iter()
+                    .flat_map(|n| {
+                        managed_statements(n).unwrap_or_else(|| {
+                            dir.policies
+                                .get(n)
+                                .map(|p| p.statements.clone())
+                                .unwrap_or_default()
+                        })
+                    })
+                    .chain(inline)
+                    .collect()
+            }
             Conferral::Policy(name) if *name == ADMINISTRATOR => {
                 if administrator {
                     return Decision::allow(None, Reason::PrincipalActive);

@@ -71,3 +71,12 @@ pub async fn run_input(ctx: &Gateway, who: &PrincipalId, input: &Input) -> Reply
         stderr,
     }
 }
+
+/// Runs the words `argv` as `who`.
+pub async fn run_argv(ctx: &Gateway, who: &PrincipalId, argv: &[&str]) -> Reply {
+    let input = Input {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    };
+    run_input(ctx, who, &input).await
+}

@@ -7,17 +7,18 @@
 //! dispatch loop is ours, so the channel is ended properly.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use russh_sftp::protocol::{
-    Attrs, Data, File as SftpFile, FileAttributes, Handle, Name, OpenFlags, Packet, Status,
-    StatusCode, Version,
+    Attrs, File as SftpFile, FileAttributes, Handle, Name, Packet, Status, StatusCode, Version,
 };
 use time::OffsetDateTime;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+mod handles;
+mod path;
+mod serve;
 mod store;
 
 use crate::commands::{Caller, Gateway};
@@ -25,6 +26,9 @@ use crate::fleet::files::{FileError, LocalStore, RelPath};
 use crate::guard::Action;
 use crate::model::{FileOp, Permission};
 use crate::store::{Category, EventDraft, Outcome};
+use path::display;
+pub use path::{Target, resolve};
+pub use serve::serve;
 use store::{Handle as Opened, Store, Upstream};
 
 const DOOR: &str = "sftp";
@@ -34,53 +38,6 @@ const MAX_PACKET: u32 = 300 * 1024;
 const MAX_READ: u32 = 256 * 1024;
 /// Handles one session may hold open.
 const MAX_HANDLES: usize = 64;
-
-/// Where a path leads.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// `/`: the meters.
-    Root,
-    /// A meter's store and the path inside it.
-    Meter { meter: String, rel: RelPath },
-}
-
-/// Resolves an SFTP path (absolute, or relative to `/`) lexically: `.` is
-/// dropped, `..` goes up, but never above `/`; NUL bytes and empty paths
-/// beyond the root are refused. The store then opens the result without
-/// following symlinks, so the lexical answer is the physical one.
-pub fn resolve(path: &str) -> Result<Target, FileError> {
-    if path.contains('\0') {
-        return Err(FileError::BadPath(path.escape_debug().to_string()));
-    }
-    let mut names: Vec<String> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if names.pop().is_none() {
-                    return Err(FileError::Escape);
-                }
-            }
-            p => names.push(p.to_string()),
-        }
-    }
-    if names.is_empty() {
-        return Ok(Target::Root);
-    }
-    let meter = names.remove(0);
-    Ok(Target::Meter {
-        meter,
-        rel: RelPath::new(names)?,
-    })
-}
-
-fn display(t: &Target) -> String {
-    match t {
-        Target::Root => "/".into(),
-        Target::Meter { meter, rel } if rel.is_root() => format!("/{meter}"),
-        Target::Meter { meter, rel } => format!("/{meter}/{}", rel.text()),
-    }
-}
 
 /// What an open handle is.
 enum Open {
@@ -558,109 +515,6 @@ impl SftpSession {
         }
     }
 
-    /// A read or a write on an open handle, as a task that can run while
-    /// the next requests are read (clients pipeline them: OpenSSH keeps 64
-    /// in flight). None when the handle is not open for it; the caller
-    /// then answers through [`SftpSession::request`].
-    pub fn io(&mut self, packet: &Packet) -> Option<impl Future<Output = Packet> + Send + 'static> {
-        enum Job {
-            Read(Opened, Arc<AtomicU64>, u32, u64, usize),
-            Write(Opened, Arc<Mutex<Option<String>>>, u32, u64, Vec<u8>),
-            Refuse(u32, String),
-        }
-        let job = match packet {
-            Packet::Read(r) => match self.handles.get(&r.handle) {
-                Some(Open::Read { file, bytes, .. }) => Job::Read(
-                    file.clone(),
-                    bytes.clone(),
-                    r.id,
-                    r.offset,
-                    r.len.min(MAX_READ) as usize,
-                ),
-                _ => return None,
-            },
-            Packet::Write(w) => {
-                let (max, quota) = (self.max_upload, self.quota);
-                let Some(Open::Write(u)) = self.handles.get_mut(&w.handle) else {
-                    return None;
-                };
-                let end = w.offset.saturating_add(w.data.len() as u64);
-                let earlier = u.failed.lock().ok().and_then(|f| f.clone());
-                let refused = if let Some(why) = earlier {
-                    Some(why)
-                } else if end > max {
-                    Some(format!(
-                        "the upload would exceed the maximum upload size ({max} bytes)"
-                    ))
-                } else if u.used.saturating_add(end.max(u.size)) > quota {
-                    Some(format!(
-                        "the meter's store quota ({quota} bytes) would be exceeded"
-                    ))
-                } else {
-                    None
-                };
-                match refused {
-                    Some(why) => {
-                        if let Ok(mut f) = u.failed.lock() {
-                            *f = Some(why.clone());
-                        }
-                        Job::Refuse(w.id, why)
-                    }
-                    None => {
-                        u.size = u.size.max(end);
-                        Job::Write(
-                            u.file.clone(),
-                            u.failed.clone(),
-                            w.id,
-                            w.offset,
-                            w.data.clone(),
-                        )
-                    }
-                }
-            }
-            _ => return None,
-        };
-        Some(async move {
-            let failure = |id, message: String| {
-                Packet::Status(Status {
-                    id,
-                    status_code: StatusCode::Failure,
-                    error_message: message,
-                    language_tag: "en-US".into(),
-                })
-            };
-            match job {
-                Job::Refuse(id, why) => failure(id, why),
-                Job::Read(file, bytes, id, offset, len) => match file.read_at(offset, len).await {
-                    Ok(data) if data.is_empty() => Packet::Status(Status {
-                        id,
-                        status_code: StatusCode::Eof,
-                        error_message: "end of file".into(),
-                        language_tag: "en-US".into(),
-                    }),
-                    Ok(data) => {
-                        bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        Packet::Data(Data { id, data })
-                    }
-                    Err(e) => failure(id, format!("the read failed: {e}")),
-                },
-                Job::Write(file, failed, id, offset, data) => {
-                    match file.write_at(data, offset).await {
-                        Ok(()) => ok(id),
-                        Err(e) => {
-                            // A full disk among them: the upload is discarded.
-                            let why = format!("the write failed: {e}");
-                            if let Ok(mut f) = failed.lock() {
-                                *f = Some(why.clone());
-                            }
-                            failure(id, why)
-                        }
-                    }
-                }
-            }
-        })
-    }
-
     /// A path that must be inside a meter's store (not `/` or a meter's
     /// own root).
     async fn in_meter(&self, path: &str) -> Result<(String, RelPath), (StatusCode, String)> {
@@ -706,100 +560,6 @@ impl SftpSession {
             }
         };
         Ok(Packet::Attrs(Attrs { id, attrs }))
-    }
-
-    async fn open(&mut self, id: u32, path: &str, flags: OpenFlags) -> Reply {
-        let (meter, rel) = self.in_meter(path).await?;
-        let writing = flags.intersects(
-            OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE,
-        );
-        if !writing {
-            let (store, used) = self.reach_for(&meter, FileOp::Read, &rel).await?;
-            let file = self.checked(path, store.open_read(&rel).await).await?;
-            let handle = self.handle(Open::Read {
-                meter: meter.clone(),
-                rel,
-                file,
-                bytes: Arc::new(AtomicU64::new(0)),
-            })?;
-            self.rely(&handle, used, &meter);
-            return Ok(Packet::Handle(Handle { id, handle }));
-        }
-        // An upload writes the whole file, new or replaced.
-        let (store, permission) = self.reach_for(&meter, FileOp::Write, &rel).await?;
-        if flags.contains(OpenFlags::EXCLUDE) && store.stat(&rel).await.is_ok() {
-            return Err((StatusCode::Failure, "it already exists".into()));
-        }
-        let used = store.usage().await.map_err(from_file_error)?;
-        let (file, temp) = self.checked(path, store.create_upload(&rel).await).await?;
-        let handle = self.handle(Open::Write(Upload {
-            meter: meter.clone(),
-            rel,
-            temp,
-            store,
-            file,
-            size: 0,
-            used,
-            failed: Arc::new(Mutex::new(None)),
-        }))?;
-        self.rely(&handle, permission, &meter);
-        Ok(Packet::Handle(Handle { id, handle }))
-    }
-
-    async fn close(&mut self, id: u32, handle: &str) -> Reply {
-        if let Some((p, meter)) = self.relied.remove(handle) {
-            self.ctx.sessions.release(self.registration, p, &meter);
-        }
-        match self.handles.remove(handle) {
-            None => Err((StatusCode::Failure, "no such handle".into())),
-            Some(Open::Dir { .. }) => Ok(ok(id)),
-            Some(Open::Read {
-                meter,
-                rel,
-                bytes,
-                file,
-            }) => {
-                file.close().await;
-                let bytes = bytes.load(Ordering::Relaxed);
-                let ev = self
-                    .event("sftp.read", Outcome::Success, &meter, &rel)
-                    .reason(format!("read {bytes} bytes"))
-                    .detail("bytes", bytes);
-                self.log(ev).await;
-                Ok(ok(id))
-            }
-            Some(Open::Write(u)) => {
-                let (meter, rel, size) = (u.meter.clone(), u.rel.clone(), u.size);
-                let failed = u.failed.lock().ok().and_then(|f| f.clone());
-                if let Some(why) = failed {
-                    u.file.close().await;
-                    let _ = u.store.remove(&u.temp).await;
-                    let ev = self
-                        .event("sftp.upload", Outcome::Failure, &meter, &rel)
-                        .reason(format!("the upload was discarded: {why}"));
-                    self.log(ev).await;
-                    return Err((StatusCode::Failure, why));
-                }
-                match finish_upload(u).await {
-                    Ok(sha256) => {
-                        let ev = self
-                            .event("sftp.upload", Outcome::Success, &meter, &rel)
-                            .reason(format!("wrote {size} bytes, SHA-256 {sha256}"))
-                            .detail("bytes", size)
-                            .detail("sha256", &sha256);
-                        self.log(ev).await;
-                        Ok(ok(id))
-                    }
-                    Err(e) => {
-                        let ev = self
-                            .event("sftp.upload", Outcome::Failure, &meter, &rel)
-                            .reason(format!("the upload was not stored: {}", e.1));
-                        self.log(ev).await;
-                        Err(e)
-                    }
-                }
-            }
-        }
     }
 
     async fn rename(&mut self, id: u32, from: &str, to: &str, replace: bool) -> Reply {
@@ -898,139 +658,4 @@ fn ssh_string(b: &mut Bytes) -> Option<String> {
     let s = String::from_utf8(b[4..4 + n].to_vec()).ok()?;
     *b = b.slice(4 + n..);
     Some(s)
-}
-
-/// Makes an upload durable under its final name: synced, its SHA-256 read
-/// back from the store, renamed over the target. On failure the temporary
-/// file is removed so nothing half-written is left.
-async fn finish_upload(u: Upload) -> Result<String, (StatusCode, String)> {
-    let hashed = match &u.store {
-        Store::Local(_) => u.file.sync_and_hash().await,
-        Store::Upstream(_) => {
-            // The meter's handle was opened for writing only: read it back
-            // through a fresh one.
-            u.file.close().await;
-            match u.store.open_read(&u.temp).await {
-                Ok(r) => {
-                    let h = r.sync_and_hash().await;
-                    r.close().await;
-                    h
-                }
-                Err(e) => Err(e),
-            }
-        }
-    };
-    let result = match hashed {
-        Ok(sha) => u.store.rename(&u.temp, &u.rel, true).await.map(|_| sha),
-        Err(e) => Err(e),
-    };
-    if let Store::Local(_) = &u.store {
-        u.file.close().await;
-    }
-    match result {
-        Ok(sha) => Ok(sha),
-        Err(e) => {
-            let _ = u.store.remove(&u.temp).await;
-            Err((
-                StatusCode::Failure,
-                format!("the upload could not be stored: {e}"),
-            ))
-        }
-    }
-}
-
-/// Reads and writes kept in flight at once per channel.
-const IN_FLIGHT: usize = 64;
-
-/// Runs the SFTP protocol on `stream` until the client ends it. Reads and
-/// writes on open handles run concurrently (up to [`IN_FLIGHT`]) and are
-/// answered as they finish (SFTP matches answers by id); any other request
-/// first waits for them, so a close sees every write before it.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    stream: S,
-    mut session: SftpSession,
-    mut ended: tokio::sync::watch::Receiver<Option<String>>,
-) {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Packet>(IN_FLIGHT * 2);
-    let writing = tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
-            let Ok(out) = Bytes::try_from(p) else { break };
-            if writer.write_all(&out).await.is_err() {
-                break;
-            }
-            if rx.is_empty() && writer.flush().await.is_err() {
-                break;
-            }
-        }
-        let _ = writer.flush().await;
-    });
-    let mut in_flight = tokio::task::JoinSet::new();
-    loop {
-        let len = tokio::select! {
-            r = reader.read_u32() => match r {
-                Ok(len) => len,
-                Err(_) => break,
-            },
-            // Ended (killed, or the access it relied on was withdrawn).
-            _ = ended.changed() => break,
-        };
-        if len == 0 || len > MAX_PACKET {
-            tracing::debug!(len, "sftp packet length refused");
-            break;
-        }
-        let mut buf = vec![0u8; len as usize];
-        if reader.read_exact(&mut buf).await.is_err() {
-            break;
-        }
-        let mut bytes = Bytes::from(buf);
-        let Ok(p) = Packet::try_from(&mut bytes) else {
-            if tx
-                .send(Packet::error(0, StatusCode::BadMessage))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            continue;
-        };
-        if let Some(job) = session.io(&p) {
-            while in_flight.len() >= IN_FLIGHT {
-                in_flight.join_next().await;
-            }
-            let tx = tx.clone();
-            in_flight.spawn(async move {
-                let _ = tx.send(job.await).await;
-            });
-            continue;
-        }
-        while in_flight.join_next().await.is_some() {}
-        let id = p.get_request_id();
-        let response = match session.request(p).await {
-            Ok(reply) => reply,
-            Err((code, message)) => Packet::Status(Status {
-                id,
-                status_code: code,
-                error_message: message,
-                language_tag: "en-US".into(),
-            }),
-        };
-        if tx.send(response).await.is_err() {
-            break;
-        }
-    }
-    while in_flight.join_next().await.is_some() {}
-    drop(tx);
-    let _ = writing.await;
-    // Uploads never closed are not kept.
-    for (_, open) in session.handles.drain() {
-        match open {
-            Open::Write(u) => {
-                u.file.close().await;
-                let _ = u.store.remove(&u.temp).await;
-            }
-            Open::Read { file, .. } => file.close().await,
-            Open::Dir { .. } => {}
-        }
-    }
 }
