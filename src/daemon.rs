@@ -134,7 +134,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         Capacity::from_config(&config.audit, forwarder.is_some()),
     )?);
     if forwarder.is_some() {
-        store.log().set_forwarded(store.forward_cursor()?);
+        store.forward_state().set_delivered(store.forward_cursor()?);
     }
     let guard = Arc::new(Guard::new(store.clone(), &config));
     let review = ReviewSettings {
@@ -493,7 +493,7 @@ fn audit_sample(guard: &Guard) -> metrics::AuditSample {
     use std::sync::atomic::Ordering::Relaxed;
     let log = guard.store().log();
     let st = log.status();
-    let fw = log.forward_state();
+    let fw = guard.store().forward_state();
     let forwarding = fw.target.lock().map(|t| t.is_some()).unwrap_or(false);
     metrics::AuditSample {
         stored: st.stored,

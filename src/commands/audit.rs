@@ -186,7 +186,7 @@ pub(super) fn status_text(ctx: &Gateway, json_out: bool) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let log = ctx.guard.store().log();
     let st = log.status();
-    let fw = log.forward_state();
+    let fw = ctx.guard.store().forward_state();
     let target = fw.target.lock().ok().and_then(|t| t.clone());
     let last_error = fw.last_error.lock().ok().and_then(|t| t.clone());
     let backlog = target

@@ -326,6 +326,8 @@ pub struct Store {
     directory_tree: sled::Tree,
     guard_tree: sled::Tree,
     log: AuditLog,
+    /// The forwarder's state; the log holds it too.
+    forward: Arc<forward::ForwardState>,
     /// Signs checkpoints of the log.
     signing: Arc<ring::signature::Ed25519KeyPair>,
     directory: RwLock<Arc<Directory>>,
@@ -338,8 +340,6 @@ const SLED_DIR: &str = "store";
 const INDEX_DIR: &str = "audit-index";
 /// Signed cut markers of the log (drop-oldest).
 const CUTS_TREE: &str = "audit_cuts";
-/// Where the forwarder keeps its cursor.
-const FORWARD_TREE: &str = "audit_forward";
 
 impl Store {
     /// Opens (or creates) the store under `state_dir`, which is made 0700.
@@ -372,6 +372,7 @@ impl Store {
             sled::Config::new().path(&index_path).flush_every_ms(None),
             &index_path,
         )?;
+        let forward = Arc::new(forward::ForwardState::default());
         let log = AuditLog::open(
             &db,
             db.open_tree("audit")?,
@@ -379,6 +380,7 @@ impl Store {
             db.open_tree(CUTS_TREE)?,
             signing.clone(),
             capacity,
+            forward.clone(),
         )?;
         let store = Store {
             signing,
@@ -388,6 +390,7 @@ impl Store {
             directory_tree,
             guard_tree,
             log,
+            forward,
             changes: Mutex::new(()),
             fail_after: AtomicUsize::new(usize::MAX),
         };
@@ -450,23 +453,6 @@ impl Store {
     /// store's audit-signing key).
     pub fn verify(&self, from: Option<u64>) -> VerifyReport {
         self.log.verify(Some(&self.signing_public_key()), from)
-    }
-
-    /// The forwarder's persisted cursor: the last seq delivered.
-    pub fn forward_cursor(&self) -> Result<u64, StoreError> {
-        let t = self.db.open_tree(FORWARD_TREE)?;
-        Ok(t.get(b"cursor")?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
-    }
-
-    /// Persists the forwarder's cursor (made durable by the next flush:
-    /// a cursor lost in a crash only repeats events, at least once).
-    pub fn set_forward_cursor(&self, seq: u64) -> Result<(), StoreError> {
-        let t = self.db.open_tree(FORWARD_TREE)?;
-        t.insert(b"cursor", &seq.to_be_bytes())?;
-        self.log.set_forwarded(seq);
-        Ok(())
     }
 
     /// The audit-signing key's public half, hex.

@@ -163,7 +163,7 @@ pub(super) fn make_room(w: &Writer, head: &Head, n: u64) -> Result<Vec<Vec<u8>>,
         let need = stored + n + OWN_EVENTS - cap.events;
         let mut count = need.max(cap.events / 100).min(stored);
         if cap.keep_unforwarded {
-            let sent = sh.forwarded.load(Ordering::Acquire);
+            let sent = sh.forward.delivered();
             count = count.min(sent.saturating_sub(first.saturating_sub(1)));
         }
         if count < need {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::cut::{self, CutMarker};
+use super::forward::ForwardState;
 use super::index::Query;
 
 pub use capacity::Capacity;
@@ -67,15 +68,14 @@ struct Shared {
     /// Oldest stored seq (0 while empty).
     first_seq: AtomicU64,
     capacity: Mutex<Capacity>,
-    /// Highest seq the forwarder has delivered.
-    forwarded: AtomicU64,
     refused_full: AtomicU64,
     dropped: AtomicU64,
     /// The warning event was written; re-armed below the threshold.
     warned: AtomicBool,
     quota: Mutex<Quota>,
     suppressed: AtomicU64,
-    forward: super::forward::ForwardState,
+    /// The forwarder's state, for what it has delivered.
+    forward: Arc<ForwardState>,
     flushes: AtomicU64,
     /// Events handed to the writer and not yet durable (or refused).
     pending: AtomicU64,
@@ -113,7 +113,8 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens the log on `tree`, flushing through `db`.
+    /// Opens the log on `tree`, flushing through `db`; `forward` tells it
+    /// what the forwarder has delivered.
     pub fn open(
         db: &sled::Db,
         tree: sled::Tree,
@@ -121,6 +122,7 @@ impl AuditLog {
         cuts: sled::Tree,
         signing: Arc<ring::signature::Ed25519KeyPair>,
         capacity: Capacity,
+        forward: Arc<ForwardState>,
     ) -> Result<AuditLog, sled::Error> {
         let indexing = Arc::new(Mutex::new(()));
         // A cut interrupted by a stop: its marker is durable, so finish it.
@@ -158,7 +160,6 @@ impl AuditLog {
             last_seq: AtomicU64::new(last_seq),
             first_seq: AtomicU64::new(first_seq),
             capacity: Mutex::new(capacity),
-            forwarded: AtomicU64::new(0),
             refused_full: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             warned: AtomicBool::new(false),
@@ -168,7 +169,7 @@ impl AuditLog {
                 unreported: 0,
             }),
             suppressed: AtomicU64::new(0),
-            forward: Default::default(),
+            forward,
             flushes: AtomicU64::new(0),
             pending: AtomicU64::new(0),
         });
@@ -217,17 +218,6 @@ impl AuditLog {
         })
     }
 
-    /// The forwarder has delivered everything up to `seq` (drop-oldest may
-    /// now drop it).
-    pub fn set_forwarded(&self, seq: u64) {
-        self.inner.shared.forwarded.store(seq, Ordering::Release);
-    }
-
-    /// The syslog forwarder's state.
-    pub fn forward_state(&self) -> &super::forward::ForwardState {
-        &self.inner.shared.forward
-    }
-
     /// Oldest stored seq (0 while empty).
     pub fn first_seq(&self) -> u64 {
         self.inner.shared.first_seq.load(Ordering::Acquire)
@@ -251,7 +241,7 @@ impl AuditLog {
             dropped: sh.dropped.load(Ordering::Relaxed),
             last_cut: cut::latest(&self.cuts),
             suppressed: sh.suppressed.load(Ordering::Relaxed),
-            forwarded: sh.forwarded.load(Ordering::Relaxed),
+            forwarded: sh.forward.delivered(),
         }
     }
 
