@@ -19,7 +19,6 @@ use crate::metrics::{self, MeterSample, Sample};
 use crate::model::micros;
 use crate::service::{self, Notifier, ServiceError};
 use crate::sessions::Sessions;
-use crate::store::log::Capacity;
 use crate::store::{Category, EventDraft, Outcome, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +130,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     };
     let store = Arc::new(Store::open_with(
         &config.state_dir,
-        Capacity::from_config(&config.audit, forwarder.is_some()),
+        config.audit.capacity(forwarder.is_some()),
     )?);
     if forwarder.is_some() {
         store.forward_state().set_delivered(store.forward_cursor()?);
@@ -360,10 +359,10 @@ impl Live {
         .filter_map(|(k, changed)| changed.then_some(k))
         .collect();
         let (maps, added, removed) = unit_maps_reusing(&new, &self.maps);
-        guard.store().log().set_capacity(Capacity::from_config(
-            &new.audit,
-            old.audit.forward.is_some(),
-        ));
+        guard
+            .store()
+            .log()
+            .set_capacity(new.audit.capacity(old.audit.forward.is_some()));
         guard.reload(
             GuardSettings::from_config(&new),
             new.meters.clone(),

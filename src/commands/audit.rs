@@ -198,8 +198,8 @@ pub(super) fn status_text(ctx: &Gateway, json_out: bool) -> String {
     };
     let alarm = ctx.guard.counters.audit_alarm.load(Relaxed) || st.failing;
     let when_full = match st.capacity.when_full {
-        crate::config::WhenFull::DropOldest => "drop-oldest",
-        crate::config::WhenFull::Refuse => "refuse",
+        crate::store::log::WhenFull::DropOldest => "drop-oldest",
+        crate::store::log::WhenFull::Refuse => "refuse",
     };
     let full = st.stored + 2 >= st.capacity.events;
     if json_out {

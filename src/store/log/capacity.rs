@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 
 use time::OffsetDateTime;
 
-use crate::config::{AuditConfig, WhenFull};
 use crate::model::micros;
 
 use super::event::{Category, EventDraft, Outcome, SecurityEvent, draft_fields};
@@ -16,8 +15,18 @@ use super::{AuditError, AuditLog, key_seq};
 use crate::store::cut::{self, CutMarker};
 use crate::store::index::IndexKeys;
 
+/// What the log does when it is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Cut the oldest events behind a signed marker.
+    #[default]
+    DropOldest,
+    /// Refuse new events (the failure rule applies).
+    Refuse,
+}
+
 /// How the log behaves near and at its capacity (DESIGN §4, IEC 62443
-/// CR 2.9), from `[audit]`.
+/// CR 2.9); the config's `[audit]` makes one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capacity {
     /// Counted in events (sled reclaims space lazily: bytes on disk say
@@ -35,20 +44,29 @@ pub struct Capacity {
 }
 
 impl Capacity {
-    pub fn from_config(c: &AuditConfig, forwarding: bool) -> Capacity {
+    /// `events` stored at most, the warning from `warn_at_percent` of them
+    /// (at most 100) on; `keep_unforwarded` when forwarding is configured.
+    pub fn new(
+        events: u64,
+        warn_at_percent: u8,
+        when_full: WhenFull,
+        keep_unforwarded: bool,
+        unauthenticated_per_hour: u64,
+    ) -> Capacity {
         Capacity {
-            events: c.capacity_events,
-            warn_at: c.capacity_events / 100 * u64::from(c.warn_at_percent.min(100)),
-            when_full: c.when_full,
-            keep_unforwarded: forwarding,
-            unauthenticated_per_hour: c.unauthenticated_events_per_hour,
+            events,
+            warn_at: events / 100 * u64::from(warn_at_percent.min(100)),
+            when_full,
+            keep_unforwarded,
+            unauthenticated_per_hour,
         }
     }
 }
 
 impl Default for Capacity {
+    /// What the default `[audit]` gives without forwarding.
     fn default() -> Self {
-        Capacity::from_config(&AuditConfig::default(), false)
+        Capacity::new(10_000_000, 90, WhenFull::DropOldest, false, 3600)
     }
 }
 

@@ -21,7 +21,7 @@ use super::cut::{self, CutMarker};
 use super::forward::ForwardState;
 use super::index::Query;
 
-pub use capacity::Capacity;
+pub use capacity::{Capacity, WhenFull};
 pub use event::{Category, EVENT_VERSION, EventDraft, GENESIS_HASH, Outcome, SecurityEvent};
 pub use verify::{VerifyReport, verify_chain, verify_tree};
 
