@@ -156,7 +156,7 @@ fn main() {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let task = rt.spawn(f.run(store.clone(), stop_rx));
                 let took = wait_lines(&out, n, start);
-                let st = store.log().forward_state();
+                let st = store.forward_state();
                 if let Ok(e) = st.last_error.lock()
                     && let Some(e) = e.as_ref()
                 {

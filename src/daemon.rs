@@ -19,7 +19,6 @@ use crate::metrics::{self, MeterSample, Sample};
 use crate::model::micros;
 use crate::service::{self, Notifier, ServiceError};
 use crate::sessions::Sessions;
-use crate::store::log::Capacity;
 use crate::store::{Category, EventDraft, Outcome, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +130,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     };
     let store = Arc::new(Store::open_with(
         &config.state_dir,
-        Capacity::from_config(&config.audit, forwarder.is_some()),
+        config.audit.capacity(forwarder.is_some()),
     )?);
     if forwarder.is_some() {
-        store.log().set_forwarded(store.forward_cursor()?);
+        store.forward_state().set_delivered(store.forward_cursor()?);
     }
     let guard = Arc::new(Guard::new(store.clone(), &config));
     let review = ReviewSettings {
@@ -360,10 +359,10 @@ impl Live {
         .filter_map(|(k, changed)| changed.then_some(k))
         .collect();
         let (maps, added, removed) = unit_maps_reusing(&new, &self.maps);
-        guard.store().log().set_capacity(Capacity::from_config(
-            &new.audit,
-            old.audit.forward.is_some(),
-        ));
+        guard
+            .store()
+            .log()
+            .set_capacity(new.audit.capacity(old.audit.forward.is_some()));
         guard.reload(
             GuardSettings::from_config(&new),
             new.meters.clone(),
@@ -493,7 +492,7 @@ fn audit_sample(guard: &Guard) -> metrics::AuditSample {
     use std::sync::atomic::Ordering::Relaxed;
     let log = guard.store().log();
     let st = log.status();
-    let fw = log.forward_state();
+    let fw = guard.store().forward_state();
     let forwarding = fw.target.lock().map(|t| t.is_some()).unwrap_or(false);
     metrics::AuditSample {
         stored: st.stored,

@@ -28,7 +28,7 @@ fn capacity(events: u64, when_full: WhenFull, forwarding: bool) -> Capacity {
         unauthenticated_events_per_hour: 5,
         ..AuditConfig::default()
     };
-    Capacity::from_config(&c, forwarding)
+    c.capacity(forwarding)
 }
 
 fn codes(store: &Store, code: &str) -> Vec<metergate::store::SecurityEvent> {

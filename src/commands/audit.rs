@@ -186,7 +186,7 @@ pub(super) fn status_text(ctx: &Gateway, json_out: bool) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let log = ctx.guard.store().log();
     let st = log.status();
-    let fw = log.forward_state();
+    let fw = ctx.guard.store().forward_state();
     let target = fw.target.lock().ok().and_then(|t| t.clone());
     let last_error = fw.last_error.lock().ok().and_then(|t| t.clone());
     let backlog = target
@@ -198,8 +198,8 @@ pub(super) fn status_text(ctx: &Gateway, json_out: bool) -> String {
     };
     let alarm = ctx.guard.counters.audit_alarm.load(Relaxed) || st.failing;
     let when_full = match st.capacity.when_full {
-        crate::config::WhenFull::DropOldest => "drop-oldest",
-        crate::config::WhenFull::Refuse => "refuse",
+        crate::store::log::WhenFull::DropOldest => "drop-oldest",
+        crate::store::log::WhenFull::Refuse => "refuse",
     };
     let full = st.stored + 2 >= st.capacity.events;
     if json_out {

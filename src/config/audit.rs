@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::errors::{ConfigError, Key, Source};
+use crate::store::log::Capacity;
 
 /// What to do when an event cannot be made durable (DESIGN §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -122,6 +123,29 @@ impl Default for AuditConfig {
     }
 }
 
+impl From<WhenFull> for crate::store::log::WhenFull {
+    fn from(w: WhenFull) -> Self {
+        match w {
+            WhenFull::DropOldest => crate::store::log::WhenFull::DropOldest,
+            WhenFull::Refuse => crate::store::log::WhenFull::Refuse,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The log's capacity rule from `[audit]`; `forwarding`: a forwarder
+    /// runs, so drop-oldest keeps what it has not delivered.
+    pub fn capacity(&self, forwarding: bool) -> Capacity {
+        Capacity::new(
+            self.capacity_events,
+            self.warn_at_percent,
+            self.when_full.into(),
+            forwarding,
+            self.unauthenticated_events_per_hour,
+        )
+    }
+}
+
 /// Checks `[audit]` and resolves the forwarding paths against `base`, the
 /// config's directory.
 pub(super) fn check(audit: &mut AuditConfig, base: &Path, src: &Source) -> Result<(), ConfigError> {
@@ -182,4 +206,15 @@ pub(super) fn check(audit: &mut AuditConfig, base: &Path, src: &Source) -> Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's default capacity is the default `[audit]`'s.
+    #[test]
+    fn default_capacity_is_the_default_config() {
+        assert_eq!(AuditConfig::default().capacity(false), Capacity::default());
+    }
 }

@@ -6,9 +6,11 @@ pub mod meter;
 pub mod permission;
 pub mod policy;
 pub mod principal;
+pub mod rules;
 
 pub use directory::*;
 pub use meter::*;
 pub use permission::*;
 pub use policy::*;
 pub use principal::*;
+pub use rules::*;

@@ -15,9 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
-use super::Store;
 use super::export::{Origin, octet_counted, rfc5424};
 use super::log::SecurityEvent;
+use super::{Store, StoreError};
 use crate::config::{ForwardConfig, Transport};
 
 /// A write counts as delivered once the connection has stayed up this long
@@ -42,7 +42,12 @@ pub enum ForwardError {
     Tls(String),
 }
 
-/// What status and metrics show of the forwarder.
+/// Where the forwarder keeps its cursor.
+const FORWARD_TREE: &str = "audit_forward";
+
+/// The forwarder's state: what status and metrics show of it, and how far
+/// it has delivered (the log reads that through its handle: drop-oldest
+/// never drops an event not yet delivered).
 #[derive(Default)]
 pub struct ForwardState {
     pub target: Mutex<Option<String>>,
@@ -51,6 +56,45 @@ pub struct ForwardState {
     pub sent: AtomicU64,
     pub reconnects: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Highest seq the forwarder has delivered.
+    delivered: AtomicU64,
+}
+
+impl ForwardState {
+    /// The forwarder has delivered everything up to `seq` (drop-oldest may
+    /// now drop it).
+    pub fn set_delivered(&self, seq: u64) {
+        self.delivered.store(seq, Ordering::Release);
+    }
+
+    /// Highest seq the forwarder has delivered (0 before anything was).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire)
+    }
+}
+
+impl Store {
+    /// The forwarder's state (shared with the log).
+    pub fn forward_state(&self) -> &ForwardState {
+        &self.forward
+    }
+
+    /// The forwarder's persisted cursor: the last seq delivered.
+    pub fn forward_cursor(&self) -> Result<u64, StoreError> {
+        let t = self.db.open_tree(FORWARD_TREE)?;
+        Ok(t.get(b"cursor")?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
+    }
+
+    /// Persists the forwarder's cursor (made durable by the next flush:
+    /// a cursor lost in a crash only repeats events, at least once).
+    pub fn set_forward_cursor(&self, seq: u64) -> Result<(), StoreError> {
+        let t = self.db.open_tree(FORWARD_TREE)?;
+        t.insert(b"cursor", &seq.to_be_bytes())?;
+        self.forward.set_delivered(seq);
+        Ok(())
+    }
 }
 
 /// The connection settings, checked once at start.
@@ -125,7 +169,7 @@ impl Forwarder {
     /// Forwards until `stop` turns true: connect, send, reconnect with
     /// backoff on any failure.
     pub async fn run(self, store: Arc<Store>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let state = store.log().forward_state();
+        let state = store.forward_state();
         if let Ok(mut t) = state.target.lock() {
             *t = Some(self.target());
         }
@@ -195,7 +239,7 @@ impl Forwarder {
         store: &Arc<Store>,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), String> {
-        let state = store.log().forward_state();
+        let state = store.forward_state();
         state.connected.store(true, Ordering::Relaxed);
         if let Ok(mut l) = state.last_error.lock() {
             *l = None;

@@ -11,7 +11,6 @@ pub mod log;
 pub mod secrets;
 pub mod signing;
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,10 +20,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use time::OffsetDateTime;
 
 use crate::model::{
-    ADMINISTRATOR, Directory, DirectoryError, Effect, Group, Permission, PermissionSet, Policy,
-    PrincipalId, Role, ServiceUser, Stamp, SupportAccess, User, example_roles, managed_statements,
-    micros,
+    Directory, DirectoryError, Group, Permission, Policy, Role, ServiceUser, Stamp, SupportAccess,
+    User, example_roles, micros,
 };
+pub use crate::model::{administrators, granted_without_administrator, sod_conflicts};
 pub use log::{AuditError, AuditLog, Category, EventDraft, Outcome, SecurityEvent, VerifyReport};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -250,75 +249,6 @@ fn remove(dir: &mut Directory, kind: Kind, name: &str) {
     }
 }
 
-/// The permissions a principal can be granted anywhere by its policies,
-/// leaving out the managed Administrator policy (the break-glass path is
-/// exempt from separation of duties). Denies are not subtracted: a deny does
-/// not resolve a conflict, removing the grant does.
-pub fn granted_without_administrator(dir: &Directory, who: &PrincipalId) -> PermissionSet {
-    let (names, inline) = dir.policy_sources(who);
-    let mut statements = inline;
-    for n in names.iter().filter(|n| *n != ADMINISTRATOR) {
-        if let Some(m) = managed_statements(n) {
-            statements.extend(m);
-        } else if let Some(p) = dir.policies.get(n) {
-            statements.extend(p.statements.iter().cloned());
-        }
-    }
-    let mut set = PermissionSet::EMPTY;
-    for st in statements.iter().filter(|s| s.effect == Effect::Allow) {
-        set = set.union(st.permission_set());
-        for r in &st.roles {
-            if let Some(role) = dir.roles.get(r) {
-                set = set.union(role.permissions);
-            }
-        }
-    }
-    set
-}
-
-/// Every (principal, first, second) that holds both permissions of a pair.
-pub fn sod_conflicts(
-    dir: &Directory,
-    pairs: &[(Permission, Permission)],
-) -> BTreeSet<(PrincipalId, Permission, Permission)> {
-    let mut out = BTreeSet::new();
-    if pairs.is_empty() {
-        return out;
-    }
-    for who in dir.principals() {
-        let set = granted_without_administrator(dir, &who);
-        for &(a, b) in pairs {
-            if set.contains(a) && set.contains(b) {
-                out.insert((who.clone(), a, b));
-            }
-        }
-    }
-    out
-}
-
-/// Active users and service users holding the managed Administrator policy,
-/// directly or through a group (support is time-bound and not counted).
-pub fn administrators(dir: &Directory) -> usize {
-    use crate::model::Status;
-    let users = dir
-        .users
-        .values()
-        .filter(|u| u.status == Status::Active)
-        .filter(|u| {
-            dir.policy_sources(&PrincipalId::User(u.name.clone()))
-                .0
-                .iter()
-                .any(|p| p == ADMINISTRATOR)
-        })
-        .count();
-    let services = dir
-        .service_users
-        .values()
-        .filter(|s| s.status == Status::Active && s.policies.iter().any(|p| p == ADMINISTRATOR))
-        .count();
-    users + services
-}
-
 /// The store. One per state directory and process.
 pub struct Store {
     path: PathBuf,
@@ -326,6 +256,8 @@ pub struct Store {
     directory_tree: sled::Tree,
     guard_tree: sled::Tree,
     log: AuditLog,
+    /// The forwarder's state; the log holds it too.
+    forward: Arc<forward::ForwardState>,
     /// Signs checkpoints of the log.
     signing: Arc<ring::signature::Ed25519KeyPair>,
     directory: RwLock<Arc<Directory>>,
@@ -338,8 +270,6 @@ const SLED_DIR: &str = "store";
 const INDEX_DIR: &str = "audit-index";
 /// Signed cut markers of the log (drop-oldest).
 const CUTS_TREE: &str = "audit_cuts";
-/// Where the forwarder keeps its cursor.
-const FORWARD_TREE: &str = "audit_forward";
 
 impl Store {
     /// Opens (or creates) the store under `state_dir`, which is made 0700.
@@ -372,6 +302,7 @@ impl Store {
             sled::Config::new().path(&index_path).flush_every_ms(None),
             &index_path,
         )?;
+        let forward = Arc::new(forward::ForwardState::default());
         let log = AuditLog::open(
             &db,
             db.open_tree("audit")?,
@@ -379,6 +310,7 @@ impl Store {
             db.open_tree(CUTS_TREE)?,
             signing.clone(),
             capacity,
+            forward.clone(),
         )?;
         let store = Store {
             signing,
@@ -388,6 +320,7 @@ impl Store {
             directory_tree,
             guard_tree,
             log,
+            forward,
             changes: Mutex::new(()),
             fail_after: AtomicUsize::new(usize::MAX),
         };
@@ -450,23 +383,6 @@ impl Store {
     /// store's audit-signing key).
     pub fn verify(&self, from: Option<u64>) -> VerifyReport {
         self.log.verify(Some(&self.signing_public_key()), from)
-    }
-
-    /// The forwarder's persisted cursor: the last seq delivered.
-    pub fn forward_cursor(&self) -> Result<u64, StoreError> {
-        let t = self.db.open_tree(FORWARD_TREE)?;
-        Ok(t.get(b"cursor")?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0))
-    }
-
-    /// Persists the forwarder's cursor (made durable by the next flush:
-    /// a cursor lost in a crash only repeats events, at least once).
-    pub fn set_forward_cursor(&self, seq: u64) -> Result<(), StoreError> {
-        let t = self.db.open_tree(FORWARD_TREE)?;
-        t.insert(b"cursor", &seq.to_be_bytes())?;
-        self.log.set_forwarded(seq);
-        Ok(())
     }
 
     /// The audit-signing key's public half, hex.

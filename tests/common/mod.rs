@@ -49,10 +49,7 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = example_config(dir.path());
         edit(&mut config);
-        let capacity = metergate::store::log::Capacity::from_config(
-            &config.audit,
-            config.audit.forward.is_some(),
-        );
+        let capacity = config.audit.capacity(config.audit.forward.is_some());
         let store = Arc::new(Store::open_with(&config.state_dir, capacity).expect("store opens"));
         let guard = Arc::new(Guard::new(store, &config));
         Fixture { dir, guard }
