@@ -13,11 +13,12 @@ use crate::model::{Permission, PrincipalId};
 
 /// What a live session relies on besides its principal being let in: a
 /// permission on a meter (Terminal Access for a console, a file permission
-/// for an open SFTP handle). When a change withdraws it, the session ends.
+/// for an open SFTP handle) or everywhere (Security Logs Access for a
+/// followed log). When a change withdraws it, the session ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reliance {
     pub permission: Permission,
-    pub meter: String,
+    pub meter: Option<String>,
 }
 
 /// A live session as the access watcher sees it.
@@ -58,6 +59,9 @@ struct Entry {
 pub struct Sessions {
     next: AtomicU64,
     live: Mutex<BTreeMap<u64, Entry>>,
+    /// Woken when a session starts or learns when it expires, so the
+    /// access watcher schedules its end.
+    arrived: tokio::sync::Notify,
 }
 
 /// Held by a door for as long as its session lives; dropping it removes the
@@ -108,6 +112,7 @@ impl Sessions {
                 },
             );
         }
+        self.arrived.notify_one();
         SessionGuard {
             registry: self,
             id,
@@ -131,22 +136,22 @@ impl Sessions {
     }
 
     /// Session `id` relies on `permission` on `meter` from now on.
-    pub fn rely_on(&self, id: u64, permission: Permission, meter: &str) {
+    pub fn rely_on(&self, id: u64, permission: Permission, meter: Option<&str>) {
         self.with(id, |e| {
             e.relies_on.push(Reliance {
                 permission,
-                meter: meter.to_string(),
+                meter: meter.map(str::to_string),
             })
         });
     }
 
     /// Session `id` no longer relies on one use of `permission` on `meter`.
-    pub fn release(&self, id: u64, permission: Permission, meter: &str) {
+    pub fn release(&self, id: u64, permission: Permission, meter: Option<&str>) {
         self.with(id, |e| {
             if let Some(i) = e
                 .relies_on
                 .iter()
-                .position(|r| r.permission == permission && r.meter == meter)
+                .position(|r| r.permission == permission && r.meter.as_deref() == meter)
             {
                 e.relies_on.remove(i);
             }
@@ -156,6 +161,12 @@ impl Sessions {
     /// Session `id`'s credential stops being valid at `at` (UTC µs).
     pub fn expires_at(&self, id: u64, at: i64) {
         self.with(id, |e| e.expires = Some(at));
+        self.arrived.notify_one();
+    }
+
+    /// Resolves after a session starts or learns its expiry.
+    pub async fn arrived(&self) {
+        self.arrived.notified().await
     }
 
     /// Every live session with what it relies on (the access watcher).

@@ -144,7 +144,7 @@ async fn a_credential_is_given_only_for_what_its_giver_holds() {
     let admin = uid("root-admin");
     #[rustfmt::skip]
     let table: Vec<(PrincipalId, Vec<&str>, u8, &str)> = vec![
-        (uid("sam"), vec!["user", "add-key", "root-admin", KEY], 2, "a credential for a holder of the Administrator policy needs the Administrator policy"),
+        (uid("sam"), vec!["user", "add-key", "root-admin", KEY], 2, "a credential or access for a holder of the Administrator policy needs the Administrator policy"),
         (uid("sam"), vec!["user", "add-key", "olga", KEY], 2, "would confer Data View on meter-"),
         (uid("sam"), vec!["service-user", "key", "create", "integration"], 2, "needs the Administrator policy"),
         (uid("sam"), vec!["user", "add-key", "sam", KEY], 0, "key added"),
@@ -177,4 +177,148 @@ async fn a_credential_is_given_only_for_what_its_giver_holds() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Dormant Administrators (deactivated, lapsed, an ended support grant), a
+/// deny group bob (SecAdmin and Engineer) is in, and an Administrator under
+/// a deny of Master Reset.
+fn dormant() -> Fixture {
+    let f = Fixture::new();
+    let lapsed = Day::parse("2026-11-01").unwrap();
+    let mut sleeper = user("sleeper", &[ADMINISTRATOR]);
+    sleeper.status = Status::Inactive;
+    let mut gone = user("gone", &[ADMINISTRATOR]);
+    gone.end_date = Some(lapsed);
+    let mut robot = ServiceUser::new("robot");
+    robot.policies = vec![ADMINISTRATOR.into()];
+    robot.status = Status::Inactive;
+    let mut bob = user_with_role("bob", "SecAdmin", "*");
+    bob.inline
+        .push(Statement::allow_role("Engineer", vec![MeterSelector::All]));
+    let mut capped = user("capped", &[ADMINISTRATOR]);
+    capped.inline = vec![statement(
+        Effect::Deny,
+        &[Permission::MasterReset],
+        &[],
+        &["*"],
+    )];
+    f.add(vec![
+        Entity::User(sleeper),
+        Entity::User(gone),
+        Entity::ServiceUser(robot),
+        Entity::User(bob),
+        Entity::User(capped),
+        Entity::User(user_with_role("olga", "Operator", "*")),
+        Entity::User(user("root-admin", &[ADMINISTRATOR])),
+        Entity::Policy(Policy::new(
+            "no-console",
+            vec![statement(
+                Effect::Deny,
+                &[Permission::TerminalAccess],
+                &[],
+                &["*"],
+            )],
+        )),
+        Entity::Support(SupportAccess::new(lapsed, &[ADMINISTRATOR])),
+    ]);
+    f.add(vec![Entity::Group(Group::new(
+        "contractors",
+        &["bob"],
+        &["no-console"],
+    ))]);
+    f
+}
+
+/// Bringing access back, lifting a deny, or granting while under a bound
+/// or a deny of one's own: each is a grant, checked as one.
+#[tokio::test]
+async fn access_brought_back_or_a_deny_lifted_is_a_grant_too() {
+    #[rustfmt::skip]
+    let table: Vec<(PrincipalId, &str, u8, &str)> = vec![
+        (uid("bob"), "user activate sleeper", 2, "needs the Administrator policy"),
+        (uid("bob"), "user set-end-date gone none", 2, "needs the Administrator policy"),
+        (uid("bob"), "user set-end-date gone 2030-01-01", 2, "needs the Administrator policy"),
+        (uid("bob"), "service-user activate robot", 2, "needs the Administrator policy"),
+        (uid("bob"), "support update --until 2030-01-01", 2, "needs the Administrator policy"),
+        (uid("bob"), "group remove-member contractors bob", 2, "would confer Terminal Access on meter-"),
+        (uid("bob"), "group delete contractors", 2, "would confer Terminal Access on meter-"),
+        (uid("bob"), "group detach contractors no-console", 2, "would confer Terminal Access on meter-"),
+        // An Administrator under a deny confers nothing the deny withholds.
+        (uid("capped"), "user attach olga Administrator", 2, "would confer Master Reset on meter-"),
+        (uid("capped"), "user grant-role olga Installer", 2, "would confer Master Reset on meter-"),
+        // Support is bounded and time-bound: it never confers Administrator.
+        (PrincipalId::Support, "user attach olga Administrator", 2, "needs the Administrator policy"),
+        // Shortening access or adding a deny confers nothing.
+        (uid("bob"), "user set-end-date olga 2030-01-01", 0, "access end date 2030-01-01"),
+        (uid("bob"), "user attach olga no-console", 0, "attached to user olga"),
+        // An Administrator holding it all may do each.
+        (uid("root-admin"), "user activate sleeper", 0, "user sleeper is ACTIVE"),
+        (uid("root-admin"), "user set-end-date gone none", 0, "access end date none"),
+        (uid("root-admin"), "support update --until 2030-01-01", 0, "support access now ends"),
+        (uid("root-admin"), "group remove-member contractors bob", 0, "removed from group contractors"),
+    ];
+    let mut failures = Vec::new();
+    for (who, line, code, needle) in table {
+        let f = dormant();
+        if who == PrincipalId::Support {
+            // Support in force (its grant renewed by the break-glass console).
+            let ctx = gateway(&f);
+            let r = run(
+                &ctx,
+                &PrincipalId::Local("root".into()),
+                "support update --until 2026-12-31",
+            )
+            .await;
+            assert_eq!(r.code, 0, "{r:?}");
+        }
+        let ctx = gateway(&f);
+        let before = f.guard.directory();
+        let r = run(&ctx, &who, line).await;
+        if r.code != code || !r.text().contains(needle) {
+            failures.push(format!(
+                "{who} `{line}`: expected {code} with {needle:?}, got {} {:?}",
+                r.code,
+                r.text()
+            ));
+        }
+        if code != 0 && *f.guard.directory() != *before {
+            failures.push(format!(
+                "{who} `{line}` was refused but changed the directory"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Two changes that each pass alone but together grant Master Reset (a role
+/// granted, and the role widened) cannot both pass: changes run one at a
+/// time, each checked against the directory it applies to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_halves_of_a_grant_cannot_pass_together() {
+    for round in 0..40 {
+        let f = Fixture::new();
+        f.add(vec![Entity::User(user_with_role("bob", "SecAdmin", "*"))]);
+        let ctx = std::sync::Arc::new(gateway(&f));
+        let bob = uid("bob");
+        let r = run(&ctx, &bob, "role create Empty").await;
+        assert_eq!(r.code, 0, "{r:?}");
+        // Two tasks on a multi-threaded runtime, as two admin connections.
+        let grant = tokio::spawn({
+            let (ctx, bob) = (ctx.clone(), bob.clone());
+            async move { run(&ctx, &bob, "user grant-role bob Empty").await }
+        });
+        let widen = tokio::spawn({
+            let (ctx, bob) = (ctx.clone(), bob.clone());
+            async move { run(&ctx, &bob, "role edit Empty --add master-reset").await }
+        });
+        let (a, b) = (grant.await.unwrap(), widen.await.unwrap());
+        let holds = f
+            .guard
+            .decide_permission(&bob, Permission::MasterReset, Some("meter-1"), NOW)
+            .allowed;
+        assert!(
+            !holds,
+            "round {round}: bob granted himself Master Reset: {a:?} {b:?}"
+        );
+    }
 }

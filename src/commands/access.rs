@@ -23,9 +23,12 @@ const SETTLE: Duration = Duration::from_millis(250);
 
 /// Runs until `stop`.
 pub async fn watch(ctx: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut look = true;
     loop {
         let now = OffsetDateTime::now_utc();
-        end_lapsed(&ctx, now).await;
+        if look {
+            end_lapsed(&ctx, now).await;
+        }
         let wait = next_end(&ctx, now)
             .map(|t| {
                 let us = (t - micros(now)).max(0) as u64;
@@ -34,16 +37,21 @@ pub async fn watch(ctx: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<boo
             })
             .unwrap_or(MAX_SLEEP)
             .min(MAX_SLEEP);
-        tokio::select! {
+        look = tokio::select! {
             _ = ctx.guard.changed() => {
                 // A command that ends sessions itself (deactivate, revoke,
                 // key removal) does so right after its change: let it, so
                 // the sessions report its precise cause.
                 tokio::time::sleep(SETTLE).await;
+                true
             }
-            _ = tokio::time::sleep(wait) => {}
+            // A new session may end sooner than any other: only the next
+            // end is computed again (a session is let in by the guard, so
+            // there is nothing to end yet).
+            _ = ctx.sessions.arrived() => false,
+            _ = tokio::time::sleep(wait) => true,
             _ = stop.changed() => return,
-        }
+        };
     }
 }
 
@@ -75,12 +83,14 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
     for r in &s.relies_on {
         let d = ctx
             .guard
-            .decide_permission(&s.principal, r.permission, Some(&r.meter), now);
+            .decide_permission(&s.principal, r.permission, r.meter.as_deref(), now);
         if !d.allowed {
-            return Some(format!(
-                "{} on {} was withdrawn: {}",
-                r.permission, r.meter, d.reason
-            ));
+            let on = r
+                .meter
+                .as_ref()
+                .map(|m| format!(" on {m}"))
+                .unwrap_or_default();
+            return Some(format!("{}{on} was withdrawn: {}", r.permission, d.reason));
         }
     }
     None

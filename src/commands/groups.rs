@@ -91,6 +91,11 @@ pub(super) async fn group(
         }
         GroupCommand::Delete { name: n } => {
             let g = get_group(&dir, n)?;
+            // Its members lose its policies: their denies too.
+            if !g.members.is_empty() {
+                let taken = statements_of(&dir, &g.policies);
+                confer(ctx, caller, Conferral::Lifting(taken), now).await?;
+            }
             apply(
                 ctx,
                 who,
@@ -128,7 +133,12 @@ pub(super) async fn group(
                     }
                     g.members.push(u.clone())
                 }
-                (false, true) => g.members.retain(|m| m != u),
+                (false, true) => {
+                    // The member loses the group's policies: their denies too.
+                    let taken = statements_of(&dir, &g.policies);
+                    confer(ctx, caller, Conferral::Lifting(taken), now).await?;
+                    g.members.retain(|m| m != u)
+                }
             }
             apply(ctx, who, now, vec![put_group(g)])?;
             let verb = if add { "added to" } else { "removed from" };
@@ -142,9 +152,7 @@ pub(super) async fn group(
             let attach = matches!(cmd, GroupCommand::Attach { .. });
             let mut g = get_group(&dir, n)?;
             let verb = toggle_policy(&dir, &mut g.policies, p, attach, &format!("group {n}"))?;
-            if attach {
-                confer(ctx, caller, Conferral::Policy(p), now).await?;
-            }
+            confer_toggle(ctx, caller, &dir, p, attach, now).await?;
             apply(ctx, who, now, vec![put_group(g)])?;
             Ok(Done::changed(
                 format!("policy {p} {verb} group {n}\n"),

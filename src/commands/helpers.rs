@@ -273,3 +273,39 @@ pub(super) async fn confer(
         Err(CommandError::Denied(Box::new(d)))
     }
 }
+
+/// The statements of policies by name (managed or custom), for what taking
+/// them away lifts.
+pub(super) fn statements_of<'a>(
+    dir: &Directory,
+    names: impl IntoIterator<Item = &'a String>,
+) -> Vec<Statement> {
+    names
+        .into_iter()
+        .flat_map(|n| {
+            managed_statements(n).unwrap_or_else(|| {
+                dir.policies
+                    .get(n)
+                    .map(|p| p.statements.clone())
+                    .unwrap_or_default()
+            })
+        })
+        .collect()
+}
+
+/// Attaching confers the policy; detaching lifts its denies.
+pub(super) async fn confer_toggle(
+    ctx: &Gateway,
+    caller: &Caller,
+    dir: &Directory,
+    policy: &str,
+    attach: bool,
+    now: OffsetDateTime,
+) -> Result<(), CommandError> {
+    let what = if attach {
+        Conferral::Policy(policy)
+    } else {
+        Conferral::Lifting(statements_of(dir, [&policy.to_string()]))
+    };
+    confer(ctx, caller, what, now).await
+}

@@ -259,6 +259,13 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
         .collect::<Vec<_>>()
         .join(" ");
     let action = action_of(&line.command, who, &words);
+    let changes = matches!(
+        action,
+        Action::Admin {
+            op: AdminOp::Change,
+            ..
+        }
+    );
     let decision = ctx.guard.authorize(&caller.request(action), now).await;
     if !decision.allowed {
         return Outcome::Denied {
@@ -266,7 +273,12 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
             decision: Box::new(decision),
         };
     }
-    let result = run(ctx, caller, &line.command, req, now).await;
+    let result = if changes {
+        let _one = ctx.guard.one_change_at_a_time().await;
+        run(ctx, caller, &line.command, req, now).await
+    } else {
+        run(ctx, caller, &line.command, req, now).await
+    };
     let event = |outcome: EventOutcome, code: &str, reason: String| {
         EventDraft::new(code, Category::Admin, outcome)
             .principal(who)

@@ -98,6 +98,17 @@ pub(super) async fn role(
         } => {
             let mut r = get_role(&dir, n)?;
             let (add, remove) = (permissions(add)?, permissions(remove)?);
+            // A deny that names the role stops withholding what it loses.
+            confer(
+                ctx,
+                caller,
+                Conferral::RoleNarrowed {
+                    role: n,
+                    removed: remove,
+                },
+                now,
+            )
+            .await?;
             // Whoever holds the role gets what is added to it.
             confer(
                 ctx,

@@ -135,6 +135,11 @@ pub(super) async fn service_user(
         ServiceUserCommand::Deactivate { name: n } | ServiceUserCommand::Activate { name: n } => {
             let active = matches!(cmd, ServiceUserCommand::Activate { .. });
             let mut s = get_service(&dir, n)?;
+            if active {
+                // Access brought back is access given.
+                let target = PrincipalId::Service(n.clone());
+                confer(ctx, caller, Conferral::CredentialsOf(&target), now).await?;
+            }
             s.status = status(active);
             apply(ctx, who, now, vec![put_service(s)])?;
             Ok(status_changed(
@@ -157,9 +162,7 @@ pub(super) async fn service_user(
                 attach,
                 &format!("service user {n}"),
             )?;
-            if attach {
-                confer(ctx, caller, Conferral::Policy(p), now).await?;
-            }
+            confer_toggle(ctx, caller, &dir, p, attach, now).await?;
             apply(ctx, who, now, vec![put_service(s)])?;
             Ok(Done::changed(
                 format!("policy {p} {verb} service user {n}\n"),

@@ -102,6 +102,17 @@ pub(super) async fn support(
         SupportCommand::Update { until } => {
             let mut s = current()?;
             let day = end_date(until, now)?;
+            // Extended (or an ended grant revived), support acts with all
+            // its policies for longer.
+            if day > s.end_date || s.end_date.has_passed(now) {
+                confer(
+                    ctx,
+                    caller,
+                    Conferral::CredentialsOf(&PrincipalId::Support),
+                    now,
+                )
+                .await?;
+            }
             s.end_date = day;
             apply(ctx, who, now, vec![put(s)])?;
             Ok(Done::changed(
@@ -113,9 +124,7 @@ pub(super) async fn support(
             let attach = matches!(cmd, SupportCommand::Attach { .. });
             let mut s = current()?;
             let verb = toggle_policy(&dir, &mut s.policies, p, attach, "support access")?;
-            if attach {
-                confer(ctx, caller, Conferral::Policy(p), now).await?;
-            }
+            confer_toggle(ctx, caller, &dir, p, attach, now).await?;
             apply(ctx, who, now, vec![put(s)])?;
             Ok(Done::changed(
                 format!("policy {p} {verb} support access\n"),

@@ -213,6 +213,11 @@ pub(super) async fn user(
         UserCommand::Deactivate { name: n } | UserCommand::Activate { name: n } => {
             let active = matches!(cmd, UserCommand::Activate { .. });
             let mut u = get_user(&dir, n)?;
+            if active {
+                // Access brought back is access given.
+                let target = PrincipalId::User(n.clone());
+                confer(ctx, caller, Conferral::CredentialsOf(&target), now).await?;
+            }
             u.status = status(active);
             apply(ctx, who, now, vec![put_user(u)])?;
             Ok(status_changed(
@@ -238,11 +243,22 @@ pub(super) async fn user(
         }
         UserCommand::SetEndDate { name: n, date } => {
             let mut u = get_user(&dir, n)?;
-            u.end_date = if date == "none" {
+            let new = if date == "none" {
                 None
             } else {
                 Some(end_date(date, now)?)
             };
+            // A later end date, or none, gives access for longer.
+            let longer = match (u.end_date, new) {
+                (Some(_), None) => true,
+                (Some(old), Some(new)) => new > old,
+                (None, _) => false,
+            };
+            if longer {
+                let target = PrincipalId::User(n.clone());
+                confer(ctx, caller, Conferral::CredentialsOf(&target), now).await?;
+            }
+            u.end_date = new;
             let shown = u
                 .end_date
                 .map(|d| d.to_string())
@@ -368,9 +384,7 @@ pub(super) async fn user(
             let attach = matches!(cmd, UserCommand::Attach { .. });
             let mut u = get_user(&dir, n)?;
             let verb = toggle_policy(&dir, &mut u.policies, p, attach, &format!("user {n}"))?;
-            if attach {
-                confer(ctx, caller, Conferral::Policy(p), now).await?;
-            }
+            confer_toggle(ctx, caller, &dir, p, attach, now).await?;
             apply(ctx, who, now, vec![put_user(u)])?;
             Ok(Done::changed(
                 format!("policy {p} {verb} user {n}\n"),

@@ -19,9 +19,19 @@ pub enum Conferral<'a> {
     Statements(&'a [Statement]),
     /// Permissions added to a role: conferred wherever the role is granted.
     RolePermissions { role: &'a str, added: PermissionSet },
-    /// A credential for another principal (an SSH key, an access key): its
-    /// holder acts as that principal, so it confers all that principal holds.
+    /// A credential for another principal (an SSH key, an access key), or
+    /// its access brought back (activation, a later or no end date, support
+    /// extended): it then acts with all that principal holds.
     CredentialsOf(&'a PrincipalId),
+    /// Statements taken away from someone (a policy detached, a group left
+    /// or deleted): removing a deny confers what it withheld.
+    Lifting(Vec<Statement>),
+    /// Permissions removed from a role: wherever a deny names the role, it
+    /// no longer withholds them.
+    RoleNarrowed {
+        role: &'a str,
+        removed: PermissionSet,
+    },
 }
 
 impl Guard {
@@ -50,72 +60,85 @@ impl Guard {
         what: &Conferral<'_>,
         now: OffsetDateTime,
     ) -> Decision {
+        // The gateway's own console is the break-glass Administrator.
+        if matches!(who, PrincipalId::Local(_)) {
+            return Decision::allow(None, Reason::PrincipalActive);
+        }
         let dir = self.store.directory();
-        let administrator = dir.policy_sources(who).0.iter().any(|p| p == ADMINISTRATOR);
+        // Administrator conferred needs Administrator held without bounds:
+        // support's is bounded by its meters and its end, so it never
+        // confers it. Holding it is not enough either: every permission it
+        // confers is checked below, so a deny the holder is under counts.
+        let holds_administrator = *who != PrincipalId::Support
+            && dir.policy_sources(who).0.iter().any(|p| p == ADMINISTRATOR);
+        let needs_administrator =
+            |why: &'static str| Decision::deny(None, Reason::AdministratorRequired(why));
+        let policy_statements = |name: &str| -> Vec<Statement> {
+            managed_statements(name).unwrap_or_else(|| {
+                dir.policies
+                    .get(name)
+                    .map(|p| p.statements.clone())
+                    .unwrap_or_default()
+            })
+        };
+        let granting_role = |role: &str, effect: Effect| -> Vec<Statement> {
+            dir.policies
+                .values()
+                .flat_map(|p| p.statements.iter())
+                .chain(dir.users.values().flat_map(|u| u.inline.iter()))
+                .chain(dir.service_users.values().flat_map(|s| s.inline.iter()))
+                .filter(|s| s.effect == effect && s.roles.iter().any(|r| r == role))
+                .cloned()
+                .collect()
+        };
+        let only = |mut found: Vec<Statement>, perms: PermissionSet| {
+            for s in &mut found {
+                s.effect = Effect::Allow;
+                s.roles.clear();
+                s.permissions = perms.iter().collect();
+            }
+            found
+        };
+        // What the change confers, as allow statements.
         let statements: Vec<Statement> = match what {
+            Conferral::Policy(name) if *name == ADMINISTRATOR => {
+                if !holds_administrator {
+                    return needs_administrator("conferring the managed Administrator policy");
+                }
+                policy_statements(name)
+            }
+            Conferral::Policy(name) => policy_statements(name),
+            Conferral::Statements(s) => s.to_vec(),
+            Conferral::RolePermissions { role, added } => {
+                only(granting_role(role, Effect::Allow), *added)
+            }
             Conferral::CredentialsOf(target) => {
                 let (names, inline) = dir.policy_sources(target);
-                if names.iter().any(|n| n == ADMINISTRATOR) && !administrator {
-                    return Decision::deny(
-                        None,
-                        Reason::AdministratorRequired(
-                            "a credential for a holder of the Administrator policy",
-                        ),
+                if names.iter().any(|n| n == ADMINISTRATOR) && !holds_administrator {
+                    return needs_administrator(
+                        "a credential or access for a holder of the Administrator policy",
                     );
                 }
                 names
                     .iter()
-                    .flat_map(|n| {
-                        managed_statements(n).unwrap_or_else(|| {
-                            dir.policies
-                                .get(n)
-                                .map(|p| p.statements.clone())
-                                .unwrap_or_default()
-                        })
-                    })
+                    .flat_map(|n| policy_statements(n))
                     .chain(inline)
+                    .filter(|s| s.effect == Effect::Allow)
                     .collect()
             }
-            Conferral::Policy(name) if *name == ADMINISTRATOR => {
-                if administrator {
-                    return Decision::allow(None, Reason::PrincipalActive);
-                }
-                return Decision::deny(
-                    None,
-                    Reason::AdministratorRequired("conferring the managed Administrator policy"),
-                );
-            }
-            Conferral::Policy(name) => match managed_statements(name) {
-                Some(s) => s,
-                None => dir
-                    .policies
-                    .get(*name)
-                    .map(|p| p.statements.clone())
-                    .unwrap_or_default(),
-            },
-            Conferral::Statements(s) => s.to_vec(),
-            Conferral::RolePermissions { role, added } => {
-                // Every allow statement anywhere that grants the role.
-                let mut found: Vec<Statement> = dir
-                    .policies
-                    .values()
-                    .flat_map(|p| p.statements.iter())
-                    .chain(dir.users.values().flat_map(|u| u.inline.iter()))
-                    .chain(dir.service_users.values().flat_map(|s| s.inline.iter()))
-                    .filter(|s| s.effect == Effect::Allow && s.roles.iter().any(|r| r == role))
-                    .cloned()
-                    .collect();
-                for s in &mut found {
-                    s.roles.clear();
-                    s.permissions = added.iter().collect();
-                }
-                found
+            Conferral::Lifting(taken) => taken
+                .iter()
+                .filter(|s| s.effect == Effect::Deny)
+                .cloned()
+                .map(|mut s| {
+                    s.effect = Effect::Allow;
+                    s
+                })
+                .collect(),
+            Conferral::RoleNarrowed { role, removed } => {
+                only(granting_role(role, Effect::Deny), *removed)
             }
         };
-        // Administrator holders hold everything (DESIGN §2).
-        if administrator {
-            return Decision::allow(None, Reason::PrincipalActive);
-        }
         let fleet = self.fleet();
         for s in statements.iter().filter(|s| s.effect == Effect::Allow) {
             let mut perms: PermissionSet = s.permission_set();

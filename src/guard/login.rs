@@ -223,7 +223,10 @@ impl Guard {
                     return Verdict::Rejected;
                 };
                 let who = PrincipalId::Service(service);
-                match self.password_gate(&who, Some(a.source), now) {
+                // The address's own gate: a locked service user must not
+                // turn it off (access keys never lock; sources still do).
+                let window = self.settings.load().lockout.window.0;
+                match self.state.source_gate(a.source, micros(now), window).into() {
                     PasswordGate::SourceRefused => {
                         let why =
                             "too many failures from this source: refused for the lockout window";
@@ -572,14 +575,15 @@ impl Guard {
         self.state.source_failed(source, who, micros(now), window);
     }
 
-    /// Whether the directory knows `who` (failure records are kept only for
-    /// principals that exist).
+    /// Whether `who` is a user the directory knows (failure records are
+    /// kept only for those).
     fn knows(&self, who: &PrincipalId) -> bool {
-        let dir = self.store.directory();
+        // Only users have passwords: a guessed `svc:…`, `support` or
+        // `local:…` name never gets a stored record (nor a lock that would
+        // lift its address's throttle).
         match who {
-            PrincipalId::User(n) => dir.users.contains_key(n),
-            PrincipalId::Service(n) => dir.service_users.contains_key(n),
-            PrincipalId::Support | PrincipalId::Local(_) => true,
+            PrincipalId::User(n) => self.store.directory().users.contains_key(n),
+            _ => false,
         }
     }
 }

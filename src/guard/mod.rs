@@ -89,6 +89,9 @@ pub struct Guard {
     /// Woken after every change to the directory or the rules, so that
     /// access a change withdrew ends at once.
     changed: tokio::sync::Notify,
+    /// Admin changes run one at a time, so a change is checked (what it
+    /// confers) against the directory it is applied to.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Guard {
@@ -123,6 +126,7 @@ impl Guard {
             hashes: Arc::new(HashPool::new(1, 64)),
             sessions: Arc::new(Sessions::default()),
             changed: tokio::sync::Notify::new(),
+            changing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -216,6 +220,12 @@ impl Guard {
         self.meters.store(Arc::new((meters, profiles)));
         self.recompile();
         self.changed.notify_one();
+    }
+
+    /// Held by an admin change from its checks to its apply: two changes
+    /// that each confer half of a grant cannot pass their checks together.
+    pub async fn one_change_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changing.lock().await
     }
 
     /// Resolves after the next change to the directory or the rules.

@@ -245,3 +245,13 @@ impl GuardState {
 fn decode_i64(b: &[u8]) -> Option<i64> {
     b.try_into().ok().map(i64::from_be_bytes)
 }
+
+impl From<SourceGate> for super::PasswordGate {
+    fn from(g: SourceGate) -> Self {
+        match g {
+            SourceGate::Open => super::PasswordGate::Open,
+            SourceGate::Delay(d) => super::PasswordGate::Delay(d),
+            SourceGate::Refuse => super::PasswordGate::SourceRefused,
+        }
+    }
+}

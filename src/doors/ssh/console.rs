@@ -50,6 +50,18 @@ pub async fn connect(ctx: &Gateway, caller: &Caller, meter: &str, io: &mut Io) -
             .await;
         return 1;
     };
+    // The console is a session of its own, from before it is opened (the
+    // open may take seconds): listed, killable, and ended when Terminal
+    // Access on this meter is withdrawn, even while it is still opening.
+    let mut registered = ctx.sessions.register(
+        &caller.who,
+        &caller.source,
+        "console",
+        None,
+        crate::model::micros(OffsetDateTime::now_utc()),
+    );
+    ctx.sessions
+        .rely_on(registered.id, Permission::TerminalAccess, Some(meter));
     let account = match guard.meter_account(&caller.who, meter, Permission::TerminalAccess) {
         Ok(a) => a,
         Err(why) => {
@@ -87,17 +99,6 @@ pub async fn connect(ctx: &Gateway, caller: &Caller, meter: &str, io: &mut Io) -
                 .detail("account", &account),
         )
         .await;
-    // The console is a session of its own: listed, killable, and ended
-    // when Terminal Access on this meter is withdrawn.
-    let mut registered = ctx.sessions.register(
-        &caller.who,
-        &caller.source,
-        "console",
-        None,
-        crate::model::micros(OffsetDateTime::now_utc()),
-    );
-    ctx.sessions
-        .rely_on(registered.id, Permission::TerminalAccess, meter);
     let (sent, received, status, cut) = bridge(link, io, &mut registered.ended).await;
     drop(registered);
     let why = match &cut {

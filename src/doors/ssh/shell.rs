@@ -162,6 +162,10 @@ async fn admin(ctx: &Gateway, caller: &Caller, argv: Vec<String>, io: &mut Io) -
         }
         other => return show(io, other).await,
     };
+    // A followed log relies on Security Logs Access for as long as it runs:
+    // withdrawn, the session ends (the access watcher).
+    let logs = crate::model::Permission::SecurityLogsAccess;
+    ctx.sessions.rely_on(caller.session, logs, None);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
     let producer = tokio::spawn(crate::commands::stream::produce(
         ctx.guard.clone(),
@@ -178,6 +182,7 @@ async fn admin(ctx: &Gateway, caller: &Caller, argv: Vec<String>, io: &mut Io) -
         }
     }
     drop(rx);
+    ctx.sessions.release(caller.session, logs, None);
     match producer.await {
         Ok(Ok(())) => 0,
         _ => 1,

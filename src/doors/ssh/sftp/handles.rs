@@ -153,7 +153,9 @@ impl SftpSession {
 
     pub(super) async fn close(&mut self, id: u32, handle: &str) -> Reply {
         if let Some((p, meter)) = self.relied.remove(handle) {
-            self.ctx.sessions.release(self.registration, p, &meter);
+            self.ctx
+                .sessions
+                .release(self.registration, p, Some(&meter));
         }
         match self.handles.remove(handle) {
             None => Err((StatusCode::Failure, "no such handle".into())),

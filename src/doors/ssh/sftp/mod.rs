@@ -288,7 +288,7 @@ impl SftpSession {
     /// change withdraws it, the channel ends (the access watcher).
     fn rely(&mut self, handle: &str, permission: Option<Permission>, meter: &str) {
         if let Some(p) = permission {
-            self.ctx.sessions.rely_on(self.registration, p, meter);
+            self.ctx.sessions.rely_on(self.registration, p, Some(meter));
             self.relied
                 .insert(handle.to_string(), (p, meter.to_string()));
         }
