@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::{Action, Decision, Guard, Reason, Request, SourceGate};
+use super::{Action, Decision, Guard, Reason, Request};
 use crate::config::OnFailure;
 use crate::model::{PasswordRecord, PrincipalId, Status, micros};
 use crate::store::secrets::{Secret, SecretError};
@@ -122,11 +122,9 @@ impl Guard {
             return PasswordGate::Locked { until };
         }
         let window = self.settings.load().lockout.window.0;
-        match source.map(|a| self.state.source_gate(a, now_us, window)) {
-            Some(SourceGate::Refuse) => PasswordGate::SourceRefused,
-            Some(SourceGate::Delay(d)) => PasswordGate::Delay(d),
-            _ => PasswordGate::Open,
-        }
+        source.map_or(PasswordGate::Open, |a| {
+            self.state.source_gate(a, now_us, window).into()
+        })
     }
 
     /// Decides one login, whatever the door.

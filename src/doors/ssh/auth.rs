@@ -48,6 +48,25 @@ pub fn new_password_round(instructions: String) -> Auth {
     }
 }
 
+/// One login attempt on this door, decided by the guard.
+pub async fn attempt(
+    ctx: &Gateway,
+    claimed: &str,
+    source: IpAddr,
+    proof: Proof,
+    max_sessions: usize,
+) -> Verdict {
+    ctx.guard
+        .attempt(Attempt {
+            claimed,
+            source,
+            door: DOOR,
+            proof,
+            max_sessions: Some(max_sessions),
+        })
+        .await
+}
+
 /// What the guard's verdict means for the password method.
 pub enum PasswordLogin {
     In {
@@ -72,16 +91,7 @@ pub async fn password(
     } else {
         Proof::Password(secret)
     };
-    let verdict = ctx
-        .guard
-        .attempt(Attempt {
-            claimed: user,
-            source,
-            door: DOOR,
-            proof,
-            max_sessions: Some(max_sessions),
-        })
-        .await;
+    let verdict = attempt(ctx, user, source, proof, max_sessions).await;
     match verdict {
         Verdict::Accepted { who, credential } => PasswordLogin::In {
             who,
@@ -114,16 +124,8 @@ pub async fn interactive_step(
             let Some(temporary) = answers.into_iter().next() else {
                 return Err((None, Auth::reject()));
             };
-            let verdict = ctx
-                .guard
-                .attempt(Attempt {
-                    claimed: &who.to_string(),
-                    source,
-                    door: DOOR,
-                    proof: Proof::TemporaryPassword(temporary.clone()),
-                    max_sessions: Some(max_sessions),
-                })
-                .await;
+            let proof = Proof::TemporaryPassword(temporary.clone());
+            let verdict = attempt(ctx, &who.to_string(), source, proof, max_sessions).await;
             match verdict {
                 Verdict::MustChangePassword(who) => Err((
                     Some(Interactive::AwaitNew { who, temporary }),
@@ -171,19 +173,11 @@ pub async fn interactive_step(
                 }
                 Err(PasswordError::Failed(_)) => return Err((None, Auth::reject())),
             }
-            let verdict = ctx
-                .guard
-                .attempt(Attempt {
-                    claimed: &who.to_string(),
-                    source,
-                    door: DOOR,
-                    proof: Proof::Checked {
-                        credential: Credential::KeyboardInteractive,
-                        id: None,
-                    },
-                    max_sessions: Some(max_sessions),
-                })
-                .await;
+            let proof = Proof::Checked {
+                credential: Credential::KeyboardInteractive,
+                id: None,
+            };
+            let verdict = attempt(ctx, &who.to_string(), source, proof, max_sessions).await;
             match verdict {
                 Verdict::Accepted { who, .. } => Ok(who),
                 _ => Err((None, Auth::reject())),

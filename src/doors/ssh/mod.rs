@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 use crate::commands::{Caller, Gateway};
-use crate::guard::{Attempt, Credential, Proof, Verdict};
+use crate::guard::{Credential, Proof, Verdict};
 use crate::model::PrincipalId;
 use crate::store::{Category, EventDraft, Outcome};
 
@@ -415,20 +415,18 @@ impl russh::server::Handler for Connection {
             self.refuse_login("publickey", why).await;
             return Ok(Auth::reject());
         };
-        let verdict = self
-            .gw
-            .guard
-            .attempt(Attempt {
-                claimed: &who.to_string(),
-                source: self.peer.ip(),
-                door: DOOR,
-                proof: Proof::Checked {
-                    credential: Credential::PublicKey,
-                    id: Some(crate::sshkeys::key_credential(key.public_key)),
-                },
-                max_sessions: Some(self.door.max_sessions),
-            })
-            .await;
+        let proof = Proof::Checked {
+            credential: Credential::PublicKey,
+            id: Some(crate::sshkeys::key_credential(key.public_key)),
+        };
+        let verdict = auth::attempt(
+            &self.gw,
+            &who.to_string(),
+            self.peer.ip(),
+            proof,
+            self.door.max_sessions,
+        )
+        .await;
         Ok(match verdict {
             Verdict::Accepted {
                 who,
