@@ -761,3 +761,52 @@ fn garbage_and_silent_connections_are_closed_and_the_listener_goes_on() {
         .collect();
     assert_eq!(outcome(&g.ops(&op, json!([read()]))[0]), "ok");
 }
+
+/// A CRL file that disappears for a while (a deploy, tampering) lifts no
+/// revocation: the list in force stays, the gap is logged, and the file's
+/// return is picked up.
+#[test]
+fn a_missing_crl_keeps_revoked_certificates_refused() {
+    let g = Gateway::start();
+    let (op, serial) = g.issue("op", "scada-op", &["--role", "Operator"]);
+    cert_ok(&[
+        "--socket",
+        s(&g.d.socket),
+        "revoke",
+        "--ca",
+        s(&g.ca()),
+        &serial,
+    ]);
+    g.wait_event("mbaps.crl-loaded", |e| e["detail"]["revoked"] == "1");
+    assert_eq!(outcome(&g.ops(&op, json!([read()]))[0]), "refused");
+    // The CRL is moved away for a few seconds (the watcher looks every 2 s).
+    let crl = g.ca().join("crl.pem");
+    let aside = g.dir.join("crl.pem.aside");
+    std::fs::rename(&crl, &aside).unwrap();
+    g.wait_event("mbaps.crl-invalid", |e| {
+        e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("missing") && r.contains("previous one stays in force"))
+    });
+    for _ in 0..3 {
+        assert_eq!(outcome(&g.ops(&op, json!([read()]))[0]), "refused");
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    let loaded = |g: &Gateway| {
+        g.events()
+            .iter()
+            .filter(|e| e["code"] == "mbaps.crl-loaded")
+            .count()
+    };
+    let before = loaded(&g);
+    std::fs::rename(&aside, &crl).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while loaded(&g) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRL's return was not picked up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(outcome(&g.ops(&op, json!([read()]))[0]), "refused");
+}

@@ -166,7 +166,19 @@ impl Tls {
             }
             *seen = now_stamp;
         }
-        match build(&self.config, &self.resumable, OffsetDateTime::now_utc()) {
+        // A CRL that has gone (a deploy, or tampering) lifts nothing: the
+        // list in force stays, as for a broken file. (Missing at start is
+        // only allowed before the CA's first CRL exists.)
+        let missing = !self.config.crl.exists();
+        let built = if missing {
+            Err(MbapsError::Tls {
+                path: self.config.crl.clone(),
+                message: "the CRL file is missing".into(),
+            })
+        } else {
+            build(&self.config, &self.resumable, OffsetDateTime::now_utc())
+        };
+        match built {
             Ok(built) => {
                 let count = built.revoked.len();
                 let mut ended = 0;
