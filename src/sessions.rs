@@ -73,6 +73,37 @@ pub struct SessionGuard<'a> {
     pub ended: watch::Receiver<Option<String>>,
 }
 
+impl Entry {
+    /// A new entry with the registry's next id, and the receiver its
+    /// session watches for its end.
+    fn new(
+        principal: &PrincipalId,
+        source: &str,
+        door: &str,
+        credential: Option<String>,
+        started: i64,
+        registry: &Sessions,
+    ) -> (Entry, watch::Receiver<Option<String>>) {
+        let id = registry.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (end, ended) = watch::channel(None);
+        let entry = Entry {
+            info: SessionInfo {
+                id,
+                principal: principal.to_string(),
+                source: source.into(),
+                door: door.into(),
+                started,
+            },
+            principal: principal.clone(),
+            credential,
+            relies_on: Vec::new(),
+            expires: None,
+            end,
+        };
+        (entry, ended)
+    }
+}
+
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut live) = self.registry.live.lock() {
@@ -90,27 +121,10 @@ impl Sessions {
         credential: Option<String>,
         started: i64,
     ) -> SessionGuard<'_> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (end, ended) = watch::channel(None);
-        let info = SessionInfo {
-            id,
-            principal: principal.to_string(),
-            source: source.into(),
-            door: door.into(),
-            started,
-        };
+        let (entry, ended) = Entry::new(principal, source, door, credential, started, self);
+        let id = entry.info.id;
         if let Ok(mut live) = self.live.lock() {
-            live.insert(
-                id,
-                Entry {
-                    info,
-                    principal: principal.clone(),
-                    credential,
-                    relies_on: Vec::new(),
-                    expires: None,
-                    end,
-                },
-            );
+            live.insert(id, entry);
         }
         self.arrived.notify_one();
         SessionGuard {
@@ -118,6 +132,38 @@ impl Sessions {
             id,
             ended,
         }
+    }
+
+    /// Registers a session unless `principal` already holds `max` live ones
+    /// on `door` (then `Err` with how many): counted and registered under
+    /// one lock, so parallel logins cannot pass the cap together.
+    pub fn register_within(
+        &self,
+        principal: &PrincipalId,
+        source: &str,
+        door: &str,
+        credential: Option<String>,
+        started: i64,
+        max: usize,
+    ) -> Result<SessionGuard<'_>, usize> {
+        let (entry, ended) = Entry::new(principal, source, door, credential, started, self);
+        let id = entry.info.id;
+        if let Ok(mut live) = self.live.lock() {
+            let held = live
+                .values()
+                .filter(|e| e.principal == *principal && e.info.door == door)
+                .count();
+            if held >= max {
+                return Err(held);
+            }
+            live.insert(id, entry);
+        }
+        self.arrived.notify_one();
+        Ok(SessionGuard {
+            registry: self,
+            id,
+            ended,
+        })
     }
 
     pub fn list(&self) -> Vec<SessionInfo> {

@@ -553,3 +553,42 @@ fn one_principals_login_never_opens_an_address_for_anothers_guessing() {
     );
     assert_eq!(elsewhere[0]["ok"], true, "{:?}", elsewhere);
 }
+
+/// Logins that arrive together cannot pass the per-principal cap together:
+/// the count and the registration are one step.
+#[test]
+fn parallel_logins_never_exceed_the_session_cap() {
+    let g = gateway_with("max_sessions_per_principal = 1\n");
+    let key = g.user_with_key("fay");
+    let mut held: Vec<std::process::Child> = (0..8).map(|_| hold(g.port, &key, "fay")).collect();
+    wait_listed(&g, "fay");
+    // Every login has been decided once each client is either in or gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut gone = 0;
+        for c in held.iter_mut() {
+            if c.try_wait().ok().flatten().is_some() {
+                gone += 1;
+            }
+        }
+        if gone == held.len() - 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{gone} of {} sessions refused; expected all but one",
+            held.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let list = g.d.mg(&["session", "list"]).ok().stdout.clone();
+    let live = list
+        .lines()
+        .filter(|l| l.contains("user:fay") && l.contains("ssh"))
+        .count();
+    assert_eq!(live, 1, "{list}");
+    for mut c in held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -190,13 +190,38 @@ impl SshDoor {
         };
         let sessions = self.gw.sessions.clone();
         let started = crate::model::micros(OffsetDateTime::now_utc());
-        let mut registered = sessions.register(
+        // The guard checked the cap at login; counting and registering
+        // under one lock holds it against parallel logins too.
+        let mut registered = match sessions.register_within(
             &who,
             &peer.ip().to_string(),
             DOOR,
             Some(credential),
             started,
-        );
+            self.max_sessions,
+        ) {
+            Ok(r) => r,
+            Err(live) => {
+                let why = format!(
+                    "{live} live sessions on {DOOR}: the maximum per principal is {}",
+                    self.max_sessions
+                );
+                self.gw
+                    .guard
+                    .record(
+                        EventDraft::new("session.refused", Category::Session, Outcome::Deny)
+                            .principal(&who)
+                            .source(peer.ip())
+                            .door(DOOR)
+                            .reason(why.clone()),
+                    )
+                    .await;
+                let _ = handle
+                    .disconnect(russh::Disconnect::TooManyConnections, why, "en".into())
+                    .await;
+                return;
+            }
+        };
         let id = registered.id;
         session_id.store(id, Ordering::Release);
         self.gw
