@@ -126,6 +126,12 @@ impl Sessions {
         if let Ok(mut live) = self.live.lock() {
             live.insert(id, entry);
         }
+        self.admitted(id, ended)
+    }
+
+    /// The guard a door holds for a session just inserted; the access
+    /// watcher is told, so it schedules the session's end.
+    fn admitted(&self, id: u64, ended: watch::Receiver<Option<String>>) -> SessionGuard<'_> {
         self.arrived.notify_one();
         SessionGuard {
             registry: self,
@@ -158,12 +164,7 @@ impl Sessions {
             }
             live.insert(id, entry);
         }
-        self.arrived.notify_one();
-        Ok(SessionGuard {
-            registry: self,
-            id,
-            ended,
-        })
+        Ok(self.admitted(id, ended))
     }
 
     pub fn list(&self) -> Vec<SessionInfo> {
