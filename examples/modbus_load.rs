@@ -9,6 +9,8 @@
 //! usage: modbus_load --clients N --seconds S --target HOST:PORT --units 1-16
 //!        modbus_load --clients N --seconds S --targets HOST:P1,HOST:P2,... (unit 1 each)
 //!        [--tls-ca F --tls-cert F --tls-key F] [--handshakes [--resume]]
+//!        [--interval MS]   (each client polls once per MS, as SCADA does,
+//!                           instead of a closed loop)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ struct Args {
     seconds: f64,
     tls: Option<Arc<ClientConfig>>,
     handshakes: bool,
+    /// Poll period per client; None: a closed loop.
+    interval: Option<Duration>,
     /// (address, unit) each client cycles through; client i uses entry i % len.
     targets: Vec<(String, u8)>,
 }
@@ -40,6 +44,7 @@ fn parse() -> Result<Args, String> {
     let mut targets = Vec::new();
     let (mut ca, mut cert, mut key) = (None, None, None);
     let (mut handshakes, mut resume) = (false, false);
+    let mut interval = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or(format!("{a} needs a value"));
@@ -54,6 +59,10 @@ fn parse() -> Result<Args, String> {
                     a.parse().map_err(|_| "--units A-B")?,
                     b.parse().map_err(|_| "--units A-B")?,
                 );
+            }
+            "--interval" => {
+                let ms: u64 = val()?.parse().map_err(|e| format!("--interval: {e}"))?;
+                interval = Some(Duration::from_millis(ms));
             }
             "--targets" => targets = val()?.split(',').map(|t| (t.to_string(), 1u8)).collect(),
             "--tls-ca" => ca = Some(val()?),
@@ -81,6 +90,7 @@ fn parse() -> Result<Args, String> {
         targets,
         tls,
         handshakes,
+        interval,
     })
 }
 
@@ -150,6 +160,7 @@ async fn client(
     until: Instant,
     tls: Option<Arc<ClientConfig>>,
     handshakes: bool,
+    interval: Option<Duration>,
 ) -> Result<Vec<u32>, String> {
     let mut lat = Vec::with_capacity(100_000);
     let mut tid: u16 = 0;
@@ -165,11 +176,16 @@ async fn client(
         return Ok(lat);
     }
     let mut s = connect(&addr, &tls).await?;
+    let mut next = tokio::time::Instant::now();
     while Instant::now() < until {
         tid = tid.wrapping_add(1);
         let start = Instant::now();
         read_once(&mut s, unit, tid).await?;
         lat.push(start.elapsed().as_micros() as u32);
+        if let Some(every) = interval {
+            next += every;
+            tokio::time::sleep_until(next).await;
+        }
     }
     Ok(lat)
 }
@@ -193,7 +209,14 @@ fn main() {
         let tasks: Vec<_> = (0..args.clients)
             .map(|i| {
                 let (addr, unit) = args.targets[i % args.targets.len()].clone();
-                tokio::spawn(client(addr, unit, until, args.tls.clone(), args.handshakes))
+                tokio::spawn(client(
+                    addr,
+                    unit,
+                    until,
+                    args.tls.clone(),
+                    args.handshakes,
+                    args.interval,
+                ))
             })
             .collect();
         let mut all = Vec::new();

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::task::TaskTracker;
+
 use arc_swap::ArcSwap;
 
 use time::OffsetDateTime;
@@ -37,6 +39,8 @@ pub enum DaemonError {
     Forward(#[from] crate::store::forward::ForwardError),
     #[error("SSH host key {0}")]
     Ssh(#[from] crate::sshkeys::SshError),
+    #[error(transparent)]
+    Descriptors(#[from] crate::listen::descriptors::DescriptorError),
     #[error("listener {address}: {error}")]
     Listen {
         address: String,
@@ -76,6 +80,19 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         None => None,
     };
 
+    // The open-file limit is raised and budgeted before anything opens:
+    // the meter pools, the control socket and metrics keep a reserve, the
+    // network listeners share the rest.
+    let meter_connections: u64 = config.meters.iter().map(|m| m.max_connections as u64).sum();
+    let local = (server::MAX_CONNECTIONS + metrics::MAX_CONNECTIONS) as u64;
+    let budget = crate::listen::descriptors::raise_and_budget(meter_connections, local)?;
+    tracing::info!(
+        limit = budget.limit,
+        raised_from = ?budget.raised_from,
+        connections = budget.connections,
+        "open-file limit budgeted"
+    );
+
     // Every socket is bound before root is dropped (ports below 1024).
     let socket = config.control.socket_path();
     let (control_listener, gid) = server::bind(
@@ -86,7 +103,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     let bind = |address: &String| {
         let address = address.clone();
         async move {
-            tokio::net::TcpListener::bind(&address)
+            crate::listen::bind_tcp(&address)
                 .await
                 .map_err(|error| DaemonError::Listen { address, error })
         }
@@ -166,11 +183,31 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         tracing::error!(error = %e, "the start could not be logged");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = crate::listen::Shutdown::from(stop_rx.clone());
+    // The doors' connections, drained at stop; the control socket's and
+    // the scrapes are not waited for (a follower of the log would hold the
+    // stop forever).
+    let connections = TaskTracker::new();
+    let local_connections = TaskTracker::new();
+    let sources = crate::listen::Sources::new(config.limits.connections_per_source);
+    let shared_budget = (
+        Arc::new(tokio::sync::Semaphore::new(budget.connections)),
+        budget.connections,
+    );
+    let gate = |door: &'static str| {
+        crate::listen::Gate::new(
+            door,
+            config.limits.connections_per_listener,
+            Some(sources.clone()),
+            Some(shared_budget.clone()),
+        )
+    };
     let control = tokio::spawn(server::serve(
         control_listener,
         ctx.clone(),
         access,
-        stop_rx.clone(),
+        shutdown.clone(),
+        local_connections.clone(),
     ));
     let mut doors = Vec::new();
     let mut live = Live {
@@ -187,7 +224,12 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     {
         let door = Arc::new(door);
         live.plain.push(door.clone());
-        doors.push(tokio::spawn(door.serve(listener, stop_rx.clone())));
+        doors.push(tokio::spawn(door.serve(
+            listener,
+            gate("modbus"),
+            shutdown.clone(),
+            connections.clone(),
+        )));
     }
     if let Some(tls) = &tls {
         for (i, listener) in tls_listeners.into_iter().enumerate() {
@@ -196,9 +238,15 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
                 sessions.clone(),
                 maps[i].clone(),
                 tls.clone(),
+                config.limits.first_request_timeout.0,
             ));
             live.tls.push((i, door.clone()));
-            doors.push(tokio::spawn(door.serve(listener, stop_rx.clone())));
+            doors.push(tokio::spawn(door.serve(
+                listener,
+                gate("mbaps"),
+                shutdown.clone(),
+                connections.clone(),
+            )));
         }
         tokio::spawn(
             tls.clone()
@@ -217,7 +265,12 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         ));
         live.ssh = Some(door.clone());
         for listener in ssh_listeners {
-            doors.push(tokio::spawn(door.clone().serve(listener, stop_rx.clone())));
+            doors.push(tokio::spawn(door.clone().serve(
+                listener,
+                gate("ssh"),
+                shutdown.clone(),
+                connections.clone(),
+            )));
         }
     }
     tokio::spawn(check_chain(guard.clone()));
@@ -228,7 +281,14 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     }
     if let Some(listener) = metrics_listener {
         let sample = sampler(guard.clone(), sessions.clone(), shared_maps, review.clone());
-        tokio::spawn(metrics::serve(listener, sample, stop_rx.clone()));
+        let floods = Arc::new(crate::listen::Floods::new(guard.clone(), "metrics"));
+        tokio::spawn(metrics::serve(
+            listener,
+            sample,
+            floods,
+            shutdown.clone(),
+            local_connections.clone(),
+        ));
     }
     tokio::spawn(review_reminder(guard.clone(), review, stop_rx.clone()));
     if let Some(every) = notifier.watchdog_every() {
@@ -274,15 +334,17 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     for d in doors {
         let _ = d.await;
     }
-    let deadline = tokio::time::Instant::now() + config.daemon.drain_timeout.0;
-    while !sessions.list().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let ended = sessions.end_all("the daemon is stopping");
-    let grace = tokio::time::Instant::now() + Duration::from_secs(2);
-    while !sessions.list().is_empty() && tokio::time::Instant::now() < grace {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Connections not logged in end at the signal; sessions finish what
+    // they do until the drain deadline, then are ended; each connection's
+    // task ending is what the drain waits for.
+    connections.close();
+    let drained = tokio::time::timeout(config.daemon.drain_timeout.0, connections.wait()).await;
+    let ended = if drained.is_ok() {
+        0
+    } else {
+        sessions.end_all("the daemon is stopping")
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), connections.wait()).await;
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::debug!(error = %e, "the control socket was not removed");
     }
@@ -354,6 +416,18 @@ impl Live {
             ("passwords", new.passwords != old.passwords),
             ("audit.forward", new.audit.forward != old.audit.forward),
             ("ssh", new.ssh != old.ssh),
+            (
+                "limits (connections)",
+                (
+                    new.limits.connections_per_listener,
+                    new.limits.connections_per_source,
+                    new.limits.first_request_timeout,
+                ) != (
+                    old.limits.connections_per_listener,
+                    old.limits.connections_per_source,
+                    old.limits.first_request_timeout,
+                ),
+            ),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
@@ -432,6 +506,9 @@ impl Live {
         kept.passwords = self.config.passwords.clone();
         kept.ssh = self.config.ssh.clone();
         kept.audit.forward = self.config.audit.forward.clone();
+        kept.limits.connections_per_listener = self.config.limits.connections_per_listener;
+        kept.limits.connections_per_source = self.config.limits.connections_per_source;
+        kept.limits.first_request_timeout = self.config.limits.first_request_timeout;
         self.config = kept;
     }
 }

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod doors;
 pub mod fleet;
 pub mod guard;
+pub mod listen;
 pub mod mbap;
 pub mod metrics;
 pub mod model;

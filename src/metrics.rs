@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// The doors decisions are counted for; anything else counts as `other`.
 pub const DOORS: [&str; 6] = ["modbus", "mbaps", "control-socket", "ssh", "sftp", "other"];
@@ -310,27 +309,28 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request (line and headers) larger than this is refused.
 const MAX_REQUEST: usize = 8 * 1024;
 
-/// Serves `GET /metrics` until `stop`; `sample` gathers a fresh sample.
+/// Live scrapes the metrics endpoint holds at most (from its own reserve
+/// of descriptors: a flood on the doors never blinds monitoring).
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Serves `GET /metrics` until `shutdown`; `sample` gathers a fresh sample.
 pub async fn serve(
     listener: TcpListener,
     sample: Arc<dyn Fn() -> Sample + Send + Sync>,
-    mut stop: watch::Receiver<bool>,
+    floods: Arc<crate::listen::Floods>,
+    shutdown: crate::listen::Shutdown,
+    tracker: tokio_util::task::TaskTracker,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let sample = sample.clone();
-                    tokio::spawn(async move { answer(stream, sample).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        }
-    }
+    let gate = crate::listen::Gate::new("metrics", MAX_CONNECTIONS, None, None);
+    crate::listen::serve(
+        listener,
+        gate,
+        floods,
+        shutdown,
+        tracker,
+        move |stream, _, _| answer(stream, sample.clone()),
+    )
+    .await;
 }
 
 async fn answer(mut stream: TcpStream, sample: Arc<dyn Fn() -> Sample + Send + Sync>) {

@@ -626,6 +626,17 @@ fn certificate_files_that_cannot_be_used_are_config_errors_naming_the_file() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
+    // `cert server` copied the CRL beside the CA certificate. Without it:
+    // an error naming the file, since a missing list would lift every
+    // revocation.
+    std::fs::remove_file(tls.join("crl.pem")).unwrap();
+    let (code, err) = check("certificate = \"tls/server.crt\"\nkey = \"tls/server.key\"\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("mbaps.crl") && err.contains("tls/crl.pem does not exist"),
+        "{err}"
+    );
+    std::fs::copy(ca.join("crl.pem"), tls.join("crl.pem")).unwrap();
     let table = [
         ("certificate = \"tls/server.crt\"\n", "mbaps.key"),
         (
@@ -659,11 +670,6 @@ fn certificate_files_that_cannot_be_used_are_config_errors_naming_the_file() {
     }
     let (code, err) = check("certificate = \"tls/server.crt\"\nkey = \"tls/server.key\"\n");
     assert_eq!(code, 0, "{err}");
-    // No CRL beside the CA certificate yet: a warning, not an error.
-    assert!(
-        err.contains("mbaps.crl") && err.contains("no certificate counts as revoked"),
-        "{err}"
-    );
 
     // An expired server certificate is refused at start, naming the file.
     let expired = Command::new(BIN)
@@ -682,7 +688,8 @@ fn certificate_files_that_cannot_be_used_are_config_errors_naming_the_file() {
         .output()
         .unwrap();
     assert!(expired.status.success());
-    let (code, err) = check("certificate = \"old/server.crt\"\nkey = \"old/server.key\"\n");
+    let (code, err) =
+        check("certificate = \"old/server.crt\"\nkey = \"old/server.key\"\ncrl = \"ca/crl.pem\"\n");
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("old/server.crt: the certificate expired"),

@@ -423,12 +423,14 @@ fn user_with_password(g: &Gateway, name: &str, password: &str) {
 #[test]
 fn a_busy_hash_pool_is_never_a_wrong_password() {
     // One hashing thread and one queued job: a flood fills it at once.
+    // Logins waiting at once are not capped here (MaxStartups has its own
+    // tests): every attempt must reach the pool.
     let port = free_port();
     let d = Daemon::start_text(|s| {
         gateway_config(
             s,
             &format!(
-                "[passwords]\nhash_threads = 1\nhash_queue = 1\n[ssh]\nlisten = [\"127.0.0.1:{port}\"]\nmax_sessions_per_principal = 64\n"
+                "[passwords]\nhash_threads = 1\nhash_queue = 1\n[ssh]\nlisten = [\"127.0.0.1:{port}\"]\nmax_sessions_per_principal = 64\nmax_startups = \"500:30:1000\"\nper_source_max_startups = 500\n"
             ),
         )
     });
@@ -510,7 +512,8 @@ fn a_busy_hash_pool_is_never_a_wrong_password() {
 
 #[test]
 fn one_principals_login_never_opens_an_address_for_anothers_guessing() {
-    let g = gateway();
+    // 24 guesses at once from one address: each must reach the throttle.
+    let g = gateway_with("max_startups = \"500:30:1000\"\nper_source_max_startups = 500\n");
     let good = "Quiet harbor 42 lamps";
     user_with_password(&g, "victim", good);
     let key = g.user_with_key("mallory");

@@ -1,5 +1,5 @@
-//! `[lockout]` and `[limits]`: the limits the guard keeps state for — the
-//! password lockout and the interval between two peak demand resets.
+//! `[lockout]` and `[limits]`: the password lockout, the interval between
+//! two peak demand resets, and the connection limits every listener keeps.
 
 use std::time::Duration;
 
@@ -13,12 +13,26 @@ use super::interval::Interval;
 pub struct Limits {
     /// Minimum time between two peak demand resets of one meter.
     pub peak_demand_reset_interval: Interval,
+    /// Live connections one network listener holds at most (default 4096;
+    /// the descriptor budget, shared by all of them, may allow fewer).
+    pub connections_per_listener: usize,
+    /// Live connections one source address holds across the network
+    /// listeners (default 64: a flood from a few addresses cannot take the
+    /// descriptors a control room's SCADA needs).
+    pub connections_per_source: usize,
+    /// A Modbus client sends its first complete request within this of
+    /// connecting, TLS handshake included (default 10s: silent connections
+    /// hold nothing for long).
+    pub first_request_timeout: Interval,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             peak_demand_reset_interval: Interval(Duration::from_secs(15 * 60)),
+            connections_per_listener: 4096,
+            connections_per_source: 64,
+            first_request_timeout: Interval(Duration::from_secs(10)),
         }
     }
 }
@@ -44,10 +58,30 @@ impl Default for Lockout {
     }
 }
 
-/// Checks `[lockout]`.
-pub(super) fn check(lockout: &Lockout, src: &Source) -> Result<(), ConfigError> {
+/// Checks `[lockout]` and `[limits]`.
+pub(super) fn check(lockout: &Lockout, limits: &Limits, src: &Source) -> Result<(), ConfigError> {
     if lockout.failures == 0 {
         return Err(src.err(&Key::new("lockout.failures"), "must be at least 1"));
+    }
+    for (key, value) in [
+        (
+            "limits.connections_per_listener",
+            limits.connections_per_listener,
+        ),
+        (
+            "limits.connections_per_source",
+            limits.connections_per_source,
+        ),
+    ] {
+        if value == 0 {
+            return Err(src.err(&Key::new(key), "must be at least 1"));
+        }
+    }
+    if limits.first_request_timeout.0.is_zero() {
+        return Err(src.err(
+            &Key::new("limits.first_request_timeout"),
+            "must be longer than zero",
+        ));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::pki::NameFrom;
 
-use super::errors::{ConfigError, ConfigWarning, Key, Source};
+use super::errors::{ConfigError, Key, Source};
 use super::interval::Interval;
 
 /// Modbus/TCP Security listeners (TLS, mutual authentication).
@@ -56,7 +56,6 @@ pub(super) fn mbaps(
     base: &Path,
     plain_listeners: usize,
     src: &Source,
-    warnings: &mut Vec<ConfigWarning>,
 ) -> Result<Option<MbapsConfig>, ConfigError> {
     let Some(m) = raw.filter(|m| !m.listen.is_empty()) else {
         return Ok(None);
@@ -104,21 +103,23 @@ pub(super) fn mbaps(
         Some(p) => abs(p),
         None => client_ca.parent().unwrap_or(Path::new(".")).join("crl.pem"),
     };
-    if !crl.exists() {
-        warnings.push(src.warning(
-            &section.at("crl"),
-            format!(
-                "{} does not exist (yet): no certificate counts as revoked until it does",
-                crl.display()
-            ),
-        ));
-    }
     let handshake_timeout = m
         .handshake_timeout
         .map(|i| i.0)
         .unwrap_or(Duration::from_secs(10));
     if handshake_timeout.is_zero() {
         return Err(src.err(&section.at("handshake_timeout"), "must be at least 1s"));
+    }
+    // A missing CRL would lift every revocation: refuse to start rather
+    // than serve a revoked certificate (the CA folder always has one).
+    if !crl.exists() {
+        return Err(src.err(
+            &section.at("crl"),
+            format!(
+                "{} does not exist: without it a revoked certificate would be accepted; point mbaps.crl at the CA's crl.pem (written by `metergate cert init-ca` and each `cert revoke`)",
+                crl.display()
+            ),
+        ));
     }
     Ok(Some(MbapsConfig {
         listen: m.listen,

@@ -29,7 +29,7 @@ pub use mbaps::MbapsConfig;
 pub use meters::{ConsoleConfig, MeterConfig};
 pub use modbus::ModbusClient;
 pub use passwords::Passwords;
-pub use ssh::SshConfig;
+pub use ssh::{MaxStartups, SshConfig};
 
 use errors::Source;
 
@@ -141,19 +141,13 @@ impl Config {
         let meters = meters::meters(&raw.meters, &profiles, &raw.modbus.listen, base, &src)?;
         let clients = modbus::clients(&raw.modbus.clients, &src, &mut warnings)?;
         modbus::check_listen(&raw.modbus.listen, &src)?;
-        let mbaps = mbaps::mbaps(
-            raw.mbaps,
-            base,
-            raw.modbus.listen.len(),
-            &src,
-            &mut warnings,
-        )?;
+        let mbaps = mbaps::mbaps(raw.mbaps, base, raw.modbus.listen.len(), &src)?;
         access::check_support(&raw.support, &src)?;
         let ssh = ssh::ssh(&raw.ssh, base, &state_dir, &src)?;
         let metrics_listen = daemon::metrics_listen(&raw.metrics, &src)?;
         daemon::check_daemon(&raw.daemon, &src, &mut warnings)?;
         daemon::check_control(&raw.control, &src)?;
-        lockout::check(&raw.lockout, &src)?;
+        lockout::check(&raw.lockout, &raw.limits, &src)?;
         passwords::check(&raw.passwords, &src)?;
         let mut audit = raw.audit;
         audit::check(&mut audit, base, &src)?;

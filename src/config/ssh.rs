@@ -28,6 +28,12 @@ pub(super) struct RawSsh {
     max_upload_bytes: Option<u64>,
     #[serde(default)]
     store_quota_bytes: Option<u64>,
+    #[serde(default)]
+    login_grace: Option<Interval>,
+    #[serde(default)]
+    max_startups: Option<String>,
+    #[serde(default)]
+    per_source_max_startups: Option<usize>,
 }
 
 /// `[ssh]`: the SSH door (the gateway shell; SFTP later).
@@ -49,6 +55,60 @@ pub struct SshConfig {
     pub max_upload_bytes: u64,
     /// SFTP: the most a meter's store may hold (default 10 GiB).
     pub store_quota_bytes: u64,
+    /// Banner, key exchange and login within this of connecting (default
+    /// 60s, OpenSSH's LoginGraceTime): silent connections hold nothing.
+    pub login_grace: Duration,
+    /// Connections not yet logged in, as OpenSSH's MaxStartups.
+    pub max_startups: MaxStartups,
+}
+
+/// `start:rate:full` (OpenSSH's MaxStartups, default 10:30:100): beyond
+/// `start` connections not yet logged in, a new one from an address that
+/// already has one waiting is dropped with probability `rate`% rising to
+/// 100% at `full`; an address with none waiting is admitted until `full`.
+/// No address holds more than `per_source` waiting connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxStartups {
+    pub start: usize,
+    pub rate: u32,
+    pub full: usize,
+    pub per_source: usize,
+}
+
+impl Default for MaxStartups {
+    fn default() -> Self {
+        MaxStartups {
+            start: 10,
+            rate: 30,
+            full: 100,
+            // A crew behind one NAT logs in a few at a time; ten waiting
+            // logins from one address are plenty.
+            per_source: 10,
+        }
+    }
+}
+
+fn max_startups(text: &str) -> Result<(usize, u32, usize), String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bad = || {
+        format!(
+            "`{text}` is not start:rate:full (such as 10:30:100, rate a percentage, start ≤ full)"
+        )
+    };
+    let [start, rate, full] = parts[..] else {
+        return Err(bad());
+    };
+    let (Ok(start), Ok(rate), Ok(full)) = (
+        start.parse::<usize>(),
+        rate.parse::<u32>(),
+        full.parse::<usize>(),
+    ) else {
+        return Err(bad());
+    };
+    if start == 0 || start > full || rate > 100 {
+        return Err(bad());
+    }
+    Ok((start, rate, full))
 }
 
 /// The `[ssh]` section, checked: None when there is none or it has no
@@ -80,6 +140,22 @@ pub(super) fn ssh(
             "must be at least 1",
         ));
     }
+    let mut startups = MaxStartups::default();
+    if let Some(text) = &raw_ssh.max_startups {
+        let (start, rate, full) =
+            max_startups(text).map_err(|m| src.err(&section.at("max_startups"), m))?;
+        (startups.start, startups.rate, startups.full) = (start, rate, full);
+    }
+    if let Some(n) = raw_ssh.per_source_max_startups {
+        if n == 0 {
+            return Err(src.err(&section.at("per_source_max_startups"), "must be at least 1"));
+        }
+        startups.per_source = n;
+    }
+    let login_grace = raw_ssh.login_grace.map_or(Duration::from_secs(60), |i| i.0);
+    if login_grace.is_zero() {
+        return Err(src.err(&section.at("login_grace"), "must be longer than zero"));
+    }
     Ok((!listen.is_empty()).then(|| SshConfig {
         listen,
         host_key: match &raw_ssh.host_key {
@@ -96,5 +172,7 @@ pub(super) fn ssh(
         meter_credentials: raw_ssh.meter_credentials.as_ref().map(|p| base.join(p)),
         max_upload_bytes: raw_ssh.max_upload_bytes.unwrap_or(1 << 30),
         store_quota_bytes: raw_ssh.store_quota_bytes.unwrap_or(10 << 30),
+        login_grace,
+        max_startups: startups,
     }))
 }

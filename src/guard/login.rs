@@ -496,13 +496,18 @@ impl Guard {
         let d = if !verified {
             if credential.is_password() {
                 let l = &settings.lockout;
-                // Only real principals keep a persistent failure record.
+                // Only real principals keep a persistent failure record;
+                // names that are nobody lock the same way, in memory.
                 if self.knows(who) {
                     locked = self
                         .state
                         .password_failed(who, now_us, l.failures, l.window.0, l.duration.0)
                         .ok()
                         .flatten();
+                } else if matches!(who, PrincipalId::User(_)) {
+                    locked =
+                        self.state
+                            .nobody_failed(who, now_us, l.failures, l.window.0, l.duration.0);
                 }
                 if let Some(a) = source {
                     self.state

@@ -1,6 +1,7 @@
 //! The little state decisions need, kept in the store so it survives
 //! restarts: Peak Demand Reset slots per meter and password-failure counters
-//! per principal; plus the per-address throttle, which is kept in memory.
+//! per principal; plus the per-address throttle and the failures of names
+//! that are nobody, which are kept in memory only.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -16,7 +17,15 @@ use crate::store::StoreError;
 pub(crate) struct GuardState {
     tree: sled::Tree,
     sources: Mutex<HashMap<IpAddr, SourceFailures>>,
+    /// Failure runs of names that are nobody. They lock like a real
+    /// principal's (the lockout tells an attacker nothing about which
+    /// names exist) but live in memory only, the least recently used
+    /// forgotten first: invented names cost no disk and bounded memory.
+    nobody: Mutex<lru::LruCache<String, LoginFailures>>,
 }
+
+/// Invented names whose failures are remembered at once.
+const NOBODY_REMEMBERED: usize = 10_000;
 
 #[derive(Default, Serialize, Deserialize)]
 struct LoginFailures {
@@ -55,6 +64,10 @@ impl GuardState {
         GuardState {
             tree,
             sources: Mutex::new(HashMap::new()),
+            nobody: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(NOBODY_REMEMBERED)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
         }
     }
 
@@ -108,7 +121,34 @@ impl GuardState {
 
     /// Until when password login is locked for `who`, if it is.
     pub fn locked_until(&self, who: &PrincipalId, now: i64) -> Result<Option<i64>, StoreError> {
-        Ok(self.read_login(who)?.locked_until.filter(|u| *u > now))
+        if let Some(until) = self.read_login(who)?.locked_until.filter(|u| *u > now) {
+            return Ok(Some(until));
+        }
+        Ok(self.nobody.lock().ok().and_then(|mut n| {
+            n.get(&Self::login_key(who))
+                .and_then(|f| f.locked_until)
+                .filter(|u| *u > now)
+        }))
+    }
+
+    /// Counts a password failure of a name that is nobody, in memory.
+    pub fn nobody_failed(
+        &self,
+        who: &PrincipalId,
+        now: i64,
+        limit: u32,
+        window: Duration,
+        duration: Duration,
+    ) -> Option<i64> {
+        let mut nobody = self.nobody.lock().ok()?;
+        let st = nobody.get_or_insert_mut(Self::login_key(who), LoginFailures::default);
+        count_failure(st, now, limit, window, duration)
+    }
+
+    /// Names that are nobody with a failure run remembered.
+    #[cfg(test)]
+    pub fn nobody_remembered(&self) -> usize {
+        self.nobody.lock().map(|n| n.len()).unwrap_or(0)
     }
 
     /// Counts a password failure; locks when `limit` failures fall inside
@@ -122,22 +162,12 @@ impl GuardState {
         duration: Duration,
     ) -> Result<Option<i64>, StoreError> {
         let key = Self::login_key(who);
-        let window = window.as_micros() as i64;
         let mut locked = None;
         self.tree.update_and_fetch(&key, |old| {
             let mut st: LoginFailures = old
                 .and_then(|v| serde_json::from_slice(v).ok())
                 .unwrap_or_default();
-            st.failures.retain(|t| now - *t < window);
-            st.failures.push(now);
-            if st.failures.len() as u32 >= limit {
-                let until = now.saturating_add(duration.as_micros() as i64);
-                st.locked_until = Some(until);
-                st.failures.clear();
-                locked = Some(until);
-            } else {
-                locked = None;
-            }
+            locked = count_failure(&mut st, now, limit, window, duration);
             serde_json::to_vec(&st).ok()
         })?;
         Ok(locked)
@@ -242,6 +272,28 @@ impl GuardState {
     }
 }
 
+/// One more failure in a run; the lock's end when it reaches `limit`
+/// inside `window`.
+fn count_failure(
+    st: &mut LoginFailures,
+    now: i64,
+    limit: u32,
+    window: Duration,
+    duration: Duration,
+) -> Option<i64> {
+    let window = window.as_micros() as i64;
+    st.failures.retain(|t| now - *t < window);
+    st.failures.push(now);
+    if st.failures.len() as u32 >= limit {
+        let until = now.saturating_add(duration.as_micros() as i64);
+        st.locked_until = Some(until);
+        st.failures.clear();
+        Some(until)
+    } else {
+        None
+    }
+}
+
 fn decode_i64(b: &[u8]) -> Option<i64> {
     b.try_into().ok().map(i64::from_be_bytes)
 }
@@ -253,5 +305,44 @@ impl From<SourceGate> for super::PasswordGate {
             SourceGate::Delay(d) => super::PasswordGate::Delay(d),
             SourceGate::Refuse => super::PasswordGate::SourceRefused,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> GuardState {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        GuardState::new(db.open_tree("guard").unwrap())
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_name_that_is_nobody_locks_like_a_user_and_writes_nothing_to_disk() {
+        let st = state();
+        let ghost = PrincipalId::User("nobody-at-all".into());
+        assert_eq!(st.nobody_failed(&ghost, 1, 3, MINUTE, MINUTE), None);
+        assert_eq!(st.nobody_failed(&ghost, 2, 3, MINUTE, MINUTE), None);
+        let until = st.nobody_failed(&ghost, 3, 3, MINUTE, MINUTE);
+        assert_eq!(until, Some(3 + 60_000_000));
+        assert_eq!(st.locked_until(&ghost, 4).unwrap(), until);
+        assert!(st.tree.is_empty());
+    }
+
+    #[test]
+    fn invented_names_are_remembered_up_to_a_bound_the_oldest_forgotten_first() {
+        let st = state();
+        let first = PrincipalId::User("guess0".into());
+        for i in 0..NOBODY_REMEMBERED + 500 {
+            let who = PrincipalId::User(format!("guess{i}"));
+            st.nobody_failed(&who, i as i64, 1, MINUTE, MINUTE);
+        }
+        assert_eq!(st.nobody_remembered(), NOBODY_REMEMBERED);
+        assert_eq!(st.locked_until(&first, 10).unwrap(), None);
+        let last = PrincipalId::User(format!("guess{}", NOBODY_REMEMBERED + 499));
+        assert!(st.locked_until(&last, 10).unwrap().is_some());
+        assert!(st.tree.is_empty());
     }
 }

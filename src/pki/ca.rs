@@ -323,8 +323,8 @@ impl Ca {
     }
 
     /// The gateway's own certificate for `names` (IP addresses or DNS
-    /// names), written to OUT/server.crt and OUT/server.key with a copy of
-    /// the CA certificate.
+    /// names), written to OUT/server.crt and OUT/server.key with copies of
+    /// the CA certificate and the CRL.
     pub fn server(
         &self,
         out: &Path,
@@ -448,6 +448,16 @@ impl Ca {
         })?;
         if ca_certificate != self.ca_certificate() {
             write_file(&ca_certificate, &ca_pem, 0o644)?;
+        }
+        // The gateway's folder also gets the CRL, where `mbaps.crl` looks
+        // by default: a gateway never starts without one.
+        let crl = out.join("crl.pem");
+        if kind == "server" && crl != self.crl() {
+            let pem = std::fs::read(self.crl()).map_err(|error| PkiError::Read {
+                path: self.crl(),
+                error,
+            })?;
+            write_file(&crl, &pem, 0o644)?;
         }
         let issued = Issued {
             serial: serial_hex(serial.as_ref()),

@@ -19,6 +19,8 @@ pub struct Daemon {
     pub config: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// The open-file limits (soft, hard) the daemon starts under.
+    nofile: Option<(u64, u64)>,
 }
 
 /// What a CLI run printed and how it exited.
@@ -45,6 +47,15 @@ impl Daemon {
 
     /// Starts with a config of the caller's; `text` gets the socket path.
     pub fn start_text(text: impl FnOnce(&Path) -> String) -> Daemon {
+        Daemon::start_text_limited(None, text)
+    }
+
+    /// As `start_text`, under open-file limits (soft, hard) set with
+    /// `prlimit --nofile`.
+    pub fn start_text_limited(
+        nofile: Option<(u64, u64)>,
+        text: impl FnOnce(&Path) -> String,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("metergate.toml");
         let socket = dir.path().join("control.sock");
@@ -54,6 +65,7 @@ impl Daemon {
             config,
             socket,
             child: None,
+            nofile,
         };
         d.spawn(None);
         d
@@ -106,6 +118,7 @@ impl Daemon {
             config,
             socket,
             child: None,
+            nofile: None,
         };
         d.spawn(fake_time);
         d
@@ -114,7 +127,15 @@ impl Daemon {
     fn spawn(&mut self, fake_time: Option<&str>) {
         // libfaketime is preloaded into the daemon itself (the `faketime`
         // wrapper forks, and a signal to it would not reach the daemon).
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.nofile {
+            // prlimit execs the daemon: the pid stays the daemon's.
+            Some((soft, hard)) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:{hard}")).arg("--").arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         if let Some(t) = fake_time {
             cmd.env("LD_PRELOAD", libfaketime())
                 .env("FAKETIME", format!("@{t}"))
@@ -193,6 +214,7 @@ impl Daemon {
             socket: demo.join("control.sock"),
             dir,
             child: Some(child),
+            nofile: None,
         };
         (
             d,

@@ -10,10 +10,12 @@ use std::time::Duration;
 use nix::unistd::{Gid, Uid};
 use time::OffsetDateTime;
 use tokio::net::{UnixListener, UnixStream};
+use tokio_util::task::TaskTracker;
 
 use super::protocol::{Request, Response, read_frame, write_frame};
 use crate::commands::stream::{Stream, produce};
 use crate::commands::{Caller, Gateway, Input, Outcome as CommandOutcome, execute};
+use crate::listen::{Floods, Gate, Shutdown};
 use crate::model::{PrincipalId, check_name};
 use crate::store::{Category, EventDraft, Outcome};
 
@@ -97,28 +99,33 @@ pub fn bind(
     Ok((listener, gid))
 }
 
-/// Accepts connections until `stop` fires; each runs in its own task.
+/// Live connections the control socket holds at most. It draws on its own
+/// reserve of descriptors, so a flood on the network doors never takes it.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Accepts connections until `shutdown`; each runs in a task `tracker`
+/// drains.
 pub async fn serve(
     listener: UnixListener,
     ctx: Arc<Gateway>,
     access: Access,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let ctx = ctx.clone();
-                    tokio::spawn(async move { connection(stream, &ctx, access).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+    let gate = Gate::new(DOOR, MAX_CONNECTIONS, None, None);
+    let floods = Arc::new(Floods::new(ctx.guard.clone(), DOOR));
+    crate::listen::serve(
+        listener,
+        gate,
+        floods,
+        shutdown,
+        tracker,
+        move |stream, (), _| {
+            let ctx = ctx.clone();
+            async move { connection(stream, &ctx, access).await }
+        },
+    )
+    .await;
 }
 
 /// The principal for a local account: `local:NAME`, or `local:uidN` when the

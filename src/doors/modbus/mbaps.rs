@@ -251,26 +251,41 @@ impl MbapsDoor {
         sessions: Arc<Sessions>,
         units: Arc<UnitMap>,
         tls: Arc<Tls>,
+        first_request: std::time::Duration,
     ) -> MbapsDoor {
         MbapsDoor {
-            proxy: Proxy::new("mbaps", guard, units),
+            proxy: Proxy::new("mbaps", guard, units, first_request),
             sessions,
             tls,
         }
     }
 
-    /// Accepts until `stop` fires; each handshake runs in its own task.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    /// Accepts through `gate` until `shutdown`; each handshake runs in
+    /// its own task.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        gate: Arc<crate::listen::Gate>,
+        shutdown: crate::listen::Shutdown,
+        tracker: tokio_util::task::TaskTracker,
+    ) {
         let door = self.clone();
-        self.proxy
-            .accept_until(listener, stop, move |stream, peer| {
+        crate::listen::serve(
+            listener,
+            gate,
+            self.proxy.floods.clone(),
+            shutdown,
+            tracker,
+            move |stream, peer, _| {
                 let door = door.clone();
                 async move { door.connection(stream, peer).await }
-            })
-            .await;
+            },
+        )
+        .await;
     }
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
+        let first_request = self.proxy.first_request_deadline();
         let _ = stream.set_nodelay(true);
         let acceptor = self.tls.acceptor.load_full();
         let floods = &self.proxy.floods;
@@ -280,7 +295,7 @@ impl MbapsDoor {
             {
                 Err(_) => {
                     floods.count(
-                        peer.ip(),
+                        Some(peer.ip()),
                         "mbaps.handshake-timeout",
                         "the TLS handshake did not finish in time (mbaps.handshake_timeout)",
                     );
@@ -288,7 +303,7 @@ impl MbapsDoor {
                 }
                 Ok(Err(e)) => {
                     let (kind, reason) = classify(&e);
-                    floods.count(peer.ip(), kind, &reason);
+                    floods.count(Some(peer.ip()), kind, &reason);
                     return;
                 }
                 Ok(Ok(s)) => s,
@@ -297,7 +312,7 @@ impl MbapsDoor {
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
         let Some(der) = conn.peer_certificates().and_then(|c| c.first()) else {
             floods.count(
-                peer.ip(),
+                Some(peer.ip()),
                 "mbaps.no-certificate",
                 "no client certificate: Modbus/TCP Security requires one",
             );
@@ -385,7 +400,7 @@ impl MbapsDoor {
             return;
         }
         self.proxy
-            .serve_connection(tls, peer, &caller, session.ended.clone())
+            .serve_connection(tls, peer, &caller, session.ended.clone(), first_request)
             .await;
     }
 

@@ -4,9 +4,8 @@
 
 pub mod mbaps;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,23 +14,22 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ModbusClient};
 use crate::fleet::pool::UpstreamError;
 pub use crate::fleet::units::{UnitMap, unit_maps, unit_maps_reusing};
 use crate::guard::{Action, CertificateClaim, Guard, Request, WriteValues};
+use crate::listen::{Floods, Gate, Shutdown};
 use crate::mbap::{self as frame, FrameError, Header, Pdu, exception};
 use crate::model::{PrincipalId, micros};
 use crate::sessions::Sessions;
-use crate::store::{Category, EventDraft, Outcome};
 
 /// A connection with nothing to say for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// A frame begun must be finished this fast (slowloris).
 const PARTIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Events from unauthenticated or malformed traffic: one per source and
-/// kind for each interval, with a count, so garbage cannot flood the log.
-const FLOOD_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Who is on a connection, as the door established it.
 pub struct Caller {
@@ -49,73 +47,75 @@ pub struct Proxy {
     pub guard: Arc<Guard>,
     /// Swapped whole on reload; a request uses the map it started with.
     pub units: ArcSwap<UnitMap>,
+    /// Refused and malformed traffic, aggregated.
     pub floods: Arc<Floods>,
+    /// The first complete request comes within this of accept.
+    first_request: Duration,
 }
 
 impl Proxy {
-    pub fn new(door: &'static str, guard: Arc<Guard>, units: Arc<UnitMap>) -> Proxy {
+    pub fn new(
+        door: &'static str,
+        guard: Arc<Guard>,
+        units: Arc<UnitMap>,
+        first_request: Duration,
+    ) -> Proxy {
         Proxy {
             door,
             floods: Arc::new(Floods::new(guard.clone(), door)),
             guard,
             units: ArcSwap::new(units),
+            first_request,
         }
     }
 
-    /// The accept loop of a Modbus door: each connection in its own task,
-    /// aggregated events flushed every interval and at the end.
-    pub async fn accept_until<F, Fut>(
-        &self,
-        listener: TcpListener,
-        mut stop: watch::Receiver<bool>,
-        connection: F,
-    ) where
-        F: Fn(TcpStream, SocketAddr) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let flusher = tokio::spawn(self.floods.clone().flush_every(FLOOD_INTERVAL));
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(connection(stream, peer));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, door = self.door, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        }
-        flusher.abort();
-        self.floods.flush().await;
+    /// When a connection accepted now must have sent its first request.
+    pub fn first_request_deadline(&self) -> Instant {
+        Instant::now() + self.first_request
     }
 
     /// Serves ADUs on an established connection until the client leaves, a
     /// timeout or a malformed frame closes it, or the session is ended.
+    /// `first_request` is when the first complete request must have come.
     pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut stream: S,
         peer: SocketAddr,
         caller: &Caller,
         mut ended: watch::Receiver<Option<String>>,
+        first_request: Instant,
     ) {
         let mut buf: Vec<u8> = Vec::with_capacity(1024);
         let mut chunk = [0u8; 2048];
+        let mut answered = false;
         loop {
-            let wait = if buf.is_empty() {
-                IDLE_TIMEOUT
+            let until = if !answered {
+                first_request
+            } else if buf.is_empty() {
+                Instant::now() + IDLE_TIMEOUT
             } else {
-                PARTIAL_TIMEOUT
+                Instant::now() + PARTIAL_TIMEOUT
             };
             let n = tokio::select! {
                 _ = ended.changed() => {
                     let _ = stream.shutdown().await;
                     return;
                 }
-                r = tokio::time::timeout(wait, stream.read(&mut chunk)) => match r {
-                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                r = tokio::time::timeout_at(until, stream.read(&mut chunk)) => match r {
+                    Ok(Ok(0)) | Ok(Err(_)) => return,
+                    Err(_) => {
+                        if !answered {
+                            self.floods.count(
+                                Some(peer.ip()),
+                                "modbus.first-request-timeout",
+                                &format!(
+                                    "no complete request within limits.first_request_timeout ({} s) of connecting",
+                                    self.first_request.as_secs()
+                                ),
+                            );
+                        }
+                        return;
+                    }
                     Ok(Ok(n)) => n,
                 },
             };
@@ -127,7 +127,7 @@ impl Proxy {
                     Ok(None) => break,
                     Err(e) => {
                         self.floods
-                            .count(peer.ip(), "modbus.bad-frame", &close_reason(e));
+                            .count(Some(peer.ip()), "modbus.bad-frame", &close_reason(e));
                         let _ = stream.write_all(&out).await;
                         let _ = stream.shutdown().await;
                         return;
@@ -135,6 +135,7 @@ impl Proxy {
                     Ok(Some((h, pdu, used))) => {
                         let pdu = pdu.to_vec();
                         consumed += used;
+                        answered = true;
                         let started = std::time::Instant::now();
                         if let Some(answer) = self.request(caller, peer, h, &pdu).await {
                             out.extend_from_slice(&frame::adu(h, &answer));
@@ -169,7 +170,7 @@ impl Proxy {
         if h.unit == 0 {
             // Broadcast: no reply is possible, so it is never forwarded.
             self.floods.count(
-                peer.ip(),
+                Some(peer.ip()),
                 "modbus.broadcast",
                 "unit 0 (broadcast) is never forwarded",
             );
@@ -202,7 +203,7 @@ impl Proxy {
             Ok(answer) => Some(answer),
             Err(UpstreamError::Busy) => {
                 self.floods.count(
-                    peer.ip(),
+                    Some(peer.ip()),
                     "modbus.busy",
                     "the meter's request queue is full (modbus.max_queue)",
                 );
@@ -232,7 +233,12 @@ impl ModbusDoor {
     ) -> Vec<ModbusDoor> {
         (0..config.modbus_listen.len())
             .map(|l| ModbusDoor {
-                proxy: Proxy::new("modbus", guard.clone(), maps[l].clone()),
+                proxy: Proxy::new(
+                    "modbus",
+                    guard.clone(),
+                    maps[l].clone(),
+                    config.limits.first_request_timeout.0,
+                ),
                 sessions: sessions.clone(),
                 clients: ArcSwap::from_pointee(config.modbus_clients.clone()),
             })
@@ -262,22 +268,35 @@ impl ModbusDoor {
         ended
     }
 
-    /// Accepts until `stop` fires.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    /// Accepts through `gate` until `shutdown`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        gate: Arc<Gate>,
+        shutdown: Shutdown,
+        tracker: TaskTracker,
+    ) {
         let door = self.clone();
-        self.proxy
-            .accept_until(listener, stop, move |stream, peer| {
+        crate::listen::serve(
+            listener,
+            gate,
+            self.proxy.floods.clone(),
+            shutdown,
+            tracker,
+            move |stream, peer, _| {
                 let door = door.clone();
                 async move { door.connection(stream, peer).await }
-            })
-            .await;
+            },
+        )
+        .await;
     }
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
+        let first_request = self.proxy.first_request_deadline();
         let clients = self.clients.load();
         let Some(client) = ModbusClient::lookup(&clients, peer.ip()) else {
             self.proxy.floods.count(
-                peer.ip(),
+                Some(peer.ip()),
                 "modbus.refused-source",
                 "source matches no modbus.clients entry",
             );
@@ -297,7 +316,7 @@ impl ModbusDoor {
             micros(OffsetDateTime::now_utc()),
         );
         self.proxy
-            .serve_connection(stream, peer, &caller, session.ended.clone())
+            .serve_connection(stream, peer, &caller, session.ended.clone(), first_request)
             .await;
     }
 }
@@ -374,97 +393,4 @@ pub fn action_of(meter: &str, pdu: &Pdu) -> Option<Action> {
         },
         Pdu::Other { .. } => return None,
     })
-}
-
-/// A source address and the kind of refused traffic from it.
-type FloodKey = (IpAddr, &'static str);
-
-/// Refused and malformed traffic per (source, kind): the first in each
-/// interval is logged at once (it is visible while someone is testing), the
-/// rest are counted into one event at the interval's end, so garbage cannot
-/// flood the log.
-pub struct Floods {
-    guard: Arc<Guard>,
-    door: &'static str,
-    counts: Mutex<HashMap<FloodKey, (u64, String)>>,
-}
-
-/// Distinct sources remembered per interval; beyond, they share one entry.
-const FLOOD_SOURCES: usize = 10_000;
-
-impl Floods {
-    pub fn new(guard: Arc<Guard>, door: &'static str) -> Floods {
-        Floods {
-            guard,
-            door,
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn count(&self, source: IpAddr, kind: &'static str, reason: &str) {
-        let first = {
-            let Ok(mut c) = self.counts.lock() else {
-                return;
-            };
-            let key = if c.len() >= FLOOD_SOURCES && !c.contains_key(&(source, kind)) {
-                (IpAddr::from([0u8, 0, 0, 0]), kind)
-            } else {
-                (source, kind)
-            };
-            match c.get_mut(&key) {
-                Some(entry) => {
-                    entry.0 += 1;
-                    false
-                }
-                None => {
-                    c.insert(key, (0, reason.to_string()));
-                    true
-                }
-            }
-        };
-        if first {
-            let ev = self.event(source, kind, reason, 1);
-            let guard = self.guard.clone();
-            tokio::spawn(async move {
-                guard.record_unauthenticated(ev).await;
-            });
-        }
-    }
-
-    fn event(&self, source: IpAddr, kind: &str, reason: &str, count: u64) -> EventDraft {
-        // Refused TLS handshakes are failed authentications.
-        let category = if kind.starts_with("mbaps.") {
-            Category::Authentication
-        } else {
-            Category::Modbus
-        };
-        EventDraft::new(kind, category, Outcome::Deny)
-            .source(source)
-            .door(self.door)
-            .reason(reason)
-            .detail("count", count)
-    }
-
-    /// One event per (source, kind) with the count since its first.
-    pub async fn flush(&self) {
-        let drained: Vec<_> = match self.counts.lock() {
-            Ok(mut c) => c.drain().collect(),
-            Err(_) => return,
-        };
-        for ((source, kind), (count, reason)) in drained {
-            if count > 0 {
-                let ev = self.event(source, kind, &reason, count);
-                self.guard.record_unauthenticated(ev).await;
-            }
-        }
-        // What the quota held back is counted in one event.
-        self.guard.report_suppressed().await;
-    }
-
-    pub async fn flush_every(self: Arc<Self>, every: Duration) {
-        loop {
-            tokio::time::sleep(every).await;
-            self.flush().await;
-        }
-    }
 }

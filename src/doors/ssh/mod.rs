@@ -8,6 +8,7 @@ mod auth;
 pub mod console;
 pub mod sftp;
 pub mod shell;
+pub mod startups;
 mod terminal;
 
 use std::collections::HashMap;
@@ -23,17 +24,20 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
 use crate::commands::{Caller, Gateway};
 use crate::guard::{Credential, Proof, Verdict};
+use crate::listen::{Floods, Gate, Shutdown};
 use crate::model::PrincipalId;
 use crate::store::{Category, EventDraft, Outcome};
 
 const DOOR: &str = "ssh";
 /// Longest exec command line accepted.
 const MAX_COMMAND: usize = 8 * 1024;
-/// A connection that has not authenticated by then is closed.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a connection dropped at the login deadline has to take its
+/// disconnect message before its socket is let go.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
 /// Bytes of typed input a channel may have queued before the client waits.
 const INPUT_QUEUE: usize = 64;
@@ -49,6 +53,11 @@ pub struct SshDoor {
     /// SFTP limits (bytes).
     max_upload: u64,
     quota: u64,
+    /// Banner, key exchange and login within this of accept.
+    login_grace: Duration,
+    startups: Arc<startups::Startups>,
+    /// Connections dropped before login, aggregated.
+    floods: Arc<Floods>,
 }
 
 /// The methods offered, in the order scripted clients try them.
@@ -95,13 +104,16 @@ impl SshDoor {
             ..Default::default()
         };
         let door = SshDoor {
-            gw,
             config: Arc::new(russh_config),
             support_keys: ArcSwap::from_pointee(Vec::new()),
             max_session: ssh.max_session,
             max_sessions: ssh.max_sessions_per_principal,
             max_upload: ssh.max_upload_bytes,
             quota: ssh.store_quota_bytes,
+            login_grace: ssh.login_grace,
+            startups: startups::Startups::new(ssh.max_startups),
+            floods: Arc::new(Floods::new(gw.guard.clone(), DOOR)),
+            gw,
         };
         door.set_support_keys(&config.support.keys);
         door
@@ -122,31 +134,55 @@ impl SshDoor {
         self.gw.sessions.kill_credential(credential, reason)
     }
 
-    /// Accepts connections until `stop`; each runs in its own task and is
-    /// registered as a session once it has logged in.
+    /// Accepts connections through `gate` until `shutdown`; each runs in a
+    /// task `tracker` drains, and is registered as a session once it has
+    /// logged in.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        gate: Arc<Gate>,
+        shutdown: Shutdown,
+        tracker: TaskTracker,
     ) {
-        loop {
-            let (socket, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ssh accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.changed() => return,
-            };
-            let door = self.clone();
-            tokio::spawn(async move { door.connection(socket, peer).await });
-        }
+        let door = self.clone();
+        crate::listen::serve(
+            listener,
+            gate,
+            self.floods.clone(),
+            shutdown,
+            tracker,
+            move |socket, peer, shutdown| door.clone().connection(socket, peer, shutdown),
+        )
+        .await;
     }
 
-    async fn connection(self: Arc<Self>, socket: tokio::net::TcpStream, peer: SocketAddr) {
+    /// Connections waiting to log in now.
+    pub fn waiting_logins(&self) -> usize {
+        self.startups.waiting()
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        socket: tokio::net::TcpStream,
+        peer: SocketAddr,
+        mut shutdown: Shutdown,
+    ) {
+        // Everything before the login, banner included, runs against one
+        // deadline from accept (OpenSSH's LoginGraceTime).
+        let deadline = tokio::time::Instant::now() + self.login_grace;
+        let source = peer.ip().to_canonical();
+        let waiter = match self.startups.admit(source) {
+            Ok(w) => w,
+            Err(dropped) => {
+                self.floods
+                    .count(Some(source), "ssh.startup-dropped", &dropped.to_string());
+                return;
+            }
+        };
+        let grace = format!(
+            "no login within ssh.login_grace ({} s) of connecting",
+            self.login_grace.as_secs()
+        );
         let (logged_in_tx, logged_in) = tokio::sync::oneshot::channel();
         // run_stream does not apply the config's nodelay: without it, Nagle
         // and delayed ACKs add 40 ms steps to every login.
@@ -162,32 +198,54 @@ impl SshDoor {
             session_id: session_id.clone(),
             channels: HashMap::new(),
         };
-        let session = match russh::server::run_stream(self.config.clone(), socket, handler).await {
-            Ok(s) => s,
-            Err(e) => {
+        let started = tokio::select! {
+            r = tokio::time::timeout_at(deadline, russh::server::run_stream(self.config.clone(), socket, handler)) => r,
+            _ = shutdown.signalled() => return,
+        };
+        let session = match started {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "ssh handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.floods.count(Some(source), "ssh.login-grace", &grace);
                 return;
             }
         };
         let handle = session.handle();
         tokio::pin!(session);
+        let disconnect = |reason: russh::Disconnect, text: String| {
+            let handle = handle.clone();
+            async move {
+                let _ = handle.disconnect(reason, text, "en".into()).await;
+            }
+        };
         // Until the login, the connection is bounded in time.
         let (who, credential) = tokio::select! {
             r = logged_in => match r {
                 Ok(Ok(x)) => x,
                 // Busy is not wrong: the client is told to come back.
                 Ok(Err(Busy)) => {
-                    let _ = handle.disconnect(russh::Disconnect::ServiceNotAvailable, "the gateway is busy checking passwords: nothing was counted against you; try again".into(), "en".into()).await;
+                    disconnect(russh::Disconnect::ServiceNotAvailable, "the gateway is busy checking passwords: nothing was counted against you; try again".into()).await;
                     return;
                 }
                 Err(_) => { let _ = (&mut session).await; return; }
             },
             _ = &mut session => return,
-            _ = tokio::time::sleep(LOGIN_TIMEOUT) => {
-                let _ = handle.disconnect(russh::Disconnect::ByApplication, "login timed out".into(), "en".into()).await;
+            _ = tokio::time::sleep_until(deadline) => {
+                self.floods.count(Some(source), "ssh.login-grace", &grace);
+                disconnect(russh::Disconnect::ByApplication, "login timed out".into()).await;
+                let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut session).await;
+                return;
+            }
+            _ = shutdown.signalled() => {
+                disconnect(russh::Disconnect::ByApplication, "the gateway is stopping".into()).await;
+                let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut session).await;
                 return;
             }
         };
+        drop(waiter);
         let sessions = self.gw.sessions.clone();
         let started = crate::model::micros(OffsetDateTime::now_utc());
         // The guard checked the cap at login; counting and registering
