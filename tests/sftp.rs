@@ -5,48 +5,19 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/sftp.rs"]
+mod sftp_client;
 #[path = "common/site.rs"]
 mod site;
 #[path = "common/ssh.rs"]
 mod ssh;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use daemon::*;
+use sftp_client::*;
 use site::Site;
 use ssh::*;
-
-/// Runs one `sftp -b` batch as `user`; true when every command succeeded.
-fn sftp(port: u16, key: &Path, user: &str, batch: &str) -> (bool, String) {
-    let mut child = Command::new("sftp")
-        .args(SSH_OPTIONS)
-        .arg("-i")
-        .arg(key)
-        .args(["-P", &port.to_string(), "-b", "-"])
-        .arg(format!("{user}@127.0.0.1"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sftp runs (apt-get install openssh-client)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 /// The demo with three more users: `rw` (File System Read and Write
 /// Access), `flasher` (Firmware Management alone); crew is an Operator
@@ -74,17 +45,6 @@ fn site() -> Site {
         s.d.mg(&["user", "add-key", user, &public_line(&key)]).ok();
     }
     s
-}
-
-/// The names in a directory, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn store(s: &Site, meter: &str) -> PathBuf {
@@ -248,29 +208,6 @@ sftp = paramiko.SFTPClient.from_transport(t)
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim())
         .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)))
-}
-
-/// A gateway with one meter `m1` whose store is `files/m1` (created),
-/// `[ssh]` with `ssh_extra`, and `ada` (Administrator) with a key.
-fn one_meter(ssh_extra: &str) -> (Daemon, u16, PathBuf, PathBuf) {
-    let port = free_port();
-    let d = Daemon::start_text(|sock| {
-        gateway_config(
-            sock,
-            &format!(
-                "[[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\nfiles = \"files/m1\"\n\
-                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\n{ssh_extra}"
-            ),
-        )
-    });
-    let files = d.dir.path().join("files/m1");
-    std::fs::create_dir_all(&files).unwrap();
-    let key = keygen(d.dir.path(), "ada");
-    d.mg(&["user", "add", "ada", "--email", "ada@example.org"])
-        .ok();
-    d.mg(&["user", "attach", "ada", "Administrator"]).ok();
-    d.mg(&["user", "add-key", "ada", &public_line(&key)]).ok();
-    (d, port, files, key)
 }
 
 #[test]
