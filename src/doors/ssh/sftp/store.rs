@@ -39,6 +39,11 @@ pub enum Handle {
     Upstream(Arc<Upstream>, String),
 }
 
+/// The most read from or written to a meter's server at once: russh-sftp
+/// (and many servers) refuse packets over 256 KiB, and a refused packet
+/// ends the session.
+const UPSTREAM_IO: usize = 64 * 1024;
+
 fn upstream_error(e: ClientError) -> FileError {
     match e {
         ClientError::Status(s) if s.status_code == StatusCode::NoSuchFile => FileError::NotFound,
@@ -332,7 +337,11 @@ impl Handle {
                 })
                 .await
             }
-            Handle::Upstream(u, h) => match u.sftp.read(h.as_str(), offset, len as u32).await {
+            Handle::Upstream(u, h) => match u
+                .sftp
+                .read(h.as_str(), offset, len.min(UPSTREAM_IO) as u32)
+                .await
+            {
                 Ok(d) => Ok(d.data),
                 Err(ClientError::Status(s)) if s.status_code == StatusCode::Eof => Ok(Vec::new()),
                 Err(e) => Err(upstream_error(e)),
@@ -350,12 +359,17 @@ impl Handle {
                 })
                 .await
             }
-            Handle::Upstream(u, h) => u
-                .sftp
-                .write(h.as_str(), offset, data)
-                .await
-                .map(|_| ())
-                .map_err(upstream_error),
+            Handle::Upstream(u, h) => {
+                let mut at = offset;
+                for piece in data.chunks(UPSTREAM_IO) {
+                    u.sftp
+                        .write(h.as_str(), at, piece.to_vec())
+                        .await
+                        .map_err(upstream_error)?;
+                    at += piece.len() as u64;
+                }
+                Ok(())
+            }
         }
     }
 
