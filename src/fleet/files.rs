@@ -203,14 +203,16 @@ impl LocalStore {
         Ok((File::from(f), temp))
     }
 
-    /// Opens `rel` for writing, created or truncated (the simulated
-    /// meter's own server writes in place).
-    pub fn create_or_truncate(&self, rel: &RelPath) -> Result<File, FileError> {
-        Ok(File::from(self.at(
-            rel,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
-            Mode::from_bits_truncate(0o640),
-        )?))
+    /// Opens `rel` with the open(2) `flags` given, a new file with mode
+    /// 0640 (the simulated meter's own server writes in place, as a simple
+    /// meter would).
+    pub fn open_with(&self, rel: &RelPath, flags: OFlag) -> Result<File, FileError> {
+        // openat2 takes a mode only with O_CREAT.
+        let mode = match flags.contains(OFlag::O_CREAT) {
+            true => Mode::from_bits_truncate(0o640),
+            false => Mode::empty(),
+        };
+        Ok(File::from(self.at(rel, flags, mode)?))
     }
 
     pub fn list(&self, rel: &RelPath) -> Result<Vec<Entry>, FileError> {
