@@ -437,6 +437,22 @@ fn an_upstream_store_is_reached_as_the_meter_side_account_with_the_pinned_key() 
         std::fs::read_to_string(meter2.join("logs/up2.txt")).unwrap(),
         "from the crew\n"
     );
+    // A resumed upload: the part on the meter is copied through its server
+    // into the temporary file, the rest follows it.
+    let whole: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&up, &whole).unwrap();
+    std::fs::write(meter2.join("logs/resumed.bin"), &whole[..100_000]).unwrap();
+    let (ok, out) = sftp(
+        s.port,
+        &s.key("rw"),
+        "rw",
+        &format!("reput {} /meter-2/logs/resumed.bin\n", up.display()),
+    );
+    assert!(ok, "{out} {}", s.events("sftp.upload"));
+    assert!(
+        std::fs::read(meter2.join("logs/resumed.bin")).unwrap() == whole,
+        "the resumed upload is whole on the meter"
+    );
     let leftovers: Vec<String> = names(&meter2.join("logs"))
         .into_iter()
         .filter(|n| n.starts_with(".metergate-upload-"))
@@ -456,7 +472,7 @@ impl Drop for SmallDisk {
 }
 
 #[test]
-fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
+fn a_full_disk_gives_a_clear_error_and_leaves_the_previous_file_whole() {
     let (d, port, files, key) = one_meter("");
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
@@ -469,22 +485,42 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
     );
     let _disk = SmallDisk(files.clone());
     std::fs::create_dir(files.join("logs")).unwrap();
+    let previous: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(files.join("logs/previous.bin"), &previous).unwrap();
+    // 512 KiB into a 128 KiB disk: a new file, a replacing one ("wb") and
+    // an append (the copy fits, the rest does not).
     let script = r#"
-try:
-    with sftp.open("/m1/logs/big.bin", "wb") as f:
-        for _ in range(16):
-            f.write(b"x" * 32768)
-    print(json.dumps("ok"))
-except IOError as e:
-    print(json.dumps(str(e)))
+out = []
+for path, mode in [("/m1/logs/big.bin", "wb"), ("/m1/logs/previous.bin", "wb"),
+                   ("/m1/logs/previous.bin", "ab")]:
+    try:
+        with sftp.open(path, mode) as f:
+            for _ in range(16):
+                f.write(b"x" * 32768)
+        out.append("ok")
+    except IOError as e:
+        out.append(str(e))
+print(json.dumps(out))
 "#;
     let r = paramiko_sftp(port, "ada", &key, script, &[]);
-    assert!(
-        r.as_str().unwrap_or("").contains("No space left on device"),
-        "{r}"
+    for (i, outcome) in r.as_array().expect("a list").iter().enumerate() {
+        assert!(
+            outcome
+                .as_str()
+                .unwrap_or("")
+                .contains("No space left on device"),
+            "upload {i}: {r}"
+        );
+    }
+    assert_eq!(
+        names(&files.join("logs")),
+        vec!["previous.bin".to_string()],
+        "nothing half-written is left"
     );
-    let left = names(&files.join("logs"));
-    assert!(left.is_empty(), "nothing half-written is left: {left:?}");
+    assert!(
+        std::fs::read(files.join("logs/previous.bin")).unwrap() == previous,
+        "the previous file is whole, byte for byte"
+    );
     let failures = d
         .mg(&["audit", "query", "--code", "sftp.upload"])
         .ok()
