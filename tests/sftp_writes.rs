@@ -1,7 +1,9 @@
 //! SFTP writes mean what POSIX open(2) and OpenSSH's internal-sftp make
 //! them mean, through clients nobody here wrote: OpenSSH's `sftp` (`reput`,
 //! `reget`) and paramiko (append, `r+`, a write at an offset, truncate, `w`,
-//! the exact open flags). Every result is compared byte for byte.
+//! the exact open flags). Every result is compared byte for byte. Size
+//! changes count against the upload limit and the quota, and parallel
+//! uploads together stay within the quota.
 
 #[path = "common/daemon.rs"]
 mod daemon;
@@ -10,7 +12,11 @@ mod sftp_client;
 #[path = "common/ssh.rs"]
 mod ssh;
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use daemon::Daemon;
 use serde_json::{Value, json};
@@ -247,5 +253,183 @@ fn openssh_reget_resumes_a_download() {
     assert!(
         std::fs::read(&local).unwrap() == whole,
         "the resumed download is the whole file, byte for byte"
+    );
+}
+
+#[test]
+fn size_changes_count_against_the_upload_limit_and_the_quota() {
+    let (d, port, files, key) = with_file(
+        "max_upload_bytes = 50000\nstore_quota_bytes = 100000\n",
+        "logs/a.bin",
+        &pattern(20_000),
+    );
+    let logs = files.join("logs");
+    std::fs::write(logs.join("small.bin"), b"0123456789").unwrap();
+    let (max, quota) = (
+        "maximum upload size (50000 bytes)",
+        "store quota (100000 bytes)",
+    );
+    #[rustfmt::skip]
+    let table: Vec<(Value, Option<&str>)> = vec![
+        // SETSTAT: past the limit refused; within it, counted (70000).
+        (json!(["setstat_size", "/m1/logs/small.bin", 60000]), Some(max)),
+        (json!(["setstat_size", "/m1/logs/small.bin", 50000]), None),
+        // 40000 more would fit but for the size change.
+        (json!(["open", "/m1/logs/c.bin", "wb"]), None),
+        (json!(["write_n", 40000, 7]), Some(quota)),
+        (json!(["close"]), None),
+        // FSETSTAT on a file being written: the same rules (95000).
+        (json!(["open", "/m1/logs/d.bin", "wb"]), None),
+        (json!(["write", "0123456789"]), None),
+        (json!(["truncate", 60000]), Some(max)),
+        (json!(["truncate", 25000]), None),
+        (json!(["truncate", 31000]), Some(quota)),
+        (json!(["close"]), None),
+        // Exactly what is left fits; one byte more does not.
+        (json!(["open", "/m1/logs/e.bin", "wb"]), None),
+        (json!(["write_n", 5000, 9]), None),
+        (json!(["close"]), None),
+        (json!(["open", "/m1/logs/f.bin", "wb"]), None),
+        (json!(["write", "x"]), Some(quota)),
+        (json!(["close"]), None),
+        // A file open only for reading cannot change size.
+        (json!(["open", "/m1/logs/a.bin", "rb"]), None),
+        (json!(["truncate", 1]), Some("not open for writing")),
+        (json!(["close"]), None),
+    ];
+    let r = steps(
+        port,
+        "ada",
+        &key,
+        Value::Array(table.iter().map(|(s, _)| s.clone()).collect()),
+    );
+    for (i, ((step, expected), got)) in table.iter().zip(&r).enumerate() {
+        let got = got.as_str().unwrap_or("");
+        match expected {
+            None => assert_eq!(got, "ok", "step {i} {step}: {r:?}"),
+            Some(why) => assert!(got.contains(why), "step {i} {step}: {got}"),
+        }
+    }
+    let mut small = b"0123456789".to_vec();
+    small.resize(50_000, 0);
+    let mut d_bin = b"0123456789".to_vec();
+    d_bin.resize(25_000, 0);
+    assert!(std::fs::read(logs.join("small.bin")).unwrap() == small);
+    assert!(std::fs::read(logs.join("d.bin")).unwrap() == d_bin);
+    assert_eq!(std::fs::read(logs.join("e.bin")).unwrap(), vec![9u8; 5000]);
+    assert!(std::fs::read(logs.join("a.bin")).unwrap() == pattern(20_000));
+    assert_eq!(names(&logs), vec!["a.bin", "d.bin", "e.bin", "small.bin"]);
+    let ev = events(&d, "sftp.truncate");
+    for said in [
+        "set the size of the file to 50000 bytes (was 10)",
+        "set the size of the file being written to 25000 bytes (was 10)",
+        "was not set to 60000 bytes",
+    ] {
+        assert!(ev.contains(said), "no {said:?}: {ev}");
+    }
+}
+
+/// Bytes of the regular files under `dir`, each file once (a file renamed
+/// while it is walked is not counted twice).
+fn bytes_under(dir: &Path, seen: &mut HashSet<u64>) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries.filter_map(Result::ok) {
+        match std::fs::symlink_metadata(e.path()) {
+            Ok(m) if m.is_dir() => total += bytes_under(&e.path(), seen),
+            Ok(m) if m.is_file() && seen.insert(m.ino()) => total += m.size(),
+            _ => {}
+        }
+    }
+    total
+}
+
+#[test]
+fn parallel_uploads_together_stay_within_the_quota() {
+    const QUOTA: u64 = 1_000_000;
+    const SIZE: u64 = 300_000;
+    let (_d, port, files, key) =
+        with_file(&format!("store_quota_bytes = {QUOTA}\n"), "logs/.keep", b"");
+    // Watches the store's bytes on disk while the uploads run.
+    let (stop, most) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let watcher = {
+        let (stop, most, files) = (stop.clone(), most.clone(), files.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let now = bytes_under(&files, &mut HashSet::new());
+                most.fetch_max(now, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    // 4 connections at once, 2 files open in each channel, 8 × 300 kB
+    // wanted against 1 MB.
+    let r = peer(
+        "sftp_parallel.py",
+        port,
+        "ada",
+        &key,
+        &["4", "2", &SIZE.to_string(), "/m1/logs"],
+    );
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        most.load(Ordering::Relaxed) <= QUOTA,
+        "the store held {} bytes at one time",
+        most.load(Ordering::Relaxed)
+    );
+    let outcomes = r.as_object().expect("one outcome per file");
+    assert_eq!(outcomes.len(), 8, "{r}");
+    let logs = files.join("logs");
+    let mut stored = 0;
+    for (name, outcome) in outcomes {
+        let k: u8 = name.trim_start_matches("up-").parse().expect("up-K");
+        let at = logs.join(name);
+        if outcome == "ok" {
+            let content = std::fs::read(&at).unwrap();
+            assert!(content == vec![k + 1; SIZE as usize], "{name} is whole");
+            stored += SIZE;
+        } else {
+            let why = outcome.as_str().unwrap_or("");
+            assert!(
+                why.contains(&format!("store quota ({QUOTA} bytes)")),
+                "{k}: {why}"
+            );
+            assert!(!at.exists(), "a refused upload leaves nothing: {name}");
+        }
+    }
+    assert!(stored < 8 * SIZE, "some uploads were refused: {r}");
+    assert_eq!(
+        names(&logs)
+            .iter()
+            .filter(|n| n.starts_with(".metergate-upload-"))
+            .count(),
+        0
+    );
+    // The count is exact: what is left fits, one byte more does not.
+    let left = QUOTA - stored;
+    let r = steps(
+        port,
+        "ada",
+        &key,
+        json!([
+            ["open", "/m1/logs/rest.bin", "wb"],
+            ["write_n", left, 1],
+            ["close"],
+            ["open", "/m1/logs/more.bin", "wb"],
+            ["write", "x"],
+            ["close"]
+        ]),
+    );
+    assert_eq!(&r[..3], &["ok", "ok", "ok"], "{r:?}");
+    assert!(r[4].as_str().unwrap_or("").contains("store quota"), "{r:?}");
+    assert_eq!(
+        std::fs::metadata(logs.join("rest.bin")).unwrap().len(),
+        left
     );
 }
