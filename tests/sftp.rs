@@ -458,6 +458,21 @@ fn an_upstream_store_is_reached_as_the_meter_side_account_with_the_pinned_key() 
         .filter(|n| n.starts_with(".metergate-upload-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A symlink on the meter is seen as one (LSTAT), never as the file it
+    // names (STAT is refused).
+    std::os::unix::fs::symlink("events.log", meter2.join("logs/link")).unwrap();
+    let script = r#"
+out = {}
+for op in ("stat", "lstat"):
+    try:
+        a = getattr(sftp, op)("/meter-2/logs/link")
+        out[op] = "link" if (a.st_mode & 0o170000) == 0o120000 else "file"
+    except IOError:
+        out[op] = "refused"
+print(json.dumps(out))
+"#;
+    let r = paramiko_sftp(s.port, "rw", &s.key("rw"), script, &[]);
+    assert_eq!(r, serde_json::json!({"stat": "refused", "lstat": "link"}));
     s.wait_event("sftp.upload", &["user:rw", "meter-2"]);
     s.wait_event("sftp.upstream-failed", &["meter-3", "not the pinned one"]);
 }

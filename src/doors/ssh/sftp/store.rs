@@ -106,9 +106,12 @@ impl Store {
             }
             Store::Upstream(u) => {
                 let a = u.sftp.lstat(remote(rel)).await.map_err(upstream_error)?;
+                // The type bits compared whole: russh-sftp's is_regular()
+                // also says yes for a symlink, is_dir() for a socket.
+                let kind = a.attrs.file_type();
                 Ok(Stat {
-                    dir: a.attrs.is_dir(),
-                    file: a.attrs.is_regular(),
+                    dir: kind.is_dir(),
+                    file: kind.is_file(),
                     attrs: a.attrs,
                 })
             }
@@ -426,8 +429,7 @@ fn upload_target_attrs(a: Option<&FileAttributes>, how: Opening) -> Result<Optio
     let Some(a) = a else {
         return upload_target(None, how);
     };
-    // (file_type compares the type bits; is_regular would also say yes
-    // for a symlink, whose type bits include the regular file's.)
+    // (file_type compares the type bits whole, see `Store::stat`.)
     match a.file_type() {
         _ if how.exclusive => Err(FileError::Exists),
         FileType::Dir => Err(FileError::IsADirectory),
