@@ -5,48 +5,19 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/sftp.rs"]
+mod sftp_client;
 #[path = "common/site.rs"]
 mod site;
 #[path = "common/ssh.rs"]
 mod ssh;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use daemon::*;
+use sftp_client::*;
 use site::Site;
 use ssh::*;
-
-/// Runs one `sftp -b` batch as `user`; true when every command succeeded.
-fn sftp(port: u16, key: &Path, user: &str, batch: &str) -> (bool, String) {
-    let mut child = Command::new("sftp")
-        .args(SSH_OPTIONS)
-        .arg("-i")
-        .arg(key)
-        .args(["-P", &port.to_string(), "-b", "-"])
-        .arg(format!("{user}@127.0.0.1"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sftp runs (apt-get install openssh-client)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(batch.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 /// The demo with three more users: `rw` (File System Read and Write
 /// Access), `flasher` (Firmware Management alone); crew is an Operator
@@ -74,17 +45,6 @@ fn site() -> Site {
         s.d.mg(&["user", "add-key", user, &public_line(&key)]).ok();
     }
     s
-}
-
-/// The names in a directory, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn store(s: &Site, meter: &str) -> PathBuf {
@@ -248,29 +208,6 @@ sftp = paramiko.SFTPClient.from_transport(t)
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim())
         .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)))
-}
-
-/// A gateway with one meter `m1` whose store is `files/m1` (created),
-/// `[ssh]` with `ssh_extra`, and `ada` (Administrator) with a key.
-fn one_meter(ssh_extra: &str) -> (Daemon, u16, PathBuf, PathBuf) {
-    let port = free_port();
-    let d = Daemon::start_text(|sock| {
-        gateway_config(
-            sock,
-            &format!(
-                "[[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\nfiles = \"files/m1\"\n\
-                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\n{ssh_extra}"
-            ),
-        )
-    });
-    let files = d.dir.path().join("files/m1");
-    std::fs::create_dir_all(&files).unwrap();
-    let key = keygen(d.dir.path(), "ada");
-    d.mg(&["user", "add", "ada", "--email", "ada@example.org"])
-        .ok();
-    d.mg(&["user", "attach", "ada", "Administrator"]).ok();
-    d.mg(&["user", "add-key", "ada", &public_line(&key)]).ok();
-    (d, port, files, key)
 }
 
 #[test]
@@ -500,11 +437,42 @@ fn an_upstream_store_is_reached_as_the_meter_side_account_with_the_pinned_key() 
         std::fs::read_to_string(meter2.join("logs/up2.txt")).unwrap(),
         "from the crew\n"
     );
+    // A resumed upload: the part on the meter is copied through its server
+    // into the temporary file, the rest follows it.
+    let whole: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&up, &whole).unwrap();
+    std::fs::write(meter2.join("logs/resumed.bin"), &whole[..100_000]).unwrap();
+    let (ok, out) = sftp(
+        s.port,
+        &s.key("rw"),
+        "rw",
+        &format!("reput {} /meter-2/logs/resumed.bin\n", up.display()),
+    );
+    assert!(ok, "{out} {}", s.events("sftp.upload"));
+    assert!(
+        std::fs::read(meter2.join("logs/resumed.bin")).unwrap() == whole,
+        "the resumed upload is whole on the meter"
+    );
     let leftovers: Vec<String> = names(&meter2.join("logs"))
         .into_iter()
         .filter(|n| n.starts_with(".metergate-upload-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A symlink on the meter is seen as one (LSTAT), never as the file it
+    // names (STAT is refused).
+    std::os::unix::fs::symlink("events.log", meter2.join("logs/link")).unwrap();
+    let script = r#"
+out = {}
+for op in ("stat", "lstat"):
+    try:
+        a = getattr(sftp, op)("/meter-2/logs/link")
+        out[op] = "link" if (a.st_mode & 0o170000) == 0o120000 else "file"
+    except IOError:
+        out[op] = "refused"
+print(json.dumps(out))
+"#;
+    let r = paramiko_sftp(s.port, "rw", &s.key("rw"), script, &[]);
+    assert_eq!(r, serde_json::json!({"stat": "refused", "lstat": "link"}));
     s.wait_event("sftp.upload", &["user:rw", "meter-2"]);
     s.wait_event("sftp.upstream-failed", &["meter-3", "not the pinned one"]);
 }
@@ -519,7 +487,7 @@ impl Drop for SmallDisk {
 }
 
 #[test]
-fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
+fn a_full_disk_gives_a_clear_error_and_leaves_the_previous_file_whole() {
     let (d, port, files, key) = one_meter("");
     let mounted = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
@@ -532,22 +500,42 @@ fn a_full_disk_gives_a_clear_error_and_leaves_no_partial_file() {
     );
     let _disk = SmallDisk(files.clone());
     std::fs::create_dir(files.join("logs")).unwrap();
+    let previous: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(files.join("logs/previous.bin"), &previous).unwrap();
+    // 512 KiB into a 128 KiB disk: a new file, a replacing one ("wb") and
+    // an append (the copy fits, the rest does not).
     let script = r#"
-try:
-    with sftp.open("/m1/logs/big.bin", "wb") as f:
-        for _ in range(16):
-            f.write(b"x" * 32768)
-    print(json.dumps("ok"))
-except IOError as e:
-    print(json.dumps(str(e)))
+out = []
+for path, mode in [("/m1/logs/big.bin", "wb"), ("/m1/logs/previous.bin", "wb"),
+                   ("/m1/logs/previous.bin", "ab")]:
+    try:
+        with sftp.open(path, mode) as f:
+            for _ in range(16):
+                f.write(b"x" * 32768)
+        out.append("ok")
+    except IOError as e:
+        out.append(str(e))
+print(json.dumps(out))
 "#;
     let r = paramiko_sftp(port, "ada", &key, script, &[]);
-    assert!(
-        r.as_str().unwrap_or("").contains("No space left on device"),
-        "{r}"
+    for (i, outcome) in r.as_array().expect("a list").iter().enumerate() {
+        assert!(
+            outcome
+                .as_str()
+                .unwrap_or("")
+                .contains("No space left on device"),
+            "upload {i}: {r}"
+        );
+    }
+    assert_eq!(
+        names(&files.join("logs")),
+        vec!["previous.bin".to_string()],
+        "nothing half-written is left"
     );
-    let left = names(&files.join("logs"));
-    assert!(left.is_empty(), "nothing half-written is left: {left:?}");
+    assert!(
+        std::fs::read(files.join("logs/previous.bin")).unwrap() == previous,
+        "the previous file is whole, byte for byte"
+    );
     let failures = d
         .mg(&["audit", "query", "--code", "sftp.upload"])
         .ok()

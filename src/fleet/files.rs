@@ -5,10 +5,18 @@
 //! fstatat without following). `..`, absolute paths, NUL bytes, symlinks
 //! planted in the store and races that swap a directory for a symlink
 //! cannot leave the root: the kernel refuses them while resolving.
+//! Uploads are written to a temporary file beside their target and renamed
+//! over it; the store's usage is counted for its quota (`usage`).
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+mod upload;
+mod usage;
+pub use upload::{Begun, Opening, upload_target};
+pub use usage::{OverQuota, Usage};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
@@ -32,6 +40,14 @@ pub enum FileError {
     NotADirectory,
     #[error("the directory is not empty")]
     NotEmpty,
+    #[error("it is a directory")]
+    IsADirectory,
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("the upload would exceed the maximum upload size ({0} bytes)")]
+    TooLarge(u64),
+    #[error(transparent)]
+    OverQuota(#[from] OverQuota),
     #[error("{0}")]
     Io(String),
 }
@@ -46,6 +62,7 @@ impl From<Errno> for FileError {
             Errno::EXDEV | Errno::ELOOP => FileError::Escape,
             Errno::ENOTDIR => FileError::NotADirectory,
             Errno::ENOTEMPTY => FileError::NotEmpty,
+            Errno::EISDIR => FileError::IsADirectory,
             other => FileError::Io(other.desc().to_string()),
         }
     }
@@ -129,6 +146,8 @@ pub struct Entry {
 pub struct LocalStore {
     root: OwnedFd,
     path: PathBuf,
+    /// The bytes it holds, shared with every other opening of it.
+    usage: Arc<Usage>,
 }
 
 fn how(flags: OFlag) -> OpenHow {
@@ -146,7 +165,9 @@ impl LocalStore {
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
+        let st = nix::sys::stat::fstat(root.as_fd())?;
         Ok(LocalStore {
+            usage: Usage::of(path, st.st_dev, st.st_ino),
             root,
             path: path.to_path_buf(),
         })
@@ -186,31 +207,16 @@ impl LocalStore {
         Ok(File::from(self.at(rel, OFlag::O_RDONLY, Mode::empty())?))
     }
 
-    /// Opens an existing file for writing in place (setstat's truncate).
-    pub fn open_write(&self, rel: &RelPath) -> Result<File, FileError> {
-        Ok(File::from(self.at(rel, OFlag::O_WRONLY, Mode::empty())?))
-    }
-
-    /// Creates the temporary file an upload to `rel` is written to; its
-    /// relative path is returned with it.
-    pub fn create_upload(&self, rel: &RelPath) -> Result<(File, RelPath), FileError> {
-        let temp = upload_name(rel)?;
-        let f = self.at(
-            &temp,
-            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
-            Mode::from_bits_truncate(0o640),
-        )?;
-        Ok((File::from(f), temp))
-    }
-
-    /// Opens `rel` for writing, created or truncated (the simulated
-    /// meter's own server writes in place).
-    pub fn create_or_truncate(&self, rel: &RelPath) -> Result<File, FileError> {
-        Ok(File::from(self.at(
-            rel,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
-            Mode::from_bits_truncate(0o640),
-        )?))
+    /// Opens `rel` with the open(2) `flags` given, a new file with mode
+    /// 0640 (the simulated meter's own server writes in place, as a simple
+    /// meter would; the gateway's uploads go through `upload`).
+    pub fn open_with(&self, rel: &RelPath, flags: OFlag) -> Result<File, FileError> {
+        // openat2 takes a mode only with O_CREAT.
+        let mode = match flags.contains(OFlag::O_CREAT) {
+            true => Mode::from_bits_truncate(0o640),
+            false => Mode::empty(),
+        };
+        Ok(File::from(self.at(rel, flags, mode)?))
     }
 
     pub fn list(&self, rel: &RelPath) -> Result<Vec<Entry>, FileError> {
@@ -242,14 +248,26 @@ impl LocalStore {
         Ok(unlinkat(dir.as_fd(), name, UnlinkatFlags::RemoveDir)?)
     }
 
+    /// Removes a file; its bytes leave the store's usage.
     pub fn remove(&self, rel: &RelPath) -> Result<(), FileError> {
         let (dir, name) = self.parent(rel)?;
-        Ok(unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)?)
+        let _naming = self.usage.naming();
+        let size = self.file_size(rel);
+        unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)?;
+        self.usage.release(size);
+        Ok(())
     }
 
     /// Renames within the store; `replace` allows overwriting the target
-    /// (posix-rename), otherwise an existing target is refused.
+    /// (posix-rename; the replaced file's bytes leave the usage), otherwise
+    /// an existing target is refused.
     pub fn rename(&self, from: &RelPath, to: &RelPath, replace: bool) -> Result<(), FileError> {
+        let _naming = self.usage.naming();
+        self.rename_counted(from, to, replace)
+    }
+
+    /// [`LocalStore::rename`], the naming lock held by the caller.
+    fn rename_counted(&self, from: &RelPath, to: &RelPath, replace: bool) -> Result<(), FileError> {
         let (a, an) = self.parent(from)?;
         let (b, bn) = self.parent(to)?;
         let flags = if replace {
@@ -257,7 +275,28 @@ impl LocalStore {
         } else {
             nix::fcntl::RenameFlags::RENAME_NOREPLACE
         };
-        Ok(nix::fcntl::renameat2(a.as_fd(), an, b.as_fd(), bn, flags)?)
+        let replaced = match self.stat(from) {
+            Ok(moved) if replace && from != to => match self.stat(to) {
+                // The same file under two names stays.
+                Ok(gone) if is_file(&gone) && (moved.st_ino != gone.st_ino) => {
+                    gone.st_size.max(0) as u64
+                }
+                _ => 0,
+            },
+            _ => 0,
+        };
+        nix::fcntl::renameat2(a.as_fd(), an, b.as_fd(), bn, flags)?;
+        self.usage.release(replaced);
+        Ok(())
+    }
+
+    /// The size of `rel` if it is a regular file, else 0 (what the usage
+    /// counts for it).
+    fn file_size(&self, rel: &RelPath) -> u64 {
+        match self.stat(rel) {
+            Ok(st) if is_file(&st) => st.st_size.max(0) as u64,
+            _ => 0,
+        }
     }
 
     /// The file system's figures under `rel` (statvfs@openssh.com): the
@@ -280,9 +319,20 @@ impl LocalStore {
         ])
     }
 
-    /// Bytes of regular files in the store (for the quota), uploads in
-    /// progress included; walks without following symlinks.
-    pub fn usage(&self) -> Result<u64, FileError> {
+    /// The store's usage for its quota, counted by a walk the first time
+    /// (and again when it is idle and stale, see `usage`), then kept as the
+    /// gateway changes the store.
+    pub fn usage(&self) -> Result<Arc<Usage>, FileError> {
+        if let Some(token) = self.usage.wants_walk() {
+            let bytes = self.count_bytes()?;
+            self.usage.walked(token, bytes);
+        }
+        Ok(self.usage.clone())
+    }
+
+    /// Bytes of regular files in the store, uploads in progress included;
+    /// walks without following symlinks.
+    fn count_bytes(&self) -> Result<u64, FileError> {
         fn walk(store: &LocalStore, rel: &RelPath, depth: usize) -> Result<u64, FileError> {
             if depth > 32 {
                 return Ok(0);
@@ -364,8 +414,16 @@ mod tests {
             );
         }
         assert!(matches!(s.list(&rel("escape")), Err(FileError::Escape)));
+        let how = Opening {
+            create: true,
+            ..Opening::default()
+        };
         assert!(matches!(
-            s.create_upload(&rel("escape/tmp/x")),
+            s.begin_upload(&rel("escape/tmp/x"), how, 1 << 20, 1 << 20),
+            Err(FileError::Escape)
+        ));
+        assert!(matches!(
+            s.begin_upload(&rel("logs/passwd"), how, 1 << 20, 1 << 20),
             Err(FileError::Escape)
         ));
         // The link itself can be seen (lstat) and removed, never followed.

@@ -12,6 +12,8 @@ use russh_sftp::protocol::{
     Version,
 };
 
+use nix::fcntl::OFlag;
+
 use super::files::{FileError, LocalStore, RelPath};
 
 enum Open {
@@ -73,6 +75,28 @@ pub fn attributes(st: &nix::sys::stat::FileStat) -> FileAttributes {
         atime: Some(st.st_atime.max(0) as u32),
         mtime: Some(st.st_mtime.max(0) as u32),
     }
+}
+
+/// SFTP's open flags as open(2)'s, as OpenSSH's server maps them (with
+/// O_APPEND a write goes at the end whatever its offset).
+fn oflags(f: OpenFlags) -> OFlag {
+    let mut o = match (f.contains(OpenFlags::READ), f.contains(OpenFlags::WRITE)) {
+        (true, true) => OFlag::O_RDWR,
+        (false, true) => OFlag::O_WRONLY,
+        _ if f.contains(OpenFlags::APPEND) => OFlag::O_WRONLY,
+        _ => OFlag::O_RDONLY,
+    };
+    for (sftp, posix) in [
+        (OpenFlags::APPEND, OFlag::O_APPEND),
+        (OpenFlags::CREATE, OFlag::O_CREAT),
+        (OpenFlags::TRUNCATE, OFlag::O_TRUNC),
+        (OpenFlags::EXCLUDE, OFlag::O_EXCL),
+    ] {
+        if f.contains(sftp) {
+            o |= posix;
+        }
+    }
+    o
 }
 
 fn ok(id: u32) -> Status {
@@ -149,11 +173,7 @@ impl russh_sftp::server::Handler for MeterSftp {
         _attrs: FileAttributes,
     ) -> Result<Handle, Self::Error> {
         let r = rel(&filename)?;
-        let file = if pflags.intersects(OpenFlags::WRITE | OpenFlags::CREATE) {
-            self.store.create_or_truncate(&r).map_err(code)?
-        } else {
-            self.store.open_read(&r).map_err(code)?
-        };
+        let file = self.store.open_with(&r, oflags(pflags)).map_err(code)?;
         Ok(Handle {
             id,
             handle: self.handle(Open::File(Arc::new(file))),
@@ -198,6 +218,35 @@ impl russh_sftp::server::Handler for MeterSftp {
         Ok(ok(id))
     }
 
+    async fn setstat(
+        &mut self,
+        id: u32,
+        path: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let r = rel(&path)?;
+        if let Some(size) = attrs.size {
+            let f = self.store.open_with(&r, OFlag::O_WRONLY).map_err(code)?;
+            f.set_len(size).map_err(|_| StatusCode::Failure)?;
+        }
+        Ok(ok(id))
+    }
+
+    async fn fsetstat(
+        &mut self,
+        id: u32,
+        handle: String,
+        attrs: FileAttributes,
+    ) -> Result<Status, Self::Error> {
+        let Some(Open::File(f)) = self.handles.get(&handle) else {
+            return Err(StatusCode::Failure);
+        };
+        if let Some(size) = attrs.size {
+            f.set_len(size).map_err(|_| StatusCode::Failure)?;
+        }
+        Ok(ok(id))
+    }
+
     async fn close(&mut self, id: u32, handle: String) -> Result<Status, Self::Error> {
         match self.handles.remove(&handle) {
             Some(_) => Ok(ok(id)),
@@ -231,8 +280,9 @@ impl russh_sftp::server::Handler for MeterSftp {
         oldpath: String,
         newpath: String,
     ) -> Result<Status, Self::Error> {
+        // SFTP v3: renaming onto an existing name is an error.
         self.store
-            .rename(&rel(&oldpath)?, &rel(&newpath)?, true)
+            .rename(&rel(&oldpath)?, &rel(&newpath)?, false)
             .map_err(code)?;
         Ok(ok(id))
     }

@@ -2,9 +2,10 @@
 //! meters the caller can reach; `/METER/…` is that meter's file store. Each
 //! request becomes a file action for the guard (the profile's path rules say
 //! which permission it needs) and runs in the sandboxed store
-//! (`fleet::files`). Uploads go to a temporary name and are renamed on close
-//! with their SHA-256 in the event. russh-sftp provides the wire types; the
-//! dispatch loop is ours, so the channel is ended properly.
+//! (`fleet::files`). Writes go to a temporary file (a copy of the file when
+//! it is not truncated) renamed over it on close, with its SHA-256 in the
+//! event. russh-sftp provides the wire types; the dispatch loop is ours, so
+//! the channel is ended properly.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -22,7 +23,7 @@ mod serve;
 mod store;
 
 use crate::commands::{Caller, Gateway};
-use crate::fleet::files::{FileError, LocalStore, RelPath};
+use crate::fleet::files::{FileError, LocalStore, RelPath, Usage};
 use crate::guard::Action;
 use crate::model::{FileOp, Permission};
 use crate::store::{Category, EventDraft, Outcome};
@@ -54,16 +55,26 @@ enum Open {
     Write(Upload),
 }
 
+/// A file open for writing: its temporary file, renamed over it on close.
 struct Upload {
     meter: String,
     rel: RelPath,
     temp: RelPath,
     store: Store,
     file: Opened,
-    /// The highest offset written.
+    /// The temporary file's size: the bytes kept from the file, grown by
+    /// every write and size change. A local store's usage counts it.
     size: u64,
-    /// What the store held when the upload began (quota).
-    used: u64,
+    /// The bytes it started with (kept from the file it replaces).
+    kept: u64,
+    /// The local store's usage (None on a meter's own server).
+    usage: Option<Arc<Usage>>,
+    /// Writes go at the end, whatever offset they carry (SSH_FXF_APPEND).
+    append: bool,
+    /// Opened with READ: reads are answered from the temporary file.
+    readable: bool,
+    /// Opened with EXCL: the close does not replace a file that appeared.
+    exclusive: bool,
     /// Why a write was refused or failed: the upload is then discarded on
     /// close. Shared with writes in flight.
     failed: Arc<Mutex<Option<String>>>,
@@ -374,10 +385,7 @@ impl SftpSession {
 
     fn handle(&mut self, open: Open) -> Result<String, (StatusCode, String)> {
         if self.handles.len() >= MAX_HANDLES {
-            return Err((
-                StatusCode::Failure,
-                format!("at most {MAX_HANDLES} open handles"),
-            ));
+            return Err(handles::too_many_handles());
         }
         self.next += 1;
         let h = self.next.to_string();
@@ -448,12 +456,10 @@ impl SftpSession {
                 _ => Err((StatusCode::Failure, "no such directory handle".into())),
             },
             Packet::Open(o) => self.open(o.id, &o.filename, o.pflags).await,
-            // Reads and writes run in flight (see `io`); these answer only
-            // requests on handles that are not open for them.
-            Packet::Read(_) => Err((
-                StatusCode::Failure,
-                "no such file handle open for reading".into(),
-            )),
+            // Reads and writes run in flight (see `io`); these answer
+            // reads of a file open for writing (after every write before
+            // them) and requests on handles not open for them.
+            Packet::Read(r) => self.read_upload(r.id, &r.handle, r.offset, r.len).await,
             Packet::Write(_) => Err((
                 StatusCode::Failure,
                 "no such file handle open for writing".into(),
@@ -489,21 +495,8 @@ impl SftpSession {
                 Ok(ok(r.id))
             }
             Packet::Rename(r) => self.rename(r.id, &r.oldpath, &r.newpath, false).await,
-            Packet::SetStat(s) => {
-                let (meter, rel) = self.in_meter(&s.path).await?;
-                let store = self.reach(&meter, FileOp::SetStat, &rel).await?;
-                self.checked(&s.path, store.set_attrs(&rel, &s.attrs).await)
-                    .await?;
-                Ok(ok(s.id))
-            }
-            Packet::FSetStat(s) => match self.handles.get(&s.handle) {
-                Some(Open::Write(u)) => {
-                    u.file.set_attrs(&s.attrs).await.map_err(from_file_error)?;
-                    Ok(ok(s.id))
-                }
-                Some(_) => Ok(ok(s.id)),
-                None => Err((StatusCode::Failure, "no such handle".into())),
-            },
+            Packet::SetStat(s) => self.setstat(s.id, &s.path, &s.attrs).await,
+            Packet::FSetStat(s) => self.fsetstat(s.id, &s.handle, &s.attrs).await,
             Packet::Symlink(s) => Err(self
                 .refuse(&s.linkpath, "symbolic links cannot be created")
                 .await),

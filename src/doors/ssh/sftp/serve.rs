@@ -93,10 +93,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     // Uploads never closed are not kept.
     for (_, open) in session.handles.drain() {
         match open {
-            Open::Write(u) => {
-                u.file.close().await;
-                let _ = u.store.remove(&u.temp).await;
-            }
+            Open::Write(u) => super::handles::discard(u).await,
             Open::Read { file, .. } => file.close().await,
             Open::Dir { .. } => {}
         }

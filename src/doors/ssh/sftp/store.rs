@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use russh_sftp::client::RawSftpSession;
 use russh_sftp::client::error::Error as ClientError;
-use russh_sftp::protocol::{File as SftpFile, FileAttributes, OpenFlags, StatusCode};
+use russh_sftp::protocol::{File as SftpFile, FileAttributes, FileType, OpenFlags, StatusCode};
 
-use crate::fleet::files::{FileError, LocalStore, RelPath, is_dir, is_file};
+use crate::fleet::files::{
+    FileError, LocalStore, Opening, RelPath, Usage, is_dir, is_file, upload_target,
+};
 use crate::fleet::meter_ssh::{ConsoleError, Consoles, Pinned, login};
 
 /// A meter's store.
@@ -38,6 +40,11 @@ pub enum Handle {
     Local(Arc<std::fs::File>),
     Upstream(Arc<Upstream>, String),
 }
+
+/// The most read from or written to a meter's server at once: russh-sftp
+/// (and many servers) refuse packets over 256 KiB, and a refused packet
+/// ends the session.
+const UPSTREAM_IO: usize = 64 * 1024;
 
 fn upstream_error(e: ClientError) -> FileError {
     match e {
@@ -99,9 +106,12 @@ impl Store {
             }
             Store::Upstream(u) => {
                 let a = u.sftp.lstat(remote(rel)).await.map_err(upstream_error)?;
+                // The type bits compared whole: russh-sftp's is_regular()
+                // also says yes for a symlink, is_dir() for a socket.
+                let kind = a.attrs.file_type();
                 Ok(Stat {
-                    dir: a.attrs.is_dir(),
-                    file: a.attrs.is_regular(),
+                    dir: kind.is_dir(),
+                    file: kind.is_file(),
                     attrs: a.attrs,
                 })
             }
@@ -159,26 +169,106 @@ impl Store {
         }
     }
 
-    /// The temporary file an upload to `rel` is written to.
-    pub async fn create_upload(&self, rel: &RelPath) -> Result<(Handle, RelPath), FileError> {
+    /// Begins an upload to `rel` (see [`Begun`]). On a meter's own server
+    /// the temporary file is filled by copying through that server (a meter
+    /// keeps its own disk: no quota there).
+    pub async fn begin_upload(
+        &self,
+        rel: &RelPath,
+        how: Opening,
+        max: u64,
+        quota: u64,
+    ) -> Result<Begun, FileError> {
         match self {
             Store::Local(s) => {
                 let (s, rel) = (s.clone(), rel.clone());
-                let (f, temp) = blocking(move || s.create_upload(&rel)).await?;
-                Ok((Handle::Local(Arc::new(f)), temp))
+                let b = blocking(move || s.begin_upload(&rel, how, max, quota)).await?;
+                Ok(Begun {
+                    file: Handle::Local(Arc::new(b.file)),
+                    temp: b.temp,
+                    size: b.size,
+                    usage: Some(b.usage),
+                })
             }
             Store::Upstream(u) => {
+                let existing = match u.sftp.lstat(remote(rel)).await {
+                    Ok(a) => Some(a.attrs),
+                    Err(e) => match upstream_error(e) {
+                        FileError::NotFound => None,
+                        other => return Err(other),
+                    },
+                };
+                let kept = match (upload_target_attrs(existing.as_ref(), how)?, how.truncate) {
+                    (Some(size), false) if size > max => return Err(FileError::TooLarge(max)),
+                    (Some(size), false) => Some(size),
+                    _ => None,
+                };
                 let temp = crate::fleet::files::upload_name(rel)?;
                 let h = u
                     .sftp
                     .open(
                         remote(&temp),
-                        OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE,
+                        OpenFlags::READ | OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUDE,
                         FileAttributes::empty(),
                     )
                     .await
                     .map_err(upstream_error)?;
-                Ok((Handle::Upstream(u.clone(), h.handle), temp))
+                let file = Handle::Upstream(u.clone(), h.handle);
+                let size = match kept {
+                    Some(_) => match copy_upstream(u, rel, &file, max).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            file.close().await;
+                            let _ = u.sftp.remove(remote(&temp)).await;
+                            return Err(e);
+                        }
+                    },
+                    None => 0,
+                };
+                Ok(Begun {
+                    file,
+                    temp,
+                    size,
+                    usage: None,
+                })
+            }
+        }
+    }
+
+    /// Renames a complete upload over `rel` (an exclusive one never
+    /// replaces a file), its bytes counted as `LocalStore::commit_upload`
+    /// says.
+    pub async fn commit_upload(
+        &self,
+        temp: &RelPath,
+        rel: &RelPath,
+        exclusive: bool,
+        reserved: u64,
+    ) -> Result<(), FileError> {
+        match self {
+            Store::Local(s) => {
+                let (s, temp, rel) = (s.clone(), temp.clone(), rel.clone());
+                blocking(move || s.commit_upload(&temp, &rel, exclusive, reserved))
+                    .await
+                    .map(|_| ())
+            }
+            Store::Upstream(_) => self.rename(temp, rel, !exclusive).await,
+        }
+    }
+
+    /// Removes an upload's temporary file and gives back what it held.
+    pub async fn discard_upload(&self, temp: &RelPath, reserved: u64) {
+        match self {
+            Store::Local(s) => {
+                let (s, temp) = (s.clone(), temp.clone());
+                let _ = blocking(move || {
+                    s.discard_upload(&temp, reserved);
+                    Ok(())
+                })
+                .await;
+            }
+            Store::Upstream(_) => {
+                let _ = self.remove(temp).await;
             }
         }
     }
@@ -266,27 +356,46 @@ impl Store {
         }
     }
 
-    /// Bytes the store holds (the quota applies to local stores; a meter
-    /// keeps its own disk).
-    pub async fn usage(&self) -> Result<u64, FileError> {
+    /// Sets the size of the file `rel` in place (setstat's size): growth
+    /// counts against `max` and, locally, `quota`. Returns the size it had.
+    pub async fn set_size(
+        &self,
+        rel: &RelPath,
+        size: u64,
+        max: u64,
+        quota: u64,
+    ) -> Result<u64, FileError> {
         match self {
             Store::Local(s) => {
-                let s = s.clone();
-                blocking(move || s.usage()).await
+                let (s, rel) = (s.clone(), rel.clone());
+                blocking(move || s.set_size(&rel, size, max, quota)).await
             }
-            Store::Upstream(_) => Ok(0),
+            Store::Upstream(u) => {
+                let a = u.sftp.lstat(remote(rel)).await.map_err(upstream_error)?;
+                let was = upload_target_attrs(Some(&a.attrs), Opening::default())?.unwrap_or(0);
+                if size > was && size > max {
+                    return Err(FileError::TooLarge(max));
+                }
+                let mut a = FileAttributes::empty();
+                a.size = Some(size);
+                u.sftp
+                    .setstat(remote(rel), a)
+                    .await
+                    .map_err(upstream_error)?;
+                Ok(was)
+            }
         }
     }
 
-    /// Applies size and permissions to `rel` (setstat).
-    pub async fn set_attrs(&self, rel: &RelPath, attrs: &FileAttributes) -> Result<(), FileError> {
+    /// Sets the permission bits of `rel` (setstat's permissions; no set-id
+    /// or sticky bits from a client).
+    pub async fn set_mode(&self, rel: &RelPath, mode: u32) -> Result<(), FileError> {
         match self {
             Store::Local(s) => {
-                let (s, rel, attrs) = (s.clone(), rel.clone(), attrs.clone());
+                let (s, rel) = (s.clone(), rel.clone());
                 blocking(move || {
                     if is_file(&s.stat(&rel)?) {
-                        let f = s.open_write(&rel)?;
-                        apply_local(&f, &attrs)?;
+                        local_mode(&s.open_read(&rel)?, mode)?;
                     }
                     Ok(())
                 })
@@ -294,8 +403,7 @@ impl Store {
             }
             Store::Upstream(u) => {
                 let mut a = FileAttributes::empty();
-                a.size = attrs.size;
-                a.permissions = attrs.permissions.map(|m| m & 0o777);
+                a.permissions = Some(mode & 0o777);
                 u.sftp
                     .setstat(remote(rel), a)
                     .await
@@ -306,16 +414,66 @@ impl Store {
     }
 }
 
-/// Size and permission bits (no set-id or sticky bits from a client).
-pub fn apply_local(f: &std::fs::File, a: &FileAttributes) -> Result<(), FileError> {
+/// An upload begun in a store: its temporary file (open to read and
+/// write), the bytes it starts with, and the local store's usage, which
+/// counts it as it grows.
+pub struct Begun {
+    pub file: Handle,
+    pub temp: RelPath,
+    pub size: u64,
+    pub usage: Option<Arc<Usage>>,
+}
+
+/// [`upload_target`] for what a meter's server says.
+fn upload_target_attrs(a: Option<&FileAttributes>, how: Opening) -> Result<Option<u64>, FileError> {
+    let Some(a) = a else {
+        return upload_target(None, how);
+    };
+    // (file_type compares the type bits whole, see `Store::stat`.)
+    match a.file_type() {
+        _ if how.exclusive => Err(FileError::Exists),
+        FileType::Dir => Err(FileError::IsADirectory),
+        FileType::Symlink => Err(FileError::Escape),
+        FileType::Other => Err(FileError::NotAFile),
+        FileType::File => Ok(Some(a.size.unwrap_or(0))),
+    }
+}
+
+/// Copies `rel` on a meter's server into the upload `to`, through the
+/// gateway (SFTP v3 has no server-side copy); at most `max` bytes.
+async fn copy_upstream(
+    u: &Arc<Upstream>,
+    rel: &RelPath,
+    to: &Handle,
+    max: u64,
+) -> Result<u64, FileError> {
+    let from = Store::Upstream(u.clone()).open_read(rel).await?;
+    let mut offset = 0u64;
+    let copied = loop {
+        let chunk = match from.read_at(offset, 64 * 1024).await {
+            Ok(c) => c,
+            Err(e) => break Err(e),
+        };
+        if chunk.is_empty() {
+            break Ok(offset);
+        }
+        let n = chunk.len() as u64;
+        if offset + n > max {
+            break Err(FileError::TooLarge(max));
+        }
+        if let Err(e) = to.write_at(chunk, offset).await {
+            break Err(e);
+        }
+        offset += n;
+    };
+    from.close().await;
+    copied
+}
+
+/// Permission bits of an open local file.
+fn local_mode(f: &std::fs::File, mode: u32) -> Result<(), FileError> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(size) = a.size {
-        f.set_len(size)?;
-    }
-    if let Some(mode) = a.permissions {
-        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
-    }
-    Ok(())
+    Ok(f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?)
 }
 
 impl Handle {
@@ -332,7 +490,11 @@ impl Handle {
                 })
                 .await
             }
-            Handle::Upstream(u, h) => match u.sftp.read(h.as_str(), offset, len as u32).await {
+            Handle::Upstream(u, h) => match u
+                .sftp
+                .read(h.as_str(), offset, len.min(UPSTREAM_IO) as u32)
+                .await
+            {
                 Ok(d) => Ok(d.data),
                 Err(ClientError::Status(s)) if s.status_code == StatusCode::Eof => Ok(Vec::new()),
                 Err(e) => Err(upstream_error(e)),
@@ -350,12 +512,17 @@ impl Handle {
                 })
                 .await
             }
-            Handle::Upstream(u, h) => u
-                .sftp
-                .write(h.as_str(), offset, data)
-                .await
-                .map(|_| ())
-                .map_err(upstream_error),
+            Handle::Upstream(u, h) => {
+                let mut at = offset;
+                for piece in data.chunks(UPSTREAM_IO) {
+                    u.sftp
+                        .write(h.as_str(), at, piece.to_vec())
+                        .await
+                        .map_err(upstream_error)?;
+                    at += piece.len() as u64;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -374,9 +541,30 @@ impl Handle {
         }
     }
 
-    pub async fn set_attrs(&self, attrs: &FileAttributes) -> Result<(), FileError> {
+    /// Sets the size of the open file (an upload's temporary file).
+    pub async fn set_len(&self, size: u64) -> Result<(), FileError> {
         match self {
-            Handle::Local(f) => apply_local(f, attrs),
+            Handle::Local(f) => {
+                let f = f.clone();
+                blocking(move || Ok(f.set_len(size)?)).await
+            }
+            Handle::Upstream(u, h) => {
+                let mut a = FileAttributes::empty();
+                a.size = Some(size);
+                u.sftp
+                    .fsetstat(h.as_str(), a)
+                    .await
+                    .map(|_| ())
+                    .map_err(upstream_error)
+            }
+        }
+    }
+
+    /// Sets the permission bits of the open file (an upload's temporary
+    /// file, carried to its final name; a meter's server keeps its own).
+    pub async fn set_mode(&self, mode: u32) -> Result<(), FileError> {
+        match self {
+            Handle::Local(f) => local_mode(f, mode),
             Handle::Upstream(..) => Ok(()),
         }
     }
@@ -389,8 +577,8 @@ impl Handle {
     }
 
     /// Makes an upload durable (fsync locally), then returns the SHA-256 of
-    /// what the store holds, read back from it.
-    pub async fn sync_and_hash(&self) -> Result<String, FileError> {
+    /// what the store holds, read back from it, and its size.
+    pub async fn sync_and_hash(&self) -> Result<(String, u64), FileError> {
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         if let Handle::Local(f) = self {
             let f = f.clone();
@@ -405,6 +593,6 @@ impl Handle {
             offset += chunk.len() as u64;
             ctx.update(&chunk);
         }
-        Ok(hex::encode(ctx.finish()))
+        Ok((hex::encode(ctx.finish()), offset))
     }
 }
