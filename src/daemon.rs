@@ -90,6 +90,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         limit = budget.limit,
         raised_from = ?budget.raised_from,
         connections = budget.connections,
+        sftp_files = budget.sftp_files,
         "open-file limit budgeted"
     );
 
@@ -262,6 +263,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
             key,
             &config,
             ssh,
+            budget.sftp_files,
         ));
         live.ssh = Some(door.clone());
         for listener in ssh_listeners {

@@ -1127,3 +1127,65 @@ fn checkpoints_are_signed_by_the_daemon_and_checked_against_the_live_log() {
     let r = d.mg(&["audit", "verify", "--checkpoint", "/nonexistent/cp.json"]);
     assert_eq!(r.code, 2, "{r:?}");
 }
+
+/// A member of the socket's group holding streams open cannot take every
+/// place: the ninth connection of one account is refused with a clear
+/// error, and root still gets in.
+#[test]
+fn one_account_cannot_take_every_control_socket_connection() {
+    let d = Daemon::start_text(|socket| {
+        daemon::gateway_config(socket, "").replace(
+            "group = \"\"\nmode = \"0600\"",
+            "group = \"nogroup\"\nmode = \"0660\"",
+        )
+    });
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // nobody (65534, group nogroup) may use the socket.
+    let ok = d.mg_as(Some(65534), &["user", "list"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let follow = |_: usize| {
+        use std::os::unix::process::CommandExt;
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["audit", "tail", "--follow"])
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut held: Vec<_> = (0..8).map(follow).collect();
+    // Bounded wait until all eight are connected and the ninth is refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        let r = d.mg_as(Some(65534), &["user", "list"]);
+        if r.code != 0 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "never refused: {r:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("holds 8 control socket connections already"),
+        "{refused:?}"
+    );
+    d.mg(&["user", "list"]).ok();
+    for c in &mut held {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Their places come back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.mg_as(Some(65534), &["user", "list"]).code != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "places never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -245,3 +245,103 @@ fn the_daemon_raises_its_soft_descriptor_limit_to_the_hard_one() {
     assert_eq!(numbers.len(), 2, "{text}");
     assert_eq!(numbers, ["4096", "4096"], "soft limit not raised: {text}");
 }
+
+/// A client that says its SSH version and then stalls the key exchange is
+/// closed at the login grace too: russh runs the session in a task of its
+/// own, and the socket it holds is cut when the door gives up on it.
+#[test]
+fn a_client_stalling_the_key_exchange_is_closed_at_the_login_grace() {
+    let port = free_port();
+    let d = Daemon::start_text(|socket| {
+        gateway_config(
+            socket,
+            &format!("[ssh]\nlisten = [\"127.0.0.1:{port}\"]\nlogin_grace = \"2s\"\n"),
+        )
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/flood.py");
+    let out = Command::new("python3")
+        .args([
+            script,
+            "127.0.0.1",
+            &port.to_string(),
+            "127.0.0.2",
+            "8",
+            "60",
+            "banner",
+        ])
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let done: Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(done["opened"], 8, "{text}");
+    assert_eq!(
+        done["still_open"], 0,
+        "stalled connections outlived the grace: {text}"
+    );
+    assert_eq!(done["closed_by_server"], 8, "{text}");
+    let events = d
+        .mg(&[
+            "--json",
+            "audit",
+            "query",
+            "--code",
+            "ssh.login-grace",
+            "--limit",
+            "10",
+        ])
+        .ok()
+        .stdout
+        .clone();
+    assert!(events.contains("127.0.0.2"), "{events}");
+}
+
+/// Files SFTP holds open come from their own share of the descriptor
+/// budget: one principal opening file after file over many channels is
+/// told the gateway is busy once the share is used (never EMFILE for the
+/// daemon), and the places come back when the files close.
+#[test]
+fn sftp_files_stay_within_their_share_of_the_descriptor_budget() {
+    let port = free_port();
+    let d = Daemon::start_text_limited(Some((320, 320)), |socket| {
+        gateway_config(
+            socket,
+            &format!(
+                "[[meters]]\nid = \"m1\"\nprofile = \"ion-sim\"\nfiles = \"files/m1\"\n\
+                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\n"
+            ),
+        )
+    });
+    let files = d.dir.path().join("files/m1/logs");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("a.log"), b"log").unwrap();
+    let key = ssh::keygen(d.dir.path(), "ada");
+    d.mg(&["user", "add", "ada", "--email", "ada@example.org"])
+        .ok();
+    d.mg(&["user", "attach", "ada", "Administrator"]).ok();
+    d.mg(&["user", "add-key", "ada", &ssh::public_line(&key)])
+        .ok();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/sftp_open_many.py");
+    let out = Command::new("python3")
+        .args([script, &port.to_string(), "ada"])
+        .arg(&key)
+        .args(["/m1/logs/a.log", "8", "64"])
+        .output()
+        .expect("python3 runs");
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    // 320 descriptors: a quarter of what the reserve leaves, far below the
+    // 512 the eight channels would hold.
+    let opened = r["opened"].as_u64().unwrap();
+    assert!(opened > 0 && opened < 100, "{r}");
+    assert!(
+        r["refusal"]
+            .as_str()
+            .unwrap_or("")
+            .contains("open-file budget"),
+        "{r}"
+    );
+    assert_eq!(r["again"], true, "{r}");
+    assert!(daemon_descriptors(&d) < 320);
+    // The daemon still answers.
+    d.mg(&["session", "list"]).ok();
+}

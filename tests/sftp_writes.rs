@@ -433,3 +433,74 @@ fn parallel_uploads_together_stay_within_the_quota() {
         left
     );
 }
+
+/// A drop box: a path whose rule grants writing to one permission and
+/// reading to another. A read-write open serves the file's bytes back, so
+/// it needs both: a writer alone may replace the file but not read it.
+#[test]
+fn a_read_write_open_needs_the_right_to_read_too() {
+    let port = daemon::free_port();
+    let d = Daemon::start_text(|sock| {
+        let profile = include_str!("../config/metergate.toml")
+            .split_once("# --- profile ion-sim")
+            .expect("the ion-sim profile")
+            .1
+            .split_once("# --- end profile ---")
+            .expect("its end")
+            .0
+            .replace("profiles.ion-sim", "profiles.dropbox");
+        daemon::gateway_config(
+            sock,
+            &format!(
+                "# dropbox{profile}\n[[profiles.dropbox.paths]]\npattern = \"drop/**\"\nread = [\"Certificate Management\"]\nwrite = [\"Firmware Management\"]\n\n\
+                 [[meters]]\nid = \"m1\"\nprofile = \"dropbox\"\nfiles = \"files/m1\"\n\
+                 [ssh]\nlisten = [\"127.0.0.1:{port}\"]\n"
+            ),
+        )
+    });
+    let files = d.dir.path().join("files/m1");
+    std::fs::create_dir_all(files.join("drop")).unwrap();
+    std::fs::write(files.join("drop/key.txt"), b"the old secret").unwrap();
+    let policy = d.dir.path().join("writer.toml");
+    std::fs::write(
+        &policy,
+        "name = \"writer\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Firmware Management\"]\nmeters = [\"*\"]\n",
+    )
+    .unwrap();
+    d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
+        .ok();
+    let key = ssh::keygen(d.dir.path(), "wren");
+    d.mg(&["user", "add", "wren", "--email", "wren@example.org"])
+        .ok();
+    d.mg(&["user", "attach", "wren", "writer"]).ok();
+    d.mg(&["user", "add-key", "wren", &ssh::public_line(&key)])
+        .ok();
+    // (flags, expected): READ|WRITE is refused, WRITE|CREATE|TRUNC is not.
+    let r = steps(
+        port,
+        "wren",
+        &key,
+        json!([
+            ["open_flags", "/m1/drop/key.txt", 1 | WRITE],
+            ["read", -1],
+            ["close"]
+        ]),
+    );
+    assert!(
+        r[0].as_str().unwrap_or("").starts_with("error:"),
+        "a writer read the drop box: {r:?}"
+    );
+    assert_ne!(r[1], json!("the old secret"), "{r:?}");
+    let r = steps(
+        port,
+        "wren",
+        &key,
+        json!([
+            ["open_flags", "/m1/drop/key.txt", WRITE | CREATE | 16],
+            ["write", "new"],
+            ["close"]
+        ]),
+    );
+    assert_eq!(r, [json!("ok"), json!("ok"), json!("ok")], "{r:?}");
+    assert_eq!(std::fs::read(files.join("drop/key.txt")).unwrap(), b"new");
+}

@@ -595,3 +595,26 @@ fn parallel_logins_never_exceed_the_session_cap() {
         let _ = c.wait();
     }
 }
+
+/// OpenSSH's MaxSessions: one connection holds at most ten channels (each
+/// may hold a console, SFTP files and a meter connection); the eleventh is
+/// refused as a resource shortage, and closing one makes room.
+#[test]
+fn one_connection_holds_at_most_ten_channels() {
+    let g = gateway();
+    let key = g.user_with_key("alice");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ssh_channels.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(g.port.to_string())
+        .arg("alice")
+        .arg(&key)
+        .arg("50")
+        .output()
+        .expect("python3 runs");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["opened"], 10, "{r}");
+    assert!(r["refused"].as_str().unwrap_or("").starts_with("4:"), "{r}");
+    assert_eq!(r["again"], true, "{r}");
+}

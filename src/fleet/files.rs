@@ -26,6 +26,17 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 /// Uploads are written under a name like this, renamed on close.
 pub const UPLOAD_PREFIX: &str = ".metergate-upload-";
 
+/// When this process first reached a store (seconds since the epoch): every
+/// upload file it writes is at least this young.
+fn started() -> i64 {
+    static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("`{0}` is not a path inside the meter's store")]
@@ -160,6 +171,8 @@ fn how(flags: OFlag) -> OpenHow {
 
 impl LocalStore {
     pub fn open(path: &Path) -> Result<LocalStore, FileError> {
+        // Fixed before this process writes any upload.
+        started();
         let root = nix::fcntl::open(
             path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -352,6 +365,14 @@ impl LocalStore {
                 else {
                     continue;
                 };
+                if is_file(&st) && name.starts_with(UPLOAD_PREFIX) && st.st_mtime < started() {
+                    // An upload a stopped or crashed daemon left behind: no
+                    // upload of this process is older than its start.
+                    if unlinkat(dfd.as_fd(), e.file_name(), UnlinkatFlags::NoRemoveDir).is_ok() {
+                        tracing::info!(store = %store.path.display(), file = %name, "removed an upload left by an earlier run");
+                        continue;
+                    }
+                }
                 if is_file(&st) {
                     total += st.st_size.max(0) as u64;
                 } else if is_dir(&st) {
@@ -394,6 +415,30 @@ mod tests {
                 .collect(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn uploads_an_earlier_run_left_are_removed_and_not_counted_new_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("m");
+        std::fs::create_dir_all(root.join("logs")).unwrap();
+        std::fs::write(root.join("logs/a.log"), "kept").unwrap();
+        let stale = root.join(format!("logs/{UPLOAD_PREFIX}00-a.log"));
+        std::fs::write(&stale, vec![0u8; 1000]).unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let s = LocalStore::open(&root).unwrap();
+        // An upload of this run, begun after the store was reached.
+        let fresh = root.join(format!("logs/{UPLOAD_PREFIX}01-b.log"));
+        std::fs::write(&fresh, "xy").unwrap();
+        assert_eq!(s.usage().unwrap().bytes(), 4 + 2);
+        assert!(!stale.exists());
+        assert!(fresh.exists());
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Guard {
         now: OffsetDateTime,
     ) -> PasswordGate {
         let now_us = micros(now);
-        if let Ok(Some(until)) = self.state.locked_until(who, now_us) {
+        if let Ok(Some(until)) = self.state.locked_until(who, now_us, self.knows(who)) {
             return PasswordGate::Locked { until };
         }
         let window = self.settings.load().lockout.window.0;

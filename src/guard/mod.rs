@@ -535,7 +535,10 @@ impl Guard {
 
     /// Until when password login is locked for `who`, if it is.
     pub fn locked_until(&self, who: &PrincipalId, now: OffsetDateTime) -> Option<i64> {
-        self.state.locked_until(who, micros(now)).ok().flatten()
+        self.state
+            .locked_until(who, micros(now), true)
+            .ok()
+            .flatten()
     }
 
     /// Small persistent records of the guard's (last review, last change).

@@ -120,9 +120,17 @@ impl GuardState {
     }
 
     /// Until when password login is locked for `who`, if it is.
-    pub fn locked_until(&self, who: &PrincipalId, now: i64) -> Result<Option<i64>, StoreError> {
-        if let Some(until) = self.read_login(who)?.locked_until.filter(|u| *u > now) {
-            return Ok(Some(until));
+    /// `known`: whether `who` is a principal; a name that is nobody is
+    /// looked up in memory, so a lock set on an invented name never
+    /// outlives the name becoming a user's.
+    pub fn locked_until(
+        &self,
+        who: &PrincipalId,
+        now: i64,
+        known: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        if known {
+            return Ok(self.read_login(who)?.locked_until.filter(|u| *u > now));
         }
         Ok(self.nobody.lock().ok().and_then(|mut n| {
             n.get(&Self::login_key(who))
@@ -327,7 +335,9 @@ mod tests {
         assert_eq!(st.nobody_failed(&ghost, 2, 3, MINUTE, MINUTE), None);
         let until = st.nobody_failed(&ghost, 3, 3, MINUTE, MINUTE);
         assert_eq!(until, Some(3 + 60_000_000));
-        assert_eq!(st.locked_until(&ghost, 4).unwrap(), until);
+        assert_eq!(st.locked_until(&ghost, 4, false).unwrap(), until);
+        // Once the name is a user's, the lock set on it as nobody is gone.
+        assert_eq!(st.locked_until(&ghost, 4, true).unwrap(), None);
         assert!(st.tree.is_empty());
     }
 
@@ -340,9 +350,9 @@ mod tests {
             st.nobody_failed(&who, i as i64, 1, MINUTE, MINUTE);
         }
         assert_eq!(st.nobody_remembered(), NOBODY_REMEMBERED);
-        assert_eq!(st.locked_until(&first, 10).unwrap(), None);
+        assert_eq!(st.locked_until(&first, 10, false).unwrap(), None);
         let last = PrincipalId::User(format!("guess{}", NOBODY_REMEMBERED + 499));
-        assert!(st.locked_until(&last, 10).unwrap().is_some());
+        assert!(st.locked_until(&last, 10, false).unwrap().is_some());
         assert!(st.tree.is_empty());
     }
 }

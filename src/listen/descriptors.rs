@@ -1,6 +1,7 @@
 //! The daemon's open-file budget: the soft limit raised to the hard one at
 //! start, a reserve kept for the store, the meter pools, the control socket
-//! and metrics, and the rest shared by the network listeners.
+//! and metrics; of the rest, a quarter for files SFTP holds open and three
+//! quarters shared by the network listeners' connections.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
@@ -40,6 +41,8 @@ pub struct Budget {
     pub raised_from: Option<u64>,
     /// Connections the public listeners share.
     pub connections: usize,
+    /// Files SFTP may hold open at once, every channel together.
+    pub sftp_files: usize,
 }
 
 /// Raises the soft limit to the hard one (raising is allowed without
@@ -60,18 +63,25 @@ pub fn raise_and_budget(meter_connections: u64, local: u64) -> Result<Budget, De
             }
         }
     }
-    budget(limit, meter_connections, local).map(|connections| Budget {
+    budget(limit, meter_connections, local).map(|(connections, sftp_files)| Budget {
         limit,
         raised_from,
         connections,
+        sftp_files,
     })
 }
 
-/// Connections the public listeners may share under `limit`.
-pub fn budget(limit: u64, meter_connections: u64, local: u64) -> Result<usize, DescriptorError> {
+/// Connections the public listeners may share under `limit`, and files
+/// SFTP may hold open.
+pub fn budget(
+    limit: u64,
+    meter_connections: u64,
+    local: u64,
+) -> Result<(usize, usize), DescriptorError> {
     let reserve = OWN_FILES + meter_connections + local;
     let left = limit.saturating_sub(reserve);
-    let connections = left / PER_CONNECTION;
+    let files = left / 4;
+    let connections = (left - files) / PER_CONNECTION;
     if connections < SMALLEST_BUDGET {
         return Err(DescriptorError::TooLow {
             limit,
@@ -81,7 +91,8 @@ pub fn budget(limit: u64, meter_connections: u64, local: u64) -> Result<usize, D
             needed: reserve + SMALLEST_BUDGET * PER_CONNECTION,
         });
     }
-    Ok(usize::try_from(connections).unwrap_or(usize::MAX))
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Ok((size(connections), size(files)))
 }
 
 #[cfg(test)]
@@ -90,9 +101,13 @@ mod tests {
 
     #[test]
     fn a_1024_descriptor_system_keeps_a_reserve_and_shares_the_rest() {
-        let n = budget(1024, 40, 48).unwrap();
-        assert_eq!(n as u64, (1024 - OWN_FILES - 40 - 48) / PER_CONNECTION);
-        assert!(n >= 400);
+        let (connections, files) = budget(1024, 40, 48).unwrap();
+        let left = 1024 - OWN_FILES - 40 - 48;
+        assert_eq!(files as u64, left / 4);
+        assert_eq!(connections as u64, (left - left / 4) / PER_CONNECTION);
+        // Everything fits under the limit with the reserve kept.
+        assert!(OWN_FILES + 40 + 48 + connections as u64 * PER_CONNECTION + files as u64 <= 1024);
+        assert!(connections >= 300 && files >= 200);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! shared descriptor budget, accept errors backed off, and every connection
 //! task tracked and handed the one shutdown signal.
 
+pub mod cancellable;
 pub mod descriptors;
 pub mod floods;
+pub mod startups;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
+pub use cancellable::Cancellable;
 pub use floods::Floods;
 
 /// Aggregated refusal events are written once per interval per source.
@@ -65,6 +68,20 @@ impl Shutdown {
     }
 }
 
+/// The address a per-source limit counts: an IPv4 client on a dual-stack
+/// socket as its IPv4 address, an IPv6 client as its /64 (one site's
+/// network: rotating addresses inside it gains nothing, as OpenSSH's
+/// PerSourceNetBlockSize).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 /// Something that accepts connections: a TCP or a Unix listener.
 pub trait Listener: Send + 'static {
     type Stream: Send + 'static;
@@ -81,8 +98,7 @@ impl Listener for tokio::net::TcpListener {
         tokio::net::TcpListener::accept(self).await
     }
     fn source(peer: &SocketAddr) -> Option<IpAddr> {
-        // An IPv4 client on a dual-stack socket counts as its IPv4 address.
-        Some(peer.ip().to_canonical())
+        Some(source_key(peer.ip()))
     }
 }
 
@@ -340,6 +356,17 @@ mod tests {
 
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([127, 0, 0, last]))
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(other));
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert_eq!(source_key(mapped), IpAddr::from([127, 0, 0, 2]));
     }
 
     #[test]

@@ -4,10 +4,12 @@ several loopback sources that never say a word. Prints one line once they
 are all opened (or refused), then waits until the server has closed every
 one of them or `hold` seconds passed, and prints a JSON summary.
 
-usage: flood.py HOST PORT SOURCES PER_SOURCE HOLD [churn]
+usage: flood.py HOST PORT SOURCES PER_SOURCE HOLD [churn|banner]
   SOURCES: comma-separated loopback addresses to connect from
   churn:   every connection the server closes is opened again at once, for
            HOLD seconds (a flood that keeps coming, for the soak benchmark)
+  banner:  each connection says an SSH version line and then nothing (a
+           client that stalls the key exchange)
 """
 import errno
 import json
@@ -22,7 +24,8 @@ def main():
     host, port = sys.argv[1], int(sys.argv[2])
     sources = sys.argv[3].split(",")
     per_source, hold = int(sys.argv[4]), float(sys.argv[5])
-    churn = len(sys.argv) > 6 and sys.argv[6] == "churn"
+    mode = sys.argv[6] if len(sys.argv) > 6 else ""
+    churn, banner = mode == "churn", mode == "banner"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = len(sources) * per_source + 64
     if soft < need:
@@ -34,8 +37,17 @@ def main():
         nonlocal opened, refused
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.bind((src, 0))
+        if banner:
+            s.settimeout(10)
+            try:
+                s.connect((host, port))
+                s.sendall(b"SSH-2.0-stalling_client\r\n")
+            except OSError:
+                refused += 1
+                s.close()
+                return
         s.setblocking(False)
-        rc = s.connect_ex((host, port))
+        rc = 0 if banner else s.connect_ex((host, port))
         if rc not in (0, errno.EINPROGRESS):
             refused += 1
             s.close()

@@ -86,6 +86,9 @@ def main():
                 result = f"error: no step {op!r}"
         except (IOError, OSError, EOFError, paramiko.SSHException) as e:
             result = f"error: {e}"
+        except AttributeError:
+            # A step on the file after its open failed.
+            result = "error: no file is open"
         out.append(result)
     print(json.dumps(out))
     t.close()

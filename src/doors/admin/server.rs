@@ -103,6 +103,53 @@ pub fn bind(
 /// reserve of descriptors, so a flood on the network doors never takes it.
 pub const MAX_CONNECTIONS: usize = 64;
 
+/// Live connections one account other than root and the daemon's own may
+/// hold: a member of the socket's group cannot take every place (and so
+/// lock root out) by holding streams open.
+pub const PER_ACCOUNT: usize = 8;
+/// An answer the caller does not read within this is abandoned.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Live connections per account.
+#[derive(Default)]
+struct Accounts(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+/// One account's place, given back when its connection ends.
+struct AccountSlot<'a>(&'a Accounts, u32);
+
+impl Drop for AccountSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.0.0.lock()
+            && let Some(n) = m.get_mut(&self.1)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+impl Accounts {
+    fn admit(&self, uid: u32, exempt: bool) -> Option<AccountSlot<'_>> {
+        let mut m = self.0.lock().ok()?;
+        let n = m.entry(uid).or_insert(0);
+        if *n >= PER_ACCOUNT && !exempt {
+            return None;
+        }
+        *n += 1;
+        Some(AccountSlot(self, uid))
+    }
+}
+
+/// One frame to the caller, abandoned if it does not read.
+async fn send(stream: &mut UnixStream, response: &Response) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write_frame(stream, response)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
 /// Accepts connections until `shutdown`; each runs in a task `tracker`
 /// drains.
 pub async fn serve(
@@ -114,6 +161,7 @@ pub async fn serve(
 ) {
     let gate = Gate::new(DOOR, MAX_CONNECTIONS, None, None);
     let floods = Arc::new(Floods::new(ctx.guard.clone(), DOOR));
+    let accounts = Arc::new(Accounts::default());
     crate::listen::serve(
         listener,
         gate,
@@ -122,7 +170,8 @@ pub async fn serve(
         tracker,
         move |stream, (), _| {
             let ctx = ctx.clone();
-            async move { connection(stream, &ctx, access).await }
+            let accounts = accounts.clone();
+            async move { connection(stream, &ctx, access, &accounts).await }
         },
     )
     .await;
@@ -141,7 +190,7 @@ fn local_principal(uid: u32) -> PrincipalId {
     }
 }
 
-async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access) {
+async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access, accounts: &Accounts) {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => {
@@ -171,9 +220,23 @@ async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access) {
         // the timeout) so that closing does not reset the connection before
         // the refusal is read.
         let _ = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<_, Request>(&mut stream)).await;
-        let _ = write_frame(&mut stream, &refusal).await;
+        let _ = send(&mut stream, &refusal).await;
         return;
     }
+    let exempt = uid == 0 || uid == access.own_uid.as_raw();
+    let Some(_place) = accounts.admit(uid, exempt) else {
+        let busy = Response {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!(
+                "error: your account holds {PER_ACCOUNT} control socket connections already (the rest are kept for others and root): end one and try again\n"
+            ),
+            more: false,
+        };
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<_, Request>(&mut stream)).await;
+        let _ = send(&mut stream, &busy).await;
+        return;
+    };
     let request: Request =
         match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut stream)).await {
             Ok(Ok(r)) => r,
@@ -184,7 +247,7 @@ async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access) {
                     stderr: format!("error: bad request: {e}\n"),
                     more: false,
                 };
-                let _ = write_frame(&mut stream, &bad).await;
+                let _ = send(&mut stream, &bad).await;
                 return;
             }
             Err(_) => return,
@@ -202,8 +265,8 @@ async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access) {
         files: request.files,
     };
     let (response, more) = render(execute(ctx, &caller, &input, OffsetDateTime::now_utc()).await);
-    if let Err(e) = write_frame(&mut stream, &response).await {
-        tracing::debug!(error = %e, "control socket client left before the answer");
+    if send(&mut stream, &response).await.is_err() {
+        tracing::debug!("control socket client left (or stopped reading) before the answer");
         return;
     }
     if let Some(more) = more {
@@ -250,7 +313,7 @@ async fn relay(mut stream: UnixStream, ctx: &Gateway, more: Stream) {
             chunk = rx.recv() => match chunk {
                 Some(text) => {
                     let frame = Response { code: 0, stdout: text, stderr: String::new(), more: true };
-                    if write_frame(&mut stream, &frame).await.is_err() {
+                    if send(&mut stream, &frame).await.is_err() {
                         break;
                     }
                 }
@@ -260,7 +323,7 @@ async fn relay(mut stream: UnixStream, ctx: &Gateway, more: Stream) {
                         Ok(Err(e)) => Response { code: 1, stdout: String::new(), stderr: format!("error: {e}\n"), more: false },
                         Err(e) => Response { code: 1, stdout: String::new(), stderr: format!("error: {e}\n"), more: false },
                     };
-                    let _ = write_frame(&mut stream, &end).await;
+                    let _ = send(&mut stream, &end).await;
                     return;
                 }
             },

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{
     self, CertificateError, HandshakeKind, RootCertStore, ServerConfig,
@@ -241,6 +242,8 @@ fn credential(serial: &str) -> String {
 /// One mbaps listener.
 pub struct MbapsDoor {
     pub proxy: Proxy,
+    /// TLS handshakes in progress.
+    handshakes: Arc<crate::listen::startups::Startups>,
     sessions: Arc<Sessions>,
     tls: Arc<Tls>,
 }
@@ -255,6 +258,13 @@ impl MbapsDoor {
     ) -> MbapsDoor {
         MbapsDoor {
             proxy: Proxy::new("mbaps", guard, units, first_request),
+            handshakes: crate::listen::startups::Startups::new(
+                crate::config::MaxStartups::default(),
+                (
+                    "TLS handshakes in progress: 10:30:100",
+                    "at most 10 TLS handshakes per address",
+                ),
+            ),
             sessions,
             tls,
         }
@@ -286,28 +296,45 @@ impl MbapsDoor {
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
         let first_request = self.proxy.first_request_deadline();
+        // An IPv4 client on a dual-stack socket is its IPv4 address.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let _ = stream.set_nodelay(true);
-        let acceptor = self.tls.acceptor.load_full();
         let floods = &self.proxy.floods;
-        let tls =
-            match tokio::time::timeout(self.tls.config.handshake_timeout, acceptor.accept(stream))
-                .await
-            {
-                Err(_) => {
-                    floods.count(
+        // Handshakes in progress are capped as SSH logins are (MaxStartups
+        // 10:30:100, 10 per address), so a flood of them leaves room for
+        // the certificates that come to work.
+        let source = crate::listen::source_key(peer.ip());
+        let waiter = match self.handshakes.admit(source) {
+            Ok(w) => w,
+            Err(dropped) => {
+                floods.count(
+                    Some(peer.ip()),
+                    "mbaps.handshake-dropped",
+                    &dropped.to_string(),
+                );
+                return;
+            }
+        };
+        let acceptor = self.tls.acceptor.load_full();
+        // The handshake ends by its own timeout and by the first request's.
+        let until = first_request.min(Instant::now() + self.tls.config.handshake_timeout);
+        let tls = match tokio::time::timeout_at(until, acceptor.accept(stream)).await {
+            Err(_) => {
+                floods.count(
                         Some(peer.ip()),
                         "mbaps.handshake-timeout",
-                        "the TLS handshake did not finish in time (mbaps.handshake_timeout)",
+                        "the TLS handshake did not finish in time (mbaps.handshake_timeout, or limits.first_request_timeout if shorter)",
                     );
-                    return;
-                }
-                Ok(Err(e)) => {
-                    let (kind, reason) = classify(&e);
-                    floods.count(Some(peer.ip()), kind, &reason);
-                    return;
-                }
-                Ok(Ok(s)) => s,
-            };
+                return;
+            }
+            Ok(Err(e)) => {
+                let (kind, reason) = classify(&e);
+                floods.count(Some(peer.ip()), kind, &reason);
+                return;
+            }
+            Ok(Ok(s)) => s,
+        };
+        drop(waiter);
         let (_, conn) = tls.get_ref();
         let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
         let Some(der) = conn.peer_certificates().and_then(|c| c.first()) else {

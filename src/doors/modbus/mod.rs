@@ -293,6 +293,8 @@ impl ModbusDoor {
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr) {
         let first_request = self.proxy.first_request_deadline();
+        // An IPv4 client on a dual-stack socket is its IPv4 address.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let clients = self.clients.load();
         let Some(client) = ModbusClient::lookup(&clients, peer.ip()) else {
             self.proxy.floods.count(

@@ -8,7 +8,6 @@ mod auth;
 pub mod console;
 pub mod sftp;
 pub mod shell;
-pub mod startups;
 mod terminal;
 
 use std::collections::HashMap;
@@ -39,6 +38,9 @@ const MAX_COMMAND: usize = 8 * 1024;
 /// disconnect message before its socket is let go.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
+/// Channels one connection may hold open (OpenSSH's MaxSessions).
+const MAX_CHANNELS: usize = 10;
+
 /// Bytes of typed input a channel may have queued before the client waits.
 const INPUT_QUEUE: usize = 64;
 
@@ -55,9 +57,11 @@ pub struct SshDoor {
     quota: u64,
     /// Banner, key exchange and login within this of accept.
     login_grace: Duration,
-    startups: Arc<startups::Startups>,
+    startups: Arc<crate::listen::startups::Startups>,
     /// Connections dropped before login, aggregated.
     floods: Arc<Floods>,
+    /// Files SFTP holds open, every connection and channel together.
+    sftp_files: Arc<tokio::sync::Semaphore>,
 }
 
 /// The methods offered, in the order scripted clients try them.
@@ -77,6 +81,7 @@ impl SshDoor {
         key: russh::keys::PrivateKey,
         config: &crate::config::Config,
         ssh: &crate::config::SshConfig,
+        sftp_files: usize,
     ) -> SshDoor {
         let russh_config = russh::server::Config {
             // OpenSSH probes with `none` first: no delay for that probe
@@ -111,8 +116,12 @@ impl SshDoor {
             max_upload: ssh.max_upload_bytes,
             quota: ssh.store_quota_bytes,
             login_grace: ssh.login_grace,
-            startups: startups::Startups::new(ssh.max_startups),
+            startups: crate::listen::startups::Startups::new(
+                ssh.max_startups,
+                ("ssh.max_startups", "ssh.per_source_max_startups"),
+            ),
             floods: Arc::new(Floods::new(gw.guard.clone(), DOOR)),
+            sftp_files: Arc::new(tokio::sync::Semaphore::new(sftp_files)),
             gw,
         };
         door.set_support_keys(&config.support.keys);
@@ -167,10 +176,13 @@ impl SshDoor {
         peer: SocketAddr,
         mut shutdown: Shutdown,
     ) {
+        // An IPv4 client on a dual-stack socket is its IPv4 address, in
+        // events and in the password throttle alike.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // Everything before the login, banner included, runs against one
         // deadline from accept (OpenSSH's LoginGraceTime).
         let deadline = tokio::time::Instant::now() + self.login_grace;
-        let source = peer.ip().to_canonical();
+        let source = crate::listen::source_key(peer.ip());
         let waiter = match self.startups.admit(source) {
             Ok(w) => w,
             Err(dropped) => {
@@ -187,6 +199,14 @@ impl SshDoor {
         // run_stream does not apply the config's nodelay: without it, Nagle
         // and delayed ACKs add 40 ms steps to every login.
         let _ = socket.set_nodelay(true);
+        // russh runs the session in a task of its own that outlives ours:
+        // when this function returns, by whatever path, the socket it holds
+        // fails, so no connection stays open past its slot (a client that
+        // stalls the key exchange would otherwise keep it until russh's
+        // idle timeout).
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let _close_on_return = cancel.clone().drop_guard();
+        let socket = crate::listen::Cancellable::new(socket, &cancel);
         let session_id = Arc::new(AtomicU64::new(0));
         let handler = Connection {
             door: self.clone(),
@@ -218,7 +238,13 @@ impl SshDoor {
         let disconnect = |reason: russh::Disconnect, text: String| {
             let handle = handle.clone();
             async move {
-                let _ = handle.disconnect(reason, text, "en".into()).await;
+                // Bounded: a session task that no longer reads cannot
+                // hold this one.
+                let _ = tokio::time::timeout(
+                    DISCONNECT_GRACE,
+                    handle.disconnect(reason, text, "en".into()),
+                )
+                .await;
             }
         };
         // Until the login, the connection is bounded in time.
@@ -228,6 +254,7 @@ impl SshDoor {
                 // Busy is not wrong: the client is told to come back.
                 Ok(Err(Busy)) => {
                     disconnect(russh::Disconnect::ServiceNotAvailable, "the gateway is busy checking passwords: nothing was counted against you; try again".into()).await;
+                    let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut session).await;
                     return;
                 }
                 Err(_) => { let _ = (&mut session).await; return; }
@@ -274,9 +301,8 @@ impl SshDoor {
                             .reason(why.clone()),
                     )
                     .await;
-                let _ = handle
-                    .disconnect(russh::Disconnect::TooManyConnections, why, "en".into())
-                    .await;
+                disconnect(russh::Disconnect::TooManyConnections, why).await;
+                let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut session).await;
                 return;
             }
         };
@@ -292,19 +318,23 @@ impl SshDoor {
                     .detail("session", id),
             )
             .await;
-        let why = tokio::select! {
-            _ = &mut session => "the client disconnected".to_string(),
+        let (why, ours) = tokio::select! {
+            _ = &mut session => ("the client disconnected".to_string(), false),
             _ = tokio::time::sleep(self.max_session) => {
                 let why = format!("the maximum session length ({}s) was reached", self.max_session.as_secs());
-                let _ = handle.disconnect(russh::Disconnect::ByApplication, why.clone(), "en".into()).await;
-                why
+                disconnect(russh::Disconnect::ByApplication, why.clone()).await;
+                (why, true)
             }
             r = registered.ended.changed() => {
                 let why = if r.is_ok() { registered.ended.borrow().clone().unwrap_or_default() } else { String::new() };
-                let _ = handle.disconnect(russh::Disconnect::ByApplication, why.clone(), "en".into()).await;
-                why
+                disconnect(russh::Disconnect::ByApplication, why.clone()).await;
+                (why, true)
             }
         };
+        if ours {
+            // The client reads why before the socket goes.
+            let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut session).await;
+        }
         drop(registered);
         self.gw
             .guard
@@ -581,6 +611,14 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // OpenSSH's MaxSessions: each channel may hold a console, SFTP
+        // files and a meter connection; a connection holds at most ten.
+        if self.channels.len() >= MAX_CHANNELS {
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
         let id = channel.id();
         self.channels.entry(id).or_default().channel = Some(channel);
         reply.accept().await;
@@ -721,6 +759,7 @@ impl russh::server::Handler for Connection {
             let caller = self.caller(who);
             let gw = self.gw.clone();
             let (max_upload, quota) = (self.door.max_upload, self.door.quota);
+            let files = self.door.sftp_files.clone();
             let handle = session.handle();
             tokio::spawn(async move {
                 // The SFTP channel is a session of its own: listed,
@@ -734,7 +773,8 @@ impl russh::server::Handler for Connection {
                     crate::model::micros(OffsetDateTime::now_utc()),
                 );
                 let ended = registered.ended.clone();
-                let sftp = sftp::SftpSession::new(gw, caller, registered.id, max_upload, quota);
+                let sftp =
+                    sftp::SftpSession::new(gw, caller, registered.id, max_upload, quota, files);
                 sftp::serve(ch.into_stream(), sftp, ended).await;
                 drop(registered);
                 // russh-sftp's own loop never ends the channel; clients on

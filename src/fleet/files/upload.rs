@@ -112,8 +112,9 @@ impl LocalStore {
     }
 
     /// Gives the temporary file the existing file's permission bits and,
-    /// when it is kept, its bytes; returns the size it then has (the
-    /// reservation follows it if the file changed meanwhile).
+    /// when it is kept, its bytes (never more than were reserved); returns
+    /// the size it then has (a file that shrank meanwhile gives back the
+    /// rest of the reservation).
     fn fill(
         &self,
         begun: &Begun,
@@ -131,12 +132,11 @@ impl LocalStore {
         // std's copy between files is copy_file_range(2), which clones
         // (reflinks) on file systems that can (btrfs, XFS) and copies in
         // the kernel elsewhere.
-        let copied = std::io::copy(&mut from, &mut &begun.file)?;
-        if copied > reserved {
-            begun.usage.reserve(copied - reserved, u64::MAX)?;
-        } else {
-            begun.usage.release(reserved - copied);
-        }
+        // At most what was reserved (the size checked against the limit
+        // and the quota): a file that grew since is copied as it was.
+        use std::io::Read;
+        let copied = std::io::copy(&mut (&mut from).take(reserved), &mut &begun.file)?;
+        begun.usage.release(reserved - copied);
         Ok(copied)
     }
 

@@ -113,13 +113,17 @@ impl SftpSession {
         );
         if !writing {
             let (store, used) = self.reach_for(&meter, FileOp::Read, &rel).await?;
+            let permit = self.file_permit()?;
             let file = self.checked(path, store.open_read(&rel).await).await?;
-            let handle = self.handle(Open::Read {
-                meter: meter.clone(),
-                rel,
-                file,
-                bytes: Arc::new(AtomicU64::new(0)),
-            })?;
+            let handle = self.handle(
+                Some(permit),
+                Open::Read {
+                    meter: meter.clone(),
+                    rel,
+                    file,
+                    bytes: Arc::new(AtomicU64::new(0)),
+                },
+            )?;
             self.rely(&handle, used, &meter);
             return Ok(Packet::Handle(Handle { id, handle }));
         }
@@ -127,9 +131,14 @@ impl SftpSession {
         // bytes stay (the temporary file starts as their copy), CREATE
         // makes a missing file, EXCLUDE refuses an existing one.
         let (store, permission) = self.reach_for(&meter, FileOp::Write, &rel).await?;
-        if self.handles.len() >= MAX_HANDLES {
-            return Err(too_many_handles());
-        }
+        // A read-write open serves the file's bytes back: it needs the
+        // right to read them too (a drop box grants writing alone).
+        let reading = if flags.contains(OpenFlags::READ) {
+            Some(self.reach_for(&meter, FileOp::Read, &rel).await?.1)
+        } else {
+            None
+        };
+        let permit = self.file_permit()?;
         let how = Opening {
             create: flags.contains(OpenFlags::CREATE),
             truncate: flags.contains(OpenFlags::TRUNCATE),
@@ -148,21 +157,27 @@ impl SftpSession {
             }
             other => self.checked(path, other).await?,
         };
-        let handle = self.handle(Open::Write(Upload {
-            meter: meter.clone(),
-            rel,
-            temp: begun.temp,
-            store,
-            file: begun.file,
-            size: begun.size,
-            kept: begun.size,
-            usage: begun.usage,
-            append: flags.contains(OpenFlags::APPEND),
-            readable: flags.contains(OpenFlags::READ),
-            exclusive: how.exclusive,
-            failed: Arc::new(Mutex::new(None)),
-        }))?;
+        let handle = self.handle(
+            Some(permit),
+            Open::Write(Upload {
+                meter: meter.clone(),
+                rel,
+                temp: begun.temp,
+                store,
+                file: begun.file,
+                size: begun.size,
+                kept: begun.size,
+                usage: begun.usage,
+                append: flags.contains(OpenFlags::APPEND),
+                readable: flags.contains(OpenFlags::READ),
+                exclusive: how.exclusive,
+                failed: Arc::new(Mutex::new(None)),
+            }),
+        )?;
         self.rely(&handle, permission, &meter);
+        if let Some(read) = reading {
+            self.rely(&handle, read, &meter);
+        }
         Ok(Packet::Handle(Handle { id, handle }))
     }
 
@@ -310,11 +325,12 @@ impl SftpSession {
     }
 
     pub(super) async fn close(&mut self, id: u32, handle: &str) -> Reply {
-        if let Some((p, meter)) = self.relied.remove(handle) {
+        for (p, meter) in self.relied.remove(handle).unwrap_or_default() {
             self.ctx
                 .sessions
                 .release(self.registration, p, Some(&meter));
         }
+        self.permits.remove(handle);
         match self.handles.remove(handle) {
             None => Err((StatusCode::Failure, "no such handle".into())),
             Some(Open::Dir { .. }) => Ok(ok(id)),
@@ -376,6 +392,15 @@ pub(super) fn too_many_handles() -> (StatusCode, String) {
     (
         StatusCode::Failure,
         format!("at most {MAX_HANDLES} open handles"),
+    )
+}
+
+/// Busy, not wrong: the gateway's share of descriptors for SFTP files is
+/// in use.
+pub(super) fn too_many_files() -> (StatusCode, String) {
+    (
+        StatusCode::Failure,
+        "the gateway has as many SFTP files open as its open-file budget allows: close some, or try again shortly".into(),
     )
 }
 

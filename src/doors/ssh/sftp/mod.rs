@@ -16,6 +16,7 @@ use russh_sftp::protocol::{
     Attrs, File as SftpFile, FileAttributes, Handle, Name, Packet, Status, StatusCode, Version,
 };
 use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 mod handles;
 mod path;
@@ -93,7 +94,11 @@ pub struct SftpSession {
     /// This channel's own entry in the session registry.
     registration: u64,
     /// What each open handle relies on.
-    relied: HashMap<String, (Permission, String)>,
+    relied: HashMap<String, Vec<(Permission, String)>>,
+    /// The gateway's descriptors for SFTP files, shared by every channel.
+    files: Arc<Semaphore>,
+    /// Each open file's place among them.
+    permits: HashMap<String, OwnedSemaphorePermit>,
 }
 
 type Reply = Result<Packet, (StatusCode, String)>;
@@ -145,9 +150,12 @@ impl SftpSession {
         registration: u64,
         max_upload: u64,
         quota: u64,
+        files: Arc<Semaphore>,
     ) -> Self {
         SftpSession {
             registration,
+            files,
+            permits: HashMap::new(),
             relied: HashMap::new(),
             ctx,
             caller,
@@ -301,7 +309,9 @@ impl SftpSession {
         if let Some(p) = permission {
             self.ctx.sessions.rely_on(self.registration, p, Some(meter));
             self.relied
-                .insert(handle.to_string(), (p, meter.to_string()));
+                .entry(handle.to_string())
+                .or_default()
+                .push((p, meter.to_string()));
         }
     }
 
@@ -383,13 +393,32 @@ impl SftpSession {
             .collect()
     }
 
-    fn handle(&mut self, open: Open) -> Result<String, (StatusCode, String)> {
+    /// A place for one more open file: within the channel's handles and
+    /// the gateway's descriptors for SFTP files (shared by every channel).
+    fn file_permit(&self) -> Result<OwnedSemaphorePermit, (StatusCode, String)> {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(handles::too_many_handles());
+        }
+        self.files
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| handles::too_many_files())
+    }
+
+    fn handle(
+        &mut self,
+        permit: Option<OwnedSemaphorePermit>,
+        open: Open,
+    ) -> Result<String, (StatusCode, String)> {
         if self.handles.len() >= MAX_HANDLES {
             return Err(handles::too_many_handles());
         }
         self.next += 1;
         let h = self.next.to_string();
         self.handles.insert(h.clone(), open);
+        if let Some(p) = permit {
+            self.permits.insert(h.clone(), p);
+        }
         Ok(h)
     }
 
@@ -438,10 +467,13 @@ impl SftpSession {
                         self.checked(&o.path, store.list(&rel).await).await?
                     }
                 };
-                let handle = self.handle(Open::Dir {
-                    entries,
-                    sent: false,
-                })?;
+                let handle = self.handle(
+                    None,
+                    Open::Dir {
+                        entries,
+                        sent: false,
+                    },
+                )?;
                 Ok(Packet::Handle(Handle { id: o.id, handle }))
             }
             Packet::ReadDir(r) => match self.handles.get_mut(&r.handle) {

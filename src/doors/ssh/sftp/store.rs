@@ -92,6 +92,42 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// `from` renamed over `to` on the meter's server, never losing both:
+    /// posix-rename@openssh.com when the server has it (atomic); otherwise
+    /// the old file is moved aside first and put back if the rename fails
+    /// (SFTP v3's rename refuses an existing target).
+    async fn replace(&self, from: &RelPath, to: &RelPath) -> Result<(), FileError> {
+        let mut both = Vec::new();
+        for path in [remote(from), remote(to)] {
+            both.extend_from_slice(&(path.len() as u32).to_be_bytes());
+            both.extend_from_slice(path.as_bytes());
+        }
+        if let Ok(russh_sftp::protocol::Packet::Status(s)) =
+            self.sftp.extended("posix-rename@openssh.com", both).await
+            && s.status_code == StatusCode::Ok
+        {
+            return Ok(());
+        }
+        let aside = crate::fleet::files::upload_name(to)?;
+        let moved = self.sftp.rename(remote(to), remote(&aside)).await.is_ok();
+        match self.sftp.rename(remote(from), remote(to)).await {
+            Ok(_) => {
+                if moved {
+                    let _ = self.sftp.remove(remote(&aside)).await;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if moved {
+                    let _ = self.sftp.rename(remote(&aside), remote(to)).await;
+                }
+                Err(upstream_error(e))
+            }
+        }
+    }
+}
+
 impl Store {
     pub async fn stat(&self, rel: &RelPath) -> Result<Stat, FileError> {
         match self {
@@ -133,11 +169,11 @@ impl Store {
                 let mut out = Vec::new();
                 loop {
                     match u.sftp.readdir(h.handle.as_str()).await {
-                        Ok(name) => out.extend(
-                            name.files
-                                .into_iter()
-                                .filter(|f| f.filename != "." && f.filename != ".."),
-                        ),
+                        Ok(name) => out.extend(name.files.into_iter().filter(|f| {
+                            f.filename != "."
+                                && f.filename != ".."
+                                && !f.filename.starts_with(crate::fleet::files::UPLOAD_PREFIX)
+                        })),
                         Err(ClientError::Status(s)) if s.status_code == StatusCode::Eof => break,
                         Err(e) => return Err(upstream_error(e)),
                     }
@@ -159,6 +195,12 @@ impl Store {
                 Ok(Handle::Local(Arc::new(f)))
             }
             Store::Upstream(u) => {
+                // Path rules judge the name asked for: a symlink on the
+                // meter would let them judge one thing and serve another.
+                let a = u.sftp.lstat(remote(rel)).await.map_err(upstream_error)?;
+                if a.attrs.file_type() == FileType::Symlink {
+                    return Err(FileError::Escape);
+                }
                 let h = u
                     .sftp
                     .open(remote(rel), OpenFlags::READ, FileAttributes::empty())
@@ -319,8 +361,7 @@ impl Store {
     }
 
     /// Renames within the store; `replace` overwrites an existing target
-    /// (on a meter's server: removes it first, as SFTP v3 has no atomic
-    /// replace without an extension).
+    /// (on a meter's server: see [`Upstream::replace`]).
     pub async fn rename(
         &self,
         from: &RelPath,
@@ -332,16 +373,13 @@ impl Store {
                 let (s, from, to) = (s.clone(), from.clone(), to.clone());
                 blocking(move || s.rename(&from, &to, replace)).await
             }
-            Store::Upstream(u) => {
-                if replace {
-                    let _ = u.sftp.remove(remote(to)).await;
-                }
-                u.sftp
-                    .rename(remote(from), remote(to))
-                    .await
-                    .map(|_| ())
-                    .map_err(upstream_error)
-            }
+            Store::Upstream(u) if replace => u.replace(from, to).await,
+            Store::Upstream(u) => u
+                .sftp
+                .rename(remote(from), remote(to))
+                .await
+                .map(|_| ())
+                .map_err(upstream_error),
         }
     }
 

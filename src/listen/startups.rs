@@ -1,6 +1,7 @@
-//! Connections that have not logged in yet, held as OpenSSH's MaxStartups
-//! and PerSourceMaxStartups hold them, with one fairness rule added: an
-//! address with nothing waiting is not dropped at random.
+//! Connections that have not authenticated yet (SSH logins, TLS
+//! handshakes), held as OpenSSH's MaxStartups and PerSourceMaxStartups hold
+//! them, with one fairness rule added: an address with nothing waiting is
+//! not dropped at random.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,6 +12,8 @@ use crate::config::MaxStartups;
 /// The waiting connections, in total and per address.
 pub struct Startups {
     limits: MaxStartups,
+    /// The settings' names, for messages: (the whole, per source).
+    names: (&'static str, &'static str),
     waiting: Mutex<Waiting>,
     random: ring::rand::SystemRandom,
 }
@@ -24,14 +27,14 @@ struct Waiting {
 /// Why a connection that has not logged in was dropped.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Dropped {
-    #[error("{0} connections are waiting to log in (ssh.max_startups full)")]
-    Full(usize),
-    #[error("this address has {0} connections waiting to log in (ssh.per_source_max_startups)")]
-    Source(usize),
+    #[error("{0} connections are waiting to authenticate ({1} full)")]
+    Full(usize, &'static str),
+    #[error("this address has {0} connections waiting to authenticate ({1})")]
+    Source(usize, &'static str),
     #[error(
-        "{0} connections are waiting to log in and this address has one too: dropped early (ssh.max_startups)"
+        "{0} connections are waiting to authenticate and this address has one too: dropped early ({1})"
     )]
-    Early(usize),
+    Early(usize, &'static str),
 }
 
 /// A waiting connection's place, given back at login or when it ends.
@@ -55,9 +58,12 @@ impl Drop for Waiter {
 }
 
 impl Startups {
-    pub fn new(limits: MaxStartups) -> Arc<Startups> {
+    /// `names`: how the settings are called, for messages (the whole, per
+    /// source).
+    pub fn new(limits: MaxStartups, names: (&'static str, &'static str)) -> Arc<Startups> {
         Arc::new(Startups {
             limits,
+            names,
             waiting: Mutex::new(Waiting::default()),
             random: ring::rand::SystemRandom::new(),
         })
@@ -81,15 +87,16 @@ impl Startups {
 
     fn admit_with(self: &Arc<Self>, source: IpAddr, roll: u32) -> Result<Waiter, Dropped> {
         let l = self.limits;
+        let (all, each) = self.names;
         let Ok(mut w) = self.waiting.lock() else {
-            return Err(Dropped::Full(0));
+            return Err(Dropped::Full(0, all));
         };
         let mine = w.by_source.get(&source).copied().unwrap_or(0);
         if w.total >= l.full {
-            return Err(Dropped::Full(w.total));
+            return Err(Dropped::Full(w.total, all));
         }
         if mine >= l.per_source {
-            return Err(Dropped::Source(mine));
+            return Err(Dropped::Source(mine, each));
         }
         if w.total >= l.start && mine > 0 {
             // rate% at start, rising linearly to 100% at full.
@@ -97,7 +104,7 @@ impl Startups {
             let over = (w.total - l.start) as u64;
             let chance = u64::from(l.rate) + (100 - u64::from(l.rate)) * over / span;
             if u64::from(roll) < chance {
-                return Err(Dropped::Early(w.total));
+                return Err(Dropped::Early(w.total, all));
             }
         }
         w.total += 1;
@@ -123,19 +130,25 @@ mod tests {
     }
 
     fn startups(start: usize, rate: u32, full: usize, per_source: usize) -> Arc<Startups> {
-        Startups::new(MaxStartups {
-            start,
-            rate,
-            full,
-            per_source,
-        })
+        Startups::new(
+            MaxStartups {
+                start,
+                rate,
+                full,
+                per_source,
+            },
+            ("all", "each"),
+        )
     }
 
     #[test]
     fn one_address_holds_at_most_its_share_of_waiting_logins() {
         let s = startups(100, 30, 200, 3);
         let held: Vec<_> = (0..3).map(|_| s.admit_with(ip(2), 99).unwrap()).collect();
-        assert_eq!(s.admit_with(ip(2), 99).err(), Some(Dropped::Source(3)));
+        assert_eq!(
+            s.admit_with(ip(2), 99).err(),
+            Some(Dropped::Source(3, "each"))
+        );
         assert!(s.admit_with(ip(1), 99).is_ok());
         drop(held);
         assert_eq!(s.waiting(), 0);
@@ -147,12 +160,18 @@ mod tests {
         let s = startups(2, 30, 10, 10);
         let _held: Vec<_> = (0..2).map(|_| s.admit_with(ip(2), 0).unwrap()).collect();
         // At start: rate% (30): a roll of 29 is dropped, 30 is not.
-        assert_eq!(s.admit_with(ip(2), 29).err(), Some(Dropped::Early(2)));
+        assert_eq!(
+            s.admit_with(ip(2), 29).err(),
+            Some(Dropped::Early(2, "all"))
+        );
         let _third = s.admit_with(ip(2), 30).unwrap();
         // A quiet address is admitted whatever the roll.
         let _quiet = s.admit_with(ip(1), 0).unwrap();
         // Four waiting of 2..10: 30 + 70 * 2/8 = 47.
-        assert_eq!(s.admit_with(ip(2), 46).err(), Some(Dropped::Early(4)));
+        assert_eq!(
+            s.admit_with(ip(2), 46).err(),
+            Some(Dropped::Early(4, "all"))
+        );
         assert!(s.admit_with(ip(2), 47).is_ok());
     }
 
@@ -160,6 +179,6 @@ mod tests {
     fn at_full_everyone_is_dropped() {
         let s = startups(1, 0, 3, 1);
         let _held: Vec<_> = (1..=3).map(|i| s.admit_with(ip(i), 99).unwrap()).collect();
-        assert_eq!(s.admit_with(ip(9), 99).err(), Some(Dropped::Full(3)));
+        assert_eq!(s.admit_with(ip(9), 99).err(), Some(Dropped::Full(3, "all")));
     }
 }
