@@ -116,6 +116,18 @@ class Peak:
         self.thread.join()
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except OSError:
+        return 0.0
+
+
 def poll(port, meters, clients, seconds, interval):
     cmd = [LOAD, "--clients", str(clients), "--seconds", str(seconds), "--target", f"127.0.0.1:{port}",
            "--units", f"1-{meters}", "--interval", str(interval)]
@@ -133,8 +145,14 @@ def phase(door, ports, gateway, a):
                                   str(a.seconds + 2), "churn"], stdout=subprocess.PIPE, text=True)
         json.loads(flood.stdout.readline())
         time.sleep(1)
+    cpu_before = cpu_seconds(gateway.pid)
+    flood_before = cpu_seconds(flood.pid) if flood else 0.0
+    started = time.monotonic()
     with Peak(gateway.pid) as peak:
         r = poll(ports["modbus"], a.meters, a.clients, a.seconds, a.interval)
+    elapsed = time.monotonic() - started
+    r["cpu"] = (cpu_seconds(gateway.pid) - cpu_before) / elapsed
+    r["flood_cpu"] = (cpu_seconds(flood.pid) - flood_before) / elapsed if flood else 0.0
     if flood:
         done = json.loads(flood.stdout.readline())
         flood.wait()
@@ -173,13 +191,14 @@ def main():
     base = {k: statistics.median(r[k] for r in results["none"]) for k in ("p50_us", "p99_us", "rps")}
     print(f"# soak: {a.clients} SCADA clients polling every {a.interval} ms over {a.meters} meters, "
           f"{a.runs} alternated runs of {a.seconds:g} s per door, medians\n")
-    print("| flood on | polls/s | p50 µs | p99 µs | p50 ratio | p99 ratio | flood connections/s | peak fds | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| flood on | polls/s | p50 µs | p99 µs | p50 ratio | p99 ratio | flood connections/s | gateway CPU | flood CPU | peak fds | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for door, rs in results.items():
         med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
         opened = "-" if door == "none" else f"{med('flood_opened') / (a.seconds + 2):,.0f}"
         print(f"| {door} | {med('rps'):,.0f} | {med('p50_us'):,.0f} | {med('p99_us'):,.0f} | "
               f"{med('p50_us') / base['p50_us']:.2f} | {med('p99_us') / base['p99_us']:.2f} | {opened} | "
+              f"{med('cpu') * 100:.0f} % | {med('flood_cpu') * 100:.0f} % | "
               f"{max(r['fds'] for r in rs)} | {max(r['rss_mib'] for r in rs):.1f} |")
 
 
