@@ -41,6 +41,8 @@ pub enum DaemonError {
     Ssh(#[from] crate::sshkeys::SshError),
     #[error(transparent)]
     Descriptors(#[from] crate::listen::descriptors::DescriptorError),
+    #[error("the HTTPS API: {0}")]
+    Api(#[from] crate::doors::api::ApiError),
     #[error("listener {address}: {error}")]
     Listen {
         address: String,
@@ -72,6 +74,9 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     service::check_private(&config.state_dir.join("audit-signing.key"), run_uid, false)?;
     if let Some(m) = &config.mbaps {
         service::check_private(&m.key, run_uid, false)?;
+    }
+    if let Some(a) = &config.api {
+        service::check_private(&a.key, run_uid, false)?;
     }
     // Certificates first: a bad file is a config error, found before
     // anything else starts.
@@ -125,6 +130,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
             ssh_listeners.push(bind(&address.to_string()).await?);
         }
     }
+    let api_listener = match &config.api {
+        Some(a) => Some(bind(&a.listen.to_string()).await?),
+        None => None,
+    };
     let metrics_listener = match config.metrics_listen {
         Some(a) => Some(bind(&a.to_string()).await?),
         None => None,
@@ -275,6 +284,15 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
             )));
         }
     }
+    if let (Some(api), Some(listener)) = (&config.api, api_listener) {
+        let door = Arc::new(crate::doors::api::ApiDoor::new(ctx.clone(), api)?);
+        doors.push(tokio::spawn(door.serve(
+            listener,
+            gate("api"),
+            shutdown.clone(),
+            connections.clone(),
+        )));
+    }
     tokio::spawn(check_chain(guard.clone()));
     // Access that ends, ends everywhere: end dates, expiries, changes.
     tokio::spawn(crate::commands::access::watch(ctx.clone(), stop_rx.clone()));
@@ -412,6 +430,7 @@ impl Live {
         let restart: Vec<&str> = [
             ("modbus.listen", new.modbus_listen != old.modbus_listen),
             ("mbaps", new.mbaps != old.mbaps),
+            ("api", new.api != old.api),
             ("state_dir", new.state_dir != old.state_dir),
             ("control", new.control != old.control),
             ("daemon", new.daemon != old.daemon),
@@ -502,6 +521,7 @@ impl Live {
         let mut kept = new;
         kept.modbus_listen = self.config.modbus_listen.clone();
         kept.mbaps = self.config.mbaps.clone();
+        kept.api = self.config.api.clone();
         kept.state_dir = self.config.state_dir.clone();
         kept.control = self.config.control.clone();
         kept.daemon = self.config.daemon.clone();

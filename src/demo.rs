@@ -44,6 +44,16 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> DemoError + '_ {
 #[derive(Serialize, Deserialize, Default)]
 pub struct Credentials {
     pub users: BTreeMap<String, String>,
+    /// Service users' access keys for the HTTPS API (`provisioner`).
+    #[serde(default)]
+    pub access_keys: BTreeMap<String, KeyCredentials>,
+}
+
+/// An access key's id and secret.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct KeyCredentials {
+    pub id: String,
+    pub secret: String,
 }
 
 /// A demo ready to run.
@@ -143,7 +153,15 @@ crl = "ca/crl.pem"
 listen = ["127.0.0.1:{ssh}"]
 # The simulated meters' console accounts (`connect METER`), 0600.
 meter_credentials = "meter-credentials.toml"
+
+# The HTTPS admin API: `provisioner`'s access key (credentials.toml) gets a
+# bearer token at /oauth/token.
+[api]
+listen = "127.0.0.1:{api}"
+certificate = "certs/server.crt"
+key = "certs/server.key"
 "#,
+        api = base_port as u32 + DEMO_API_ABOVE as u32,
         c1 = base_port as u32 + DEMO_CONSOLE_ABOVE as u32,
         c2 = base_port as u32 + DEMO_CONSOLE_ABOVE as u32 + 1,
         c3 = base_port as u32 + DEMO_CONSOLE_ABOVE as u32 + 2,
@@ -177,6 +195,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), DemoError> {
 pub const DEMO_MODBUS_PORT: u16 = 5502;
 /// The Modbus/TCP Security port (8802) is this far above the proxy's.
 pub const DEMO_TLS_OFFSET: u16 = 3300;
+/// The HTTPS API (8443) is this far above the proxy's port.
+pub const DEMO_API_ABOVE: u16 = 2941;
 /// The SSH port (2222) is this far below the proxy's.
 pub const DEMO_SSH_BELOW: u16 = 3280;
 /// The meters' consoles answer this far above the proxy's port and on
@@ -341,6 +361,28 @@ fn populate(config: &Config) -> Result<Credentials, DemoError> {
         s.inline = vec![Statement::allow_role(role, vec![MeterSelector::All])];
         ops.push(Op::Put(Entity::ServiceUser(s), Expect::New));
     }
+    // The API's client: Administrator, one access key.
+    let mut p = ServiceUser::new("provisioner");
+    p.id = secrets::generate_id().map_err(secret_err)?;
+    p.description = "demo HTTPS API client (OAuth client credentials)".into();
+    p.policies = vec![ADMINISTRATOR.to_string()];
+    let key_id = secrets::generate_key_id().map_err(secret_err)?;
+    let key_secret = secrets::generate_key_secret().map_err(secret_err)?;
+    p.keys.push(crate::model::AccessKey {
+        id: key_id.clone(),
+        secret_hash: secrets::hash_now(&key_secret).map_err(secret_err)?,
+        status: crate::model::Status::Active,
+        created: micros(now),
+        last_used: None,
+    });
+    credentials.access_keys.insert(
+        "provisioner".into(),
+        KeyCredentials {
+            id: key_id,
+            secret: key_secret.expose().to_string(),
+        },
+    );
+    ops.push(Op::Put(Entity::ServiceUser(p), Expect::New));
     store.apply(ops, "system:demo", now, &config.separation_of_duties)?;
     Ok(credentials)
 }
@@ -386,6 +428,9 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 ssh -p {ssh} -t crew@127.0.0.1 connect meter-1      # the meter's console as `operator`\n\
          \x20 sftp -P {ssh} crew@127.0.0.1                        # the meters' files (crew: read-only)\n\
          \x20 ssh -p {ssh} admin@127.0.0.1 user list\n\
+         \nThe HTTPS API on https://127.0.0.1:{api} as provisioner (KEY_ID and KEY_SECRET: [access_keys.provisioner] in {dir}/credentials.toml):\n\
+         \x20 TOKEN=$(curl -s --cacert {dir}/certs/ca.crt -u \"$KEY_ID:$KEY_SECRET\" -d grant_type=client_credentials https://127.0.0.1:{api}/oauth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')\n\
+         \x20 curl -s --cacert {dir}/certs/ca.crt -H \"Authorization: Bearer $TOKEN\" https://127.0.0.1:{api}/api/v1/users\n\
          stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
         ssh = demo
             .config
@@ -396,6 +441,7 @@ pub fn instructions(demo: &Demo) -> String {
             .unwrap_or(2222),
         who = whoami(),
         dir = demo.dir.display(),
+        api = demo.config.api.as_ref().map_or(8443, |a| a.listen.port()),
         tls = demo
             .config
             .mbaps

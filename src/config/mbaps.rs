@@ -49,6 +49,31 @@ pub(super) struct RawMbaps {
     handshake_timeout: Option<Interval>,
 }
 
+/// A TLS listener's certificate and key (both required), resolved against
+/// `base`; shared by `[mbaps]` and `[api]`.
+pub(super) fn certificate_and_key(
+    certificate: Option<PathBuf>,
+    key: Option<PathBuf>,
+    section: &Key,
+    base: &Path,
+    src: &Source,
+) -> Result<(PathBuf, PathBuf), ConfigError> {
+    let abs = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+    let certificate = abs(certificate.ok_or_else(|| {
+        src.err(
+            &section.at("certificate"),
+            "missing: the gateway's certificate (PEM), e.g. from `metergate cert server`",
+        )
+    })?);
+    let key = abs(key.ok_or_else(|| {
+        src.err(
+            &section.at("key"),
+            "missing: the gateway's private key (PEM)",
+        )
+    })?);
+    Ok((certificate, key))
+}
+
 /// The `[mbaps]` section, checked: None when there is none or it has no
 /// listener. `plain_listeners` is the number of `modbus.listen` entries.
 pub(super) fn mbaps(
@@ -80,18 +105,7 @@ pub(super) fn mbaps(
         ));
     }
     let abs = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
-    let certificate = abs(m.certificate.ok_or_else(|| {
-        src.err(
-            &section.at("certificate"),
-            "missing: the gateway's certificate (PEM), e.g. from `metergate cert server`",
-        )
-    })?);
-    let key = abs(m.key.ok_or_else(|| {
-        src.err(
-            &section.at("key"),
-            "missing: the gateway's private key (PEM)",
-        )
-    })?);
+    let (certificate, key) = certificate_and_key(m.certificate, m.key, &section, base, src)?;
     let client_ca = match m.client_ca {
         Some(p) => abs(p),
         None => certificate

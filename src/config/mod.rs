@@ -2,6 +2,7 @@
 //! section and puts them together; each error names file, line and key.
 
 mod access;
+mod api;
 mod audit;
 mod daemon;
 mod errors;
@@ -20,6 +21,7 @@ use crate::model::{Permission, Profile};
 use serde::Deserialize;
 
 pub use access::{ReviewConfig, SupportConfig};
+pub use api::ApiConfig;
 pub use audit::{AuditConfig, ForwardConfig, OnFailure, Transport, WhenFull};
 pub use daemon::{ControlConfig, DaemonConfig};
 pub use errors::{ConfigError, ConfigWarning};
@@ -59,6 +61,8 @@ pub struct Config {
     /// None when `[ssh]` has no listener.
     pub ssh: Option<SshConfig>,
     pub review: ReviewConfig,
+    /// None when `[api]` has no listener.
+    pub api: Option<ApiConfig>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +99,8 @@ struct RawConfig {
     metrics: Option<daemon::RawMetrics>,
     #[serde(default)]
     ssh: Option<ssh::RawSsh>,
+    #[serde(default)]
+    api: Option<api::RawApi>,
 }
 
 impl Config {
@@ -144,6 +150,7 @@ impl Config {
         let mbaps = mbaps::mbaps(raw.mbaps, base, raw.modbus.listen.len(), &src)?;
         access::check_support(&raw.support, &src)?;
         let ssh = ssh::ssh(&raw.ssh, base, &state_dir, &src)?;
+        let api = api::api(raw.api, base, &src)?;
         let metrics_listen = daemon::metrics_listen(&raw.metrics, &src)?;
         daemon::check_daemon(&raw.daemon, &src, &mut warnings)?;
         daemon::check_control(&raw.control, &src)?;
@@ -173,6 +180,7 @@ impl Config {
                 daemon: raw.daemon,
                 metrics_listen,
                 ssh,
+                api,
             },
             warnings,
         ))

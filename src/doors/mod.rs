@@ -2,5 +2,6 @@
 //! none decides on its own.
 
 pub mod admin;
+pub mod api;
 pub mod modbus;
 pub mod ssh;

@@ -3,11 +3,13 @@
 //! reason, keeps the little state decisions need, and writes the event.
 
 pub mod action;
+pub mod api;
 mod compiled;
 mod confer;
 pub mod decision;
 mod login;
 mod state;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,6 +94,8 @@ pub struct Guard {
     /// Admin changes run one at a time, so a change is checked (what it
     /// confers) against the directory it is applied to.
     changing: tokio::sync::Mutex<()>,
+    /// The HTTPS API's bearer tokens (digests only).
+    tokens: tokens::Tokens,
 }
 
 impl Guard {
@@ -126,6 +130,7 @@ impl Guard {
             hashes: Arc::new(HashPool::new(1, 64)),
             sessions: Arc::new(Sessions::default()),
             changed: tokio::sync::Notify::new(),
+            tokens: tokens::Tokens::default(),
             changing: tokio::sync::Mutex::new(()),
         }
     }

@@ -30,7 +30,7 @@ const FLOOD_SOURCES: usize = 10_000;
 /// TLS handshakes and SSH logins that never happened are authentication,
 /// refused connections are the system's, the rest is Modbus traffic.
 fn category(kind: &str) -> Category {
-    if kind.starts_with("mbaps.") || kind.starts_with("ssh.") {
+    if kind.starts_with("mbaps.") || kind.starts_with("ssh.") || kind.starts_with("api.") {
         Category::Authentication
     } else if kind.starts_with("connection.") {
         Category::System

@@ -365,14 +365,15 @@ pub fn free_port_block() -> u16 {
             continue;
         }
         // The meters (15519-15521 above), their consoles (15522-15524
-        // above), Modbus/TCP Security (3300 above) and SSH (3280 below).
-        let others: Vec<_> = [15_519, 15_520, 15_521, 15_522, 15_523, 15_524, 3_300]
+        // above), Modbus/TCP Security (3300 above), the HTTPS API (2941
+        // above) and SSH (3280 below).
+        let others: Vec<_> = [15_519, 15_520, 15_521, 15_522, 15_523, 15_524, 3_300, 2_941]
             .into_iter()
             .map(|d| p + d)
             .chain(p.checked_sub(3_280))
             .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
             .collect();
-        if others.len() == 8 {
+        if others.len() == 9 {
             return p;
         }
     }

@@ -1,0 +1,215 @@
+//! The HTTPS admin API: TLS (rustls with ring) on the one accept loop,
+//! HTTP/1.1 by hyper, routes by axum. `POST /oauth/token` exchanges an
+//! access key for a bearer token; `/api/v1/…` runs the admin commands of
+//! the application core, each call decided by the guard. There is no
+//! plain-HTTP listener.
+
+mod calls;
+mod problem;
+mod resources;
+mod token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_util::task::TaskTracker;
+
+use crate::commands::Gateway;
+use crate::config::ApiConfig;
+use crate::listen::{Floods, Gate, Shutdown};
+use crate::pki::{self, PkiError};
+
+const DOOR: &str = "api";
+/// A request's headers must arrive within this (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bodies larger than this are refused (413): no admin request needs more.
+const MAX_BODY: usize = 1 << 20;
+/// A request is answered within this or gets 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("{path}: {message}")]
+    Tls {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+/// The client's address, as the accept loop saw it.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+/// What every handler shares.
+pub struct Api {
+    gw: Arc<Gateway>,
+    config: ApiConfig,
+    limiter: calls::RateLimiter,
+}
+
+/// The API's listener.
+pub struct ApiDoor {
+    api: Arc<Api>,
+    acceptor: TlsAcceptor,
+    router: Router,
+    floods: Arc<Floods>,
+}
+
+/// The TLS server config: the gateway's certificate and key, TLS 1.2 and
+/// 1.3 only, HTTP/1.1 by ALPN, client certificates when `client_ca` is set.
+fn tls(config: &ApiConfig) -> Result<ServerConfig, ApiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = pki::read_certificates(&config.certificate)?;
+    pki::check_validity(
+        &config.certificate,
+        &certs[0],
+        time::OffsetDateTime::now_utc(),
+    )?;
+    let key = pki::read_private_key(&config.key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ApiError::Tls {
+            path: config.certificate.clone(),
+            message: e.to_string(),
+        })?;
+    let builder = match &config.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in pki::read_certificates(ca)? {
+                roots.add(c).map_err(|e| ApiError::Tls {
+                    path: ca.clone(),
+                    message: format!("not usable as a trust anchor: {e}"),
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| ApiError::Tls {
+                path: ca.clone(),
+                message: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| ApiError::Tls {
+            path: config.key.clone(),
+            message: format!("does not match the certificate: {e}"),
+        })?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(server)
+}
+
+impl ApiDoor {
+    /// Reads the certificate and key (every problem names its file).
+    pub fn new(gw: Arc<Gateway>, config: &ApiConfig) -> Result<ApiDoor, ApiError> {
+        let acceptor = TlsAcceptor::from(Arc::new(tls(config)?));
+        let api = Arc::new(Api {
+            limiter: calls::RateLimiter::new(config.requests_per_second),
+            gw: gw.clone(),
+            config: config.clone(),
+        });
+        let router = Router::new()
+            .route("/oauth/token", post(token::token))
+            .merge(resources::routes(api.clone()))
+            .layer(axum::middleware::from_fn(calls::hardening))
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+            .with_state(api.clone());
+        Ok(ApiDoor {
+            floods: Arc::new(Floods::new(gw.guard.clone(), DOOR)),
+            api,
+            acceptor,
+            router,
+        })
+    }
+
+    /// Accepts through `gate` until `shutdown`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        gate: Arc<Gate>,
+        shutdown: Shutdown,
+        tracker: TaskTracker,
+    ) {
+        let door = self.clone();
+        crate::listen::serve(
+            listener,
+            gate,
+            self.floods.clone(),
+            shutdown,
+            tracker,
+            move |stream, peer, shutdown| door.clone().connection(stream, peer, shutdown),
+        )
+        .await;
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut shutdown: Shutdown,
+    ) {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let _ = stream.set_nodelay(true);
+        let handshake = tokio::time::timeout(
+            self.api.config.handshake_timeout,
+            self.acceptor.accept(stream),
+        )
+        .await;
+        let tls = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.floods.count(
+                    Some(peer.ip()),
+                    "api.handshake-failed",
+                    &format!("the TLS handshake failed: {e}"),
+                );
+                return;
+            }
+            Err(_) => {
+                self.floods.count(
+                    Some(peer.ip()),
+                    "api.handshake-timeout",
+                    "the TLS handshake did not finish in time (api.handshake_timeout)",
+                );
+                return;
+            }
+        };
+        let router = self.router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                let router = router.clone();
+                async move {
+                    use tower::ServiceExt;
+                    router.oneshot(req.map(axum::body::Body::new)).await
+                }
+            });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = &mut connection => {}
+            _ = shutdown.signalled() => {
+                // Answer what is in flight, then close.
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, connection).await;
+            }
+        }
+    }
+}
