@@ -387,6 +387,22 @@ fn populate(config: &Config) -> Result<Credentials, DemoError> {
     Ok(credentials)
 }
 
+/// How to reach the HTTPS API, when the demo's config has one (a demo
+/// directory from before the API has none). The key's secret goes through
+/// a file curl reads, not the command line (`ps` shows that).
+fn api_lines(demo: &Demo) -> String {
+    let Some(api) = &demo.config.api else {
+        return String::new();
+    };
+    let dir = demo.dir.display();
+    let port = api.listen.port();
+    format!(
+        "\nThe HTTPS API on https://127.0.0.1:{port} as provisioner ([access_keys.provisioner] in {dir}/credentials.toml; put `user = \"ID:SECRET\"` in a 0600 file, here key.curl):\n\
+         \x20 TOKEN=$(curl -s --cacert {dir}/certs/ca.crt -K key.curl -d grant_type=client_credentials https://127.0.0.1:{port}/oauth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')\n\
+         \x20 curl -s --cacert {dir}/certs/ca.crt -H \"Authorization: Bearer $TOKEN\" https://127.0.0.1:{port}/api/v1/users\n"
+    )
+}
+
 /// What the demo prints once everything is up.
 pub fn instructions(demo: &Demo) -> String {
     let sock = demo.config.control.socket_path();
@@ -428,10 +444,7 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 ssh -p {ssh} -t crew@127.0.0.1 connect meter-1      # the meter's console as `operator`\n\
          \x20 sftp -P {ssh} crew@127.0.0.1                        # the meters' files (crew: read-only)\n\
          \x20 ssh -p {ssh} admin@127.0.0.1 user list\n\
-         \nThe HTTPS API on https://127.0.0.1:{api} as provisioner (KEY_ID and KEY_SECRET: [access_keys.provisioner] in {dir}/credentials.toml):\n\
-         \x20 TOKEN=$(curl -s --cacert {dir}/certs/ca.crt -u \"$KEY_ID:$KEY_SECRET\" -d grant_type=client_credentials https://127.0.0.1:{api}/oauth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')\n\
-         \x20 curl -s --cacert {dir}/certs/ca.crt -H \"Authorization: Bearer $TOKEN\" https://127.0.0.1:{api}/api/v1/users\n\
-         stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
+         {api_lines}stop with Ctrl-C; run `metergate demo --dir {dir}` again to resume.\n",
         ssh = demo
             .config
             .ssh
@@ -441,7 +454,7 @@ pub fn instructions(demo: &Demo) -> String {
             .unwrap_or(2222),
         who = whoami(),
         dir = demo.dir.display(),
-        api = demo.config.api.as_ref().map_or(8443, |a| a.listen.port()),
+        api_lines = api_lines(demo),
         tls = demo
             .config
             .mbaps

@@ -282,9 +282,12 @@ fn a_service_user_logs_in_with_an_access_key_until_the_key_is_deleted() {
     );
     let wrong = paramiko(s.port, &["password", &id, "not-the-secret", "whoami"]);
     assert_eq!(wrong["ok"], false, "{wrong}");
-    let unknown = paramiko(s.port, &["password", "MGKNOSUCHKEY", &secret, "whoami"]);
+    let unknown = paramiko(
+        s.port,
+        &["password", "MGKNOSUCHKEY0000000", &secret, "whoami"],
+    );
     assert_eq!(unknown["ok"], false, "{unknown}");
-    s.wait_event("login.failure", &["no access key `MGKNOSUCHKEY`"]);
+    s.wait_event("login.failure", &["no access key `MGKNOSUCHKEY0000000`"]);
     let logins =
         s.d.mg(&["audit", "query", "--code", "login.success", "--json"])
             .ok()

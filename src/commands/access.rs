@@ -28,6 +28,9 @@ pub async fn watch(ctx: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<boo
         let now = OffsetDateTime::now_utc();
         if look {
             end_lapsed(&ctx, now).await;
+            // Tokens whose access lapsed or was withdrawn end too, so none
+            // comes back to life when the access does.
+            ctx.guard.sweep_tokens(now);
         }
         let wait = next_end(&ctx, now)
             .map(|t| {

@@ -57,28 +57,28 @@ pub(super) fn get_user(dir: &Directory, n: &str) -> Result<User, CommandError> {
     dir.users
         .get(n)
         .cloned()
-        .ok_or_else(|| CommandError::Refused(format!("no user `{n}`")))
+        .ok_or_else(|| CommandError::NotFound(format!("no user `{n}`")))
 }
 
 pub(super) fn get_service(dir: &Directory, n: &str) -> Result<ServiceUser, CommandError> {
     dir.service_users
         .get(n)
         .cloned()
-        .ok_or_else(|| CommandError::Refused(format!("no service user `{n}`")))
+        .ok_or_else(|| CommandError::NotFound(format!("no service user `{n}`")))
 }
 
 pub(super) fn get_group(dir: &Directory, n: &str) -> Result<Group, CommandError> {
     dir.groups
         .get(n)
         .cloned()
-        .ok_or_else(|| CommandError::Refused(format!("no group `{n}`")))
+        .ok_or_else(|| CommandError::NotFound(format!("no group `{n}`")))
 }
 
 pub(super) fn get_role(dir: &Directory, n: &str) -> Result<Role, CommandError> {
     dir.roles
         .get(n)
         .cloned()
-        .ok_or_else(|| CommandError::Refused(format!("no role `{n}`")))
+        .ok_or_else(|| CommandError::NotFound(format!("no role `{n}`")))
 }
 
 pub(super) fn policy_exists(dir: &Directory, p: &str) -> Result<(), CommandError> {

@@ -143,6 +143,9 @@ pub enum Outcome {
     },
     /// The request is wrong or refused (exit 2).
     Refused(String),
+    /// It names something that does not exist (exit 2, as a refusal; the
+    /// API answers 404).
+    NotFound(String),
     /// Something failed while carrying it out (exit 1).
     Failed(String),
 }
@@ -163,6 +166,9 @@ pub enum CommandError {
     /// The request itself is wrong or refused (exit 2).
     #[error("{0}")]
     Refused(String),
+    /// It names a user, group, role, policy… that does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// Something failed while carrying it out (exit 1).
     #[error("{0}")]
     Failed(String),
@@ -178,6 +184,7 @@ impl From<StoreError> for CommandError {
             | StoreError::Sled(_)
             | StoreError::Corrupt { .. }
             | StoreError::Locked(_) => CommandError::Failed(e.to_string()),
+            StoreError::NotFound { .. } => CommandError::NotFound(e.to_string()),
             other => CommandError::Refused(other.to_string()),
         }
     }
@@ -317,6 +324,7 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
                 .await;
             match e {
                 CommandError::Failed(m) => Outcome::Failed(m),
+                CommandError::NotFound(m) => Outcome::NotFound(m),
                 other => Outcome::Refused(other.to_string()),
             }
         }

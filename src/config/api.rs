@@ -22,7 +22,8 @@ pub struct ApiConfig {
     pub client_ca: Option<PathBuf>,
     /// How long a bearer token lives (default 1h).
     pub token_lifetime: Duration,
-    /// The TLS handshake and the first request within this of accept.
+    /// The TLS handshake within this of accept (a request's headers then
+    /// have 10 s, a connection 5 minutes).
     pub handshake_timeout: Duration,
     /// Requests one token may make per second (429 beyond, with
     /// Retry-After).

@@ -100,6 +100,26 @@ impl Guard {
             .tokens
             .check(presented, micros(now))
             .ok_or(BearerRefusal::Unknown)?;
+        match self.token_standing(&token, Some(source), now) {
+            Ok(()) => Ok(token),
+            Err(refusal) => {
+                if refusal != BearerRefusal::NotAdministrator {
+                    self.tokens.revoke(presented);
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Whether the access `token` stands for is still there: its key
+    /// present and active, its service user allowed to log in, holding
+    /// Administrator.
+    fn token_standing(
+        &self,
+        token: &Token,
+        source: Option<IpAddr>,
+        now: OffsetDateTime,
+    ) -> Result<(), BearerRefusal> {
         let dir = self.store.directory();
         let key_active = match &token.principal {
             PrincipalId::Service(name) => dir.service_users.get(name).is_some_and(|s| {
@@ -110,12 +130,11 @@ impl Guard {
             _ => false,
         };
         if !key_active {
-            self.tokens.revoke(presented);
             return Err(BearerRefusal::KeyGone);
         }
         let login = Request {
             principal: token.principal.clone(),
-            source: Some(source.to_string()),
+            source: source.map(|s| s.to_string()),
             door: DOOR,
             action: Action::Login,
             read_only: false,
@@ -123,7 +142,6 @@ impl Guard {
         };
         let d = self.decide(&login, now);
         if !d.allowed {
-            self.tokens.revoke(presented);
             return Err(BearerRefusal::PrincipalRefused(d.reason.to_string()));
         }
         if !dir
@@ -134,7 +152,16 @@ impl Guard {
         {
             return Err(BearerRefusal::NotAdministrator);
         }
-        Ok(token)
+        Ok(())
+    }
+
+    /// Ends every token whose access is gone (its key deactivated or
+    /// deleted, its service user deactivated, past its end date, or
+    /// without Administrator), so that no token comes back to life when
+    /// the access does. Run after every change and by the access watcher.
+    pub fn sweep_tokens(&self, now: OffsetDateTime) -> usize {
+        self.tokens
+            .retain(micros(now), |t| self.token_standing(t, None, now).is_ok())
     }
 
     /// Live bearer tokens.

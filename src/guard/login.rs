@@ -209,14 +209,29 @@ impl Guard {
                         .map(|k| (s.name.clone(), k.secret_hash.clone(), k.status))
                 });
                 let Some((service, hash, status)) = found else {
-                    // Every attempt is an event, an unknown key id too; its
-                    // source is throttled like any failing one.
-                    let why = format!(
-                        "no access key `{}`",
-                        a.claimed.chars().take(40).collect::<String>()
-                    );
-                    self.login_failure(None, a.source, a.door, "access-key", why)
-                        .await;
+                    // Every attempt is an event, an unknown key id too, but
+                    // as unauthenticated traffic (its hourly quota): no hash
+                    // is computed, so nothing else bounds how fast these
+                    // come. The source is throttled like any failing one.
+                    let why = format!("no access key {}", shown_key_id(a.claimed));
+                    let ev = EventDraft::new(
+                        "login.failure",
+                        Category::Authentication,
+                        Outcome::Failure,
+                    )
+                    .source(a.source)
+                    .door(a.door)
+                    .action("login")
+                    .reason(why)
+                    .detail("credential", "access-key");
+                    self.record_unauthenticated(ev).await;
+                    // A throttled source waits here as for a known key.
+                    let window = self.settings.load().lockout.window.0;
+                    if let PasswordGate::Delay(d) =
+                        self.state.source_gate(a.source, micros(now), window).into()
+                    {
+                        tokio::time::sleep(d.min(MAX_DELAY)).await;
+                    }
                     self.source_failed(a.source, "", now);
                     return Verdict::Rejected;
                 };
@@ -226,10 +241,22 @@ impl Guard {
                 let window = self.settings.load().lockout.window.0;
                 match self.state.source_gate(a.source, micros(now), window).into() {
                     PasswordGate::SourceRefused => {
-                        let why =
-                            "too many failures from this source: refused for the lockout window";
-                        self.login_failure(Some(&who), a.source, a.door, "access-key", why.into())
-                            .await;
+                        // Under the unauthenticated quota: a refused source
+                        // gets no hash, so nothing else slows it down.
+                        let ev = EventDraft::new(
+                            "login.failure",
+                            Category::Authentication,
+                            Outcome::Failure,
+                        )
+                        .principal(&who)
+                        .source(a.source)
+                        .door(a.door)
+                        .action("login")
+                        .reason(
+                            "too many failures from this source: refused for the lockout window",
+                        )
+                        .detail("credential", "access-key");
+                        self.record_unauthenticated(ev).await;
                         return Verdict::Rejected;
                     }
                     PasswordGate::Delay(d) => tokio::time::sleep(d.min(MAX_DELAY)).await,
@@ -588,6 +615,26 @@ impl Guard {
             PrincipalId::User(n) => self.store.directory().users.contains_key(n),
             _ => false,
         }
+    }
+}
+
+/// A claimed access key id as events may show it: the id when it has an
+/// id's shape, its length otherwise (a client that swapped id and secret
+/// must not write the secret into the log).
+fn shown_key_id(claimed: &str) -> String {
+    let prefix = crate::store::secrets::KEY_ID_PREFIX;
+    let shaped = claimed.len() == prefix.len() + 16
+        && claimed.starts_with(prefix)
+        && claimed[prefix.len()..]
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    if shaped {
+        format!("`{claimed}`")
+    } else {
+        format!(
+            "(a name of {} characters that is no key id)",
+            claimed.chars().count()
+        )
     }
 }
 

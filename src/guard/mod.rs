@@ -206,6 +206,9 @@ impl Guard {
             .store
             .apply(ops, &by.to_string(), now, &settings.separation_of_duties)?;
         self.recompile();
+        // Before the change returns: a token whose access this change
+        // withdrew is gone, even if the next change gives the access back.
+        self.sweep_tokens(now);
         self.changed.notify_one();
         // `review` says when users and roles changed since the last review.
         if let Err(e) = self.state.set_meta("directory_changed", &micros(now)) {
@@ -224,6 +227,7 @@ impl Guard {
         self.settings.store(Arc::new(settings));
         self.meters.store(Arc::new((meters, profiles)));
         self.recompile();
+        self.sweep_tokens(OffsetDateTime::now_utc());
         self.changed.notify_one();
     }
 

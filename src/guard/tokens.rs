@@ -106,6 +106,17 @@ impl Tokens {
         }
     }
 
+    /// Keeps the tokens `keep` says yes to (and only live ones); returns
+    /// how many were ended.
+    pub fn retain(&self, now: i64, mut keep: impl FnMut(&Token) -> bool) -> usize {
+        let Ok(mut live) = self.live.lock() else {
+            return 0;
+        };
+        let before = live.len();
+        live.retain(|_, t| t.expires > now && keep(t));
+        before - live.len()
+    }
+
     /// Live tokens (for metrics and tests).
     pub fn len(&self) -> usize {
         self.live.lock().map(|l| l.len()).unwrap_or(0)

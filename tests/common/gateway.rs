@@ -62,7 +62,7 @@ pub async fn run_input(ctx: &Gateway, who: &PrincipalId, input: &Input) -> Reply
         Outcome::Done { stdout, .. } => (0, stdout, String::new()),
         Outcome::Usage(t) => (2, String::new(), t),
         Outcome::Denied { message, .. } => (2, String::new(), format!("error: DENY: {message}\n")),
-        Outcome::Refused(m) => (2, String::new(), format!("error: {m}\n")),
+        Outcome::Refused(m) | Outcome::NotFound(m) => (2, String::new(), format!("error: {m}\n")),
         Outcome::Failed(m) => (1, String::new(), format!("error: {m}\n")),
     };
     Reply {

@@ -297,7 +297,9 @@ fn render(outcome: CommandOutcome) -> (Response, Option<Stream>) {
         CommandOutcome::Denied { message, .. } => {
             (fail(2, format!("error: DENY: {message}\n")), None)
         }
-        CommandOutcome::Refused(m) => (fail(2, format!("error: {m}\n")), None),
+        CommandOutcome::Refused(m) | CommandOutcome::NotFound(m) => {
+            (fail(2, format!("error: {m}\n")), None)
+        }
         CommandOutcome::Failed(m) => (fail(1, format!("error: {m}\n")), None),
     }
 }

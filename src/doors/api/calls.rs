@@ -154,6 +154,16 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         .limiter
         .admit(&format!("{}/{}", token.key_id, token.issued), second)
     {
+        // Counted, not logged one by one: a client over its rate would
+        // otherwise write as fast as it is refused.
+        api.floods.count(
+            Some(peer),
+            "api.rate-limited",
+            &format!(
+                "{} was over api.requests_per_second ({}) on access key {}",
+                token.principal, api.config.requests_per_second, token.key_id
+            ),
+        );
         return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(

@@ -33,6 +33,10 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 1 << 20;
 /// A request is answered within this or gets 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// No connection lasts longer (then it is closed after its request in
+/// flight): a client that pipelines requests and never reads the answers
+/// holds nothing for long.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -54,6 +58,8 @@ pub struct Api {
     gw: Arc<Gateway>,
     config: ApiConfig,
     limiter: calls::RateLimiter,
+    /// Refusals before authentication, aggregated.
+    floods: Arc<Floods>,
 }
 
 /// The API's listener.
@@ -117,10 +123,12 @@ impl ApiDoor {
     /// Reads the certificate and key (every problem names its file).
     pub fn new(gw: Arc<Gateway>, config: &ApiConfig) -> Result<ApiDoor, ApiError> {
         let acceptor = TlsAcceptor::from(Arc::new(tls(config)?));
+        let floods = Arc::new(Floods::new(gw.guard.clone(), DOOR));
         let api = Arc::new(Api {
             limiter: calls::RateLimiter::new(config.requests_per_second),
             gw: gw.clone(),
             config: config.clone(),
+            floods: floods.clone(),
         });
         let router = Router::new()
             .route("/oauth/token", post(token::token))
@@ -129,7 +137,7 @@ impl ApiDoor {
             .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
             .with_state(api.clone());
         Ok(ApiDoor {
-            floods: Arc::new(Floods::new(gw.guard.clone(), DOOR)),
+            floods,
             api,
             acceptor,
             router,
@@ -207,6 +215,10 @@ impl ApiDoor {
             _ = &mut connection => {}
             _ = shutdown.signalled() => {
                 // Answer what is in flight, then close.
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(REQUEST_TIMEOUT, connection).await;
+            }
+            _ = tokio::time::sleep(CONNECTION_LIFETIME) => {
                 connection.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(REQUEST_TIMEOUT, connection).await;
             }

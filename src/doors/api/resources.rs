@@ -125,6 +125,10 @@ fn render(outcome: Outcome, created: bool) -> Response {
             Problem::new(StatusCode::CONFLICT, m.clone()).into_response(),
             m,
         ),
+        Outcome::NotFound(m) => (
+            Problem::new(StatusCode::NOT_FOUND, m.clone()).into_response(),
+            m,
+        ),
         Outcome::Failed(m) => (
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, m.clone()).into_response(),
             m,
@@ -168,7 +172,6 @@ listing!(service_users, "service-user", "list");
 listing!(roles, "role", "list");
 listing!(policies, "policy", "list");
 listing!(sessions, "session", "list");
-listing!(check, "check");
 named!(user_show, false, "user", "show");
 named!(user_delete, false, "user", "delete");
 named!(user_deactivate, false, "user", "deactivate");
@@ -304,6 +307,51 @@ async fn audit_events(
     }
     if let Some(l) = q.limit {
         argv.push(opt("limit", &l.to_string()));
+    }
+    let input = Input {
+        argv,
+        json: true,
+        files: BTreeMap::new(),
+    };
+    // `audit query --json` prints one event per line: an array here.
+    match execute(&api.gw, &c, &input, OffsetDateTime::now_utc()).await {
+        Outcome::Done { stdout, stream } => {
+            let events: Vec<serde_json::Value> = stdout
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v.get("seq").is_some())
+                .collect();
+            render(
+                Outcome::Done {
+                    stdout: serde_json::Value::Array(events).to_string(),
+                    stream,
+                },
+                false,
+            )
+        }
+        other => render(other, false),
+    }
+}
+
+/// `check`'s question: may PRINCIPAL use PERMISSION (on METER)?
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckQuery {
+    principal: String,
+    permission: String,
+    meter: Option<String>,
+}
+
+async fn check(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Query(q): Query<CheckQuery>,
+) -> Response {
+    let mut argv = words(&["check"]);
+    argv.push(opt("principal", &q.principal));
+    argv.push(opt("permission", &q.permission));
+    if let Some(m) = &q.meter {
+        argv.push(opt("meter", m));
     }
     run(&api, &c, argv, false).await
 }

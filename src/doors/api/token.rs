@@ -63,7 +63,17 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let bad = |d: &str| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", d);
+    // Refusals before the key is even looked at are counted, not logged
+    // one by one (nothing bounds how fast they come).
+    let refuse = |status: StatusCode, error: &'static str, d: &str| {
+        api.floods.count(
+            Some(peer.0.ip()),
+            "api.token-refused",
+            &format!("{error}: {d}"),
+        );
+        oauth_error(status, error, d)
+    };
+    let bad = |d: &str| refuse(StatusCode::BAD_REQUEST, "invalid_request", d);
     let form_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -99,7 +109,7 @@ pub async fn token(
     let from_header = match basic(&headers) {
         Ok(c) => c,
         Err(why) => {
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", why);
+            return refuse(StatusCode::UNAUTHORIZED, "invalid_client", why);
         }
     };
     let client = match (from_header, from_body) {
@@ -109,7 +119,7 @@ pub async fn token(
         }
         (Some(c), None) | (None, Some(c)) => c,
         (None, None) => {
-            return oauth_error(
+            return refuse(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "no client authentication: give the access key id and secret",
@@ -119,7 +129,7 @@ pub async fn token(
     match grant_type {
         Some("client_credentials") => {}
         Some(_) => {
-            return oauth_error(
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
                 "only client_credentials is supported",
@@ -128,7 +138,7 @@ pub async fn token(
         None => return bad("grant_type is missing"),
     }
     if client.id.is_empty() || client.id.len() > 128 {
-        return oauth_error(
+        return refuse(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "the access key id or secret is wrong",
