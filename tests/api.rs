@@ -144,6 +144,37 @@ fn curl_gets_a_token_with_client_credentials_and_calls_the_api() {
     // The same change through the socket is seen through the API.
     let listed = a.d.mg(&["user", "list"]).ok().stdout.clone();
     assert!(listed.contains("nora"), "{listed}");
+    // A group with nora in it and a policy attached, then gone.
+    let (status, body) = a.call(
+        &token,
+        "POST",
+        "/api/v1/user-groups",
+        Some(r#"{"name": "crews"}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    for path in [
+        "/api/v1/user-groups/crews/members/nora",
+        "/api/v1/user-groups/crews/policies/ReadOnly",
+    ] {
+        let (status, body) = a.call(&token, "PUT", path, None);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, body) = a.call(&token, "GET", "/api/v1/user-groups/crews", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("nora") && body.contains("ReadOnly"), "{body}");
+    let (status, body) = a.call(
+        &token,
+        "DELETE",
+        "/api/v1/user-groups/crews/members/nora",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = a.call(&token, "DELETE", "/api/v1/user-groups/crews", None);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = a.call(&token, "GET", "/api/v1/user-groups/crews", None);
+    assert_eq!(status, 404);
+    let (status, body) = a.call(&token, "GET", "/api/v1/support-access", None);
+    assert_eq!(status, 200, "{body}");
     let (status, _) = a.call(&token, "DELETE", "/api/v1/users/nora", None);
     assert_eq!(status, 200);
     // Every call is an event naming the route template and the key.

@@ -48,6 +48,23 @@ pub fn routes(api: Arc<Api>) -> Router<Arc<Api>> {
             "/api/v1/service-users/{name}/access-keys",
             get(access_keys).post(access_key_create),
         )
+        .route("/api/v1/user-groups", get(groups).post(group_add))
+        .route(
+            "/api/v1/user-groups/{name}",
+            get(group_show).delete(group_delete),
+        )
+        .route(
+            "/api/v1/user-groups/{name}/members/{user}",
+            put(group_add_member).delete(group_remove_member),
+        )
+        .route(
+            "/api/v1/user-groups/{name}/policies/{policy}",
+            put(group_attach).delete(group_detach),
+        )
+        .route(
+            "/api/v1/support-access",
+            get(support_show).put(support_grant).delete(support_revoke),
+        )
         .route("/api/v1/roles", get(roles))
         .route("/api/v1/permission-policies", get(policies))
         .route("/api/v1/permission-policies/{name}", get(policy_show))
@@ -158,6 +175,23 @@ macro_rules! named {
     };
 }
 
+/// A handler running `WORDS… -- NAME OTHER` for the two names in the path.
+macro_rules! named_pair {
+    ($handler:ident, $($word:literal),+) => {
+        async fn $handler(
+            State(api): State<Arc<Api>>,
+            Extension(c): Extension<Caller>,
+            Path((name, other)): Path<(String, String)>,
+        ) -> Response {
+            let mut argv: Vec<String> = vec![$($word.to_string()),+];
+            argv.push("--".into());
+            argv.push(name);
+            argv.push(other);
+            run(&api, &c, argv, false).await
+        }
+    };
+}
+
 /// A handler running `WORDS…` with nothing from the path.
 macro_rules! listing {
     ($handler:ident, $($word:literal),+) => {
@@ -182,6 +216,61 @@ named!(service_user_delete, false, "service-user", "delete");
 named!(access_keys, false, "service-user", "key", "list");
 named!(policy_show, false, "policy", "show");
 named!(access_key_create, true, "service-user", "key", "create");
+
+listing!(groups, "group", "list");
+listing!(support_show, "support", "show");
+listing!(support_revoke, "support", "revoke");
+named!(group_show, false, "group", "show");
+named!(group_delete, false, "group", "delete");
+named_pair!(group_add_member, "group", "add-member");
+named_pair!(group_remove_member, "group", "remove-member");
+named_pair!(group_attach, "group", "attach");
+named_pair!(group_detach, "group", "detach");
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+}
+
+async fn group_add(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    bytes: Bytes,
+) -> Response {
+    let g: NewGroup = match body(&bytes) {
+        Ok(g) => g,
+        Err(p) => return p.into_response(),
+    };
+    let argv = vec!["group".into(), "add".into(), "--".into(), g.name];
+    run(&api, &c, argv, true).await
+}
+
+/// Support access: until when, and the policies it holds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupportGrant {
+    until: String,
+    #[serde(default)]
+    policies: Vec<String>,
+}
+
+async fn support_grant(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    bytes: Bytes,
+) -> Response {
+    let g: SupportGrant = match body(&bytes) {
+        Ok(g) => g,
+        Err(p) => return p.into_response(),
+    };
+    let mut argv = words(&["support", "grant"]);
+    argv.push(opt("until", &g.until));
+    for p in &g.policies {
+        argv.push(opt("policy", p));
+    }
+    run(&api, &c, argv, false).await
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
