@@ -16,7 +16,6 @@ usage: python3 scripts/bench-soak.py [--runs 3] [--seconds 8] [--clients 32] [--
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,42 +23,18 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/metergate")
-LOAD = os.path.join(ROOT, "target/release/examples/modbus_load")
+import importlib.util
+
+# The simulator, ports and CPU time as the Modbus benchmark has them.
+_spec = importlib.util.spec_from_file_location(
+    "bench_modbus", os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-modbus.py"))
+bench_modbus = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_modbus)
+ROOT, BIN, LOAD = bench_modbus.ROOT, bench_modbus.BIN, bench_modbus.LOAD
+free_port, wait_port, profile = bench_modbus.free_port, bench_modbus.wait_port, bench_modbus.profile
+start_sim, cpu_seconds = bench_modbus.start_sim, bench_modbus.cpu_seconds
 FLOOD = os.path.join(ROOT, "tests/peers/flood.py")
 SOURCES = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listens on {port}")
-
-
-def profile():
-    text = open(os.path.join(ROOT, "config/metergate.toml")).read()
-    return "# --- profile ion-sim" + text.split("# --- profile ion-sim", 1)[1].split("# --- end profile ---", 1)[0]
-
-
-def start_sim(meters, base):
-    p = subprocess.Popen([BIN, "simulate", "--meters", str(meters), "--base-port", str(base)],
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in p.stdout:
-        if "metergate simulate ready" in line:
-            return p
-    sys.exit("simulator did not start")
 
 
 def start_gateway(tmp, sim_base, meters):
@@ -114,18 +89,6 @@ class Peak:
     def __exit__(self, *_):
         self.stop.set()
         self.thread.join()
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
-    except OSError:
-        return 0.0
 
 
 def poll(port, meters, clients, seconds, interval):
