@@ -27,6 +27,15 @@ struct Cli {
     /// Control socket of the running daemon.
     #[arg(long, global = true, env = "METERGATE_SOCKET")]
     socket: Option<PathBuf>,
+    /// A remote gateway's HTTPS API (https://HOST:PORT) instead of the
+    /// control socket; the access key comes from METERGATE_KEY_ID and
+    /// METERGATE_KEY_SECRET.
+    #[arg(long, global = true, env = "METERGATE_API")]
+    api: Option<String>,
+    /// The CA certificate the remote gateway's certificate must chain to
+    /// (default: the system's CA bundle).
+    #[arg(long, global = true, env = "METERGATE_CACERT")]
+    cacert: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
@@ -369,7 +378,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             None => verify_stopped(&dir, from, cli.json),
             Some(cp) => check_stopped(&dir, &cp, public_key.as_deref()),
         },
-        Command::Admin(_) => admin(cli.socket, cli.config.as_deref(), cli.json),
+        Command::Admin(_) => match &cli.api {
+            Some(url) => admin_remote(url, cli.cacert.as_deref(), cli.json),
+            None => admin(cli.socket, cli.config.as_deref(), cli.json),
+        },
     }
 }
 
@@ -733,19 +745,86 @@ fn admin(socket: Option<PathBuf>, config: Option<&Path>, json: bool) -> anyhow::
         },
         (None, None) => default_socket(),
     };
+    let (argv, files) = match command_words() {
+        Ok(w) => w,
+        Err(code) => return Ok(code),
+    };
+    let request = Request { argv, json, files };
+    // Streamed answers (export, tail -f) are printed as they arrive.
+    let response = match runtime()?.block_on(call_streaming(&socket, &request, print_chunk)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    print!("{}", response.stdout);
+    eprint!("{}", response.stderr);
+    Ok(ExitCode::from(response.code))
+}
+
+fn print_chunk(chunk: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(chunk.as_bytes());
+    let _ = out.flush();
+}
+
+/// `metergate --api URL …`: the same command through a remote gateway's
+/// API; the same output and exit code as through its socket.
+fn admin_remote(url: &str, cacert: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    use metergate::remote::{Remote, RemoteError};
+    let (argv, files) = match command_words() {
+        Ok(w) => w,
+        Err(code) => return Ok(code),
+    };
+    let remote = match Remote::new(url, cacert) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match runtime()?.block_on(remote.call_streaming(&argv, json, &files, print_chunk)) {
+        Ok(answer) => {
+            print!("{}", answer.stdout);
+            eprint!("{}", answer.stderr);
+            Ok(ExitCode::from(answer.code))
+        }
+        // The API refused the call itself (not Administrator): as the
+        // socket shows a denial.
+        Err(RemoteError::Refused {
+            status: 403,
+            detail,
+        }) => {
+            eprintln!("error: DENY: {detail}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// The command's words as typed (less the options of the CLI itself), and
+/// the files they name, read here with the caller's rights.
+fn command_words() -> Result<(Vec<String>, BTreeMap<String, String>), ExitCode> {
     let mut argv = Vec::new();
     let mut raw = std::env::args_os().skip(1);
     while let Some(arg) = raw.next() {
         let Some(arg) = arg.to_str().map(str::to_string) else {
             eprintln!("error: an argument is not valid UTF-8");
-            return Ok(ExitCode::from(2));
+            return Err(ExitCode::from(2));
         };
         match arg.as_str() {
             "--json" => {}
-            "--socket" | "--config" => {
+            "--socket" | "--config" | "--api" | "--cacert" => {
                 raw.next();
             }
-            a if a.starts_with("--socket=") || a.starts_with("--config=") => {}
+            a if ["--socket=", "--config=", "--api=", "--cacert="]
+                .iter()
+                .any(|p| a.starts_with(p)) => {}
             _ => argv.push(arg),
         }
     }
@@ -774,25 +853,8 @@ fn admin(socket: Option<PathBuf>, config: Option<&Path>, json: bool) -> anyhow::
         if let Some(p) = path
             && let Err(code) = read(p)
         {
-            return Ok(code);
+            return Err(code);
         }
     }
-    let request = Request { argv, json, files };
-    // Streamed answers (export, tail -f) are printed as they arrive.
-    let print = |chunk: &str| {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(chunk.as_bytes());
-        let _ = out.flush();
-    };
-    let response = match runtime()?.block_on(call_streaming(&socket, &request, print)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(1));
-        }
-    };
-    print!("{}", response.stdout);
-    eprint!("{}", response.stderr);
-    Ok(ExitCode::from(response.code))
+    Ok((argv, files))
 }

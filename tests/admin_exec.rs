@@ -61,6 +61,7 @@ async fn who_may_run_which_admin_command() {
             argv: line.split(' ').map(String::from).collect(),
             json: false,
             files: Default::default(),
+            precondition: None,
         };
         let r = run(&ctx, &who, &req).await;
         let text = format!("{}{}", r.stdout, r.stderr);
@@ -93,6 +94,7 @@ async fn deactivating_a_user_ends_their_live_sessions() {
         argv: ["user", "deactivate", "olga"].map(String::from).to_vec(),
         json: false,
         files: Default::default(),
+        precondition: None,
     };
     let r = run(&ctx, &PrincipalId::Local("root".into()), &req).await;
     assert_eq!(r.code, 0, "{r:?}");

@@ -5,110 +5,14 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/api.rs"]
+mod harness;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use daemon::{BIN, Daemon, free_port, gateway_config};
+use daemon::Daemon;
+use harness::{Api, api, api_with, json, key_of, s};
 use serde_json::Value;
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-struct Api {
-    d: Daemon,
-    port: u16,
-    ca: PathBuf,
-}
-
-/// An access key of a service user: (id, secret).
-fn key_of(d: &Daemon, service_user: &str) -> (String, String) {
-    let out = d
-        .mg(&["service-user", "key", "create", service_user])
-        .ok()
-        .stdout
-        .clone();
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no `{name}` in {out}"))
-            .trim()
-            .to_string()
-    };
-    (field("key id:"), field("secret:"))
-}
-
-/// A gateway with the API on a free port, its certificate from the
-/// gateway's own CA, and `provisioner` (Administrator).
-fn api() -> Api {
-    let port = free_port();
-    let d = Daemon::start_text(|socket| {
-        let dir = socket.parent().expect("socket in the test directory");
-        let ca = dir.join("ca");
-        for args in [
-            vec!["init-ca", "--ca", s(&ca)],
-            vec!["server", "--ca", s(&ca), "--out", s(&dir.join("tls"))],
-        ] {
-            let out = Command::new(BIN).arg("cert").args(&args).output().unwrap();
-            assert!(out.status.success(), "{out:?}");
-        }
-        gateway_config(
-            socket,
-            &format!(
-                "[api]\nlisten = \"127.0.0.1:{port}\"\ncertificate = \"tls/server.crt\"\nkey = \"tls/server.key\"\n"
-            ),
-        )
-    });
-    d.mg(&["service-user", "add", "provisioner"]).ok();
-    d.mg(&["service-user", "attach", "provisioner", "Administrator"])
-        .ok();
-    let ca = d.dir.path().join("ca/ca.crt");
-    Api { d, port, ca }
-}
-
-impl Api {
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// curl; returns (status, body).
-    fn curl(&self, args: &[&str]) -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-sS", "--cacert", s(&self.ca), "-w", "\n%{http_code}"])
-            .args(args)
-            .output()
-            .expect("curl runs (apt-get install curl)");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_string())
-    }
-
-    fn token(&self, id: &str, secret: &str) -> (u16, String) {
-        self.curl(&[
-            "-u",
-            &format!("{id}:{secret}"),
-            "-d",
-            "grant_type=client_credentials",
-            &self.url("/oauth/token"),
-        ])
-    }
-
-    fn call(&self, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let auth = format!("Authorization: Bearer {token}");
-        let mut args = vec!["-X", method, "-H", &auth];
-        if let Some(b) = body {
-            args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
-        }
-        let url = self.url(path);
-        args.push(&url);
-        self.curl(&args)
-    }
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
 
 #[test]
 fn curl_gets_a_token_with_client_credentials_and_calls_the_api() {
@@ -412,4 +316,335 @@ fn the_demo_serves_the_api_to_provisioner() {
     for user in ["admin", "crew", "viewer"] {
         assert!(body.contains(user), "{body}");
     }
+}
+
+/// The endpoints a decision row is tried on: (method, path, body).
+const ENDPOINTS: [(&str, &str, Option<&str>); 4] = [
+    ("GET", "/api/v1/users", None),
+    (
+        "POST",
+        "/api/v1/user-groups",
+        Some(r#"{"name": "row-group"}"#),
+    ),
+    ("GET", "/api/v1/audit/events?limit=1", None),
+    (
+        "POST",
+        "/api/v1/commands",
+        Some(r#"{"argv": ["group", "list"]}"#),
+    ),
+];
+
+/// A row: the caller, the service user to issue its token now (or the
+/// token it kept), the status per endpoint, the problem's words.
+type Row<'a> = (&'a str, Option<&'a str>, &'a str, [u16; 4], &'a str);
+
+/// (caller, what happened to it) × endpoints → status, and the reason in
+/// the problem body.
+#[test]
+fn a_decision_table_of_callers_and_endpoints() {
+    let a = api();
+    let other = api();
+    let token_of = |a: &Api, who: &str| {
+        let (id, secret) = key_of(&a.d, who);
+        let (status, body) = a.token(&id, &secret);
+        assert_eq!(status, 200, "{body}");
+        (
+            json(&body)["access_token"].as_str().unwrap().to_string(),
+            id,
+        )
+    };
+    // A person holds Administrator too, so no change leaves none.
+    a.d.mg(&["user", "add", "root-admin", "--email", "r@example.net"])
+        .ok();
+    a.d.mg(&["user", "attach", "root-admin", "Administrator"])
+        .ok();
+    a.d.mg(&["service-user", "add", "siem"]).ok();
+    a.d.mg(&["service-user", "attach", "siem", "ReadOnly"]).ok();
+    // Administrator, but a custom policy denies User Management.
+    let deny = a.d.dir.path().join("no-users.toml");
+    std::fs::write(
+        &deny,
+        "name = \"no-users\"\n[[statement]]\neffect = \"deny\"\npermissions = [\"User Management\"]\n",
+    )
+    .unwrap();
+    a.d.mg(&["policy", "create", "--file", s(&deny)]).ok();
+    a.d.mg(&["service-user", "add", "auditor"]).ok();
+    a.d.mg(&["service-user", "attach", "auditor", "Administrator"])
+        .ok();
+    a.d.mg(&["service-user", "attach", "auditor", "no-users"])
+        .ok();
+    a.d.mg(&["service-user", "add", "leaver"]).ok();
+    a.d.mg(&["service-user", "attach", "leaver", "Administrator"])
+        .ok();
+    let (leaver, _) = token_of(&a, "leaver");
+    a.d.mg(&["service-user", "deactivate", "leaver"]).ok();
+    a.d.mg(&["service-user", "add", "rotated"]).ok();
+    a.d.mg(&["service-user", "attach", "rotated", "Administrator"])
+        .ok();
+    let (rotated, rotated_key) = token_of(&a, "rotated");
+    a.d.mg(&["service-user", "key", "delete", "rotated", &rotated_key])
+        .ok();
+    let (elsewhere, _) = token_of(&other, "provisioner");
+    // (caller, its token: issued now for the live ones, since every change
+    // ends tokens whose holder may no longer call; status per endpoint;
+    // words the problem must carry)
+    let unknown = "unknown or has expired";
+    let fresh = String::new();
+    let rows: Vec<Row> = vec![
+        (
+            "Administrator",
+            Some("provisioner"),
+            &fresh,
+            [200, 201, 200, 200],
+            "",
+        ),
+        (
+            "without Administrator",
+            Some("siem"),
+            &fresh,
+            [403, 403, 403, 403],
+            "need the Administrator policy",
+        ),
+        (
+            "Administrator, User Management denied",
+            Some("auditor"),
+            &fresh,
+            // Viewing the directory is not a change: only the change is denied.
+            [200, 403, 200, 200],
+            "denied by policy `no-users`",
+        ),
+        ("deactivated", None, &leaver, [401, 401, 401, 401], unknown),
+        ("key deleted", None, &rotated, [401, 401, 401, 401], unknown),
+        (
+            "a token of another gateway",
+            None,
+            &elsewhere,
+            [401, 401, 401, 401],
+            unknown,
+        ),
+    ];
+    for (who, issue, token, want, words) in rows {
+        let token = match issue {
+            Some(service_user) => token_of(&a, service_user).0,
+            None => token.to_string(),
+        };
+        for ((method, path, body), want) in ENDPOINTS.iter().zip(want) {
+            let (status, text) = a.call(&token, method, path, *body);
+            assert_eq!(status, want, "{who}: {method} {path}: {text}");
+            if want >= 400 {
+                assert!(text.contains(words), "{who}: {method} {path}: {text}");
+                assert!(text.contains(&format!("\"status\":{want}")), "{text}");
+            }
+        }
+        if who == "Administrator" {
+            // The row's group, made by the Administrator row, goes again.
+            a.d.mg(&["group", "delete", "row-group"]).ok();
+        }
+    }
+    let (auditor, _) = token_of(&a, "auditor");
+    // The denial through /commands is the command line's own answer.
+    let (status, body) = a.call(
+        &auditor,
+        "POST",
+        "/api/v1/commands",
+        Some(r#"{"argv": ["group", "add", "auditors"]}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["code"], 2, "{body}");
+    assert!(body.contains("DENY"), "{body}");
+}
+
+/// A token lives its lifetime and no longer: the daemon under libfaketime
+/// at ten times the speed, tokens of 30 s.
+#[test]
+fn a_token_expires_after_its_lifetime_under_faketime() {
+    let mut a = api_with("token_lifetime = \"30s\"\n");
+    let now = time::OffsetDateTime::now_utc();
+    let at = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} x10",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    a.d.restart(Some(&at));
+    let (id, secret) = key_of(&a.d, "provisioner");
+    let (status, body) = a.token(&id, &secret);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["expires_in"], 30);
+    let token = json(&body)["access_token"].as_str().unwrap().to_string();
+    let (status, _) = a.call(&token, "GET", "/api/v1/users", None);
+    assert_eq!(status, 200);
+    // 30 s of the daemon's time is 3 s of ours; wait up to 60 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let body = loop {
+        let (status, body) = a.call(&token, "GET", "/api/v1/users", None);
+        if status == 401 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert!(body.contains("expired"), "{body}");
+}
+
+/// `metergate --api` runs the README's worked example against the demo and
+/// prints what the control socket prints.
+#[test]
+fn the_cli_through_the_api_prints_what_the_socket_prints() {
+    let (d, ports) = Daemon::start_demo();
+    let demo = d.config.parent().unwrap().to_path_buf();
+    let creds: toml::Value =
+        toml::from_str(&std::fs::read_to_string(demo.join("credentials.toml")).unwrap()).unwrap();
+    let key = &creds["access_keys"]["provisioner"];
+    let url = format!("https://127.0.0.1:{}", ports.modbus + 2941);
+    let cache = tempfile::tempdir().unwrap();
+    let remote = |args: &[&str]| {
+        let out = Command::new(daemon::BIN)
+            .args(["--api", &url, "--cacert"])
+            .arg(demo.join("certs/ca.crt"))
+            .args(args)
+            .env("METERGATE_KEY_ID", key["id"].as_str().unwrap())
+            .env("METERGATE_KEY_SECRET", key["secret"].as_str().unwrap())
+            .env("XDG_RUNTIME_DIR", cache.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let local = |args: &[&str]| {
+        let r = d.mg(args);
+        (r.code, r.stdout.clone(), r.stderr.clone())
+    };
+    let north = demo.join("north.toml");
+    std::fs::write(
+        &north,
+        "name = \"north-operators\"\ndescription = \"Operators on the northern site, never master reset\"\n[[statement]]\neffect = \"allow\"\nroles = [\"Operator\"]\nmeters = [\"site=north\"]\n[[statement]]\neffect = \"deny\"\npermissions = [\"Master Reset\"]\nmeters = [\"*\"]\n",
+    )
+    .unwrap();
+    // The changes of the worked example, through the API.
+    let changes: Vec<Vec<&str>> = vec![
+        vec![
+            "role",
+            "create",
+            "Reader",
+            "--permission",
+            "Data View",
+            "--description",
+            "reads measurements",
+        ],
+        vec!["policy", "create", "--file", s(&north)],
+        vec!["group", "add", "north-crews"],
+        vec!["group", "attach", "north-crews", "north-operators"],
+        vec![
+            "user",
+            "add",
+            "alice",
+            "--email",
+            "alice@example.net",
+            "--first",
+            "Alice",
+        ],
+        vec!["group", "add-member", "north-crews", "alice"],
+    ];
+    for words in &changes {
+        let (code, out, err) = remote(words);
+        assert_eq!(code, 0, "{words:?}: {out}{err}");
+    }
+    let (_, added, _) = remote(&["user", "resend-password", "alice"]);
+    assert!(added.contains("temporary password: "), "{added}");
+    // Then every question and listing, both ways: the same bytes.
+    let same: Vec<Vec<&str>> = vec![
+        vec![
+            "check",
+            "--principal",
+            "alice",
+            "--permission",
+            "Peak Demand Reset",
+            "--meter",
+            "meter-1",
+        ],
+        vec![
+            "check",
+            "--principal",
+            "alice",
+            "--permission",
+            "Master Reset",
+            "--meter",
+            "meter-1",
+        ],
+        vec![
+            "check",
+            "--principal",
+            "alice",
+            "--permission",
+            "Peak Demand Reset",
+            "--meter",
+            "meter-3",
+        ],
+        vec!["role", "show", "Reader"],
+        vec!["policy", "show", "north-operators"],
+        vec!["group", "show", "north-crews"],
+        vec!["user", "list"],
+        vec!["--json", "user", "list"],
+        vec!["group", "add", "north-crews"],
+        vec!["user", "show", "nobody"],
+        vec!["user", "frobnicate"],
+        vec!["review"],
+    ];
+    for words in &same {
+        let through_api = remote(words);
+        let through_socket = local(words);
+        assert_eq!(through_api, through_socket, "{words:?}");
+    }
+    let (_, out, _) = remote(&[
+        "check",
+        "--principal",
+        "alice",
+        "--permission",
+        "Master Reset",
+        "--meter",
+        "meter-1",
+    ]);
+    assert!(out.contains("DENY Master Reset"), "{out}");
+    // Streamed: the export comes whole, as through the socket.
+    let (code, out, _) = remote(&["audit", "export"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().count() > 20, "{out}");
+    // The token was cached 0600 and reused; a wrong secret is refused
+    // with the token endpoint's words and exit 1.
+    let cached: Vec<_> = std::fs::read_dir(cache.path().join("metergate"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cached[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let issued = local(&["--json", "audit", "query", "--code", "token.issued"]).1;
+    assert_eq!(
+        issued.lines().count(),
+        1,
+        "one token for every call: {issued}"
+    );
+    let out = Command::new(daemon::BIN)
+        .args(["--api", &url, "--cacert"])
+        .arg(demo.join("certs/ca.crt"))
+        .args(["user", "list"])
+        .env("METERGATE_KEY_ID", key["id"].as_str().unwrap())
+        .env("METERGATE_KEY_SECRET", "wrong")
+        .env("XDG_RUNTIME_DIR", tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("got no token"));
 }

@@ -132,6 +132,7 @@ proptest! {
                 door: q.door.map(|i| DOORS[i].to_string()),
                 outcome: q.outcome.map(|i| OUTCOMES[i]),
                 limit: q.limit,
+                before: None,
             };
             let got: Vec<u64> = store.log().query(&query).unwrap().iter().map(|e| e.seq).collect();
             prop_assert_eq!(got, brute_force(&all, &query), "{:?}", query);

@@ -165,6 +165,7 @@ pub(super) fn parse_query(
         door: q.door.clone(),
         outcome,
         limit: q.limit,
+        before: q.before,
     })
 }
 

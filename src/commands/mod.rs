@@ -122,6 +122,57 @@ pub struct Input {
     pub argv: Vec<String>,
     pub json: bool,
     pub files: BTreeMap<String, String>,
+    /// A change only if the thing changed is still at this version (the
+    /// API's `If-Match`); checked while changes wait their turn, so no
+    /// other change slips in between.
+    pub precondition: Option<Precondition>,
+}
+
+/// What a versioned resource is: the directory's kinds of entity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    User,
+    ServiceUser,
+    Group,
+    Role,
+    Policy,
+    Support,
+}
+
+/// "Only if NAME of this kind is still at VERSION."
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Precondition {
+    pub resource: Resource,
+    pub name: String,
+    pub version: u64,
+}
+
+impl Precondition {
+    /// The version now, or None when it does not exist (managed policies
+    /// are at version 0 forever).
+    fn current(&self, dir: &Directory) -> Option<u64> {
+        let n = &self.name;
+        match self.resource {
+            Resource::User => dir.users.get(n).map(|u| u.version),
+            Resource::ServiceUser => dir.service_users.get(n).map(|s| s.version),
+            Resource::Group => dir.groups.get(n).map(|g| g.version),
+            Resource::Role => dir.roles.get(n).map(|r| r.version),
+            Resource::Policy if is_managed(n) => Some(0),
+            Resource::Policy => dir.policies.get(n).map(|p| p.version),
+            Resource::Support => dir.support.as_ref().map(|s| s.version),
+        }
+    }
+}
+
+/// How the command line shows an outcome (DESIGN §3): the exit code (0
+/// done, 1 failed, 2 refused or denied) and what goes to stdout and
+/// stderr. The control socket sends it as frames; the API to `metergate
+/// --api` as JSON; both print the same words.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CliAnswer {
+    pub code: u8,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// What a command came to. Doors render it: the control socket as an exit
@@ -148,9 +199,41 @@ pub enum Outcome {
     NotFound(String),
     /// Something failed while carrying it out (exit 1).
     Failed(String),
+    /// The thing to change is no longer at the version the caller named
+    /// (exit 2; the API answers 412).
+    Stale(String),
+    /// It may never be changed, by anyone: a managed policy (exit 2; the
+    /// API answers 403).
+    Protected(String),
 }
 
 impl Outcome {
+    /// The command line's answer, and what follows for a streamed one.
+    pub fn cli(self) -> (CliAnswer, Option<Stream>) {
+        let fail = |code: u8, stderr: String| CliAnswer {
+            code,
+            stdout: String::new(),
+            stderr,
+        };
+        match self {
+            Outcome::Done { stdout, stream } => (
+                CliAnswer {
+                    code: 0,
+                    stdout,
+                    stderr: String::new(),
+                },
+                stream,
+            ),
+            Outcome::Usage(text) => (fail(2, text), None),
+            Outcome::Denied { message, .. } => (fail(2, format!("error: DENY: {message}\n")), None),
+            Outcome::Refused(m)
+            | Outcome::NotFound(m)
+            | Outcome::Stale(m)
+            | Outcome::Protected(m) => (fail(2, format!("error: {m}\n")), None),
+            Outcome::Failed(m) => (fail(1, format!("error: {m}\n")), None),
+        }
+    }
+
     /// Done with text only.
     pub fn text(stdout: impl Into<String>) -> Outcome {
         Outcome::Done {
@@ -175,6 +258,12 @@ pub enum CommandError {
     /// The guard refused a part of it (a grant the caller does not hold).
     #[error("DENY: {}", .0.reason)]
     Denied(Box<Decision>),
+    /// Changed since the version the caller named.
+    #[error("{0}")]
+    Stale(String),
+    /// Never changeable (a managed policy).
+    #[error("{0}")]
+    Protected(String),
 }
 
 impl From<StoreError> for CommandError {
@@ -185,6 +274,7 @@ impl From<StoreError> for CommandError {
             | StoreError::Corrupt { .. }
             | StoreError::Locked(_) => CommandError::Failed(e.to_string()),
             StoreError::NotFound { .. } => CommandError::NotFound(e.to_string()),
+            StoreError::StaleVersion { .. } => CommandError::Stale(e.to_string()),
             other => CommandError::Refused(other.to_string()),
         }
     }
@@ -282,7 +372,17 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
     }
     let result = if changes {
         let _one = ctx.guard.one_change_at_a_time().await;
-        run(ctx, caller, &line.command, req, now).await
+        match &req.precondition {
+            Some(p) => match p.current(&ctx.guard.directory()) {
+                Some(v) if v == p.version => run(ctx, caller, &line.command, req, now).await,
+                Some(v) => Err(CommandError::Stale(format!(
+                    "`{}` is at version {v}, not {} as the request expected: read it again",
+                    p.name, p.version
+                ))),
+                None => Err(CommandError::NotFound(format!("no `{}`", p.name))),
+            },
+            None => run(ctx, caller, &line.command, req, now).await,
+        }
     } else {
         run(ctx, caller, &line.command, req, now).await
     };
@@ -325,6 +425,8 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
             match e {
                 CommandError::Failed(m) => Outcome::Failed(m),
                 CommandError::NotFound(m) => Outcome::NotFound(m),
+                CommandError::Stale(m) => Outcome::Stale(m),
+                CommandError::Protected(m) => Outcome::Protected(m),
                 other => Outcome::Refused(other.to_string()),
             }
         }

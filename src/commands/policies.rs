@@ -73,26 +73,31 @@ pub(super) fn policy(
             )))
         }
         PolicyCommand::Show { name: n } => {
-            let (description, statements, kind) = match managed_statements(n) {
+            let (description, statements, kind, version) = match managed_statements(n) {
                 Some(sts) => {
                     let d = if n == ADMINISTRATOR {
                         "every permission on every meter; may make API calls"
                     } else {
                         "Data View and File System Read-Only Access on every meter; no API calls, no security logs"
                     };
-                    (d.to_string(), sts, "managed")
+                    (d.to_string(), sts, "managed", 0)
                 }
                 None => {
                     let p = dir
                         .policies
                         .get(n)
-                        .ok_or_else(|| CommandError::Refused(format!("no policy `{n}`")))?;
-                    (p.description.clone(), p.statements.clone(), "custom")
+                        .ok_or_else(|| CommandError::NotFound(format!("no policy `{n}`")))?;
+                    (
+                        p.description.clone(),
+                        p.statements.clone(),
+                        "custom",
+                        p.version,
+                    )
                 }
             };
             if req.json {
                 return Ok(Done::show(to_json(
-                    &json!({"name": n, "type": kind, "description": description, "statements": statements, "attached_to": attached_to(&dir, n)}),
+                    &json!({"name": n, "type": kind, "version": version, "description": description, "statements": statements, "attached_to": attached_to(&dir, n)}),
                 )));
             }
             let mut out = format!(
@@ -106,6 +111,15 @@ pub(super) fn policy(
         }
         PolicyCommand::Create { file: path } => {
             let path = path.display().to_string();
+            // A managed name is refused as such before the file's checks.
+            if let Ok(t) = toml::from_str::<toml::Table>(file(req, &path)?)
+                && let Some(n) = t.get("name").and_then(|n| n.as_str())
+                && is_managed(n)
+            {
+                return Err(CommandError::Protected(format!(
+                    "`{n}` is a managed policy: it cannot be created, changed or deleted"
+                )));
+            }
             let doc = PolicyDocument::parse(&path, file(req, &path)?)
                 .map_err(|e| CommandError::Refused(e.to_string()))?;
             let n = doc.name.clone();
@@ -119,14 +133,14 @@ pub(super) fn policy(
         }
         PolicyCommand::Delete { name: n } => {
             if is_managed(n) {
-                return refused(format!(
+                return Err(CommandError::Protected(format!(
                     "`{n}` is a managed policy: it cannot be changed or deleted"
-                ));
+                )));
             }
             let p = dir
                 .policies
                 .get(n)
-                .ok_or_else(|| CommandError::Refused(format!("no policy `{n}`")))?;
+                .ok_or_else(|| CommandError::NotFound(format!("no policy `{n}`")))?;
             let users = attached_to(&dir, n);
             if !users.is_empty() {
                 return refused(format!(

@@ -60,7 +60,7 @@ pub(super) async fn service_user(
             let s = get_service(&dir, n)?;
             let id = PrincipalId::Service(n.clone());
             let view = json!({
-                "name": s.name, "unique_id": s.id, "description": s.description, "status": s.status.to_string(),
+                "name": s.name, "unique_id": s.id, "version": s.version, "description": s.description, "status": s.status.to_string(),
                 "policies": s.policies, "roles": roles_of(&dir, &id),
                 "keys": s.keys.iter().map(|k| json!({"id": k.id, "status": k.status.to_string()})).collect::<Vec<_>>(),
                 "created": rfc3339(s.created.at), "created_by": s.created.by,
@@ -203,11 +203,16 @@ pub(super) async fn key(
                 last_used: None,
             });
             apply(ctx, who, now, vec![put_service(s)])?;
-            Ok(Done::changed(
+            let text = if json_out {
+                to_json(&json!({"service_user": n, "id": id, "secret": secret.expose()}))
+            } else {
                 format!(
                     "key id: {id}\nsecret: {}\nthe secret is shown only now; store it safely\n",
                     secret.expose()
-                ),
+                )
+            };
+            Ok(Done::changed(
+                text,
                 format!("service user {n}: created access key {id}"),
             ))
         }

@@ -33,7 +33,7 @@ pub(super) fn session(
         }
         SessionCommand::Kill { id } => {
             if !ctx.sessions.kill(*id, &format!("ended by {who}")) {
-                return refused(format!("no live session {id}"));
+                return Err(CommandError::NotFound(format!("no live session {id}")));
             }
             Ok(Done::changed(
                 format!("session {id} ended\n"),

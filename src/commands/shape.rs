@@ -88,6 +88,9 @@ pub struct QueryArgs {
     /// At most this many (the newest), up to 10000.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Only events older than this seq (the next page back).
+    #[arg(long)]
+    pub before: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]

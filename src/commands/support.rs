@@ -26,6 +26,7 @@ pub(super) async fn support(
                 None => json!({"granted": false}),
                 Some(s) => json!({
                     "granted": !s.end_date.has_passed(now),
+                    "version": s.version,
                     "end_date": s.end_date.to_string(),
                     "access_ends": rfc3339(micros(s.end_date.start())),
                     "policies": s.policies,

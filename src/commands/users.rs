@@ -30,6 +30,16 @@ pub(super) fn temporary_words(secret: &Secret, record: &PasswordRecord) -> Strin
     )
 }
 
+/// The same, for `--json` (and the API): the password shown once.
+pub(super) fn temporary_json(name: &str, secret: &Secret, record: &PasswordRecord) -> String {
+    to_json(&json!({
+        "name": name,
+        "temporary_password": secret.expose(),
+        "expires_at": when(record.expires_at()),
+        "must_change_at_first_login": true,
+    }))
+}
+
 pub(super) async fn user(
     ctx: &Gateway,
     caller: &Caller,
@@ -58,10 +68,12 @@ pub(super) async fn user(
             let (secret, record) = temporary_password(ctx, now).await?;
             u.password = Some(record.clone());
             apply(ctx, who, now, vec![Op::Put(Entity::User(u), Expect::New)])?;
-            Ok(Done::changed(
-                format!("user {n} created\n{}", temporary_words(&secret, &record)),
-                format!("created user {n} ({e})"),
-            ))
+            let text = if req.json {
+                temporary_json(n, &secret, &record)
+            } else {
+                format!("user {n} created\n{}", temporary_words(&secret, &record))
+            };
+            Ok(Done::changed(text, format!("created user {n} ({e})")))
         }
         UserCommand::List => {
             let rows: Vec<Vec<String>> = dir
@@ -102,7 +114,7 @@ pub(super) async fn user(
             };
             let locked = ctx.guard.locked_until(&id, now);
             let view = json!({
-                "name": u.name, "unique_id": u.id, "email": u.email,
+                "name": u.name, "unique_id": u.id, "version": u.version, "email": u.email,
                 "first_name": u.first_name, "last_name": u.last_name,
                 "status": u.status.to_string(),
                 "access_end_date": u.end_date.map(|d| d.to_string()),
@@ -233,11 +245,16 @@ pub(super) async fn user(
             let (secret, record) = temporary_password(ctx, now).await?;
             u.password = Some(record.clone());
             apply(ctx, who, now, vec![put_user(u)])?;
-            Ok(Done::changed(
+            let text = if req.json {
+                temporary_json(n, &secret, &record)
+            } else {
                 format!(
                     "new temporary password for {n}\n{}",
                     temporary_words(&secret, &record)
-                ),
+                )
+            };
+            Ok(Done::changed(
+                text,
                 format!("re-issued temporary password of {n}"),
             ))
         }

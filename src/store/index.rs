@@ -132,6 +132,8 @@ pub struct Query {
     pub outcome: Option<Outcome>,
     /// The newest this many.
     pub limit: usize,
+    /// Only events before this seq (the next page of older ones).
+    pub before: Option<u64>,
 }
 
 impl Query {
@@ -196,6 +198,11 @@ pub fn run(log: &Tree, index: &Tree, q: &Query) -> Result<Vec<SecurityEvent>, sl
     let hi = match q.until {
         Some(t) => first_seq_at(log, t.saturating_add(1), first, last)?.saturating_sub(1),
         None => last,
+    };
+    let hi = match q.before {
+        Some(0) => return Ok(Vec::new()),
+        Some(b) => hi.min(b - 1),
+        None => hi,
     };
     let mut out = Vec::new();
     if lo > hi || q.limit == 0 {

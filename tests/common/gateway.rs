@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use metergate::commands::{Caller, Gateway, Input, Outcome, ReviewSettings, execute};
+use metergate::commands::{Caller, Gateway, Input, ReviewSettings, execute};
 use metergate::model::PrincipalId;
 
 use super::{Fixture, NOW};
@@ -58,17 +58,12 @@ pub async fn run_input(ctx: &Gateway, who: &PrincipalId, input: &Input) -> Reply
         door: "test",
         session: 0,
     };
-    let (code, stdout, stderr) = match execute(ctx, &caller, input, NOW).await {
-        Outcome::Done { stdout, .. } => (0, stdout, String::new()),
-        Outcome::Usage(t) => (2, String::new(), t),
-        Outcome::Denied { message, .. } => (2, String::new(), format!("error: DENY: {message}\n")),
-        Outcome::Refused(m) | Outcome::NotFound(m) => (2, String::new(), format!("error: {m}\n")),
-        Outcome::Failed(m) => (1, String::new(), format!("error: {m}\n")),
-    };
+    // The command line's own rendering, as the control socket sends it.
+    let (answer, _) = execute(ctx, &caller, input, NOW).await.cli();
     Reply {
-        code,
-        stdout,
-        stderr,
+        code: answer.code,
+        stdout: answer.stdout,
+        stderr: answer.stderr,
     }
 }
 

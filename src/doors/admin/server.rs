@@ -263,6 +263,7 @@ async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access, accou
         argv: request.argv,
         json: request.json,
         files: request.files,
+        precondition: None,
     };
     let (response, more) = render(execute(ctx, &caller, &input, OffsetDateTime::now_utc()).await);
     if send(&mut stream, &response).await.is_err() {
@@ -274,34 +275,18 @@ async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access, accou
     }
 }
 
-/// The CLI's exit codes and words (DESIGN §3): 0 done, 1 failed, 2 refused
-/// or denied (`error: DENY: reason`).
+/// The CLI's exit codes and words, as the core puts them (DESIGN §3).
 fn render(outcome: CommandOutcome) -> (Response, Option<Stream>) {
-    let fail = |code: u8, stderr: String| Response {
-        code,
-        stdout: String::new(),
-        stderr,
-        more: false,
-    };
-    match outcome {
-        CommandOutcome::Done { stdout, stream } => (
-            Response {
-                code: 0,
-                stdout,
-                stderr: String::new(),
-                more: stream.is_some(),
-            },
-            stream,
-        ),
-        CommandOutcome::Usage(text) => (fail(2, text), None),
-        CommandOutcome::Denied { message, .. } => {
-            (fail(2, format!("error: DENY: {message}\n")), None)
-        }
-        CommandOutcome::Refused(m) | CommandOutcome::NotFound(m) => {
-            (fail(2, format!("error: {m}\n")), None)
-        }
-        CommandOutcome::Failed(m) => (fail(1, format!("error: {m}\n")), None),
-    }
+    let (answer, stream) = outcome.cli();
+    (
+        Response {
+            code: answer.code,
+            stdout: answer.stdout,
+            stderr: answer.stderr,
+            more: stream.is_some(),
+        },
+        stream,
+    )
 }
 
 /// Sends a streamed answer as frames until it ends or the client leaves

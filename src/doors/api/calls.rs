@@ -26,6 +26,48 @@ pub struct RequestId(pub String);
 #[derive(Clone, Debug)]
 pub struct CallReason(pub String);
 
+/// The guard denied the command of a call that still answered 200 (the
+/// command line's answer carries the denial).
+#[derive(Clone, Copy, Debug)]
+pub struct Denied;
+
+/// No route: a problem like every other error.
+pub async fn no_route() -> Response {
+    Problem::new(StatusCode::NOT_FOUND, "no such resource in this API").into_response()
+}
+
+/// An error answer made outside our handlers (a body over the limit, a
+/// path that does not parse, a method the route does not take) becomes a
+/// problem too, keeping its words.
+async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let typed = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.starts_with("application/problem+json") || t.starts_with("application/json")
+        });
+    if !(status.is_client_error() || status.is_server_error()) || typed {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
+    let mut fixed = Problem::new(status, text.trim().to_string()).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    *fixed.extensions_mut() = parts.extensions;
+    fixed
+}
+
 fn request_id() -> String {
     let mut raw = [0u8; 8];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw);
@@ -36,7 +78,7 @@ fn request_id() -> String {
 pub async fn hardening(mut req: Request, next: Next) -> Response {
     let id = request_id();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
         Err(_) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -45,6 +87,7 @@ pub async fn hardening(mut req: Request, next: Next) -> Response {
         .header(header::RETRY_AFTER, "1")
         .into_response(),
     };
+    let mut response = as_problem(response).await;
     let h = response.headers_mut();
     // HTTPS only, and browsers must remember it (a year).
     h.insert(
@@ -189,7 +232,10 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         .get::<CallReason>()
         .map(|r| r.0.clone())
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
-    let outcome = if status.is_success() {
+    let denied = response.extensions().get::<Denied>().is_some();
+    let outcome = if denied {
+        Outcome::Deny
+    } else if status.is_success() {
         Outcome::Success
     } else if status == StatusCode::FORBIDDEN {
         Outcome::Deny

@@ -4,9 +4,13 @@
 //! the application core, each call decided by the guard. There is no
 //! plain-HTTP listener.
 
+mod audit;
 mod calls;
+mod directory;
+mod openapi;
+mod operations;
 mod problem;
-mod resources;
+mod render;
 mod token;
 
 use std::net::SocketAddr;
@@ -14,12 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::post;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_util::task::TaskTracker;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::commands::Gateway;
 use crate::config::ApiConfig;
@@ -119,6 +125,65 @@ fn tls(config: &ApiConfig) -> Result<ServerConfig, ApiError> {
     Ok(server)
 }
 
+/// Every `/api/v1` route with its part of the OpenAPI document.
+fn v1() -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
+    use directory as d;
+    use operations as o;
+    OpenApiRouter::<Arc<Api>>::new()
+        .routes(routes!(d::users, d::user_add))
+        .routes(routes!(d::user_show, d::user_edit, d::user_delete))
+        .routes(routes!(d::user_deactivate))
+        .routes(routes!(d::user_activate))
+        .routes(routes!(d::user_resend))
+        .routes(routes!(d::user_unlock))
+        .routes(routes!(d::user_end_date))
+        .routes(routes!(d::user_attach, d::user_detach))
+        .routes(routes!(d::service_users, d::service_user_add))
+        .routes(routes!(
+            d::service_user_show,
+            d::service_user_edit,
+            d::service_user_delete
+        ))
+        .routes(routes!(d::service_user_deactivate))
+        .routes(routes!(d::service_user_activate))
+        .routes(routes!(d::service_user_attach, d::service_user_detach))
+        .routes(routes!(d::access_keys, d::access_key_create))
+        .routes(routes!(d::access_key_delete))
+        .routes(routes!(d::access_key_deactivate))
+        .routes(routes!(d::groups, d::group_add))
+        .routes(routes!(d::group_show, d::group_rename, d::group_delete))
+        .routes(routes!(d::group_add_member, d::group_remove_member))
+        .routes(routes!(d::group_attach, d::group_detach))
+        .routes(routes!(d::roles, d::role_create))
+        .routes(routes!(d::role_show, d::role_edit, d::role_delete))
+        .routes(routes!(d::policies, d::policy_create))
+        .routes(routes!(d::policy_show, d::policy_delete))
+        .routes(routes!(
+            d::support_show,
+            d::support_grant,
+            d::support_revoke
+        ))
+        .routes(routes!(o::sessions))
+        .routes(routes!(o::session_kill))
+        .routes(routes!(o::check, o::check_post))
+        .routes(routes!(o::review, o::review_ack))
+        .routes(routes!(o::command))
+        .routes(routes!(audit::events))
+        .routes(routes!(audit::export))
+        .routes(routes!(audit::verify, audit::verify_checkpoint))
+        .routes(routes!(audit::checkpoint))
+        .routes(routes!(audit::public_key))
+        .routes(routes!(audit::status))
+        .split_for_parts()
+}
+
+/// The OpenAPI document as served at `/api/v1/openapi.json` (and kept in
+/// `docs/openapi.json`).
+pub fn openapi_json() -> String {
+    let doc = openapi::complete(v1().1);
+    serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+}
+
 impl ApiDoor {
     /// Reads the certificate and key (every problem names its file).
     pub fn new(gw: Arc<Gateway>, config: &ApiConfig) -> Result<ApiDoor, ApiError> {
@@ -130,9 +195,23 @@ impl ApiDoor {
             config: config.clone(),
             floods: floods.clone(),
         });
+        let (v1, doc) = v1();
+        let doc = Arc::new(openapi::complete(doc));
+        let v1 = v1.route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            calls::bearer,
+        ));
         let router = Router::new()
             .route("/oauth/token", post(token::token))
-            .merge(resources::routes(api.clone()))
+            .route(
+                "/api/v1/openapi.json",
+                get(move || {
+                    let doc = doc.clone();
+                    async move { axum::Json(doc.as_ref().clone()) }
+                }),
+            )
+            .merge(v1)
+            .fallback(calls::no_route)
             .layer(axum::middleware::from_fn(calls::hardening))
             .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
             .with_state(api.clone());

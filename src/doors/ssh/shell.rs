@@ -49,7 +49,7 @@ async fn show(io: &mut Io, outcome: Outcome) -> u32 {
             io.err(&format!("DENY: {message}\n")).await;
             1
         }
-        Outcome::Refused(m) | Outcome::NotFound(m) => {
+        Outcome::Refused(m) | Outcome::NotFound(m) | Outcome::Stale(m) | Outcome::Protected(m) => {
             io.err(&format!("error: {m}\n")).await;
             2
         }

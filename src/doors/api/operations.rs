@@ -1,0 +1,198 @@
+//! Live sessions, the guard's answers (`check`, `review`), and any admin
+//! command as the command line words it (`POST /api/v1/commands`, what
+//! `metergate --api` sends): the same core, the same output as through
+//! the control socket.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::Api;
+use super::audit::{Chunks, Mode};
+use super::calls::CallReason;
+use super::problem::Problem;
+use super::render::{Key, PageQuery, argv, body, opt, outcome, page, query, run};
+use crate::commands::stream::Stream;
+use crate::commands::{Caller, CliAnswer, Input, Outcome, execute};
+
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", summary = "Live sessions on every door",
+    params(PageQuery), responses((status = 200, body = super::openapi::Page)))]
+pub async fn sessions(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q: PageQuery = match query(raw.as_deref()) {
+        Ok(q) => q,
+        Err(p) => return p.into_response(),
+    };
+    page(
+        outcome(&api, &c, argv(&["session", "list"], &[]), None).await,
+        &q,
+        Key::Number("id"),
+    )
+}
+
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", summary = "End a live session",
+    params(("id" = u64, Path)), responses((status = 200, body = super::openapi::Message)))]
+pub async fn session_kill(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> Response {
+    let words = argv(&["session", "kill"], &[&id.to_string()]);
+    run(&api, &c, words, None, false).await
+}
+
+/// `check`'s question: may PRINCIPAL use PERMISSION (on METER)?
+#[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CheckQuestion {
+    /// A typed principal id (user:alice, svc:scada-1) or a user name.
+    principal: String,
+    /// A permission name, e.g. "Master Reset".
+    permission: String,
+    meter: Option<String>,
+}
+
+async fn ask(api: &Api, c: &Caller, q: CheckQuestion) -> Response {
+    let mut words = argv(&["check"], &[]);
+    words.push(opt("principal", &q.principal));
+    words.push(opt("permission", &q.permission));
+    if let Some(m) = &q.meter {
+        words.push(opt("meter", m));
+    }
+    run(api, c, words, None, false).await
+}
+
+#[utoipa::path(get, path = "/api/v1/check", tag = "decisions", summary = "What the guard would decide, with the reason",
+    params(CheckQuestion), responses((status = 200, body = super::openapi::Decision)))]
+pub async fn check(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    match query::<CheckQuestion>(raw.as_deref()) {
+        Ok(q) => ask(&api, &c, q).await,
+        Err(p) => p.into_response(),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/check", tag = "decisions", summary = "The same question as a JSON body",
+    request_body = CheckQuestion, responses((status = 200, body = super::openapi::Decision)))]
+pub async fn check_post(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    bytes: Bytes,
+) -> Response {
+    match body::<CheckQuestion>(&bytes) {
+        Ok(q) => ask(&api, &c, q).await,
+        Err(p) => p.into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/review", tag = "decisions", summary = "Who can do what where, and what needs attention",
+    responses((status = 200, body = super::openapi::Object)))]
+pub async fn review(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Response {
+    run(&api, &c, argv(&["review"], &[]), None, false).await
+}
+
+#[utoipa::path(post, path = "/api/v1/review", tag = "decisions", summary = "Record that a review was done (who, when)",
+    responses((status = 200, body = super::openapi::Object)))]
+pub async fn review_ack(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Response {
+    run(&api, &c, vec!["review".into(), "--ack".into()], None, false).await
+}
+
+/// An admin command as the command line words it, with the files it
+/// names (read by the client).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandLine {
+    /// The words after `metergate`, e.g. ["user", "show", "alice"].
+    argv: Vec<String>,
+    #[serde(default)]
+    json: bool,
+    /// Path → contents, for `--file F`, `--checkpoint F` and `@F`.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/commands", tag = "cli", summary = "Run an admin command as `metergate --api` does: the exit code and output of the control socket",
+    request_body = CommandLine,
+    responses((status = 200, body = CliAnswer, content_type = "application/json"),
+        (status = 200, description = "a streamed answer (`audit export`): one CliAnswer per line with `more`", content_type = "application/x-ndjson")))]
+pub async fn command(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    bytes: Bytes,
+) -> Response {
+    let line: CommandLine = match body(&bytes) {
+        Ok(l) => l,
+        Err(p) => return p.into_response(),
+    };
+    let input = Input {
+        argv: line.argv,
+        json: line.json,
+        files: line.files,
+        precondition: None,
+    };
+    let done = execute(&api.gw, &c, &input, time::OffsetDateTime::now_utc()).await;
+    let reason = match &done {
+        Outcome::Done { .. } => "done".to_string(),
+        Outcome::Denied { decision, .. } => decision.reason.to_string(),
+        Outcome::Usage(_) => "malformed command".to_string(),
+        Outcome::Refused(m)
+        | Outcome::NotFound(m)
+        | Outcome::Stale(m)
+        | Outcome::Protected(m)
+        | Outcome::Failed(m) => m.clone(),
+    };
+    let denied = matches!(done, Outcome::Denied { .. });
+    let (answer, stream) = done.cli();
+    let mut r = match stream {
+        // Following the log is for the socket and the shell, where the
+        // session ends when Security Logs Access goes; the API exports.
+        Some(Stream::Follow { .. }) => {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "`audit tail -f` follows the log on the control socket or the SSH shell; through the API use `audit export`",
+            )
+            .into_response();
+        }
+        Some(s) => {
+            let chunks = Chunks::start(&api, answer.stdout, Some(s), Mode::Frames);
+            let mut r = (StatusCode::OK, Body::new(chunks)).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            r
+        }
+        None => {
+            let mut r = (
+                StatusCode::OK,
+                serde_json::to_string(&answer).unwrap_or_default(),
+            )
+                .into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+    };
+    // Answers may hold a secret shown once.
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.extensions_mut().insert(CallReason(reason));
+    if denied {
+        r.extensions_mut().insert(super::calls::Denied);
+    }
+    r
+}
