@@ -758,9 +758,15 @@ fn admin(socket: Option<PathBuf>, config: Option<&Path>, json: bool) -> anyhow::
             return Ok(ExitCode::from(1));
         }
     };
-    print!("{}", response.stdout);
-    eprint!("{}", response.stderr);
+    show(&response.stdout, &response.stderr);
     Ok(ExitCode::from(response.code))
+}
+
+/// The answer's words; a reader that went away (`| head`) is no error.
+fn show(stdout: &str, stderr: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(stdout.as_bytes());
+    let _ = std::io::stderr().lock().write_all(stderr.as_bytes());
 }
 
 fn print_chunk(chunk: &str) {
@@ -787,8 +793,7 @@ fn admin_remote(url: &str, cacert: Option<&Path>, json: bool) -> anyhow::Result<
     };
     match runtime()?.block_on(remote.call_streaming(&argv, json, &files, print_chunk)) {
         Ok(answer) => {
-            print!("{}", answer.stdout);
-            eprint!("{}", answer.stderr);
+            show(&answer.stdout, &answer.stderr);
             Ok(ExitCode::from(answer.code))
         }
         // The API refused the call itself (not Administrator): as the

@@ -2,6 +2,8 @@
 //! certificate from the gateway's own CA, `provisioner` (Administrator),
 //! and curl to call it.
 
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -40,10 +40,10 @@ pub struct EventQuery {
     meter: Option<String>,
     /// An event code (login.deny, admin.change, …).
     code: Option<String>,
-    /// allow, deny, success or failure.
-    outcome: Option<String>,
+    outcome: Option<EventOutcome>,
     door: Option<String>,
     /// At most this many (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next` of the previous page (older events).
     next: Option<String>,
@@ -87,13 +87,22 @@ pub async fn events(
         Err(p) => return p.into_response(),
     };
     let mut words = argv(&["audit", "query"], &[]);
+    let outcome_word = q.outcome.map(|o| {
+        match o {
+            EventOutcome::Allow => "allow",
+            EventOutcome::Deny => "deny",
+            EventOutcome::Success => "success",
+            EventOutcome::Failure => "failure",
+        }
+        .to_string()
+    });
     for (name, value) in [
         ("since", &q.since),
         ("until", &q.until),
         ("principal", &q.principal),
         ("meter", &q.meter),
         ("code", &q.code),
-        ("outcome", &q.outcome),
+        ("outcome", &outcome_word),
         ("door", &q.door),
     ] {
         if let Some(v) = value {
@@ -134,17 +143,47 @@ pub async fn events(
     }
 }
 
+/// The export's formats: JSON lines, ArcSight CEF, syslog RFC 5424.
+#[derive(Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    Jsonl,
+    Cef,
+    Rfc5424,
+}
+
+impl ExportFormat {
+    fn word(self) -> &'static str {
+        match self {
+            ExportFormat::Jsonl => "jsonl",
+            ExportFormat::Cef => "cef",
+            ExportFormat::Rfc5424 => "rfc5424",
+        }
+    }
+}
+
+/// An event's outcome.
+#[derive(Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventOutcome {
+    Allow,
+    Deny,
+    Success,
+    Failure,
+}
+
 /// What to export, from where.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// jsonl (default), cef or rfc5424.
-    format: Option<String>,
+    format: Option<ExportFormat>,
     /// From this time: RFC 3339 or back from now.
     since: Option<String>,
     /// From this seq.
-    from: Option<u64>,
+    #[param(minimum = 0)]
+    from: Option<i64>,
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit", summary = "The log (or since a time or seq) streamed as JSON lines, CEF or RFC 5424",
@@ -160,14 +199,16 @@ pub async fn export(
         Ok(q) => q,
         Err(p) => return p.into_response(),
     };
-    let format = q.format.unwrap_or_else(|| "jsonl".into());
+    let format = q.format.unwrap_or(ExportFormat::Jsonl);
     let mut words = argv(&["audit", "export"], &[]);
-    words.push(opt("format", &format));
+    words.push(opt("format", format.word()));
     if let Some(s) = &q.since {
         words.push(opt("since", s));
     }
-    if let Some(f) = q.from {
-        words.push(opt("from", &f.to_string()));
+    match seq(q.from) {
+        Ok(Some(f)) => words.push(opt("from", &f.to_string())),
+        Ok(None) => {}
+        Err(p) => return p.into_response(),
     }
     // The format is the export's own: no JSON wrapping of the first part.
     let input = Input {
@@ -176,7 +217,7 @@ pub async fn export(
     };
     match execute(&api.gw, &c, &input, time::OffsetDateTime::now_utc()).await {
         Outcome::Done { stdout, stream } => {
-            let kind = if format == "jsonl" {
+            let kind = if format == ExportFormat::Jsonl {
                 "application/x-ndjson"
             } else {
                 "text/plain; charset=utf-8"
@@ -220,7 +261,18 @@ fn verdict(outcome: Outcome) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
     /// Start at this seq (a partial check of recent events).
-    from: Option<u64>,
+    #[param(minimum = 0)]
+    from: Option<i64>,
+}
+
+/// A seq from a query: at least 0.
+fn seq(from: Option<i64>) -> Result<Option<u64>, Problem> {
+    match from {
+        None => Ok(None),
+        Some(f) => u64::try_from(f)
+            .map(Some)
+            .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "from must be 0 or more")),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit", summary = "Walk the hash chain; names the first bad event",
@@ -235,8 +287,10 @@ pub async fn verify(
         Err(p) => return p.into_response(),
     };
     let mut words = argv(&["audit", "verify"], &[]);
-    if let Some(f) = q.from {
-        words.push(opt("from", &f.to_string()));
+    match seq(q.from) {
+        Ok(Some(f)) => words.push(opt("from", &f.to_string())),
+        Ok(None) => {}
+        Err(p) => return p.into_response(),
     }
     verdict(outcome(&api, &c, words, None).await)
 }

@@ -212,8 +212,10 @@ impl ApiDoor {
             )
             .merge(v1)
             .fallback(calls::no_route)
-            .layer(axum::middleware::from_fn(calls::hardening))
+            // The limit inside the hardening, so its 413 gets a request id,
+            // HSTS and a problem body like every other answer.
             .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+            .layer(axum::middleware::from_fn(calls::hardening))
             .with_state(api.clone());
         Ok(ApiDoor {
             floods,

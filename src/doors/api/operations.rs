@@ -125,8 +125,8 @@ pub struct CommandLine {
 
 #[utoipa::path(post, path = "/api/v1/commands", tag = "cli", summary = "Run an admin command as `metergate --api` does: the exit code and output of the control socket",
     request_body = CommandLine,
-    responses((status = 200, body = CliAnswer, content_type = "application/json"),
-        (status = 200, description = "a streamed answer (`audit export`): one CliAnswer per line with `more`", content_type = "application/x-ndjson")))]
+    responses((status = 200, description = "the command line's answer; a streamed one (`audit export`) is one CliAnswer per line with `more`",
+        content((CliAnswer = "application/json"), (String = "application/x-ndjson")))))]
 pub async fn command(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,

@@ -185,6 +185,7 @@ pub fn json(status: StatusCode, body: &serde_json::Value) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// At most this many (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// The `next` of the previous page.
     pub next: Option<String>,
