@@ -370,7 +370,7 @@ fn populate(config: &Config) -> Result<Credentials, DemoError> {
     let key_secret = secrets::generate_key_secret().map_err(secret_err)?;
     p.keys.push(crate::model::AccessKey {
         id: key_id.clone(),
-        secret_hash: secrets::hash_now(&key_secret).map_err(secret_err)?,
+        secret_hash: secrets::hash_key_secret(&key_secret).map_err(secret_err)?,
         status: crate::model::Status::Active,
         created: micros(now),
         last_used: None,

@@ -204,7 +204,7 @@ impl Remote {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if !fresh
             && let Some(path) = &self.cache
-            && let Ok(text) = std::fs::read_to_string(path)
+            && let Some(text) = read_own(path)
             && let Ok(cached) = serde_json::from_str::<CachedToken>(&text)
             && cached.expires_at - TOKEN_MARGIN_SECS > now
         {
@@ -377,7 +377,35 @@ fn cache_dir() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/metergate")))
 }
 
-/// Writes the token 0600 in a 0700 directory, whole or not at all.
+/// Whether `meta` is ours alone: owned by us, nothing for group or others.
+fn ours_alone(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 == 0
+}
+
+/// The cached token's text, if the file is a plain file of ours alone
+/// (a symlink or a file someone else could have written is ignored).
+fn read_own(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || !ours_alone(&meta) {
+        return None;
+    }
+    let mut text = String::new();
+    f.take(64 * 1024).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Writes the token 0600 in a 0700 directory of ours alone, whole or not
+/// at all: a directory another user could write into (a `su` that kept
+/// their XDG_RUNTIME_DIR) is not used, and the file is made new, never
+/// through a link.
 fn store_token(path: &Path, token: &CachedToken) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -385,14 +413,73 @@ fn store_token(path: &Path, token: &CachedToken) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let temporary = path.with_extension("tmp");
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || !ours_alone(&meta) {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of ours alone",
+            dir.display()
+        )));
+    }
+    let mut salt = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+        .map_err(|_| std::io::Error::other("no randomness"))?;
+    let temporary = dir.join(format!(".{}.tmp", hex::encode(salt)));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&temporary)?;
-    f.write_all(serde_json::to_string(token).unwrap_or_default().as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&temporary, path)
+    let written = f
+        .write_all(serde_json::to_string(token).unwrap_or_default().as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_written_new_and_never_through_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("metergate");
+        let path = cache.join("abc.token");
+        let token = CachedToken {
+            token: "mgt_x".into(),
+            expires_at: 1,
+        };
+        store_token(&path, &token).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(read_own(&path).unwrap().contains("mgt_x"));
+        // A link planted in the token's place is not read.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "{\"token\":\"planted\",\"expires_at\":9999999999}").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert!(read_own(&path).is_none());
+        // Written again, the link is replaced and the victim untouched.
+        store_token(&path, &token).unwrap();
+        assert!(
+            std::fs::read_to_string(&victim)
+                .unwrap()
+                .contains("planted")
+        );
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // A directory others may write into is not used.
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(store_token(&path, &token).is_err());
+    }
 }

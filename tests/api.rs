@@ -648,3 +648,52 @@ fn the_cli_through_the_api_prints_what_the_socket_prints() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("got no token"));
 }
+
+/// A key's tokens share one rate, a key gets no more tokens a second than
+/// that rate, and certificate reports are the local CA's alone.
+#[test]
+fn a_key_gets_one_rate_whatever_its_tokens_and_no_certificate_reports() {
+    let a = api_with("requests_per_second = 3\n");
+    let (id, secret) = key_of(&a.d, "provisioner");
+    // Tokens: at most 3 a second for the key, then 429 with Retry-After.
+    let mut statuses = Vec::new();
+    let mut tokens = Vec::new();
+    for _ in 0..8 {
+        let (status, body) = a.token(&id, &secret);
+        if status == 200 {
+            tokens.push(json(&body)["access_token"].as_str().unwrap().to_string());
+        } else {
+            assert_eq!(status, 429, "{body}");
+            assert_eq!(json(&body)["error"], "temporarily_unavailable");
+        }
+        statuses.push(status);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(tokens.len() >= 2, "{statuses:?}");
+    // Two tokens of one key: 3 calls a second between them, not 6.
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let (status, _) = a.call(&tokens[i % 2], "GET", "/api/v1/roles", None);
+        calls.push(status);
+    }
+    assert!(
+        calls.iter().filter(|s| **s == 429).count() >= 2,
+        "{calls:?}"
+    );
+    // A forged certificate report is refused, and nothing is reported.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (status, body) = a.call(
+        &tokens[0],
+        "POST",
+        "/api/v1/commands",
+        Some(
+            r#"{"argv": ["certificate-report", "revoked", "--serial", "0A", "--kind", "client", "--name", "scada-1", "--not-after", "2030-01-01"]}"#,
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["code"], 2, "{body}");
+    assert!(body.contains("control socket"), "{body}");
+    let revoked =
+        a.d.mg(&["--json", "audit", "query", "--code", "cert.revoked"]);
+    assert_eq!(revoked.stdout.trim(), "", "{revoked:?}");
+}

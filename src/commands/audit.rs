@@ -3,9 +3,22 @@
 
 use super::*;
 
-pub(super) fn audit(ctx: &Gateway, cmd: &AuditCommand, req: &Input) -> Result<Done, CommandError> {
+/// Reads of the log walk up to millions of events: they run on a blocking
+/// thread, so a long `verify` never holds a worker the doors need.
+pub(super) async fn audit(
+    ctx: &Gateway,
+    cmd: &AuditCommand,
+    req: &Input,
+) -> Result<Done, CommandError> {
+    let (guard, cmd, req) = (ctx.guard.clone(), cmd.clone(), req.clone());
+    tokio::task::spawn_blocking(move || audit_now(&guard, &cmd, &req))
+        .await
+        .map_err(|e| CommandError::Failed(format!("reading the log: {e}")))?
+}
+
+fn audit_now(guard: &Guard, cmd: &AuditCommand, req: &Input) -> Result<Done, CommandError> {
     let json_out = req.json;
-    let log = ctx.guard.store().log();
+    let log = guard.store().log();
     match cmd {
         AuditCommand::Tail { count, follow } => {
             let events = log
@@ -53,7 +66,7 @@ pub(super) fn audit(ctx: &Gateway, cmd: &AuditCommand, req: &Input) -> Result<Do
                 },
             ))
         }
-        AuditCommand::Status => Ok(Done::show(status_text(ctx, json_out))),
+        AuditCommand::Status => Ok(Done::show(status_text(guard, json_out))),
         AuditCommand::Query(q) => {
             let query = parse_query(q, OffsetDateTime::now_utc())?;
             let events = log
@@ -74,7 +87,7 @@ pub(super) fn audit(ctx: &Gateway, cmd: &AuditCommand, req: &Input) -> Result<Do
             checkpoint: None,
             from,
             ..
-        } => verify_text(ctx.guard.store(), *from),
+        } => verify_text(guard.store(), *from),
         AuditCommand::Verify {
             state_dir: None,
             checkpoint: Some(path),
@@ -86,11 +99,7 @@ pub(super) fn audit(ctx: &Gateway, cmd: &AuditCommand, req: &Input) -> Result<Do
                 .map_err(|e| {
                     CommandError::Refused(format!("{}: not a checkpoint: {e}", path.display()))
                 })?;
-            match ctx
-                .guard
-                .store()
-                .check_checkpoint(&cp, public_key.as_deref())
-            {
+            match guard.store().check_checkpoint(&cp, public_key.as_deref()) {
                 crate::store::checkpoint::Finding::Consistent => Ok(Done::show(format!(
                     "ok: the log is consistent with the checkpoint at seq {} and its chain verifies\n",
                     cp.seq
@@ -100,7 +109,7 @@ pub(super) fn audit(ctx: &Gateway, cmd: &AuditCommand, req: &Input) -> Result<Do
             }
         }
         AuditCommand::Checkpoint => {
-            let store = ctx.guard.store();
+            let store = guard.store();
             let cp = store
                 .checkpoint()
                 .map_err(|e| CommandError::Failed(e.to_string()))?
@@ -112,7 +121,7 @@ pub(super) fn audit(ctx: &Gateway, cmd: &AuditCommand, req: &Input) -> Result<Do
         }
         AuditCommand::PublicKey => Ok(Done::show(format!(
             "{}\n",
-            ctx.guard.store().signing_public_key()
+            guard.store().signing_public_key()
         ))),
     }
 }
@@ -183,21 +192,21 @@ pub(super) fn verify_text(
 }
 
 /// `audit status`: capacity, failures, forwarding, the chain check at start.
-pub(super) fn status_text(ctx: &Gateway, json_out: bool) -> String {
+pub(super) fn status_text(guard: &Guard, json_out: bool) -> String {
     use std::sync::atomic::Ordering::Relaxed;
-    let log = ctx.guard.store().log();
+    let log = guard.store().log();
     let st = log.status();
-    let fw = ctx.guard.store().forward_state();
+    let fw = guard.store().forward_state();
     let target = fw.target.lock().ok().and_then(|t| t.clone());
     let last_error = fw.last_error.lock().ok().and_then(|t| t.clone());
     let backlog = target
         .as_ref()
         .map(|_| st.last_seq.saturating_sub(st.forwarded));
-    let chain_broken = match ctx.guard.counters.chain_broken_at.load(Relaxed) {
+    let chain_broken = match guard.counters.chain_broken_at.load(Relaxed) {
         0 => None,
         n => Some(n),
     };
-    let alarm = ctx.guard.counters.audit_alarm.load(Relaxed) || st.failing;
+    let alarm = guard.counters.audit_alarm.load(Relaxed) || st.failing;
     let when_full = match st.capacity.when_full {
         crate::store::log::WhenFull::DropOldest => "drop-oldest",
         crate::store::log::WhenFull::Refuse => "refuse",

@@ -51,7 +51,7 @@ pub(super) async fn group(
         }
         GroupCommand::Show { name: n } => {
             let g = get_group(&dir, n)?;
-            let view = json!({"name": g.name, "version": g.version, "members": g.members, "policies": g.policies, "created": rfc3339(g.created.at), "last_modified": rfc3339(g.modified.at), "last_modified_by": g.modified.by});
+            let view = json!({"name": g.name, "version": g.version, "etag": entity_tag(g.version, g.created.at), "members": g.members, "policies": g.policies, "created": rfc3339(g.created.at), "last_modified": rfc3339(g.modified.at), "last_modified_by": g.modified.by});
             if json_out {
                 return Ok(Done::show(to_json(&view)));
             }

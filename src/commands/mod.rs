@@ -139,27 +139,52 @@ pub enum Resource {
     Support,
 }
 
-/// "Only if NAME of this kind is still at VERSION."
+/// "Only if NAME of this kind is still the one with this tag" (any one
+/// when `tag` is None: it must exist).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Precondition {
     pub resource: Resource,
     pub name: String,
-    pub version: u64,
+    pub tag: Option<String>,
+}
+
+/// A resource's entity tag: its version and when it was created, so that
+/// one deleted and made again under the same name (at version 1 again)
+/// never matches a tag of the one before.
+pub fn entity_tag(version: u64, created_at: i64) -> String {
+    format!("{version}-{created_at:x}")
 }
 
 impl Precondition {
-    /// The version now, or None when it does not exist (managed policies
-    /// are at version 0 forever).
-    fn current(&self, dir: &Directory) -> Option<u64> {
+    /// The tag now, or None when it does not exist (managed policies never
+    /// change: "0-0").
+    fn current(&self, dir: &Directory) -> Option<String> {
         let n = &self.name;
-        match self.resource {
-            Resource::User => dir.users.get(n).map(|u| u.version),
-            Resource::ServiceUser => dir.service_users.get(n).map(|s| s.version),
-            Resource::Group => dir.groups.get(n).map(|g| g.version),
-            Resource::Role => dir.roles.get(n).map(|r| r.version),
-            Resource::Policy if is_managed(n) => Some(0),
-            Resource::Policy => dir.policies.get(n).map(|p| p.version),
-            Resource::Support => dir.support.as_ref().map(|s| s.version),
+        let (version, created) = match self.resource {
+            Resource::User => dir.users.get(n).map(|u| (u.version, u.created.at)),
+            Resource::ServiceUser => dir.service_users.get(n).map(|s| (s.version, s.created.at)),
+            Resource::Group => dir.groups.get(n).map(|g| (g.version, g.created.at)),
+            Resource::Role => dir.roles.get(n).map(|r| (r.version, r.created.at)),
+            Resource::Policy if is_managed(n) => Some((0, 0)),
+            Resource::Policy => dir.policies.get(n).map(|p| (p.version, p.created.at)),
+            Resource::Support => dir.support.as_ref().map(|s| (s.version, s.created.at)),
+        }?;
+        Some(entity_tag(version, created))
+    }
+
+    /// Holds now, or why not.
+    fn check(&self, dir: &Directory) -> Result<(), CommandError> {
+        match (self.current(dir), &self.tag) {
+            (None, _) => Err(CommandError::Stale(format!(
+                "`{}` does not exist, and the request expected it to",
+                self.name
+            ))),
+            (Some(_), None) => Ok(()),
+            (Some(now), Some(want)) if now == *want => Ok(()),
+            (Some(now), Some(want)) => Err(CommandError::Stale(format!(
+                "`{}` is at {now}, not {want} as the request expected: read it again",
+                self.name
+            ))),
         }
     }
 }
@@ -355,11 +380,20 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
         })
         .collect::<Vec<_>>()
         .join(" ");
+    // Certificate reports say what the CA did on this machine: only the
+    // local `metergate cert`, through the control socket, makes them.
+    if matches!(line.command, AdminCommand::CertificateReport(_)) && caller.door != "control-socket"
+    {
+        return Outcome::Refused(
+            "certificate reports come from `metergate cert` on the gateway, through its control socket".into(),
+        );
+    }
     let action = action_of(&line.command, who, &words);
+    // A new temporary password changes the user too: it waits its turn.
     let changes = matches!(
         action,
         Action::Admin {
-            op: AdminOp::Change,
+            op: AdminOp::Change | AdminOp::ResendPassword,
             ..
         }
     );
@@ -370,22 +404,21 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
             decision: Box::new(decision),
         };
     }
-    let result = if changes {
-        let _one = ctx.guard.one_change_at_a_time().await;
-        match &req.precondition {
-            Some(p) => match p.current(&ctx.guard.directory()) {
-                Some(v) if v == p.version => run(ctx, caller, &line.command, req, now).await,
-                Some(v) => Err(CommandError::Stale(format!(
-                    "`{}` is at version {v}, not {} as the request expected: read it again",
-                    p.name, p.version
-                ))),
-                None => Err(CommandError::NotFound(format!("no `{}`", p.name))),
-            },
-            None => run(ctx, caller, &line.command, req, now).await,
-        }
-    } else {
-        run(ctx, caller, &line.command, req, now).await
+    // The precondition is checked while changes wait their turn, so none
+    // slips in between it and the change.
+    let turn = match changes {
+        true => Some(ctx.guard.one_change_at_a_time().await),
+        false => None,
     };
+    let result = match req
+        .precondition
+        .as_ref()
+        .map(|p| p.check(&ctx.guard.directory()))
+    {
+        Some(Err(stale)) => Err(stale),
+        _ => run(ctx, caller, &line.command, req, now).await,
+    };
+    drop(turn);
     let event = |outcome: EventOutcome, code: &str, reason: String| {
         EventDraft::new(code, Category::Admin, outcome)
             .principal(who)
@@ -401,7 +434,10 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
                     .record(event(EventOutcome::Success, "admin.change", what))
                     .await;
             }
-            let stdout = if req.json && !done.stdout.trim_start().starts_with(['{', '[']) {
+            let stdout = if req.json
+                && !done.stdout.trim().is_empty()
+                && !done.stdout.trim_start().starts_with(['{', '['])
+            {
                 format!(
                     "{}\n",
                     json!({ "ok": true, "message": done.stdout.trim_end() })
@@ -517,7 +553,7 @@ async fn run(
         AdminCommand::Policy { command } => policy(ctx, who, command, req, now),
         AdminCommand::Support { command } => support(ctx, caller, command, req.json, now).await,
         AdminCommand::Session { command } => session(ctx, who, command, req.json),
-        AdminCommand::Audit { command } => audit(ctx, command, req),
+        AdminCommand::Audit { command } => audit(ctx, command, req).await,
         AdminCommand::Check(c) => check(ctx, c, req.json, now),
         AdminCommand::Review { ack } => review(ctx, who, *ack, req.json, now),
         AdminCommand::CertificateReport(r) => certificate_report(ctx, caller, r).await,

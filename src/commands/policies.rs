@@ -73,14 +73,14 @@ pub(super) fn policy(
             )))
         }
         PolicyCommand::Show { name: n } => {
-            let (description, statements, kind, version) = match managed_statements(n) {
+            let (description, statements, kind, version, created) = match managed_statements(n) {
                 Some(sts) => {
                     let d = if n == ADMINISTRATOR {
                         "every permission on every meter; may make API calls"
                     } else {
                         "Data View and File System Read-Only Access on every meter; no API calls, no security logs"
                     };
-                    (d.to_string(), sts, "managed", 0)
+                    (d.to_string(), sts, "managed", 0, 0)
                 }
                 None => {
                     let p = dir
@@ -92,12 +92,13 @@ pub(super) fn policy(
                         p.statements.clone(),
                         "custom",
                         p.version,
+                        p.created.at,
                     )
                 }
             };
             if req.json {
                 return Ok(Done::show(to_json(
-                    &json!({"name": n, "type": kind, "version": version, "description": description, "statements": statements, "attached_to": attached_to(&dir, n)}),
+                    &json!({"name": n, "type": kind, "version": version, "etag": entity_tag(version, created), "description": description, "statements": statements, "attached_to": attached_to(&dir, n)}),
                 )));
             }
             let mut out = format!(

@@ -54,7 +54,7 @@ pub(super) async fn role(
             if json_out {
                 let perms: Vec<_> = r.permissions.iter().map(|p| json!({"permission": p.name(), "enforceable_at_gateway": p.enforceable_at_gateway()})).collect();
                 return Ok(Done::show(to_json(
-                    &json!({"name": r.name, "version": r.version, "description": r.description, "permissions": perms}),
+                    &json!({"name": r.name, "version": r.version, "etag": entity_tag(r.version, r.created.at), "description": r.description, "permissions": perms}),
                 )));
             }
             let mut out = format!(

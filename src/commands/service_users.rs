@@ -60,7 +60,7 @@ pub(super) async fn service_user(
             let s = get_service(&dir, n)?;
             let id = PrincipalId::Service(n.clone());
             let view = json!({
-                "name": s.name, "unique_id": s.id, "version": s.version, "description": s.description, "status": s.status.to_string(),
+                "name": s.name, "unique_id": s.id, "version": s.version, "etag": entity_tag(s.version, s.created.at), "description": s.description, "status": s.status.to_string(),
                 "policies": s.policies, "roles": roles_of(&dir, &id),
                 "keys": s.keys.iter().map(|k| json!({"id": k.id, "status": k.status.to_string()})).collect::<Vec<_>>(),
                 "created": rfc3339(s.created.at), "created_by": s.created.by,
@@ -190,10 +190,7 @@ pub(super) async fn key(
             let id = secrets::generate_key_id().map_err(|e| CommandError::Failed(e.to_string()))?;
             let secret =
                 secrets::generate_key_secret().map_err(|e| CommandError::Failed(e.to_string()))?;
-            let secret_hash = ctx
-                .hashes
-                .hash(secret.clone())
-                .await
+            let secret_hash = secrets::hash_key_secret(&secret)
                 .map_err(|e| CommandError::Failed(e.to_string()))?;
             s.keys.push(AccessKey {
                 id: id.clone(),

@@ -112,6 +112,26 @@ pub fn json_lines(events: &[SecurityEvent]) -> String {
 }
 
 /// One line per event, as `audit tail` and `audit query` print them.
+/// Text from the outside as one line shows it: control characters (a
+/// newline that would forge a line, an escape that would drive the
+/// reader's terminal) escaped.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 pub fn event_lines(events: &[SecurityEvent]) -> String {
     let mut out = String::new();
     for e in events {
@@ -122,17 +142,31 @@ pub fn event_lines(events: &[SecurityEvent]) -> String {
             crate::model::rfc3339(e.time),
             e.code,
             e.outcome,
-            e.principal.as_deref().unwrap_or("-"),
-            e.action.as_deref().unwrap_or("-"),
+            one_line(e.principal.as_deref().unwrap_or("-")),
+            one_line(e.action.as_deref().unwrap_or("-")),
             e.meter
                 .as_ref()
-                .map(|m| format!(" meter={m}"))
+                .map(|m| format!(" meter={}", one_line(m)))
                 .unwrap_or_default(),
             e.reason
                 .as_ref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", one_line(r)))
                 .unwrap_or_default(),
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_of_the_log_cannot_be_forged_by_a_name_with_a_newline() {
+        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(
+            one_line("x\n1 2026-01-01 admin.change\u{1b}[2J"),
+            "x\\n1 2026-01-01 admin.change\\u{1b}[2J"
+        );
+    }
 }

@@ -27,6 +27,7 @@ pub(super) async fn support(
                 Some(s) => json!({
                     "granted": !s.end_date.has_passed(now),
                     "version": s.version,
+                    "etag": entity_tag(s.version, s.created.at),
                     "end_date": s.end_date.to_string(),
                     "access_ends": rfc3339(micros(s.end_date.start())),
                     "policies": s.policies,

@@ -114,7 +114,7 @@ pub(super) async fn user(
             };
             let locked = ctx.guard.locked_until(&id, now);
             let view = json!({
-                "name": u.name, "unique_id": u.id, "version": u.version, "email": u.email,
+                "name": u.name, "unique_id": u.id, "version": u.version, "etag": entity_tag(u.version, u.created.at), "email": u.email,
                 "first_name": u.first_name, "last_name": u.last_name,
                 "status": u.status.to_string(),
                 "access_end_date": u.end_date.map(|d| d.to_string()),

@@ -30,7 +30,7 @@ pub use action::{Action, AdminOp, CertificateClaim, Request, WriteValues};
 use compiled::{CompiledPrincipal, MeterRef, Snapshot};
 pub use confer::Conferral;
 pub use decision::{Decision, Label, Reason};
-pub use login::{Attempt, Credential, PasswordCheck, PasswordGate, Proof, Verdict};
+pub use login::{Attempt, Credential, PasswordCheck, PasswordGate, Proof, Verdict, shown_key_id};
 pub use state::SourceGate;
 
 /// The rules from the config that decisions depend on.

@@ -92,6 +92,41 @@ pub fn generate_id() -> Result<String, SecretError> {
     Ok(hex::encode(bytes))
 }
 
+/// How an access-key secret is kept: HMAC-SHA-256 keyed by a random salt of
+/// its own. Key secrets are 200 random bits made here, never chosen by a
+/// person, so nothing can be guessed faster for want of a slow hash; and a
+/// check costs microseconds on the calling task, so a flood of wrong
+/// secrets never waits in (or fills) the argon2 pool ahead of a right one.
+const KEYED: &str = "hmac-sha256$";
+
+/// A new access-key secret's stored form (`hmac-sha256$SALT$TAG`, hex).
+pub fn hash_key_secret(secret: &Secret) -> Result<String, SecretError> {
+    let mut salt = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| SecretError::Random)?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salt);
+    let tag = ring::hmac::sign(&key, secret.expose().as_bytes());
+    Ok(format!(
+        "{KEYED}{}${}",
+        hex::encode(salt),
+        hex::encode(tag.as_ref())
+    ))
+}
+
+/// Checks an access-key secret kept by [`hash_key_secret`], in constant
+/// time; `None` when `stored` is of another kind (an argon2 hash of a key
+/// made before, checked in the pool).
+pub fn verify_key_secret(secret: &Secret, stored: &str) -> Option<bool> {
+    let rest = stored.strip_prefix(KEYED)?;
+    let (salt, tag) = rest.split_once('$')?;
+    let (Ok(salt), Ok(tag)) = (hex::decode(salt), hex::decode(tag)) else {
+        return Some(false);
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &salt);
+    Some(ring::hmac::verify(&key, secret.expose().as_bytes(), &tag).is_ok())
+}
+
 /// argon2id with OWASP's minimum (19 MiB, 2 passes, 1 lane).
 fn hasher() -> Argon2<'static> {
     let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
@@ -190,6 +225,23 @@ impl HashPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keyed_secret_verifies_only_itself_and_an_argon2_hash_is_not_keyed() {
+        let right = Secret::new("rightrightrightrightrightrightrightright");
+        let stored = hash_key_secret(&right).unwrap();
+        assert!(stored.starts_with("hmac-sha256$"));
+        assert!(!stored.contains(right.expose()));
+        assert_eq!(verify_key_secret(&right, &stored), Some(true));
+        assert_eq!(
+            verify_key_secret(&Secret::new("wrong"), &stored),
+            Some(false)
+        );
+        // Two keys with one secret are kept differently (their own salt).
+        assert_ne!(hash_key_secret(&right).unwrap(), stored);
+        assert_eq!(verify_key_secret(&right, "hmac-sha256$zz$zz"), Some(false));
+        assert_eq!(verify_key_secret(&right, &hash_now(&right).unwrap()), None);
+    }
 
     #[test]
     fn secrets_do_not_print() {

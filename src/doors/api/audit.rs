@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 use super::Api;
-use super::calls::CallReason;
+use super::calls::{CallReason, Presented};
 use super::problem::Problem;
 use super::render::{
     self, DEFAULT_PAGE, MAX_PAGE, argv, body, cursor, json, opt, outcome, query, run,
@@ -193,6 +193,7 @@ pub struct ExportQuery {
 pub async fn export(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
+    presented: Option<Extension<Presented>>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q: ExportQuery = match query(raw.as_deref()) {
@@ -222,7 +223,8 @@ pub async fn export(
             } else {
                 "text/plain; charset=utf-8"
             };
-            let body = Chunks::start(&api, stdout, stream, Mode::Raw);
+            let still = standing(&api, &c, presented.map(|p| p.0));
+            let body = Chunks::start(&api, stdout, stream, Mode::Raw, still);
             let mut r = (StatusCode::OK, Body::new(body)).into_response();
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
@@ -372,6 +374,23 @@ pub enum Mode {
     Frames,
 }
 
+/// Whether the access that began a stream still stands.
+pub type Standing = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// The token's access, asked again before every chunk: a key deleted or
+/// Administrator withdrawn ends the stream at the next chunk.
+pub fn standing(api: &Arc<Api>, caller: &Caller, presented: Option<Presented>) -> Standing {
+    let (api, source) = (api.clone(), caller.addr);
+    Box::new(move || match (&presented, source) {
+        (Some(p), Some(source)) => api
+            .gw
+            .guard
+            .bearer(p.0.expose(), source, time::OffsetDateTime::now_utc())
+            .is_ok(),
+        _ => false,
+    })
+}
+
 /// A body fed by the core's producer; dropped (the client left), it stops
 /// the producer.
 pub struct Chunks {
@@ -379,11 +398,18 @@ pub struct Chunks {
     rx: mpsc::Receiver<String>,
     producer: Option<JoinHandle<Result<(), String>>>,
     mode: Mode,
+    standing: Standing,
 }
 
 impl Chunks {
-    /// `first`, then what `stream` produces.
-    pub fn start(api: &Api, first: String, stream: Option<Stream>, mode: Mode) -> Chunks {
+    /// `first`, then what `stream` produces while `standing` holds.
+    pub fn start(
+        api: &Api,
+        first: String,
+        stream: Option<Stream>,
+        mode: Mode,
+        standing: Standing,
+    ) -> Chunks {
         let (tx, rx) = mpsc::channel::<String>(4);
         let more = stream.is_some();
         let producer = stream.map(|s| tokio::spawn(produce(api.gw.guard.clone(), s, tx)));
@@ -403,6 +429,7 @@ impl Chunks {
             rx,
             producer,
             mode,
+            standing,
         }
     }
 }
@@ -438,6 +465,25 @@ impl http_body::Body for Chunks {
         }
         // The producer ends by closing the channel: drain it, then ask how.
         match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(_)) if !(self.standing)() => {
+                if let Some(p) = self.producer.take() {
+                    p.abort();
+                }
+                let gone =
+                    "the access that began this stream is gone (token, key or Administrator)";
+                match self.mode {
+                    Mode::Raw => Poll::Ready(Some(Err(std::io::Error::other(gone)))),
+                    Mode::Frames => {
+                        let last = CliAnswer {
+                            code: 1,
+                            stdout: String::new(),
+                            stderr: format!("error: {gone}\n"),
+                        };
+                        let data = Bytes::from(frame(&last, false));
+                        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+                    }
+                }
+            }
             Poll::Ready(Some(text)) => {
                 let data = match self.mode {
                     Mode::Raw => text,

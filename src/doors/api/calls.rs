@@ -26,6 +26,11 @@ pub struct RequestId(pub String);
 #[derive(Clone, Debug)]
 pub struct CallReason(pub String);
 
+/// The token a call came with (for a stream to ask again whether its
+/// access still stands); a secret, never shown.
+#[derive(Clone)]
+pub struct Presented(pub crate::store::secrets::Secret);
+
 /// The guard denied the command of a call that still answered 200 (the
 /// command line's answer carries the denial).
 #[derive(Clone, Copy, Debug)]
@@ -114,8 +119,17 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `who` has used its whole rate in the second `now`.
+    pub fn full(&self, who: &str, now: i64) -> bool {
+        let Ok(w) = self.windows.lock() else {
+            return true;
+        };
+        w.get(who)
+            .is_some_and(|(second, n)| *second == now && *n >= self.per_second)
+    }
+
     /// Whether one more request of `who` fits in the second `now`.
-    fn admit(&self, who: &str, now: i64) -> bool {
+    pub fn admit(&self, who: &str, now: i64) -> bool {
         let Ok(mut w) = self.windows.lock() else {
             return false;
         };
@@ -163,10 +177,11 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         })
         .map(|t| t.trim().to_string());
     let now = OffsetDateTime::now_utc();
-    let token = match presented {
+    let token = match &presented {
         None => Err(BearerRefusal::Unknown),
-        Some(t) => api.gw.guard.bearer(&t, peer, now),
+        Some(t) => api.gw.guard.bearer(t, peer, now),
     };
+    let presented_token = presented;
     let token = match token {
         Ok(t) => t,
         Err(refusal) => {
@@ -193,24 +208,22 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         }
     };
     let second = now.unix_timestamp();
-    if !api
-        .limiter
-        .admit(&format!("{}/{}", token.key_id, token.issued), second)
-    {
+    // Per access key, not per token: a key's 16 tokens share one rate.
+    if !api.limiter.admit(&token.key_id, second) {
         // Counted, not logged one by one: a client over its rate would
         // otherwise write as fast as it is refused.
         api.floods.count(
             Some(peer),
             "api.rate-limited",
             &format!(
-                "{} was over api.requests_per_second ({}) on access key {}",
+                "{} was over api.requests_per_second ({}) with access key {}",
                 token.principal, api.config.requests_per_second, token.key_id
             ),
         );
         return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
-                "more than {} requests a second on this token (api.requests_per_second)",
+                "more than {} requests a second with this access key (api.requests_per_second)",
                 api.config.requests_per_second
             ),
         )
@@ -225,6 +238,10 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         session: 0,
     };
     req.extensions_mut().insert(caller);
+    if let Some(t) = presented_token {
+        req.extensions_mut()
+            .insert(Presented(crate::store::secrets::Secret::new(t)));
+    }
     let response = next.run(req).await;
     let status = response.status();
     let reason = response

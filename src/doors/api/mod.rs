@@ -64,6 +64,9 @@ pub struct Api {
     gw: Arc<Gateway>,
     config: ApiConfig,
     limiter: calls::RateLimiter,
+    /// Tokens issued per access key per second (the same rate): a key that
+    /// knows its secret still cannot write events faster than it may call.
+    issuance: calls::RateLimiter,
     /// Refusals before authentication, aggregated.
     floods: Arc<Floods>,
 }
@@ -191,6 +194,7 @@ impl ApiDoor {
         let floods = Arc::new(Floods::new(gw.guard.clone(), DOOR));
         let api = Arc::new(Api {
             limiter: calls::RateLimiter::new(config.requests_per_second),
+            issuance: calls::RateLimiter::new(config.requests_per_second),
             gw: gw.clone(),
             config: config.clone(),
             floods: floods.clone(),

@@ -130,6 +130,7 @@ pub struct CommandLine {
 pub async fn command(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
+    presented: Option<Extension<super::calls::Presented>>,
     bytes: Bytes,
 ) -> Response {
     let line: CommandLine = match body(&bytes) {
@@ -166,7 +167,8 @@ pub async fn command(
             .into_response();
         }
         Some(s) => {
-            let chunks = Chunks::start(&api, answer.stdout, Some(s), Mode::Frames);
+            let still = super::audit::standing(&api, &c, presented.map(|p| p.0));
+            let chunks = Chunks::start(&api, answer.stdout, Some(s), Mode::Frames, still);
             let mut r = (StatusCode::OK, Body::new(chunks)).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

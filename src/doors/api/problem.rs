@@ -78,7 +78,7 @@ pub fn oauth_error(status: StatusCode, error: &'static str, description: &str) -
             HeaderValue::from_static("Basic realm=\"metergate\""),
         );
     }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response

@@ -86,8 +86,8 @@ pub fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, Problem> {
 }
 
 /// `If-Match` as the core's precondition on `resource` NAME. `*` asks only
-/// that it exists (the command checks that anyway); a weak or malformed
-/// tag can never match (RFC 9110 §13.1.1: strong comparison), so 412.
+/// that it exists; a weak or malformed tag can never match (RFC 9110
+/// §13.1.1: strong comparison), so 412.
 pub fn if_match(
     headers: &HeaderMap,
     resource: Resource,
@@ -103,18 +103,21 @@ pub fn if_match(
         )
     };
     let text = value.to_str().map_err(|_| stale())?.trim();
-    if text == "*" {
-        return Ok(None);
-    }
-    let version = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .and_then(|t| t.parse::<u64>().ok())
-        .ok_or_else(stale)?;
+    let tag = match text {
+        "*" => None,
+        quoted => Some(
+            quoted
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .filter(|t| !t.contains('"'))
+                .ok_or_else(stale)?
+                .to_string(),
+        ),
+    };
     Ok(Some(Precondition {
         resource,
         name: name.to_string(),
-        version,
+        tag,
     }))
 }
 
@@ -160,7 +163,7 @@ fn problem(status: StatusCode, detail: &str) -> Response {
     Problem::new(status, detail.to_string()).into_response()
 }
 
-/// A JSON answer; an object with a `version` carries it as its ETag.
+/// A JSON answer; an object with an `etag` carries it as its ETag.
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut r = (status, body.to_string()).into_response();
     let h = r.headers_mut();
@@ -171,7 +174,7 @@ pub fn json(status: StatusCode, body: &serde_json::Value) -> Response {
     // Answers may hold a secret shown once (a new access key, a
     // temporary password): no cache keeps them.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(v) = body.get("version").and_then(|v| v.as_u64())
+    if let Some(v) = body.get("etag").and_then(|v| v.as_str())
         && let Ok(tag) = HeaderValue::from_str(&format!("\"{v}\""))
     {
         h.insert(header::ETAG, tag);

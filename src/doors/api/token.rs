@@ -144,6 +144,24 @@ pub async fn token(
             "the access key id or secret is wrong",
         );
     }
+    // Only issued tokens count (a wrong secret cannot use up the right
+    // one's rate); over it, refused before the secret is checked.
+    let second = time::OffsetDateTime::now_utc().unix_timestamp();
+    if api.issuance.full(&client.id, second) {
+        api.floods.count(
+            Some(peer.0.ip()),
+            "api.rate-limited",
+            &format!(
+                "access key {} asked for tokens faster than api.requests_per_second",
+                crate::guard::shown_key_id(&client.id)
+            ),
+        );
+        return oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            "more tokens a second for this access key than api.requests_per_second: use the one you have",
+        );
+    }
     let grant = api
         .gw
         .guard
@@ -156,6 +174,7 @@ pub async fn token(
         .await;
     match grant {
         Grant::Issued { token, expires_in } => {
+            api.issuance.admit(&client.id, second);
             let body = json!({
                 "access_token": token,
                 "token_type": "Bearer",
