@@ -11,7 +11,7 @@ The gateway runs with its defaults (login_grace 60s, first request 10s,
 caps let it hold and reconnects as fast as it is closed.
 
 usage: python3 scripts/bench-soak.py [--runs 3] [--seconds 8] [--clients 32] [--interval 10]
-  (release build first: cargo build --release --examples)
+  (release build first: cargo build --release --bins --examples)
 """
 import argparse
 import json
@@ -136,7 +136,7 @@ def main():
     a = ap.parse_args()
     for f in (BIN, LOAD):
         if not os.path.exists(f):
-            sys.exit(f"{f} is missing: cargo build --release --examples")
+            sys.exit(f"{f} is missing: cargo build --release --bins --examples")
     with tempfile.TemporaryDirectory() as tmp:
         sim_base = free_port()
         sim = start_sim(a.meters, sim_base)
