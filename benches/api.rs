@@ -58,6 +58,7 @@ fn world(dir: &Path) -> (Guard, String) {
         secret,
         IpAddr::from([127, 0, 0, 1]),
         Duration::from_secs(3600),
+        || true,
     ));
     let Grant::Issued { token, .. } = grant else {
         panic!("no token");

@@ -390,7 +390,8 @@ fn read_own(path: &Path) -> Option<String> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        // Not through a link, and never waiting on a planted FIFO.
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(path)
         .ok()?;
     let meta = f.metadata().ok()?;

@@ -207,9 +207,10 @@ fn only_a_live_token_of_an_administrator_with_its_key_makes_calls() {
         json(&body)["access_token"].as_str().unwrap().to_string()
     };
     let admin = token(&admin_id, &admin_secret);
-    let siem = token(&siem_id, &siem_secret);
-    let (status, body) = a.call(&siem, "GET", "/api/v1/users", None);
-    assert_eq!(status, 403, "{body}");
+    // No token for a service user without Administrator (RFC 6749 §5.2).
+    let (status, body) = a.token(&siem_id, &siem_secret);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json(&body)["error"], "unauthorized_client", "{body}");
     assert!(body.contains("Administrator"), "{body}");
     let (status, body) = a.call("mgt_0000", "GET", "/api/v1/users", None);
     assert_eq!(status, 401, "{body}");
@@ -360,6 +361,18 @@ fn a_decision_table_of_callers_and_endpoints() {
         .ok();
     a.d.mg(&["service-user", "add", "siem"]).ok();
     a.d.mg(&["service-user", "attach", "siem", "ReadOnly"]).ok();
+    // Without Administrator there is no token at all.
+    let (siem_id, siem_secret) = key_of(&a.d, "siem");
+    let (status, body) = a.token(&siem_id, &siem_secret);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(json(&body)["error"], "unauthorized_client", "{body}");
+    // Administrator when its token was issued, detached since.
+    a.d.mg(&["service-user", "add", "demoted"]).ok();
+    a.d.mg(&["service-user", "attach", "demoted", "Administrator"])
+        .ok();
+    let (demoted, _) = token_of(&a, "demoted");
+    a.d.mg(&["service-user", "detach", "demoted", "Administrator"])
+        .ok();
     // Administrator, but a custom policy denies User Management.
     let deny = a.d.dir.path().join("no-users.toml");
     std::fs::write(
@@ -399,11 +412,11 @@ fn a_decision_table_of_callers_and_endpoints() {
             "",
         ),
         (
-            "without Administrator",
-            Some("siem"),
-            &fresh,
-            [403, 403, 403, 403],
-            "need the Administrator policy",
+            "Administrator detached after the token",
+            None,
+            &demoted,
+            [401, 401, 401, 401],
+            unknown,
         ),
         (
             "Administrator, User Management denied",
@@ -656,9 +669,10 @@ fn a_key_gets_one_rate_whatever_its_tokens_and_no_certificate_reports() {
     let a = api_with("requests_per_second = 3\n");
     let (id, secret) = key_of(&a.d, "provisioner");
     // Tokens: at most 3 a second for the key, then 429 with Retry-After.
+    // Twenty asks: no 429 would need them spread over 7 seconds.
     let mut statuses = Vec::new();
     let mut tokens = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..20 {
         let (status, body) = a.token(&id, &secret);
         if status == 200 {
             tokens.push(json(&body)["access_token"].as_str().unwrap().to_string());
@@ -672,8 +686,10 @@ fn a_key_gets_one_rate_whatever_its_tokens_and_no_certificate_reports() {
     assert!(tokens.len() >= 2, "{statuses:?}");
     // Two tokens of one key: 3 calls a second between them, not 6.
     let mut calls = Vec::new();
-    for i in 0..8 {
-        let (status, _) = a.call(&tokens[i % 2], "GET", "/api/v1/roles", None);
+    for i in 0..20 {
+        // The newest two: a key keeps 16 live tokens, the oldest go first.
+        let token = &tokens[tokens.len() - 1 - i % 2];
+        let (status, _) = a.call(token, "GET", "/api/v1/roles", None);
         calls.push(status);
     }
     assert!(
@@ -683,7 +699,7 @@ fn a_key_gets_one_rate_whatever_its_tokens_and_no_certificate_reports() {
     // A forged certificate report is refused, and nothing is reported.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let (status, body) = a.call(
-        &tokens[0],
+        &tokens[tokens.len() - 1],
         "POST",
         "/api/v1/commands",
         Some(
@@ -696,4 +712,7 @@ fn a_key_gets_one_rate_whatever_its_tokens_and_no_certificate_reports() {
     let revoked =
         a.d.mg(&["--json", "audit", "query", "--code", "cert.revoked"]);
     assert_eq!(revoked.stdout.trim(), "", "{revoked:?}");
+    // The attempt itself is in the log.
+    let refused = a.d.mg(&["audit", "query", "--code", "admin.refused"]);
+    assert!(refused.stdout.contains("certificate-report"), "{refused:?}");
 }

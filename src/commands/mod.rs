@@ -384,9 +384,15 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
     // local `metergate cert`, through the control socket, makes them.
     if matches!(line.command, AdminCommand::CertificateReport(_)) && caller.door != "control-socket"
     {
-        return Outcome::Refused(
-            "certificate reports come from `metergate cert` on the gateway, through its control socket".into(),
-        );
+        let why = "certificate reports come from `metergate cert` on the gateway, through its control socket";
+        let ev = EventDraft::new("admin.refused", Category::Admin, EventOutcome::Failure)
+            .principal(who)
+            .source(&caller.source)
+            .door(caller.door)
+            .action("certificate-report")
+            .reason(why);
+        ctx.guard.record(ev).await;
+        return Outcome::Refused(why.into());
     }
     let action = action_of(&line.command, who, &words);
     // A new temporary password changes the user too: it waits its turn.

@@ -111,7 +111,6 @@ pub fn json_lines(events: &[SecurityEvent]) -> String {
     out
 }
 
-/// One line per event, as `audit tail` and `audit query` print them.
 /// Text from the outside as one line shows it: control characters (a
 /// newline that would forge a line, an escape that would drive the
 /// reader's terminal) escaped.
@@ -132,6 +131,7 @@ fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// One line per event, as `audit tail` and `audit query` print them.
 pub fn event_lines(events: &[SecurityEvent]) -> String {
     let mut out = String::new();
     for e in events {

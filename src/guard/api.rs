@@ -27,6 +27,12 @@ pub enum Grant {
     Rejected,
     /// The hash pool is full: try again (never a wrong secret).
     Busy,
+    /// The key got as many tokens as it may this second (the secret was
+    /// right: only issued tokens count toward the rate).
+    TooMany,
+    /// The secret was right, but its service user does not hold the
+    /// Administrator policy: a token would be refused at every call.
+    NotAdministrator,
 }
 
 /// Why a presented token may not make a call.
@@ -44,13 +50,16 @@ pub enum BearerRefusal {
 
 impl Guard {
     /// Client credentials: the access key `key_id` with `secret`, from
-    /// `source`. A token lives `lifetime` at most.
+    /// `source`. A token lives `lifetime` at most; `may_issue` is asked
+    /// once the secret is right, just before the token is made (the door's
+    /// rate per key, counted at the moment of issue).
     pub async fn grant_token(
         &self,
         key_id: &str,
         secret: Secret,
         source: IpAddr,
         lifetime: Duration,
+        may_issue: impl FnOnce() -> bool,
     ) -> Grant {
         let attempt = Attempt {
             claimed: key_id,
@@ -64,6 +73,28 @@ impl Guard {
             Verdict::Busy => return Grant::Busy,
             Verdict::Rejected | Verdict::MustChangePassword(_) => return Grant::Rejected,
         };
+        // Only Administrator holders make API calls: no token for others
+        // (one would only wait to be ended by the next change).
+        if !self
+            .store
+            .directory()
+            .policy_sources(&who)
+            .0
+            .iter()
+            .any(|p| p == ADMINISTRATOR)
+        {
+            let ev = EventDraft::new("token.refused", Category::Authentication, Outcome::Failure)
+                .principal(&who)
+                .source(source)
+                .door(DOOR)
+                .reason(BearerRefusal::NotAdministrator.to_string())
+                .detail("key_id", key_id);
+            self.record(ev).await;
+            return Grant::NotAdministrator;
+        }
+        if !may_issue() {
+            return Grant::TooMany;
+        }
         let now = micros(OffsetDateTime::now_utc());
         let expires = now.saturating_add(lifetime.as_micros() as i64);
         let Ok(token) = self.tokens.issue(who.clone(), key_id, now, expires) else {
@@ -109,6 +140,13 @@ impl Guard {
                 Err(refusal)
             }
         }
+    }
+
+    /// Whether the access a token stood for when a stream began is still
+    /// there (its expiry or eviction since does not matter: what began
+    /// under it may finish while the access stands).
+    pub fn token_stands(&self, token: &Token, now: OffsetDateTime) -> bool {
+        self.token_standing(token, None, now).is_ok()
     }
 
     /// Whether the access `token` stands for is still there: its key

@@ -19,13 +19,14 @@ use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 use super::Api;
-use super::calls::{CallReason, Presented};
+use super::calls::CallReason;
 use super::problem::Problem;
 use super::render::{
     self, DEFAULT_PAGE, MAX_PAGE, argv, body, cursor, json, opt, outcome, query, run,
 };
 use crate::commands::stream::{Stream, produce};
 use crate::commands::{Caller, CliAnswer, Input, Outcome, execute};
+use crate::guard::tokens::Token;
 
 /// `audit query`'s filters, and a page back in time.
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -193,7 +194,7 @@ pub struct ExportQuery {
 pub async fn export(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    presented: Option<Extension<Presented>>,
+    token: Option<Extension<Token>>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let q: ExportQuery = match query(raw.as_deref()) {
@@ -223,7 +224,7 @@ pub async fn export(
             } else {
                 "text/plain; charset=utf-8"
             };
-            let still = standing(&api, &c, presented.map(|p| p.0));
+            let still = standing(&api, token.map(|t| t.0));
             let body = Chunks::start(&api, stdout, stream, Mode::Raw, still);
             let mut r = (StatusCode::OK, Body::new(body)).into_response();
             r.headers_mut()
@@ -378,16 +379,16 @@ pub enum Mode {
 pub type Standing = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// The token's access, asked again before every chunk: a key deleted or
-/// Administrator withdrawn ends the stream at the next chunk.
-pub fn standing(api: &Arc<Api>, caller: &Caller, presented: Option<Presented>) -> Standing {
-    let (api, source) = (api.clone(), caller.addr);
-    Box::new(move || match (&presented, source) {
-        (Some(p), Some(source)) => api
-            .gw
-            .guard
-            .bearer(p.0.expose(), source, time::OffsetDateTime::now_utc())
-            .is_ok(),
-        _ => false,
+/// deactivated, a service user gone or Administrator withdrawn ends the
+/// stream at the next chunk.
+pub fn standing(api: &Arc<Api>, token: Option<Token>) -> Standing {
+    let api = api.clone();
+    Box::new(move || {
+        token.as_ref().is_some_and(|t| {
+            api.gw
+                .guard
+                .token_stands(t, time::OffsetDateTime::now_utc())
+        })
     })
 }
 

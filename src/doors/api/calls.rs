@@ -26,11 +26,6 @@ pub struct RequestId(pub String);
 #[derive(Clone, Debug)]
 pub struct CallReason(pub String);
 
-/// The token a call came with (for a stream to ask again whether its
-/// access still stands); a secret, never shown.
-#[derive(Clone)]
-pub struct Presented(pub crate::store::secrets::Secret);
-
 /// The guard denied the command of a call that still answered 200 (the
 /// command line's answer carries the denial).
 #[derive(Clone, Copy, Debug)]
@@ -181,7 +176,6 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         None => Err(BearerRefusal::Unknown),
         Some(t) => api.gw.guard.bearer(t, peer, now),
     };
-    let presented_token = presented;
     let token = match token {
         Ok(t) => t,
         Err(refusal) => {
@@ -238,10 +232,9 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         session: 0,
     };
     req.extensions_mut().insert(caller);
-    if let Some(t) = presented_token {
-        req.extensions_mut()
-            .insert(Presented(crate::store::secrets::Secret::new(t)));
-    }
+    // What the token stands for (not its value): a stream asks again
+    // whether that access still stands.
+    req.extensions_mut().insert(token.clone());
     let response = next.run(req).await;
     let status = response.status();
     let reason = response

@@ -238,7 +238,14 @@ fn token_operation() -> utoipa::openapi::PathItem {
                         .build(),
                 ),
         )
-        .response("400", oauth("invalid_request or unsupported_grant_type"))
+        .response(
+            "400",
+            oauth("invalid_request, unsupported_grant_type, or unauthorized_client (the service user does not hold Administrator)"),
+        )
+        .response(
+            "429",
+            oauth("more tokens a second for this access key than api.requests_per_second (Retry-After)"),
+        )
         .response("401", oauth("invalid_client (WWW-Authenticate: Basic)"))
         .response("413", problem_response("the body is larger than 1 MiB"))
         .response(

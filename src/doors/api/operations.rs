@@ -130,7 +130,7 @@ pub struct CommandLine {
 pub async fn command(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    presented: Option<Extension<super::calls::Presented>>,
+    token: Option<Extension<crate::guard::tokens::Token>>,
     bytes: Bytes,
 ) -> Response {
     let line: CommandLine = match body(&bytes) {
@@ -167,7 +167,7 @@ pub async fn command(
             .into_response();
         }
         Some(s) => {
-            let still = super::audit::standing(&api, &c, presented.map(|p| p.0));
+            let still = super::audit::standing(&api, token.map(|t| t.0));
             let chunks = Chunks::start(&api, answer.stdout, Some(s), Mode::Frames, still);
             let mut r = (StatusCode::OK, Body::new(chunks)).into_response();
             r.headers_mut().insert(

@@ -146,8 +146,8 @@ pub async fn token(
     }
     // Only issued tokens count (a wrong secret cannot use up the right
     // one's rate); over it, refused before the secret is checked.
-    let second = time::OffsetDateTime::now_utc().unix_timestamp();
-    if api.issuance.full(&client.id, second) {
+    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
+    if api.issuance.full(&client.id, now()) {
         api.floods.count(
             Some(peer.0.ip()),
             "api.rate-limited",
@@ -170,11 +170,11 @@ pub async fn token(
             client.secret,
             peer.0.ip(),
             api.config.token_lifetime,
+            || api.issuance.admit(&client.id, now()),
         )
         .await;
     match grant {
         Grant::Issued { token, expires_in } => {
-            api.issuance.admit(&client.id, second);
             let body = json!({
                 "access_token": token,
                 "token_type": "Bearer",
@@ -195,6 +195,17 @@ pub async fn token(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "the access key id or secret is wrong, or its service user may not log in",
+        ),
+        // RFC 6749 §5.2: the client authenticated, but may not use this grant.
+        Grant::NotAdministrator => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "API calls need the Administrator policy, which this access key's service user does not hold",
+        ),
+        Grant::TooMany => oauth_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            "more tokens a second for this access key than api.requests_per_second: use the one you have",
         ),
         Grant::Busy => oauth_error(
             StatusCode::SERVICE_UNAVAILABLE,
