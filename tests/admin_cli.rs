@@ -1196,3 +1196,59 @@ fn one_account_cannot_take_every_control_socket_connection() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// Separation of duties (DESIGN §2) that would arise through a group
+/// membership or a group's policy, through the CLI: refused, naming the
+/// pair, and nothing changed (issue 19's untested promises).
+#[test]
+fn separation_of_duties_through_a_group_is_refused() {
+    let d = Daemon::start();
+    let dir = d.dir.path();
+    for (name, permission) in [
+        ("user-admins", "User Management"),
+        ("log-readers", "Security Logs Access"),
+    ] {
+        let file = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name = \"{name}\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"{permission}\"]\n"
+            ),
+        )
+        .unwrap();
+        d.mg(&["policy", "create", "--file", file.to_str().unwrap()])
+            .ok();
+    }
+    d.mg(&["user", "add", "sam", "--email", "sam@example.net"])
+        .ok();
+    d.mg(&["user", "attach", "sam", "user-admins"]).ok();
+    d.mg(&["group", "add", "auditors"]).ok();
+    d.mg(&["group", "attach", "auditors", "log-readers"]).ok();
+    // (what, command) → refused with the pair named
+    let table: [(&str, Vec<&str>); 2] = [
+        (
+            "a membership",
+            vec!["group", "add-member", "auditors", "sam"],
+        ),
+        (
+            "a group's policy",
+            vec!["group", "attach", "crew", "log-readers"],
+        ),
+    ];
+    d.mg(&["group", "add", "crew"]).ok();
+    d.mg(&["group", "add-member", "crew", "sam"]).ok();
+    for (what, words) in table {
+        let r = d.mg(&words);
+        assert_eq!(r.code, 2, "{what}: {r:?}");
+        assert!(
+            r.stderr.contains("User Management")
+                && r.stderr.contains("Security Logs Access")
+                && r.stderr.contains("user:sam"),
+            "{what}: {r:?}"
+        );
+    }
+    let shown = d.mg(&["group", "show", "auditors"]).ok().stdout.clone();
+    assert!(!shown.contains("sam"), "{shown}");
+    let shown = d.mg(&["group", "show", "crew"]).ok().stdout.clone();
+    assert!(!shown.contains("log-readers"), "{shown}");
+}

@@ -618,3 +618,134 @@ fn one_connection_holds_at_most_ten_channels() {
     assert!(r["refused"].as_str().unwrap_or("").starts_with("4:"), "{r}");
     assert_eq!(r["again"], true, "{r}");
 }
+
+/// OpenSSH with `extra` options and environment; (exit code, stderr).
+fn openssh(g: &Gateway, key: &Path, env: &[(&str, &str)], extra: &[&str]) -> (i32, String) {
+    let mut cmd = std::process::Command::new("ssh");
+    cmd.args(ssh::SSH_OPTIONS)
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &g.port.to_string()])
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .expect("ssh runs (apt-get install openssh-client)");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A row: what is asked, OpenSSH's arguments, its environment, the event
+/// code that refuses it, and the event's words.
+type Refusal<'a> = (
+    &'a str,
+    Vec<&'a str>,
+    Vec<(&'a str, &'a str)>,
+    &'a str,
+    &'a str,
+);
+
+/// What the gateway never offers, asked for by OpenSSH: (what, options,
+/// environment) → the event that refuses it and its words. Only `-R` was
+/// tested before (issue 19's untested promises).
+#[test]
+fn local_forwarding_agent_x11_and_other_subsystems_are_refused_and_logged() {
+    let g = gateway();
+    let key = g.user_with_key("alice");
+    let target = "alice@127.0.0.1";
+    // OpenSSH asks for agent forwarding only with an agent to forward.
+    let agent_sock = g.d.dir.path().join("agent.sock");
+    struct Agent(std::process::Child);
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Agent(
+        std::process::Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&agent_sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent runs (apt-get install openssh-client)"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !agent_sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let agent_path = agent_sock.to_str().expect("UTF-8 path").to_string();
+    let table: [Refusal; 4] = [
+        (
+            "stdio forwarding (-W), a direct-tcpip channel",
+            vec!["-W", "127.0.0.1:9", target],
+            vec![],
+            "ssh.forward.deny",
+            "local port forwarding (to 127.0.0.1:9)",
+        ),
+        (
+            "agent forwarding (-A)",
+            vec!["-A", target, "whoami"],
+            vec![("SSH_AUTH_SOCK", agent_path.as_str())],
+            "ssh.agent.deny",
+            "agent forwarding is refused",
+        ),
+        (
+            "X11 forwarding (-X)",
+            vec!["-X", target, "whoami"],
+            vec![("DISPLAY", "127.0.0.1:0")],
+            "ssh.x11.deny",
+            "X11 forwarding is refused",
+        ),
+        (
+            "a subsystem other than sftp (-s netconf)",
+            vec!["-s", target, "netconf"],
+            vec![],
+            "ssh.subsystem.deny",
+            "subsystem `netconf` is not offered",
+        ),
+    ];
+    for (what, extra, env, code, words) in table {
+        let (exit, stderr) = openssh(&g, &key, &env, &extra);
+        let events = g.events(code);
+        assert!(
+            events.contains(words) && events.contains("user:alice"),
+            "{what}: exit {exit}, {stderr}; events: {events}"
+        );
+    }
+    // Refused channels give the client nothing: -W and the subsystem fail.
+    let (exit, _) = openssh(&g, &key, &[], &["-W", "127.0.0.1:9", target]);
+    assert_ne!(exit, 0);
+    let (exit, _) = openssh(&g, &key, &[], &["-s", target, "netconf"]);
+    assert_ne!(exit, 0);
+}
+
+/// `ssh.idle_timeout`: a session that sends nothing is ended (issue 19's
+/// untested promises).
+#[test]
+fn an_idle_session_is_ended_after_ssh_idle_timeout() {
+    let g = gateway_with("idle_timeout = \"2s\"\n");
+    let key = g.user_with_key("idle");
+    let mut held = ssh::hold(g.port, &key, "idle");
+    // OpenSSH here sends no keepalives (no config file): the gateway ends
+    // the connection within a bounded wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = held.try_wait().expect("ssh waits") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = held.kill();
+            panic!("the idle session was never ended");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!status.success(), "{status:?}");
+    // A session that works keeps its connection: a command still runs.
+    let r = g.ssh(&key, "idle", &[], "whoami");
+    assert_eq!(r.code, 0, "{r:?}");
+}
