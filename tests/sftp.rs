@@ -19,19 +19,25 @@ use sftp_client::*;
 use site::Site;
 use ssh::*;
 
-/// The demo with three more users: `rw` (File System Read and Write
-/// Access), `flasher` (Firmware Management alone); crew is an Operator
-/// (Read-Only Access) and admin holds Administrator.
+/// The demo with more users: `rw` (File System Read and Write Access),
+/// `flasher` (Firmware Management alone), `certifier` (Certificate
+/// Management alone); crew is an Operator (Read-Only Access) and admin
+/// holds Administrator.
 fn site() -> Site {
     let s = Site::start();
     for (role, permission) in [
         ("Writer", "File System Read and Write Access"),
         ("Flasher", "Firmware Management"),
+        ("Certifier", "Certificate Management"),
     ] {
         s.d.mg(&["role", "create", role, "--permission", permission])
             .ok();
     }
-    for (user, role) in [("rw", "Writer"), ("flasher", "Flasher")] {
+    for (user, role) in [
+        ("rw", "Writer"),
+        ("flasher", "Flasher"),
+        ("certifier", "Certifier"),
+    ] {
         s.d.mg(&[
             "user",
             "add",
@@ -84,6 +90,15 @@ fn each_operation_needs_the_permission_the_table_names() {
         ("flasher", format!("get /meter-1/firmware/VERSION {get}"), true),
         ("flasher", format!("put {up} /meter-1/logs/new.bin"), false),
         ("flasher", format!("get /meter-1/logs/events.log {get}"), false),
+        // Certificate Management: the certificates directory, and only it.
+        ("certifier", format!("put {up} /meter-1/certificates/ca.pem"), true),
+        ("certifier", format!("get /meter-1/certificates/ca.pem {get}"), true),
+        ("certifier", "ls /meter-1/certificates".into(), true),
+        ("certifier", "rm /meter-1/certificates/ca.pem".into(), true),
+        ("certifier", format!("put {up} /meter-1/firmware/new-cert.bin"), false),
+        ("certifier", format!("put {up} /meter-1/logs/new.bin"), false),
+        ("certifier", format!("get /meter-1/logs/events.log {get}"), false),
+        ("certifier", format!("put {up} /meter-3/certificates/ca.pem"), true),
         ("admin", "rename /meter-1/firmware /meter-1/fw-old".into(), false),
         ("admin", "rmdir /meter-1/certificates".into(), false),
         ("admin", format!("put {up} /meter-3/config/new.cfg"), true),
