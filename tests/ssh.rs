@@ -61,6 +61,22 @@ impl Gateway {
             .stdout
             .clone()
     }
+
+    /// Waits (bounded) until `count` events with `code` mention `words`.
+    fn wait_events(&self, code: &str, words: &str, count: usize) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = self.events(code);
+            if text.matches(words).count() >= count {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {count} {code} with `{words}`: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 #[test]
@@ -748,4 +764,66 @@ fn an_idle_session_is_ended_after_ssh_idle_timeout() {
     // A session that works keeps its connection: a command still runs.
     let r = g.ssh(&key, "idle", &[], "whoami");
     assert_eq!(r.code, 0, "{r:?}");
+}
+
+/// `-L` and `-D` as people use them: OpenSSH listens here, curl goes
+/// through it, and the gateway refuses the channel and logs it (issue 19:
+/// one OpenSSH invocation each).
+#[test]
+fn local_and_dynamic_forwarding_through_openssh_are_refused_and_logged() {
+    let g = gateway();
+    let key = g.user_with_key("alice");
+    struct Held(std::process::Child);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    for option in ["-L", "-D"] {
+        let what = option;
+        let port = free_port();
+        let spec = match option {
+            "-L" => format!("127.0.0.1:{port}:127.0.0.1:9"),
+            _ => format!("127.0.0.1:{port}"),
+        };
+        let _ssh = Held(
+            std::process::Command::new("ssh")
+                .args(ssh::SSH_OPTIONS)
+                .arg("-i")
+                .arg(&key)
+                .args(["-p", &g.port.to_string(), "-N", option, &spec])
+                .arg("alice@127.0.0.1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("ssh runs (apt-get install openssh-client)"),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: ssh never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}"]);
+        match option {
+            "-L" => curl.arg(format!("http://127.0.0.1:{port}/")),
+            _ => curl
+                .args(["--socks5", &format!("127.0.0.1:{port}")])
+                .arg("http://127.0.0.1:9/"),
+        };
+        let out = curl.output().expect("curl runs (apt-get install curl)");
+        assert!(!out.status.success(), "{what}: curl got through");
+        // The second run finds the first one's event too.
+        let count = if option == "-L" { 1 } else { 2 };
+        let events = g.wait_events(
+            "ssh.forward.deny",
+            "local port forwarding (to 127.0.0.1:9)",
+            count,
+        );
+        assert!(events.contains("user:alice"), "{what}: {events}");
+    }
 }
