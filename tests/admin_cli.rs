@@ -1252,3 +1252,119 @@ fn separation_of_duties_through_a_group_is_refused() {
     let shown = d.mg(&["group", "show", "crew"]).ok().stdout.clone();
     assert!(!shown.contains("log-readers"), "{shown}");
 }
+
+/// `policy edit` (issue 19): the version goes up, a stale `--if-version`
+/// is refused, the change event carries the old and new statements, and
+/// an edited deny decides the next request.
+#[test]
+fn a_policy_is_edited_in_place_and_a_stale_version_is_refused() {
+    let d = Daemon::start();
+    let dir = d.dir.path();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let allow = write(
+        "v1.toml",
+        "name = \"north\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\n",
+    );
+    let deny = write(
+        "v2.toml",
+        "name = \"north\"\ndescription = \"no reading\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\n[[statement]]\neffect = \"deny\"\npermissions = [\"Data View\"]\nmeters = [\"meter-1\"]\n",
+    );
+    let other = write(
+        "other.toml",
+        "name = \"south\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\n",
+    );
+    d.mg(&["policy", "create", "--file", &allow]).ok();
+    d.mg(&["user", "add", "kim", "--email", "kim@example.net"])
+        .ok();
+    d.mg(&["user", "attach", "kim", "north"]).ok();
+    let check = [
+        "check",
+        "--principal",
+        "kim",
+        "--permission",
+        "Data View",
+        "--meter",
+        "meter-1",
+    ];
+    assert!(d.mg(&check).ok().stdout.starts_with("ALLOW"));
+    // (what, words) → exit code and words of the answer
+    let table: [(&str, Vec<&str>, i32, &str); 5] = [
+        (
+            "the edit",
+            vec![
+                "policy",
+                "edit",
+                "north",
+                "--file",
+                &deny,
+                "--if-version",
+                "1",
+            ],
+            0,
+            "version 2",
+        ),
+        (
+            "a stale version",
+            vec![
+                "policy",
+                "edit",
+                "north",
+                "--file",
+                &allow,
+                "--if-version",
+                "1",
+            ],
+            2,
+            "at version 2, not 1",
+        ),
+        (
+            "a file of another policy",
+            vec!["policy", "edit", "north", "--file", &other],
+            2,
+            "names policy `south`",
+        ),
+        (
+            "a managed policy",
+            vec!["policy", "edit", "ReadOnly", "--file", &allow],
+            2,
+            "managed policy",
+        ),
+        (
+            "no such policy",
+            vec!["policy", "edit", "west", "--file", &allow],
+            2,
+            "no policy `west`",
+        ),
+    ];
+    for (what, words, code, text) in table {
+        let r = d.mg(&words);
+        assert_eq!(r.code, code, "{what}: {r:?}");
+        assert!(
+            format!("{}{}", r.stdout, r.stderr).contains(text),
+            "{what}: {r:?}"
+        );
+    }
+    let shown = d
+        .mg(&["--json", "policy", "show", "north"])
+        .ok()
+        .stdout
+        .clone();
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["version"], 2, "{shown}");
+    assert_eq!(shown["description"], "no reading", "{shown}");
+    // The edited deny decides the next request.
+    assert!(d.mg(&check).ok().stdout.starts_with("DENY"));
+    let changes = d
+        .mg(&["audit", "query", "--code", "admin.change"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(
+        changes.contains("edited policy north: statements were [") && changes.contains("deny"),
+        "{changes}"
+    );
+}

@@ -105,3 +105,47 @@ async fn deactivating_a_user_ends_their_live_sessions() {
         .unwrap();
     assert_eq!(ended.borrow().as_deref(), Some("user deactivated"));
 }
+
+/// Editing a policy gives its new allows to everyone holding it: only one
+/// who holds them may (no one grants what they do not hold, issue 19's
+/// `policy edit`).
+#[tokio::test]
+async fn a_policy_edit_confers_only_what_the_editor_holds() {
+    let (f, ctx) = ctx();
+    f.add(vec![Entity::Policy(Policy::new(
+        "readers",
+        vec![Statement {
+            effect: Effect::Allow,
+            permissions: vec![Permission::DataView],
+            roles: vec![],
+            meters: vec![MeterSelector::All],
+        }],
+    ))]);
+    let edit = Input {
+        argv: ["policy", "edit", "readers", "--file", "p.toml"]
+            .map(String::from)
+            .to_vec(),
+        json: false,
+        files: [(
+            "p.toml".to_string(),
+            "name = \"readers\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\", \"Master Reset\"]\n"
+                .to_string(),
+        )]
+        .into_iter()
+        .collect(),
+        precondition: None,
+    };
+    // (who) → exit code, words: sam manages users but holds no meter
+    // permission, so he may not hand any out through a policy.
+    for (who, code, words) in [
+        ("sam", 2, "error: DENY: the change would confer"),
+        ("root-admin", 0, "version 2"),
+    ] {
+        let r = run(&ctx, &uid(who), &edit).await;
+        assert_eq!(r.code, code, "{who}: {r:?}");
+        assert!(
+            format!("{}{}", r.stdout, r.stderr).contains(words),
+            "{who}: {r:?}"
+        );
+    }
+}

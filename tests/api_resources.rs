@@ -290,6 +290,23 @@ fn custom_policies_and_roles_are_managed_through_the_api_and_managed_policies_re
     assert_eq!(status, 200, "{body}");
     assert!(head.contains("etag: \"1-"), "{head}");
     assert_eq!(json(&body)["statements"].as_array().unwrap().len(), 2);
+    // Replaced in place under its tag; the old tag is then stale.
+    let tag = etag(&head);
+    let edited =
+        r#"{"name": "north", "statement": [{"effect": "allow", "permissions": ["Data View"]}]}"#;
+    for (want, what) in [(200, "the current tag"), (412, "the tag before the edit")] {
+        let (status, _, body) = call_with(
+            &a,
+            &t,
+            "PUT",
+            "/api/v1/permission-policies/north",
+            &[&format!("If-Match: {tag}")],
+            Some(edited),
+        );
+        assert_eq!(status, want, "{what}: {body}");
+    }
+    let (_, body) = a.call(&t, "GET", "/api/v1/permission-policies/north", None);
+    assert_eq!(json(&body)["version"], 2, "{body}");
     // (method, path, body) → status: managed ones are never changed.
     let table: Vec<(&str, &str, Option<&str>, u16)> = vec![
         (

@@ -556,7 +556,7 @@ async fn run(
         }
         AdminCommand::Group { command } => group(ctx, caller, command, req.json, now).await,
         AdminCommand::Role { command } => role(ctx, caller, command, req.json, now).await,
-        AdminCommand::Policy { command } => policy(ctx, who, command, req, now),
+        AdminCommand::Policy { command } => policy(ctx, caller, command, req, now).await,
         AdminCommand::Support { command } => support(ctx, caller, command, req.json, now).await,
         AdminCommand::Session { command } => session(ctx, who, command, req.json),
         AdminCommand::Audit { command } => audit(ctx, command, req).await,

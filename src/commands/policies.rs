@@ -31,13 +31,14 @@ pub(super) fn attached_to(dir: &Directory, p: &str) -> Vec<String> {
     out
 }
 
-pub(super) fn policy(
+pub(super) async fn policy(
     ctx: &Gateway,
-    who: &PrincipalId,
+    caller: &Caller,
     cmd: &PolicyCommand,
     req: &Input,
     now: OffsetDateTime,
 ) -> Result<Done, CommandError> {
+    let who = &caller.who;
     let dir = ctx.guard.store().directory();
     match cmd {
         PolicyCommand::List => {
@@ -130,6 +131,62 @@ pub(super) fn policy(
             Ok(Done::changed(
                 format!("policy {n} created with {count} statements\n"),
                 format!("created policy {n} ({count} statements)"),
+            ))
+        }
+        PolicyCommand::Edit {
+            name: n,
+            file: path,
+            if_version,
+        } => {
+            if is_managed(n) {
+                return Err(CommandError::Protected(format!(
+                    "`{n}` is a managed policy: it cannot be created, changed or deleted"
+                )));
+            }
+            let old = dir
+                .policies
+                .get(n)
+                .ok_or_else(|| CommandError::NotFound(format!("no policy `{n}`")))?;
+            if let Some(v) = if_version
+                && *v != old.version
+            {
+                return Err(CommandError::Stale(format!(
+                    "policy {n} is at version {}, not {v}: read it again (`policy show {n}`)",
+                    old.version
+                )));
+            }
+            let path = path.display().to_string();
+            let doc = PolicyDocument::parse(&path, file(req, &path)?)
+                .map_err(|e| CommandError::Refused(e.to_string()))?;
+            if doc.name != *n {
+                return refused(format!("{path} names policy `{}`, not `{n}`", doc.name));
+            }
+            let statements = |sts: &[Statement]| {
+                sts.iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            // Everyone holding the policy gets its new allows, and loses
+            // its old denies: the caller must hold all of that (no one
+            // grants what they do not hold).
+            confer(ctx, caller, Conferral::Statements(&doc.statements), now).await?;
+            confer(ctx, caller, Conferral::Lifting(old.statements.clone()), now).await?;
+            let before = statements(&old.statements);
+            let after = statements(&doc.statements);
+            let mut new = old.clone();
+            new.description = doc.description;
+            new.statements = doc.statements;
+            let version = old.version;
+            apply(
+                ctx,
+                who,
+                now,
+                vec![Op::Put(Entity::Policy(new), Expect::Version(version))],
+            )?;
+            Ok(Done::changed(
+                format!("policy {n} is now at version {}\n", version + 1),
+                format!("edited policy {n}: statements were [{before}], are [{after}]"),
             ))
         }
         PolicyCommand::Delete { name: n } => {

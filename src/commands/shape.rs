@@ -327,6 +327,16 @@ pub enum PolicyCommand {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Replace a custom policy's description and statements with a policy
+    /// file's (which must name it); the version goes up by one.
+    Edit {
+        name: String,
+        #[arg(long)]
+        file: PathBuf,
+        /// Only if the policy is still at this version (`policy show`).
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
     Delete {
         name: String,
     },

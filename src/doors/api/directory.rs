@@ -665,6 +665,50 @@ pub async fn policy_create(
     )
 }
 
+#[utoipa::path(put, path = "/api/v1/permission-policies/{name}", tag = "permission-policies",
+    summary = "Replace a custom policy's description and statements (its version goes up; a managed one: 403)",
+    params(("name" = String, Path)), request_body = NewPolicy, responses((status = 200, body = super::openapi::Message)))]
+pub async fn policy_edit(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    let pre = match if_match(&headers, Resource::Policy, &name) {
+        Ok(p) => p,
+        Err(p) => return p.into_response(),
+    };
+    let p = take!(NewPolicy, bytes);
+    let text = match toml::to_string(&p) {
+        Ok(t) => t,
+        Err(e) => {
+            return super::problem::Problem::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("the policy cannot be written as a policy file: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let file = "request-body.toml";
+    let input = crate::commands::Input {
+        argv: vec![
+            "policy".into(),
+            "edit".into(),
+            opt("file", file),
+            "--".into(),
+            name,
+        ],
+        json: true,
+        files: [(file.to_string(), text)].into_iter().collect(),
+        precondition: pre,
+    };
+    super::render::render(
+        crate::commands::execute(&api.gw, &c, &input, time::OffsetDateTime::now_utc()).await,
+        false,
+    )
+}
+
 // ---- support access ----
 
 #[utoipa::path(get, path = "/api/v1/support-access", tag = "support-access", summary = "Whether support access is granted, until when (ETag)",

@@ -160,7 +160,7 @@ fn v1() -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         .routes(routes!(d::roles, d::role_create))
         .routes(routes!(d::role_show, d::role_edit, d::role_delete))
         .routes(routes!(d::policies, d::policy_create))
-        .routes(routes!(d::policy_show, d::policy_delete))
+        .routes(routes!(d::policy_show, d::policy_edit, d::policy_delete))
         .routes(routes!(
             d::support_show,
             d::support_grant,
