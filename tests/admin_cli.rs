@@ -1367,4 +1367,26 @@ fn a_policy_is_edited_in_place_and_a_stale_version_is_refused() {
         changes.contains("edited policy north: statements were [") && changes.contains("deny"),
         "{changes}"
     );
+    // Attached, it is not deleted, unless detached in the same change.
+    d.mg(&["group", "add", "readers"]).ok();
+    d.mg(&["group", "attach", "readers", "north"]).ok();
+    let r = d.mg(&["policy", "delete", "north"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("user:kim")
+            && r.stderr.contains("group:readers")
+            && r.stderr.contains("--detach"),
+        "{r:?}"
+    );
+    let r = d
+        .mg(&["policy", "delete", "north", "--detach"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(r.contains("detached from user:kim, group:readers"), "{r}");
+    let kim = d.mg(&["user", "show", "kim"]).ok().stdout.clone();
+    assert!(!kim.contains("north"), "{kim}");
+    let group = d.mg(&["group", "show", "readers"]).ok().stdout.clone();
+    assert!(!group.contains("north"), "{group}");
+    assert!(d.mg(&check).ok().stdout.starts_with("DENY"));
 }

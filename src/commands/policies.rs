@@ -189,7 +189,7 @@ pub(super) async fn policy(
                 format!("edited policy {n}: statements were [{before}], are [{after}]"),
             ))
         }
-        PolicyCommand::Delete { name: n } => {
+        PolicyCommand::Delete { name: n, detach } => {
             if is_managed(n) {
                 return Err(CommandError::Protected(format!(
                     "`{n}` is a managed policy: it cannot be changed or deleted"
@@ -199,22 +199,59 @@ pub(super) async fn policy(
                 .policies
                 .get(n)
                 .ok_or_else(|| CommandError::NotFound(format!("no policy `{n}`")))?;
-            let users = attached_to(&dir, n);
-            if !users.is_empty() {
+            let holders = attached_to(&dir, n);
+            if !holders.is_empty() && !detach {
                 return refused(format!(
-                    "policy {n} is attached to {}; detach it first",
-                    users.join(", ")
+                    "policy {n} is attached to {}; detach it first, or delete with --detach",
+                    holders.join(", ")
                 ));
             }
-            apply(
-                ctx,
-                who,
-                now,
-                vec![Op::Delete(Kind::Policy, n.clone(), p.version)],
-            )?;
+            // Its holders lose its denies too: the caller must hold what
+            // those withheld.
+            if !holders.is_empty() {
+                confer(ctx, caller, Conferral::Lifting(p.statements.clone()), now).await?;
+            }
+            let without = |list: &[String]| -> Vec<String> {
+                list.iter().filter(|x| *x != n).cloned().collect()
+            };
+            let mut ops = Vec::new();
+            for u in dir.users.values().filter(|u| u.policies.contains(n)) {
+                let mut u = u.clone();
+                u.policies = without(&u.policies);
+                ops.push(put_user(u));
+            }
+            for s in dir
+                .service_users
+                .values()
+                .filter(|s| s.policies.contains(n))
+            {
+                let mut s = s.clone();
+                s.policies = without(&s.policies);
+                ops.push(put_service(s));
+            }
+            for g in dir.groups.values().filter(|g| g.policies.contains(n)) {
+                let mut g = g.clone();
+                g.policies = without(&g.policies);
+                ops.push(put_group(g));
+            }
+            if let Some(s) = dir.support.as_ref().filter(|s| s.policies.contains(n)) {
+                let mut s = s.clone();
+                s.policies = without(&s.policies);
+                let v = s.version;
+                ops.push(Op::Put(Entity::Support(s), Expect::Version(v)));
+            }
+            ops.push(Op::Delete(Kind::Policy, n.clone(), p.version));
+            apply(ctx, who, now, ops)?;
+            if holders.is_empty() {
+                return Ok(Done::changed(
+                    format!("policy {n} deleted\n"),
+                    format!("deleted policy {n}"),
+                ));
+            }
+            let lost = holders.join(", ");
             Ok(Done::changed(
-                format!("policy {n} deleted\n"),
-                format!("deleted policy {n}"),
+                format!("policy {n} deleted; detached from {lost}\n"),
+                format!("deleted policy {n}, detached from {lost}"),
             ))
         }
     }

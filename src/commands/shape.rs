@@ -337,8 +337,12 @@ pub enum PolicyCommand {
         #[arg(long)]
         if_version: Option<u64>,
     },
+    /// Refused while attached, unless `--detach`: then detached from every
+    /// holder in the same change, and the answer names them.
     Delete {
         name: String,
+        #[arg(long)]
+        detach: bool,
     },
 }
 
