@@ -46,10 +46,7 @@ macro_rules! one {
             headers: HeaderMap,
             Path(name): Path<String>,
         ) -> Response {
-            let pre = match if_match(&headers, $res, &name) {
-                Ok(p) => p,
-                Err(p) => return p.into_response(),
-            };
+            let pre = or_problem!(if_match(&headers, $res, &name));
             run(&api, &c, argv(&[$($w),+], &[&name]), pre, $created).await
         }
     };
@@ -65,20 +62,17 @@ macro_rules! two {
             headers: HeaderMap,
             Path((name, other)): Path<(String, String)>,
         ) -> Response {
-            let pre = match if_match(&headers, $res, &name) {
-                Ok(p) => p,
-                Err(p) => return p.into_response(),
-            };
+            let pre = or_problem!(if_match(&headers, $res, &name));
             run(&api, &c, argv(&[$($w),+], &[&name, &other]), pre, false).await
         }
     };
 }
 
-/// A body of type `$t`, or its problem.
-macro_rules! take {
-    ($t:ty, $bytes:expr) => {
-        match body::<$t>(&$bytes) {
-            Ok(b) => b,
+/// The value, or the handler answers with its problem.
+macro_rules! or_problem {
+    ($result:expr) => {
+        match $result {
+            Ok(v) => v,
             Err(p) => return p.into_response(),
         }
     };
@@ -176,7 +170,7 @@ pub async fn user_add(
     Extension(c): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let u = take!(NewUser, bytes);
+    let u = or_problem!(body::<NewUser>(&bytes));
     let mut words = argv(&["user", "add"], &[]);
     words.push(opt("email", &u.email));
     if let Some(f) = &u.first_name {
@@ -210,11 +204,8 @@ pub async fn user_edit(
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let pre = match if_match(&headers, Resource::User, &name) {
-        Ok(p) => p,
-        Err(p) => return p.into_response(),
-    };
-    let u = take!(UserChange, bytes);
+    let pre = or_problem!(if_match(&headers, Resource::User, &name));
+    let u = or_problem!(body::<UserChange>(&bytes));
     let mut words = argv(&["user", "edit"], &[]);
     for (flag, v) in [
         ("email", &u.email),
@@ -245,11 +236,8 @@ pub async fn user_end_date(
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let pre = match if_match(&headers, Resource::User, &name) {
-        Ok(p) => p,
-        Err(p) => return p.into_response(),
-    };
-    let d = take!(EndDate, bytes);
+    let pre = or_problem!(if_match(&headers, Resource::User, &name));
+    let d = or_problem!(body::<EndDate>(&bytes));
     let date = d.access_end_date.unwrap_or_else(|| "none".into());
     let words = argv(&["user", "set-end-date"], &[&name, &date]);
     run(&api, &c, words, pre, false).await
@@ -365,7 +353,7 @@ pub async fn service_user_add(
     Extension(c): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let s = take!(NewServiceUser, bytes);
+    let s = or_problem!(body::<NewServiceUser>(&bytes));
     let mut words = argv(&["service-user", "add"], &[]);
     words.push(opt("description", &s.description));
     words.extend(["--".to_string(), s.name]);
@@ -387,11 +375,8 @@ pub async fn service_user_edit(
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let pre = match if_match(&headers, Resource::ServiceUser, &name) {
-        Ok(p) => p,
-        Err(p) => return p.into_response(),
-    };
-    let s = take!(ServiceUserChange, bytes);
+    let pre = or_problem!(if_match(&headers, Resource::ServiceUser, &name));
+    let s = or_problem!(body::<ServiceUserChange>(&bytes));
     let mut words = argv(&["service-user", "edit"], &[]);
     words.push(opt("description", &s.description));
     words.extend(["--".to_string(), name]);
@@ -466,7 +451,7 @@ pub async fn group_add(
     Extension(c): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let g = take!(GroupName, bytes);
+    let g = or_problem!(body::<GroupName>(&bytes));
     run(&api, &c, argv(&["group", "add"], &[&g.name]), None, true).await
 }
 
@@ -479,11 +464,8 @@ pub async fn group_rename(
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let pre = match if_match(&headers, Resource::Group, &name) {
-        Ok(p) => p,
-        Err(p) => return p.into_response(),
-    };
-    let g = take!(GroupName, bytes);
+    let pre = or_problem!(if_match(&headers, Resource::Group, &name));
+    let g = or_problem!(body::<GroupName>(&bytes));
     let words = argv(&["group", "rename"], &[&name, &g.name]);
     run(&api, &c, words, pre, false).await
 }
@@ -532,7 +514,7 @@ pub async fn role_create(
     Extension(c): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let r = take!(NewRole, bytes);
+    let r = or_problem!(body::<NewRole>(&bytes));
     let mut words = argv(&["role", "create"], &[]);
     for p in &r.permissions {
         words.push(opt("permission", p));
@@ -561,11 +543,8 @@ pub async fn role_edit(
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let pre = match if_match(&headers, Resource::Role, &name) {
-        Ok(p) => p,
-        Err(p) => return p.into_response(),
-    };
-    let r = take!(RoleChange, bytes);
+    let pre = or_problem!(if_match(&headers, Resource::Role, &name));
+    let r = or_problem!(body::<RoleChange>(&bytes));
     let mut words = argv(&["role", "edit"], &[]);
     for p in &r.add {
         words.push(opt("add", p));
@@ -639,30 +618,9 @@ pub async fn policy_create(
     Extension(c): Extension<Caller>,
     bytes: Bytes,
 ) -> Response {
-    let p = take!(NewPolicy, bytes);
-    // The core reads policies in the file format: the same checks, the
-    // same errors as `policy create --file`.
-    let text = match toml::to_string(&p) {
-        Ok(t) => t,
-        Err(e) => {
-            return super::problem::Problem::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                format!("the policy cannot be written as a policy file: {e}"),
-            )
-            .into_response();
-        }
-    };
-    let file = "request-body.toml";
-    let input = crate::commands::Input {
-        argv: vec!["policy".into(), "create".into(), opt("file", file)],
-        json: true,
-        files: [(file.to_string(), text)].into_iter().collect(),
-        precondition: None,
-    };
-    super::render::render(
-        crate::commands::execute(&api.gw, &c, &input, time::OffsetDateTime::now_utc()).await,
-        true,
-    )
+    let p = or_problem!(body::<NewPolicy>(&bytes));
+    let words = vec!["policy".into(), "create".into()];
+    policy_file(&api, &c, &p, words, None, true).await
 }
 
 #[utoipa::path(put, path = "/api/v1/permission-policies/{name}", tag = "permission-policies",
@@ -675,37 +633,42 @@ pub async fn policy_edit(
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let pre = match if_match(&headers, Resource::Policy, &name) {
-        Ok(p) => p,
-        Err(p) => return p.into_response(),
-    };
-    let p = take!(NewPolicy, bytes);
-    let text = match toml::to_string(&p) {
-        Ok(t) => t,
-        Err(e) => {
-            return super::problem::Problem::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                format!("the policy cannot be written as a policy file: {e}"),
-            )
-            .into_response();
-        }
-    };
+    let pre = or_problem!(if_match(&headers, Resource::Policy, &name));
+    let p = or_problem!(body::<NewPolicy>(&bytes));
+    let words = vec!["policy".into(), "edit".into(), "--".into(), name];
+    policy_file(&api, &c, &p, words, pre, false).await
+}
+
+/// `WORDS --file=F` with the policy written as the file F: the core reads
+/// policies in the file format, so the checks and errors are those of
+/// `policy create --file`.
+async fn policy_file(
+    api: &Api,
+    c: &Caller,
+    p: &NewPolicy,
+    mut words: Vec<String>,
+    precondition: Option<crate::commands::Precondition>,
+    created: bool,
+) -> Response {
+    let text = or_problem!(toml::to_string(p).map_err(|e| {
+        super::problem::Problem::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("the policy cannot be written as a policy file: {e}"),
+        )
+    }));
     let file = "request-body.toml";
+    // Options before `--`: the name (edit) stays last.
+    let at = words.iter().position(|w| w == "--").unwrap_or(words.len());
+    words.insert(at, opt("file", file));
     let input = crate::commands::Input {
-        argv: vec![
-            "policy".into(),
-            "edit".into(),
-            opt("file", file),
-            "--".into(),
-            name,
-        ],
+        argv: words,
         json: true,
         files: [(file.to_string(), text)].into_iter().collect(),
-        precondition: pre,
+        precondition,
     };
     super::render::render(
-        crate::commands::execute(&api.gw, &c, &input, time::OffsetDateTime::now_utc()).await,
-        false,
+        crate::commands::execute(&api.gw, c, &input, time::OffsetDateTime::now_utc()).await,
+        created,
     )
 }
 
@@ -727,10 +690,7 @@ pub async fn support_revoke(
     Extension(c): Extension<Caller>,
     headers: HeaderMap,
 ) -> Response {
-    let pre = match if_match(&headers, Resource::Support, "support") {
-        Ok(p) => p,
-        Err(p) => return p.into_response(),
-    };
+    let pre = or_problem!(if_match(&headers, Resource::Support, "support"));
     run(&api, &c, argv(&["support", "revoke"], &[]), pre, false).await
 }
 
@@ -753,11 +713,8 @@ pub async fn support_grant(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Response {
-    let pre = match if_match(&headers, Resource::Support, "support") {
-        Ok(p) => p,
-        Err(p) => return p.into_response(),
-    };
-    let g = take!(SupportGrant, bytes);
+    let pre = or_problem!(if_match(&headers, Resource::Support, "support"));
+    let g = or_problem!(body::<SupportGrant>(&bytes));
     let mut words = argv(&["support", "grant"], &[]);
     words.push(opt("until", &g.until));
     for p in &g.policies {
