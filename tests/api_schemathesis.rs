@@ -33,7 +33,10 @@ fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
             .args(["run", doc, "--url", &a.url(""), "--tls-verify", s(&a.ca)])
             .args(["--header", &format!("Authorization: Bearer {token}")])
             .args(["--mode", mode, "--max-examples", "8", "--checks", CHECKS])
-            .args(["--phases", "examples,coverage,fuzzing", "--workers", "2"])
+            // One worker: with two, schemathesis 4.32.5 on CPython 3.11
+            // now and then fails in its own schema walk ("AST constructor
+            // recursion depth mismatch"), a fault of the tester, not of us.
+            .args(["--phases", "examples,coverage,fuzzing", "--workers", "1"])
             .args(["--generation-database", "none", "--no-color"])
             // A kept-alive connection the gateway closes after 10 s idle
             // (its header timeout) can race a request sent on it, as with
