@@ -63,12 +63,14 @@ fn world(policies: usize, dir: &Path) -> Guard {
                 permissions: vec![Permission::DataView, Permission::TerminalAccess],
                 roles: vec![],
                 meters: vec![MeterSelector::parse(&format!("m-{:03}*", p % 100)).unwrap()],
+                require_mfa: false,
             },
             Statement {
                 effect: Effect::Deny,
                 permissions: vec![Permission::MasterReset],
                 roles: vec![],
                 meters: vec![MeterSelector::parse(&format!("m-{:05}", (p * 7) % METERS)).unwrap()],
+                require_mfa: false,
             },
         ];
         ops.push(Op::Put(
@@ -114,6 +116,7 @@ fn requests() -> Vec<Request> {
         .map(|i| Request {
             read_only: false,
             certificate: None,
+            second_factor: false,
             principal: PrincipalId::User(format!("u{}", (i * 7919) % PRINCIPALS)),
             source: None,
             door: "bench",

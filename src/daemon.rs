@@ -184,6 +184,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
                 .as_ref()
                 .and_then(|s| s.meter_credentials.clone()),
         },
+        mfa_issuer: config.mfa.issuer.clone(),
     });
 
     let started = EventDraft::new("system.start", Category::System, Outcome::Success)

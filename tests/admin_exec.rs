@@ -119,6 +119,7 @@ async fn a_policy_edit_confers_only_what_the_editor_holds() {
             permissions: vec![Permission::DataView],
             roles: vec![],
             meters: vec![MeterSelector::All],
+            require_mfa: false,
         }],
     ))]);
     let edit = Input {

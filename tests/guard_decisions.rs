@@ -251,9 +251,13 @@ fn support_is_held_inside_the_configs_boundary() {
 #[test]
 fn check_answers_per_permission_with_the_reason() {
     let f = cast();
-    let d = f
-        .guard
-        .decide_permission(&uid("nora"), Permission::MasterReset, Some("meter-1"), NOW);
+    let d = f.guard.decide_permission(
+        &uid("nora"),
+        Permission::MasterReset,
+        Some("meter-1"),
+        true,
+        NOW,
+    );
     assert!(!d.allowed);
     assert!(
         d.to_string()
@@ -264,12 +268,13 @@ fn check_answers_per_permission_with_the_reason() {
         &uid("nora"),
         Permission::PeakDemandReset,
         Some("meter-2"),
+        true,
         NOW,
     );
     assert!(d.to_string().starts_with("ALLOW Peak Demand Reset: allowed by policy `north-operators` statement 1 via role Operator"), "{d}");
     let d = f
         .guard
-        .decide_permission(&uid("aud"), Permission::SecurityLogsAccess, None, NOW);
+        .decide_permission(&uid("aud"), Permission::SecurityLogsAccess, None, true, NOW);
     assert!(d.allowed, "{d}");
 }
 

@@ -106,7 +106,7 @@ fn allowed(w: &World) -> Vec<(Permission, &'static str)> {
     for p in Permission::ALL {
         for m in METERS {
             if w.guard
-                .decide_permission(&uid("u"), p, Some(m), NOW)
+                .decide_permission(&uid("u"), p, Some(m), true, NOW)
                 .allowed
             {
                 out.push((p, m));

@@ -275,7 +275,7 @@ async fn two_halves_of_a_grant_cannot_pass_together() {
         let (a, b) = (grant.await.unwrap(), widen.await.unwrap());
         let holds = f
             .guard
-            .decide_permission(&bob, Permission::MasterReset, Some("meter-1"), NOW)
+            .decide_permission(&bob, Permission::MasterReset, Some("meter-1"), true, NOW)
             .allowed;
         assert!(
             !holds,

@@ -261,7 +261,7 @@ fn a_first_login_replaces_the_temporary_password_then_the_password_works() {
                 .collect()
         })
         .collect();
-    assert_eq!(prompts[0], ["Temporary password: "], "{r}");
+    assert_eq!(prompts[0], ["Password: "], "{r}");
     for p in &prompts[1..] {
         assert_eq!(p, &["New password: ", "Repeat new password: "], "{r}");
     }

@@ -75,6 +75,7 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
         action: Action::Login,
         read_only: false,
         certificate: None,
+        second_factor: true,
     };
     let d = ctx.guard.decide(&login, now);
     if !d.allowed {
@@ -84,9 +85,9 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
         ));
     }
     for r in &s.relies_on {
-        let d = ctx
-            .guard
-            .decide_permission(&s.principal, r.permission, r.meter.as_deref(), now);
+        let d =
+            ctx.guard
+                .decide_permission(&s.principal, r.permission, r.meter.as_deref(), true, now);
         if !d.allowed {
             let on = r
                 .meter

@@ -59,7 +59,7 @@ pub fn whoami(ctx: &Gateway, who: &PrincipalId) -> String {
     let global: Vec<&str> = Permission::ALL
         .into_iter()
         .filter(|p| p.is_global())
-        .filter(|p| guard.decide_permission(who, *p, None, now).allowed)
+        .filter(|p| guard.decide_permission(who, *p, None, true, now).allowed)
         .map(|p| p.name())
         .collect();
     let _ = writeln!(
@@ -75,14 +75,21 @@ pub fn whoami(ctx: &Gateway, who: &PrincipalId) -> String {
     let mut front_panel: Vec<String> = Vec::new();
     for m in &fleet.0 {
         let allowed: Vec<&str> = enforceable_meter_permissions()
-            .filter(|p| guard.decide_permission(who, *p, Some(&m.id), now).allowed)
+            .filter(|p| {
+                guard
+                    .decide_permission(who, *p, Some(&m.id), true, now)
+                    .allowed
+            })
             .map(|p| p.name())
             .collect();
         if !allowed.is_empty() {
             let _ = writeln!(out, "  {}: {}", m.id, allowed.join(", "));
         }
         for p in [Permission::FrontPanelConfig, Permission::FrontPanelRestart] {
-            if guard.decide_permission(who, p, Some(&m.id), now).allowed {
+            if guard
+                .decide_permission(who, p, Some(&m.id), true, now)
+                .allowed
+            {
                 front_panel.push(format!("{p} on {}", m.id));
             }
         }
@@ -102,7 +109,7 @@ pub fn whoami(ctx: &Gateway, who: &PrincipalId) -> String {
 pub fn reachable(ctx: &Gateway, who: &PrincipalId, meter: &str, now: OffsetDateTime) -> bool {
     enforceable_meter_permissions().any(|p| {
         ctx.guard
-            .decide_permission(who, p, Some(meter), now)
+            .decide_permission(who, p, Some(meter), true, now)
             .allowed
     })
 }

@@ -9,6 +9,7 @@ mod certificates;
 mod groups;
 mod helpers;
 pub mod meter;
+mod mfa;
 pub mod password;
 mod policies;
 mod review;
@@ -48,6 +49,7 @@ use audit::*;
 use certificates::*;
 use groups::*;
 use helpers::*;
+use mfa::*;
 use policies::*;
 use review::*;
 use roles::*;
@@ -77,6 +79,8 @@ pub struct Gateway {
     pub passwords: Arc<Passwords>,
     /// Where the meter-side accounts' secrets are.
     pub consoles: Consoles,
+    /// The name authenticator apps show for the gateway (`[mfa] issuer`).
+    pub mfa_issuer: String,
 }
 
 /// When a review is due, and when an account counts as unused.
@@ -98,6 +102,27 @@ pub struct Caller {
     pub door: &'static str,
     /// The live session the command runs in (0: none).
     pub session: u64,
+    /// Whether that session proved a second factor.
+    pub factor: SessionFactor,
+}
+
+/// Whether a session proved a second factor, at login or by stepping up
+/// with `mfa`; shared by every channel of one SSH connection, so a step-up
+/// in the shell holds for the session's other channels too.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFactor(Arc<std::sync::atomic::AtomicBool>);
+
+impl SessionFactor {
+    pub fn new(proven: bool) -> SessionFactor {
+        SessionFactor(Arc::new(std::sync::atomic::AtomicBool::new(proven)))
+    }
+    pub fn proven(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+    /// A right code was given in this session.
+    pub fn raise(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release)
+    }
 }
 
 impl Caller {
@@ -110,6 +135,7 @@ impl Caller {
             action,
             read_only: false,
             certificate: None,
+            second_factor: self.factor.proven(),
         }
     }
 }
@@ -367,12 +393,26 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
         }
     };
     let who = &caller.who;
-    // The command's own words for events; long ones (key lines) shortened.
+    // The command's own words for events; long ones (key lines) shortened,
+    // second-factor codes left out (a recovery code is a secret).
+    let secret_from = match &line.command {
+        AdminCommand::Mfa { .. } => 1,
+        AdminCommand::User {
+            command:
+                UserCommand::Mfa {
+                    command: MfaCommand::Confirm { .. },
+                },
+        } => 4,
+        _ => usize::MAX,
+    };
     let words = req
         .argv
         .iter()
-        .map(|a| {
-            if a.chars().count() > 48 {
+        .enumerate()
+        .map(|(i, a)| {
+            if i >= secret_from && !a.starts_with('-') {
+                "(code)".to_string()
+            } else if a.chars().count() > 48 {
                 format!("{}…", a.chars().take(40).collect::<String>())
             } else {
                 a.clone()
@@ -511,6 +551,16 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
         A::User {
             command: UserCommand::ResendPassword { .. },
         } => AdminOp::ResendPassword,
+        // One's own factor (enrol, confirm) and stepping up need nothing
+        // beyond being let in; a reset is User Management's, even one's own
+        // (a stolen first credential must not swap the factor).
+        A::User {
+            command:
+                UserCommand::Mfa {
+                    command: MfaCommand::Enroll { name } | MfaCommand::Confirm { name, .. },
+                },
+        } if *who == PrincipalId::User(name.clone()) => AdminOp::OwnProfile,
+        A::Mfa { .. } => AdminOp::OwnProfile,
         // One's own first and last name need nothing beyond being let in.
         A::User {
             command: UserCommand::Edit {
@@ -560,6 +610,7 @@ async fn run(
         AdminCommand::Support { command } => support(ctx, caller, command, req.json, now).await,
         AdminCommand::Session { command } => session(ctx, who, command, req.json),
         AdminCommand::Audit { command } => audit(ctx, command, req).await,
+        AdminCommand::Mfa { code } => step_up(ctx, caller, code).await,
         AdminCommand::Check(c) => check(ctx, c, req.json, now),
         AdminCommand::Review { ack } => review(ctx, who, *ack, req.json, now),
         AdminCommand::CertificateReport(r) => certificate_report(ctx, caller, r).await,

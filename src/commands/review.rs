@@ -17,15 +17,27 @@ pub(super) fn check(
             "\"{permission}\" is about meters: give --meter METER"
         ));
     }
+    // As a session without a second factor sees it; and when that is the
+    // only thing missing, what one with a factor gets.
     let d = ctx
         .guard
-        .decide_permission(&who, permission, c.meter.as_deref(), now);
+        .decide_permission(&who, permission, c.meter.as_deref(), false, now);
+    let with_factor =
+        matches!(d.reason, crate::guard::Reason::NeedsSecondFactor { .. }).then(|| {
+            ctx.guard
+                .decide_permission(&who, permission, c.meter.as_deref(), true, now)
+        });
     if json_out {
-        return Ok(Done::show(to_json(
-            &json!({"allowed": d.allowed, "permission": permission.name(), "principal": who.to_string(), "meter": c.meter, "reason": d.reason.to_string()}),
-        )));
+        let mut answer = json!({"allowed": d.allowed, "permission": permission.name(), "principal": who.to_string(), "meter": c.meter, "reason": d.reason.to_string()});
+        if let Some(w) = &with_factor {
+            answer["allowed_with_second_factor"] = json!(w.allowed);
+        }
+        return Ok(Done::show(to_json(&answer)));
     }
     let mut line = d.to_string();
+    if let Some(w) = with_factor {
+        line += &format!("; with a second factor: {w}");
+    }
     if !permission.enforceable_at_gateway() {
         line += " (this permission is physical: not enforceable at the gateway)";
     }
@@ -59,6 +71,24 @@ pub fn review_due(guard: &Guard, settings: &ReviewSettings, now: OffsetDateTime)
     }
 }
 
+/// Whether an allow statement gives something only a session with a second
+/// factor may use (its own `require_mfa`, or `[mfa] required`).
+fn wants_factor(dir: &Directory, st: &Statement, mode: crate::config::MfaRequired) -> bool {
+    if st.effect != Effect::Allow {
+        return false;
+    }
+    if st.require_mfa {
+        return true;
+    }
+    let mut perms = st.permission_set();
+    for r in &st.roles {
+        if let Some(role) = dir.roles.get(r) {
+            perms = perms.union(role.permissions);
+        }
+    }
+    perms.iter().any(|p| mode.requires(p))
+}
+
 pub(super) fn review(
     ctx: &Gateway,
     who: &PrincipalId,
@@ -81,15 +111,30 @@ pub(super) fn review(
     let unused_after = ctx.review.unused_after.as_micros() as i64;
     let mut flags: Vec<String> = Vec::new();
     let mut access: Vec<serde_json::Value> = Vec::new();
-    let pairs = &ctx.guard.settings().separation_of_duties;
+    let settings = ctx.guard.settings();
+    let pairs = &settings.separation_of_duties;
+    let mfa_mode = settings.mfa;
     for id in dir.principals() {
         let (names, inline) = dir.policy_sources(&id);
         let mut grants: Vec<String> = inline.iter().map(|s| format!("{s} (inline)")).collect();
+        let mut needs_factor = inline.iter().any(|st| wants_factor(&dir, st, mfa_mode));
         for n in &names {
             let sts = managed_statements(n)
                 .or_else(|| dir.policies.get(n).map(|p| p.statements.clone()))
                 .unwrap_or_default();
+            needs_factor |= sts.iter().any(|st| wants_factor(&dir, st, mfa_mode));
             grants.extend(sts.iter().map(|s| format!("{s} (policy {n})")));
+        }
+        if let PrincipalId::User(n) = &id
+            && needs_factor
+            && dir
+                .users
+                .get(n)
+                .is_some_and(|u| u.active_factor().is_none())
+        {
+            flags.push(format!(
+                "{id} holds permissions that need a second factor but has no second factor (`user mfa enroll {n}`)"
+            ));
         }
         if names.iter().any(|n| n == ADMINISTRATOR) {
             flags.push(format!("{id} holds Administrator"));

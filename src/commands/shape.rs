@@ -50,6 +50,9 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Prove your second factor in this session (step up) with a code from
+    /// your authenticator app or a recovery code.
+    Mfa { code: String },
     /// What the guard would decide for a principal, with the reason.
     Check(CheckArgs),
     /// Who can do what where, and what needs attention.
@@ -194,6 +197,11 @@ pub enum UserCommand {
     Unlock {
         name: String,
     },
+    /// The person's second factor (TOTP).
+    Mfa {
+        #[command(subcommand)]
+        command: MfaCommand,
+    },
     Attach {
         name: String,
         policy: String,
@@ -202,6 +210,19 @@ pub enum UserCommand {
         name: String,
         policy: String,
     },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum MfaCommand {
+    /// Start enrolling a TOTP factor: prints the otpauth:// URI and a QR
+    /// code once; `confirm` with one code makes it active. Yourself, or
+    /// anyone with User Management.
+    Enroll { name: String },
+    /// Activate the enrolled factor with one code from the app; prints ten
+    /// single-use recovery codes once.
+    Confirm { name: String, code: String },
+    /// Remove the factor (User Management): the person enrols again.
+    Reset { name: String },
 }
 
 #[derive(Subcommand, Debug, Clone)]

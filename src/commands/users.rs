@@ -124,6 +124,8 @@ pub(super) async fn user(
                 "last_login": when(ctx.guard.last_login(&id)),
                 "ssh_keys": u.ssh_keys.len(), "password": password,
                 "password_login_locked_until": locked.map(rfc3339),
+                "second_factor": factor_state(&u),
+                "recovery_codes_left": u.active_factor().map(|f| f.recovery.len()),
             });
             if req.json {
                 return Ok(Done::show(to_json(&view)));
@@ -167,6 +169,7 @@ pub(super) async fn user(
             let _ = writeln!(out, "last login:       {}", when(ctx.guard.last_login(&id)));
             let _ = writeln!(out, "ssh keys:         {}", u.ssh_keys.len());
             let _ = writeln!(out, "password:         {password}");
+            let _ = writeln!(out, "second factor:    {}", factor_words(&u));
             if let Some(l) = locked {
                 let _ = writeln!(
                     out,
@@ -397,6 +400,7 @@ pub(super) async fn user(
                 format!("user {n}: {words}"),
             ))
         }
+        UserCommand::Mfa { command } => mfa(ctx, caller, command, req.json, now).await,
         UserCommand::Attach { name: n, policy: p } | UserCommand::Detach { name: n, policy: p } => {
             let attach = matches!(cmd, UserCommand::Attach { .. });
             let mut u = get_user(&dir, n)?;

@@ -10,6 +10,7 @@ mod interval;
 mod lockout;
 mod mbaps;
 mod meters;
+mod mfa;
 mod modbus;
 mod passwords;
 mod ssh;
@@ -29,6 +30,7 @@ pub use interval::Interval;
 pub use lockout::{Limits, Lockout};
 pub use mbaps::MbapsConfig;
 pub use meters::{ConsoleConfig, MeterConfig};
+pub use mfa::{MfaConfig, MfaRequired};
 pub use modbus::ModbusClient;
 pub use passwords::Passwords;
 pub use ssh::{MaxStartups, SshConfig};
@@ -45,6 +47,7 @@ pub struct Config {
     pub limits: Limits,
     pub lockout: Lockout,
     pub passwords: Passwords,
+    pub mfa: MfaConfig,
     pub separation_of_duties: Vec<(Permission, Permission)>,
     pub support: SupportConfig,
     pub meters: Vec<MeterConfig>,
@@ -81,6 +84,8 @@ struct RawConfig {
     lockout: Lockout,
     #[serde(default)]
     passwords: Passwords,
+    #[serde(default)]
+    mfa: MfaConfig,
     #[serde(default)]
     separation_of_duties: Vec<access::RawSod>,
     #[serde(default)]
@@ -156,6 +161,7 @@ impl Config {
         daemon::check_control(&raw.control, &src)?;
         lockout::check(&raw.lockout, &raw.limits, &src)?;
         passwords::check(&raw.passwords, &src)?;
+        mfa::check(&raw.mfa, &src)?;
         let mut audit = raw.audit;
         audit::check(&mut audit, base, &src)?;
 
@@ -169,6 +175,7 @@ impl Config {
                 limits: raw.limits,
                 lockout: raw.lockout,
                 passwords: raw.passwords,
+                mfa: raw.mfa,
                 separation_of_duties: pairs,
                 support: raw.support,
                 meters,

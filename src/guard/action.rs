@@ -192,6 +192,8 @@ pub struct Request {
     /// The client certificate the request came with (Modbus/TCP Security):
     /// its role bounds what the owner's policies allow.
     pub certificate: Option<std::sync::Arc<CertificateClaim>>,
+    /// The session proved a second factor (at login or by stepping up).
+    pub second_factor: bool,
 }
 
 /// What a verified client certificate says, in the product's words.

@@ -71,7 +71,10 @@ impl Guard {
         let who = match self.attempt(attempt).await {
             Verdict::Accepted { who, .. } => who,
             Verdict::Busy => return Grant::Busy,
-            Verdict::Rejected | Verdict::MustChangePassword(_) => return Grant::Rejected,
+            // Service users have no second factor: a code is never asked.
+            Verdict::Rejected | Verdict::MustChangePassword(_) | Verdict::NeedsCode { .. } => {
+                return Grant::Rejected;
+            }
         };
         // Only Administrator holders make API calls: no token for others
         // (one would only wait to be ended by the next change).
@@ -177,6 +180,7 @@ impl Guard {
             action: Action::Login,
             read_only: false,
             certificate: None,
+            second_factor: false,
         };
         let d = self.decide(&login, now);
         if !d.allowed {

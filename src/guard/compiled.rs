@@ -32,6 +32,8 @@ pub(crate) enum Sel {
 pub(crate) struct PStatement {
     pub covers: PermissionSet,
     pub effect: Effect,
+    /// Usable only by a session that proved a second factor.
+    pub require_mfa: bool,
     sel_start: u32,
     sel_len: u32,
 }
@@ -284,6 +286,7 @@ impl Snapshot {
                     statements.push(PStatement {
                         covers,
                         effect: st.effect,
+                        require_mfa: st.require_mfa,
                         sel_start,
                         sel_len: st.meters.len() as u32,
                     });

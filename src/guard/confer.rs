@@ -149,7 +149,7 @@ impl Guard {
             }
             for p in perms.iter() {
                 if p.is_global() {
-                    if !self.decide_permission(who, p, None, now).allowed {
+                    if !self.decide_permission(who, p, None, true, now).allowed {
                         return lacking(p, None);
                     }
                     continue;
@@ -159,7 +159,10 @@ impl Guard {
                     .iter()
                     .filter(|m| s.meters.iter().any(|sel| sel.matches(&m.id, &m.tags)))
                 {
-                    if !self.decide_permission(who, p, Some(&m.id), now).allowed {
+                    if !self
+                        .decide_permission(who, p, Some(&m.id), true, now)
+                        .allowed
+                    {
                         return lacking(p, Some(&m.id));
                     }
                 }

@@ -116,6 +116,11 @@ pub enum Reason {
     OutsideCertificateRole {
         role: Label,
     },
+    /// Allowed only to a session that proved a second factor: by the
+    /// statement's `require_mfa` (policy, statement) or by `[mfa] required`.
+    NeedsSecondFactor {
+        statement: Option<(Label, usize)>,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -223,6 +228,15 @@ impl fmt::Display for Reason {
             Reason::OutsideCertificateRole { role } => write!(
                 f,
                 "the client certificate's role `{role}` does not include this permission"
+            ),
+            Reason::NeedsSecondFactor {
+                statement: Some((policy, n)),
+            } => write!(
+                f,
+                "needs a second factor: policy `{policy}` statement {n} requires one (step up with `mfa`)"
+            ),
+            Reason::NeedsSecondFactor { statement: None } => f.write_str(
+                "needs a second factor: the gateway's [mfa] setting requires one for this permission (step up with `mfa`)",
             ),
         }
     }

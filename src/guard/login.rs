@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use super::mfa::{FactorCheck, FactorUse};
 use super::{Action, Decision, Guard, Reason, Request};
 use crate::config::OnFailure;
 use crate::model::{PasswordRecord, PrincipalId, Status, micros};
@@ -16,7 +17,7 @@ use crate::store::secrets::{self, Secret, SecretError};
 use crate::store::{Category, EventDraft, Outcome};
 
 /// The longest a throttled source waits per attempt.
-const MAX_DELAY: Duration = Duration::from_secs(5);
+pub(super) const MAX_DELAY: Duration = Duration::from_secs(5);
 
 /// How a principal proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,8 +59,9 @@ pub enum PasswordGate {
 pub enum Proof {
     /// A password on the password method (a temporary one is refused here).
     Password(Secret),
-    /// A first login's temporary password (keyboard-interactive).
-    TemporaryPassword(Secret),
+    /// A password on keyboard-interactive: the password, or a first
+    /// login's temporary password (then the door asks for a new one).
+    InteractivePassword(Secret),
     /// A service user's access key: the claimed name is the key id.
     AccessKey(Secret),
     /// A proof the door checked itself in this same login: a public key
@@ -70,6 +72,13 @@ pub enum Proof {
         /// What the session runs on (a key fingerprint), so removing it
         /// ends the session.
         id: Option<String>,
+    },
+    /// The second factor, after `first` was proved in this same login
+    /// (the guard answered [`Verdict::NeedsCode`]).
+    Code {
+        first: Credential,
+        id: Option<String>,
+        code: Secret,
     },
 }
 
@@ -90,6 +99,15 @@ pub enum Verdict {
     Accepted {
         who: PrincipalId,
         credential: Option<String>,
+        /// A second factor was given in this login.
+        second_factor: bool,
+    },
+    /// The first credential is right and the person has a second factor:
+    /// the door asks for a code, then tries [`Proof::Code`].
+    NeedsCode {
+        who: PrincipalId,
+        credential: Credential,
+        id: Option<String>,
     },
     /// The temporary password is right: the door asks for a new one.
     MustChangePassword(PrincipalId),
@@ -131,9 +149,9 @@ impl Guard {
     pub async fn attempt(&self, a: Attempt<'_>) -> Verdict {
         let now = OffsetDateTime::now_utc();
         match a.proof {
-            Proof::Password(ref secret) | Proof::TemporaryPassword(ref secret) => {
-                let temporary_round = matches!(a.proof, Proof::TemporaryPassword(_));
-                let credential = if temporary_round {
+            Proof::Password(ref secret) | Proof::InteractivePassword(ref secret) => {
+                let interactive = matches!(a.proof, Proof::InteractivePassword(_));
+                let credential = if interactive {
                     Credential::KeyboardInteractive
                 } else {
                     Credential::Password
@@ -160,13 +178,11 @@ impl Guard {
                 let Some(r) = record else {
                     return Verdict::Rejected;
                 };
-                let refuse = if temporary_round && !r.temporary {
-                    Some(
-                        "keyboard-interactive is for a first login with a temporary password; use the password method",
-                    )
-                } else if temporary_round && r.expires_at().is_some_and(|t| t <= micros(now)) {
+                let temporary_round = interactive && r.temporary;
+                let refuse = if temporary_round && r.expires_at().is_some_and(|t| t <= micros(now))
+                {
                     Some("the temporary password has expired: ask an administrator to resend one")
-                } else if !temporary_round && r.temporary {
+                } else if !interactive && r.temporary {
                     Some(
                         "a temporary password is refused on the password method: log in with keyboard-interactive to replace it",
                     )
@@ -196,6 +212,7 @@ impl Guard {
                     credential,
                     None,
                     a.max_sessions,
+                    false,
                     now,
                 )
                 .await
@@ -302,6 +319,7 @@ impl Guard {
                     Credential::AccessKey,
                     Some(a.claimed.to_string()),
                     a.max_sessions,
+                    false,
                     now,
                 )
                 .await
@@ -310,8 +328,37 @@ impl Guard {
                 let Ok(who) = PrincipalId::parse(a.claimed) else {
                     return Verdict::Rejected;
                 };
-                self.finish(&who, a.source, a.door, credential, id, a.max_sessions, now)
+                self.finish(
+                    &who,
+                    a.source,
+                    a.door,
+                    credential,
+                    id,
+                    a.max_sessions,
+                    false,
+                    now,
+                )
+                .await
+            }
+            Proof::Code {
+                first,
+                id,
+                ref code,
+            } => {
+                let Ok(who) = PrincipalId::parse(a.claimed) else {
+                    return Verdict::Rejected;
+                };
+                match self
+                    .check_factor(&who, Some(a.source), a.door, code, FactorUse::Login)
                     .await
+                {
+                    FactorCheck::Right { .. } => {
+                        self.finish(&who, a.source, a.door, first, id, a.max_sessions, true, now)
+                            .await
+                    }
+                    FactorCheck::Failed => Verdict::Busy,
+                    FactorCheck::Wrong | FactorCheck::Locked => Verdict::Rejected,
+                }
             }
         }
     }
@@ -465,6 +512,7 @@ impl Guard {
         credential: Credential,
         id: Option<String>,
         max_sessions: Option<usize>,
+        second_factor: bool,
         now: OffsetDateTime,
     ) -> Verdict {
         if let Some(max) = max_sessions {
@@ -488,13 +536,31 @@ impl Guard {
                 return Verdict::Rejected;
             }
         }
+        // A person with a factor gives a code at every login, whatever the
+        // first credential was (OpenSSH's `publickey,keyboard-interactive`).
+        if !second_factor && self.asks_code(who) {
+            return Verdict::NeedsCode {
+                who: who.clone(),
+                credential,
+                id,
+            };
+        }
         let d = self
-            .login(who, Some(source), door, credential, true, now)
+            .login_with(
+                who,
+                Some(source),
+                door,
+                credential,
+                true,
+                second_factor,
+                now,
+            )
             .await;
         if d.allowed {
             Verdict::Accepted {
                 who: who.clone(),
                 credential: id,
+                second_factor,
             }
         } else {
             Verdict::Rejected
@@ -513,6 +579,22 @@ impl Guard {
         verified: bool,
         now: OffsetDateTime,
     ) -> Decision {
+        self.login_with(who, source, door, credential, verified, false, now)
+            .await
+    }
+
+    /// [`Guard::login`], saying whether a second factor was given too.
+    #[allow(clippy::too_many_arguments)]
+    async fn login_with(
+        &self,
+        who: &PrincipalId,
+        source: Option<IpAddr>,
+        door: &'static str,
+        credential: Credential,
+        verified: bool,
+        second_factor: bool,
+        now: OffsetDateTime,
+    ) -> Decision {
         let now_us = micros(now);
         let settings = self.settings.load();
         let req = Request {
@@ -522,28 +604,12 @@ impl Guard {
             action: Action::Login,
             read_only: false,
             certificate: None,
+            second_factor: false,
         };
         let mut locked = None;
         let d = if !verified {
             if credential.is_password() {
-                let l = &settings.lockout;
-                // Only real principals keep a persistent failure record;
-                // names that are nobody lock the same way, in memory.
-                if self.knows(who) {
-                    locked = self
-                        .state
-                        .password_failed(who, now_us, l.failures, l.window.0, l.duration.0)
-                        .ok()
-                        .flatten();
-                } else if matches!(who, PrincipalId::User(_)) {
-                    locked =
-                        self.state
-                            .nobody_failed(who, now_us, l.failures, l.window.0, l.duration.0);
-                }
-                if let Some(a) = source {
-                    self.state
-                        .source_failed(a, &who.to_string(), now_us, l.window.0);
-                }
+                locked = self.count_password_failure(who, source, now_us);
             }
             Decision::deny(None, Reason::NoStatementAllows)
         } else {
@@ -577,6 +643,9 @@ impl Guard {
             .action("login")
             .reason(reason)
             .detail("credential", credential.word());
+        if second_factor {
+            ev = ev.detail("second_factor", "totp");
+        }
         if let Some(s) = source {
             ev = ev.source(s);
         }
@@ -589,17 +658,51 @@ impl Guard {
             Err(_) => self.counters.audit_alarm.store(true, Ordering::Relaxed),
         }
         if let Some(until) = locked {
-            let lock = EventDraft::new("login.lockout", Category::Authentication, Outcome::Deny)
-                .principal(who)
-                .door(door)
-                .reason(format!(
-                    "{} consecutive password failures; password login locked until {}",
-                    settings.lockout.failures,
-                    crate::model::rfc3339(until)
-                ));
-            self.record(lock).await;
+            self.lockout_event(who, door, until).await;
         }
         d
+    }
+
+    /// Counts a wrong password (or second-factor code) toward `who`'s
+    /// lockout and its source's throttling; the end of a lock it starts.
+    pub(super) fn count_password_failure(
+        &self,
+        who: &PrincipalId,
+        source: Option<IpAddr>,
+        now_us: i64,
+    ) -> Option<i64> {
+        let settings = self.settings.load();
+        let l = &settings.lockout;
+        // Only real principals keep a persistent failure record; names
+        // that are nobody lock the same way, in memory.
+        let locked = if self.knows(who) {
+            self.state
+                .password_failed(who, now_us, l.failures, l.window.0, l.duration.0)
+                .ok()
+                .flatten()
+        } else if matches!(who, PrincipalId::User(_)) {
+            self.state
+                .nobody_failed(who, now_us, l.failures, l.window.0, l.duration.0)
+        } else {
+            None
+        };
+        if let Some(a) = source {
+            self.state
+                .source_failed(a, &who.to_string(), now_us, l.window.0);
+        }
+        locked
+    }
+
+    pub(super) async fn lockout_event(&self, who: &PrincipalId, door: &'static str, until: i64) {
+        let failures = self.settings.load().lockout.failures;
+        let lock = EventDraft::new("login.lockout", Category::Authentication, Outcome::Deny)
+            .principal(who)
+            .door(door)
+            .reason(format!(
+                "{failures} consecutive password or code failures; password login locked until {}",
+                crate::model::rfc3339(until)
+            ));
+        self.record(lock).await;
     }
 
     /// Counts a failed secret from `source` toward its throttling without
@@ -650,5 +753,6 @@ fn login_request(who: &PrincipalId, source: IpAddr, door: &'static str) -> Reque
         action: Action::Login,
         read_only: false,
         certificate: None,
+        second_factor: false,
     }
 }

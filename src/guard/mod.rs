@@ -8,6 +8,7 @@ mod compiled;
 mod confer;
 pub mod decision;
 mod login;
+pub mod mfa;
 mod state;
 pub mod tokens;
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use time::OffsetDateTime;
 
-use crate::config::{Config, Lockout, MeterConfig, OnFailure};
+use crate::config::{Config, Lockout, MeterConfig, MfaRequired, OnFailure};
 use crate::model::{
     Directory, MeterSelector, Permission, PermissionSet, PrincipalId, Profile, micros,
 };
@@ -42,6 +43,8 @@ pub struct GuardSettings {
     pub read_events: bool,
     pub separation_of_duties: Vec<(Permission, Permission)>,
     pub support_meters: Option<Vec<MeterSelector>>,
+    /// Which permissions need a second factor whatever the statements say.
+    pub mfa: MfaRequired,
 }
 
 impl GuardSettings {
@@ -53,6 +56,7 @@ impl GuardSettings {
             read_events: c.audit.read_events,
             separation_of_duties: c.separation_of_duties.clone(),
             support_meters: c.support.meters.clone(),
+            mfa: c.mfa.required,
         }
     }
 }
@@ -278,6 +282,7 @@ impl Guard {
             who: &req.principal,
             principal,
             limit,
+            factor_missing: needs_factor(&req.principal) && !req.second_factor,
         };
         match &req.action {
             Action::WriteRegisters { .. } | Action::Diagnostics { .. } if req.read_only => {
@@ -418,12 +423,14 @@ impl Guard {
         }
     }
 
-    /// `check`: may `who` use `permission` on `meter` (or globally)?
+    /// `check`: may `who` use `permission` on `meter` (or globally), in a
+    /// session with a second factor or without one?
     pub fn decide_permission(
         &self,
         who: &PrincipalId,
         permission: Permission,
         meter: Option<&str>,
+        second_factor: bool,
         now: OffsetDateTime,
     ) -> Decision {
         let snap = self.snapshot.load();
@@ -440,6 +447,7 @@ impl Guard {
             who,
             principal,
             limit: None,
+            factor_missing: needs_factor(who) && !second_factor,
         };
         match meter {
             Some(id) => match snap.meter(id) {
@@ -639,6 +647,18 @@ struct Ctx<'a> {
     principal: &'a CompiledPrincipal,
     /// The permissions of the client certificate's role, when there is one.
     limit: Option<(PermissionSet, Label)>,
+    /// A person whose session has not proved a second factor: statements
+    /// that require one do not allow, nor does `[mfa] required` for its
+    /// permissions.
+    factor_missing: bool,
+}
+
+/// Only people give a second factor. Service users, Modbus clients and
+/// certificates are machines; `local:` callers already hold the host (the
+/// break-glass path); support staff have no account to enrol one in, and
+/// are bounded by their own end date and meter boundary.
+fn needs_factor(who: &PrincipalId) -> bool {
+    matches!(who, PrincipalId::User(_))
 }
 
 impl Ctx<'_> {
@@ -666,6 +686,9 @@ impl Ctx<'_> {
             }
         }
         let mut allow = None;
+        // An allow that needs the factor this session lacks (the first).
+        let mut needs_factor: Option<usize> = None;
+        let setting = self.factor_missing && self.guard.settings.load().mfa.requires(permission);
         for (i, st) in self.principal.statements.iter().enumerate() {
             if !st.covers.contains(permission) {
                 continue;
@@ -687,10 +710,28 @@ impl Ctx<'_> {
                         },
                     );
                 }
+                crate::model::Effect::Allow if self.factor_missing && st.require_mfa => {
+                    needs_factor.get_or_insert(i);
+                }
                 crate::model::Effect::Allow => {
                     allow.get_or_insert(i);
                 }
             }
+        }
+        if setting && (allow.is_some() || needs_factor.is_some()) {
+            return Decision::deny(
+                Some(permission),
+                Reason::NeedsSecondFactor { statement: None },
+            );
+        }
+        if let (None, Some(i)) = (allow, needs_factor) {
+            let (policy, statement, _) = self.principal.origin(i, permission);
+            return Decision::deny(
+                Some(permission),
+                Reason::NeedsSecondFactor {
+                    statement: Some((policy, statement)),
+                },
+            );
         }
         match allow {
             Some(i) => {

@@ -192,6 +192,44 @@ impl GuardState {
         Ok(self.tree.remove(Self::login_key(who))?.is_some())
     }
 
+    /// Takes TOTP step `step` for `who` unless it was taken: a code counts
+    /// once (RFC 6238 §5.2), even for two logins at the same instant. The
+    /// steps used in the last few are kept (a code is good for three steps
+    /// at most, with one step of skew either side).
+    pub fn take_totp_step(&self, who: &PrincipalId, step: u64) -> Result<bool, StoreError> {
+        let key = format!("totp/{who}");
+        loop {
+            let current = self.tree.get(&key)?;
+            let mut used: Vec<u64> = current
+                .as_deref()
+                .unwrap_or_default()
+                .chunks_exact(8)
+                .filter_map(|c| <[u8; 8]>::try_from(c).ok())
+                .map(u64::from_be_bytes)
+                .collect();
+            if used.contains(&step) {
+                return Ok(false);
+            }
+            used.push(step);
+            let newest = used.iter().copied().max().unwrap_or(step);
+            used.retain(|s| s + 3 >= newest);
+            let new: Vec<u8> = used.iter().flat_map(|s| s.to_be_bytes()).collect();
+            if self
+                .tree
+                .compare_and_swap(&key, current, Some(new))?
+                .is_ok()
+            {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// A factor reset: the steps of the old secret mean nothing now.
+    pub fn forget_totp(&self, who: &PrincipalId) -> Result<(), StoreError> {
+        self.tree.remove(format!("totp/{who}"))?;
+        Ok(())
+    }
+
     /// Records a successful login (`user show`, `review`'s unused accounts).
     pub fn set_last_login(&self, who: &PrincipalId, at: i64) -> Result<(), StoreError> {
         self.tree

@@ -90,7 +90,41 @@ pub struct User {
     /// The user's own inline policy (`user grant-role` adds to it).
     #[serde(default)]
     pub inline: Vec<Statement>,
+    /// The second factor (TOTP), enrolled or active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa: Option<SecondFactor>,
     pub version: u64,
+}
+
+/// A person's TOTP factor (RFC 6238). The secret lives only in the store:
+/// it is shown once at enrolment and never reaches events, errors or `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecondFactor {
+    /// The shared secret, base32 as authenticator apps take it.
+    pub secret: String,
+    /// Active once the person gave one right code for it.
+    pub confirmed: bool,
+    pub enrolled: Stamp,
+    /// Single-use recovery codes, kept only as keyed hashes.
+    #[serde(default)]
+    pub recovery: Vec<String>,
+}
+
+impl std::fmt::Debug for SecondFactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecondFactor")
+            .field("confirmed", &self.confirmed)
+            .field("enrolled", &self.enrolled)
+            .field("recovery_left", &self.recovery.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl User {
+    /// The factor the person must give at login, once confirmed.
+    pub fn active_factor(&self) -> Option<&SecondFactor> {
+        self.mfa.as_ref().filter(|f| f.confirmed)
+    }
 }
 
 /// An access key of a service user: the secret is kept only as a hash.
@@ -415,6 +449,7 @@ impl User {
             password: None,
             policies: vec![],
             inline: vec![],
+            mfa: None,
             version: 0,
         }
     }

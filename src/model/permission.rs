@@ -98,6 +98,22 @@ impl Permission {
         )
     }
 
+    /// What `[mfa] required = "for-privileged"` guards with a second factor:
+    /// what resets or reprograms a meter, opens its console or its
+    /// certificates, or decides who may do any of it.
+    pub fn is_privileged(self) -> bool {
+        matches!(
+            self,
+            Permission::MasterReset
+                | Permission::CommConfig
+                | Permission::TerminalAccess
+                | Permission::FileSystemReadAndWriteAccess
+                | Permission::FirmwareManagement
+                | Permission::CertificateManagement
+                | Permission::UserManagement
+        )
+    }
+
     /// Permissions that are not about any one meter: statements grant or deny
     /// them whatever their meter selectors say.
     pub fn is_global(self) -> bool {

@@ -148,6 +148,10 @@ pub struct Statement {
     pub roles: Vec<String>,
     #[serde(default = "all_meters")]
     pub meters: Vec<MeterSelector>,
+    /// A session may use what this statement allows only once it proved a
+    /// second factor (at login or by stepping up).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_mfa: bool,
 }
 
 impl Statement {
@@ -157,6 +161,7 @@ impl Statement {
             permissions: vec![],
             roles: vec![role.into()],
             meters,
+            require_mfa: false,
         }
     }
 
@@ -176,9 +181,14 @@ impl fmt::Display for Statement {
         let meters: Vec<String> = self.meters.iter().map(|m| m.to_string()).collect();
         write!(
             f,
-            "{effect} {} on meters {}",
+            "{effect} {} on meters {}{}",
             what.join(", "),
-            meters.join(", ")
+            meters.join(", "),
+            if self.require_mfa {
+                " (with a second factor)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -245,6 +255,12 @@ impl PolicyDocument {
                     i + 1
                 )));
             }
+            if st.require_mfa && st.effect == Effect::Deny {
+                return Err(at(format!(
+                    "statement {}: `require_mfa` is for allow statements (a deny needs no factor to hold)",
+                    i + 1
+                )));
+            }
         }
         Ok(doc)
     }
@@ -270,6 +286,7 @@ pub fn managed_statements(name: &str) -> Option<Vec<Statement>> {
         permissions: perms,
         roles: vec![],
         meters: all_meters(),
+        require_mfa: false,
     };
     match name {
         ADMINISTRATOR => Some(vec![allow(Permission::ALL.to_vec())]),

@@ -67,6 +67,28 @@ pub fn generate_password() -> Result<Secret, SecretError> {
     random_text(20).map(Secret)
 }
 
+/// A recovery code for a second factor: 16 symbols (80 bits) in groups of
+/// four, kept like an access-key secret (keyed hash).
+pub fn generate_recovery_code() -> Result<Secret, SecretError> {
+    let t = random_text(16)?;
+    Ok(Secret(format!(
+        "{}-{}-{}-{}",
+        &t[0..4],
+        &t[4..8],
+        &t[8..12],
+        &t[12..16]
+    )))
+}
+
+/// Random bytes (a TOTP secret).
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], SecretError> {
+    let mut bytes = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| SecretError::Random)?;
+    Ok(bytes)
+}
+
 /// An access key id (not secret; it names the key in events).
 /// Every access key id starts so (the SSH door tells them from user names).
 pub const KEY_ID_PREFIX: &str = "MGK";

@@ -38,6 +38,7 @@ pub fn gateway(f: &Fixture) -> Gateway {
         fleet: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
         passwords: Arc::new(Default::default()),
         consoles: Default::default(),
+        mfa_issuer: "metergate".into(),
     }
 }
 
@@ -57,6 +58,7 @@ pub async fn run_input(ctx: &Gateway, who: &PrincipalId, input: &Input) -> Reply
         addr: None,
         door: "test",
         session: 0,
+        factor: Default::default(),
     };
     // The command line's own rendering, as the control socket sends it.
     let (answer, _) = execute(ctx, &caller, input, NOW).await.cli();

@@ -95,6 +95,7 @@ pub fn statement(
             .iter()
             .map(|m| MeterSelector::parse(m).unwrap())
             .collect(),
+        require_mfa: false,
     }
 }
 
@@ -110,6 +111,7 @@ pub fn req(who: &PrincipalId, action: Action) -> Request {
         source: Some("127.0.0.1".into()),
         door: "test",
         action,
+        second_factor: false,
     }
 }
 

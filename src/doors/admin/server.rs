@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::protocol::{Request, Response, read_frame, write_frame};
 use crate::commands::stream::{Stream, produce};
-use crate::commands::{Caller, Gateway, Input, Outcome as CommandOutcome, execute};
+use crate::commands::{Caller, Gateway, Input, Outcome as CommandOutcome, SessionFactor, execute};
 use crate::listen::{Floods, Gate, Shutdown};
 use crate::model::{PrincipalId, check_name};
 use crate::store::{Category, EventDraft, Outcome};
@@ -258,6 +258,7 @@ async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access, accou
         addr: None,
         door: DOOR,
         session: 0,
+        factor: SessionFactor::default(),
     };
     let input = Input {
         argv: request.argv,

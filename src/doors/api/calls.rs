@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::problem::Problem;
 use super::{Api, DOOR, Peer, REQUEST_TIMEOUT};
-use crate::commands::Caller;
+use crate::commands::{Caller, SessionFactor};
 use crate::guard::api::BearerRefusal;
 use crate::store::{Category, EventDraft, Outcome};
 
@@ -230,6 +230,8 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         addr: Some(peer),
         door: DOOR,
         session: 0,
+        // Service users are machines: no second factor applies.
+        factor: SessionFactor::default(),
     };
     req.extensions_mut().insert(caller);
     // What the token stands for (not its value): a stream asks again

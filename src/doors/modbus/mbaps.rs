@@ -407,6 +407,7 @@ impl MbapsDoor {
             action: Action::Login,
             read_only: false,
             certificate: caller.certificate.clone(),
+            second_factor: false,
         };
         if !self.proxy.guard.authorize(&login, now).await.allowed {
             return;

@@ -194,6 +194,7 @@ impl Proxy {
             action,
             read_only: caller.read_only,
             certificate: caller.certificate.clone(),
+            second_factor: false,
         };
         let decision = self.guard.authorize(&req, OffsetDateTime::now_utc()).await;
         if !decision.allowed {

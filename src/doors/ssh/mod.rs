@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::commands::{Caller, Gateway};
+use crate::commands::{Caller, Gateway, SessionFactor};
 use crate::guard::{Credential, Proof, Verdict};
 use crate::listen::{Floods, Gate, Shutdown};
 use crate::model::PrincipalId;
@@ -215,6 +215,8 @@ impl SshDoor {
             principal: None,
             logged_in: Some(logged_in_tx),
             interactive: None,
+            pending: None,
+            factor: SessionFactor::default(),
             session_id: session_id.clone(),
             channels: HashMap::new(),
         };
@@ -374,6 +376,10 @@ struct Connection {
     /// access key id), so removing that credential ends the session.
     logged_in: Option<tokio::sync::oneshot::Sender<Result<(PrincipalId, String), Busy>>>,
     interactive: Option<auth::Interactive>,
+    /// A first credential was right; the second factor is awaited.
+    pending: Option<auth::Pending>,
+    /// Whether this connection's session proved a second factor.
+    factor: SessionFactor,
     session_id: Arc<AtomicU64>,
     channels: HashMap<ChannelId, ChannelSlot>,
 }
@@ -455,6 +461,7 @@ impl Connection {
             addr: Some(self.peer.ip()),
             door: DOOR,
             session: self.session_id.load(Ordering::Acquire),
+            factor: self.factor.clone(),
         }
     }
 
@@ -544,7 +551,21 @@ impl russh::server::Handler for Connection {
             Verdict::Accepted {
                 who,
                 credential: Some(c),
+                ..
             } => self.logged_in(who, c),
+            Verdict::NeedsCode {
+                who,
+                credential,
+                id,
+            } => {
+                self.pending = Some(auth::Pending {
+                    who,
+                    credential,
+                    id,
+                    tries: 0,
+                });
+                auth::needs_code()
+            }
             // The event says why; the client is told only that it was denied.
             _ => Auth::reject(),
         })
@@ -563,6 +584,10 @@ impl russh::server::Handler for Connection {
             .await
             {
                 auth::PasswordLogin::In { who, credential } => self.logged_in(who, credential),
+                auth::PasswordLogin::Code(p) => {
+                    self.pending = Some(p);
+                    auth::needs_code()
+                }
                 auth::PasswordLogin::Busy => self.busy(),
                 auth::PasswordLogin::Out => Auth::reject(),
             },
@@ -576,10 +601,21 @@ impl russh::server::Handler for Connection {
         response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
         let Some(response) = response else {
-            self.interactive = auth::interactive_start(user);
-            return Ok(match self.interactive {
-                Some(_) => auth::temporary_round(),
-                None => Auth::reject(),
+            // A code awaited is for the principal that proved the first
+            // credential, whatever name this request gives.
+            let pending = self
+                .pending
+                .take()
+                .filter(|p| PrincipalId::parse(user).is_ok_and(|u| u == p.who));
+            return Ok(match auth::interactive_start(user, pending) {
+                Some((state, round)) => {
+                    self.interactive = Some(state);
+                    round
+                }
+                None => {
+                    self.interactive = None;
+                    Auth::reject()
+                }
             });
         };
         let Some(state) = self.interactive.take() else {
@@ -597,7 +633,12 @@ impl russh::server::Handler for Connection {
         )
         .await
         {
-            Ok(who) => Ok(self.logged_in(who, "password".into())),
+            Ok(done) => {
+                if done.second_factor {
+                    self.factor.raise();
+                }
+                Ok(self.logged_in(done.who, done.credential))
+            }
             Err((next, reply)) => {
                 self.interactive = next;
                 Ok(reply)

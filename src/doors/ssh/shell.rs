@@ -24,6 +24,8 @@ const HELP: &str = "metergate gateway shell. Commands:
   connect METER                   the meter's console (Terminal Access)
   whoami                          who you are: roles and effective permissions
   passwd                          change your password
+  mfa [CODE]                      prove your second factor in this session (asks for the code)
+  mfa enroll                      enrol a TOTP factor for yourself (QR code, then one code)
   profile --first F --last L      change your own names
   user|service-user|group|role|policy|support|session|check|review ...
                                   the admin commands, as your policies allow
@@ -107,6 +109,7 @@ pub async fn run(ctx: &Gateway, caller: &Caller, line: &str, io: &mut Io) -> u32
         Some("meters") => Outcome::text(meter::meters(ctx, &caller.who)),
         Some("read") => meter::read(ctx, caller, &words[1..]).await,
         Some("passwd") => return passwd(ctx, caller, io).await,
+        Some("mfa") => return mfa(ctx, caller, &words[1..], io).await,
         Some("connect") => {
             return match &words[1..] {
                 [m] => super::console::connect(ctx, caller, m, io).await,
@@ -186,6 +189,52 @@ async fn admin(ctx: &Gateway, caller: &Caller, argv: Vec<String>, io: &mut Io) -
     match producer.await {
         Ok(Ok(())) => 0,
         _ => 1,
+    }
+}
+
+/// `mfa`: steps the session up with a code (asked for, not echoed, when
+/// not given); `mfa enroll`: enrols one's own factor and confirms it with
+/// one code asked for at once.
+async fn mfa(ctx: &Gateway, caller: &Caller, args: &[String], io: &mut Io) -> u32 {
+    let word = |s: &str| s.to_string();
+    match args {
+        [] => {
+            let Line::Text(code) = io.read_line("Code: ", true).await else {
+                return 1;
+            };
+            admin(ctx, caller, vec![word("mfa"), code.trim().to_string()], io).await
+        }
+        [e] if e == "enroll" => {
+            let PrincipalId::User(name) = &caller.who else {
+                io.err("error: only users have a second factor\n").await;
+                return 2;
+            };
+            let argv = vec![word("user"), word("mfa"), word("enroll"), name.clone()];
+            let status = admin(ctx, caller, argv, io).await;
+            if status != 0 {
+                return status;
+            }
+            let Line::Text(code) = io.read_line("Code from the app: ", true).await else {
+                io.err(&format!(
+                    "not confirmed: run `user mfa confirm {name} CODE` with a code from the app\n"
+                ))
+                .await;
+                return 1;
+            };
+            let argv = vec![
+                word("user"),
+                word("mfa"),
+                word("confirm"),
+                name.clone(),
+                code.trim().to_string(),
+            ];
+            admin(ctx, caller, argv, io).await
+        }
+        _ => {
+            let mut argv = vec![word("mfa")];
+            argv.extend(args.iter().cloned());
+            admin(ctx, caller, argv, io).await
+        }
     }
 }
 

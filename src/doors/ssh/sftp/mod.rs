@@ -237,7 +237,7 @@ impl SftpSession {
             .into_iter()
             .any(|p| {
                 guard
-                    .decide_permission(&self.caller.who, p, Some(meter), now)
+                    .decide_permission(&self.caller.who, p, Some(meter), true, now)
                     .allowed
             })
     }
