@@ -5,6 +5,12 @@
 //!     COUNT × (connect, ed25519 key login, exec COMMAND, wait for its exit);
 //!     prints {"rate":…, "median_ms":…, "p90_ms":…, "login_median_ms":…,
 //!     "errors":…} (login: key exchange and key authentication alone)
+//!   ssh_load mfa-logins PORT - KEY USERS_FILE
+//!     one login after another (key, then the TOTP code by keyboard-
+//!     interactive when the line has a secret), each followed by an exec of
+//!     `help`; USERS_FILE lines are `USER SECRET` or `USER -`; prints
+//!     {"login_median_ms":…, "median_ms":…, "errors":…}. The code is the
+//!     next step's (the confirmation used this one; each counts once).
 //!   ssh_load hold PORT USER KEY SESSIONS SECONDS
 //!     opens SESSIONS interactive sessions (pty + shell), prints "held N",
 //!     keeps them SECONDS, then leaves.
@@ -41,6 +47,47 @@ async fn login(port: u16, user: &str, key: &Arc<PrivateKey>) -> anyhow::Result<H
     Ok(h)
 }
 
+/// A login with the key, then the code when the server asks for one.
+async fn login_with_code(
+    port: u16,
+    user: &str,
+    key: &Arc<PrivateKey>,
+    secret: Option<&str>,
+) -> anyhow::Result<Handle<Trusting>> {
+    let config = Arc::new(client::Config {
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut h = client::connect(config, ("127.0.0.1", port), Trusting).await?;
+    let auth = h
+        .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key.clone(), None))
+        .await?;
+    if auth.success() {
+        return Ok(h);
+    }
+    let secret = secret.ok_or_else(|| anyhow::anyhow!("the key was refused"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let code = metergate::guard::mfa::code_at(secret, now + 30)
+        .ok_or_else(|| anyhow::anyhow!("a bad secret"))?;
+    use russh::client::KeyboardInteractiveAuthResponse as K;
+    let mut reply = h
+        .authenticate_keyboard_interactive_start(user, None)
+        .await?;
+    for _ in 0..3 {
+        reply = match reply {
+            K::Success => return Ok(h),
+            K::InfoRequest { prompts, .. } => {
+                h.authenticate_keyboard_interactive_respond(vec![code.clone(); prompts.len()])
+                    .await?
+            }
+            K::Failure { .. } => anyhow::bail!("the code was refused"),
+        };
+    }
+    anyhow::bail!("too many rounds")
+}
+
 /// One round trip; returns how long the login alone took (key exchange and
 /// key authentication).
 async fn one(
@@ -71,8 +118,8 @@ async fn one(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: ssh_load logins PORT USER KEY COUNT CONCURRENCY COMMAND | hold PORT USER KEY SESSIONS SECONDS";
-    anyhow::ensure!(args.len() >= 7, "{usage}");
+    let usage = "usage: ssh_load logins PORT USER KEY COUNT CONCURRENCY COMMAND | mfa-logins PORT - KEY USERS_FILE | hold PORT USER KEY SESSIONS SECONDS";
+    anyhow::ensure!(args.len() >= 6, "{usage}");
     let port: u16 = args[2].parse()?;
     let user = args[3].clone();
     let key = Arc::new(russh::keys::load_secret_key(&args[4], None)?);
@@ -126,7 +173,49 @@ async fn main() -> anyhow::Result<()> {
                 pick(login, 0.5)
             );
         }
+        "mfa-logins" => {
+            let lines = std::fs::read_to_string(&args[5])?;
+            let (mut logins, mut whole, mut errors) = (Vec::new(), Vec::new(), 0);
+            for line in lines.lines() {
+                let mut w = line.split_whitespace();
+                let (Some(user), Some(secret)) = (w.next(), w.next()) else {
+                    continue;
+                };
+                let secret = (secret != "-").then_some(secret);
+                let t0 = Instant::now();
+                let h = match login_with_code(port, user, &key, secret).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        errors += 1;
+                        eprintln!("{user}: {e}");
+                        continue;
+                    }
+                };
+                logins.push(t0.elapsed());
+                let mut ch = h.channel_open_session().await?;
+                ch.exec(true, "help").await?;
+                while let Some(msg) = ch.wait().await {
+                    if let ChannelMsg::Close = msg {
+                        break;
+                    }
+                }
+                whole.push(t0.elapsed());
+                h.disconnect(russh::Disconnect::ByApplication, "", "en")
+                    .await?;
+            }
+            let median = |mut xs: Vec<Duration>| {
+                xs.sort();
+                xs.get(xs.len() / 2)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+            };
+            println!(
+                "{{\"login_median_ms\":{:.2},\"median_ms\":{:.2},\"errors\":{errors}}}",
+                median(logins),
+                median(whole)
+            );
+        }
         "hold" => {
+            anyhow::ensure!(args.len() == 7, "{usage}");
             let sessions: usize = args[5].parse()?;
             let seconds: u64 = args[6].parse()?;
             let mut held = Vec::new();

@@ -21,6 +21,27 @@ pub struct Reliance {
     pub meter: Option<String>,
 }
 
+/// Whether a session proved a second factor, at login or by stepping up
+/// with `mfa`; shared by every channel of one SSH connection, so a step-up
+/// in the shell holds for the session's other channels too.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFactor(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl SessionFactor {
+    pub fn new(proven: bool) -> SessionFactor {
+        SessionFactor(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+            proven,
+        )))
+    }
+    pub fn proven(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+    /// A right code was given in this session.
+    pub fn raise(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release)
+    }
+}
+
 /// A live session as the access watcher sees it.
 #[derive(Clone, Debug)]
 pub struct LiveSession {
@@ -30,6 +51,8 @@ pub struct LiveSession {
     pub relies_on: Vec<Reliance>,
     /// When the credential stops being valid (a certificate's end; UTC µs).
     pub expires: Option<i64>,
+    /// The session proved a second factor (what needs one stays allowed).
+    pub second_factor: bool,
 }
 
 /// One live session as listed.
@@ -51,6 +74,7 @@ struct Entry {
     credential: Option<String>,
     relies_on: Vec<Reliance>,
     expires: Option<i64>,
+    factor: SessionFactor,
     end: watch::Sender<Option<String>>,
 }
 
@@ -98,6 +122,7 @@ impl Entry {
             credential,
             relies_on: Vec::new(),
             expires: None,
+            factor: SessionFactor::default(),
             end,
         };
         (entry, ended)
@@ -228,10 +253,21 @@ impl Sessions {
                         door: e.info.door.clone(),
                         relies_on: e.relies_on.clone(),
                         expires: e.expires,
+                        second_factor: e.factor.proven(),
                     })
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The session's second-factor state, shared with its door (a step-up
+    /// raises both).
+    pub fn set_factor(&self, id: u64, factor: SessionFactor) {
+        if let Ok(mut live) = self.live.lock()
+            && let Some(e) = live.get_mut(&id)
+        {
+            e.factor = factor;
+        }
     }
 
     /// Ends one session; false if there is no such session.

@@ -375,8 +375,36 @@ fn wrong_codes_lock_password_login_but_not_a_key_and_a_code() {
         s.events("login.failure")
             .contains("password login is locked until")
     );
-    // Key and code: still in (keys never lock; the code is not gated by the
-    // password lock that anyone could set off by failing passwords).
+    // Key and code: codes have their own lock, which only wrong codes set
+    // (so only a holder of a first credential): refused until unlocked.
+    let key = s.key("crew");
+    let key = key.to_str().unwrap();
+    let r = openssh(s.port, "crew", key, "-", &format!("totp:{secret}:30"));
+    assert_ne!(r["status"], 0, "{r}");
+    assert!(
+        s.events("mfa.code-refused")
+            .contains("too many wrong codes")
+    );
+    // A person without a factor keeps key-only access from the same
+    // address: wrong codes do not throttle an address.
+    let r = s.ssh("viewer", "whoami");
+    assert_eq!(r.code, 0, "{r:?}");
+    s.d.mg(&["user", "unlock", "crew"]).ok();
+    let r = openssh(s.port, "crew", key, "-", &format!("totp:{secret}:30"));
+    assert_eq!(r["status"], 0, "{r}");
+}
+
+#[test]
+fn failing_passwords_from_anywhere_never_lock_a_key_and_a_code() {
+    let s = Site::start();
+    let (secret, _) = enrol(&s, "crew");
+    // A stranger fails crew's password until it locks (and the address is
+    // throttled): the person's key and code still let them in.
+    for _ in 0..6 {
+        let r = login(s.port, &["interactive", "crew", "guessed wrong", "none"]);
+        assert_eq!(r["ok"], false, "{r}");
+    }
+    assert!(s.events("login.lockout").contains("user:crew"));
     let key = s.key("crew");
     let r = openssh(
         s.port,
@@ -386,7 +414,84 @@ fn wrong_codes_lock_password_login_but_not_a_key_and_a_code() {
         &format!("totp:{secret}:30"),
     );
     assert_eq!(r["status"], 0, "{r}");
-    // A person without a factor keeps key-only access.
-    let r = s.ssh("viewer", "whoami");
-    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn a_first_login_gives_the_code_before_it_may_set_a_password() {
+    let s = Site::start();
+    s.d.mg(&["user", "add", "fern", "--email", "fern@example.org"])
+        .ok();
+    let (secret, _) = enrol(&s, "fern");
+    let sent =
+        s.d.mg(&["user", "resend-password", "fern"])
+            .ok()
+            .stdout
+            .clone();
+    let temp = sent
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary password: "))
+        .expect("the temporary password")
+        .trim()
+        .to_string();
+    // The temporary password alone never reaches the new-password prompt.
+    let r = login(s.port, &["interactive", "fern", &temp, "text:000000"]);
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(
+        prompts(&r),
+        [
+            vec!["Password: "],
+            vec!["Code: "],
+            vec!["Code: "],
+            vec!["Code: "]
+        ],
+        "{r}"
+    );
+    assert!(!s.events("password.changed").contains("user:fern"));
+    // With the code: then the new password, then in.
+    let good = "Silver kettle 9 harbour";
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/ssh.py");
+    let code = pyotp(&secret, 30);
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(s.port.to_string())
+        .args(["interactive", "fern", "whoami", &temp, &code, good, good])
+        .output()
+        .expect("python3 runs");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        prompts(&r),
+        [
+            vec!["Password: "],
+            vec!["Code: "],
+            vec!["New password: ", "Repeat new password: "]
+        ],
+        "{r}"
+    );
+    assert!(s.events("password.changed").contains("user:fern"));
+}
+
+#[test]
+fn a_session_without_a_factor_ends_when_the_gateway_comes_to_require_one() {
+    let s = Site::start();
+    // The administrator follows the log in a key-only session (no factor).
+    let mut follow = Command::new("ssh")
+        .args(ssh::SSH_OPTIONS)
+        .arg("-i")
+        .arg(s.key("admin"))
+        .args([
+            "-p",
+            &s.port.to_string(),
+            "admin@127.0.0.1",
+            "audit",
+            "tail",
+            "-f",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh runs");
+    s.wait_listed("user:admin");
+    s.d.reload_with(|text| format!("{text}\n[mfa]\nrequired = \"always\"\n"));
+    ssh::wait_gone(&mut follow);
+    s.wait_event("session.end", &["user:admin", "needs a second factor"]);
 }

@@ -75,7 +75,7 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
         action: Action::Login,
         read_only: false,
         certificate: None,
-        second_factor: true,
+        second_factor: s.second_factor,
     };
     let d = ctx.guard.decide(&login, now);
     if !d.allowed {
@@ -85,9 +85,13 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
         ));
     }
     for r in &s.relies_on {
-        let d =
-            ctx.guard
-                .decide_permission(&s.principal, r.permission, r.meter.as_deref(), true, now);
+        let d = ctx.guard.decide_permission(
+            &s.principal,
+            r.permission,
+            r.meter.as_deref(),
+            s.second_factor,
+            now,
+        );
         if !d.allowed {
             let on = r
                 .meter

@@ -106,24 +106,7 @@ pub struct Caller {
     pub factor: SessionFactor,
 }
 
-/// Whether a session proved a second factor, at login or by stepping up
-/// with `mfa`; shared by every channel of one SSH connection, so a step-up
-/// in the shell holds for the session's other channels too.
-#[derive(Clone, Debug, Default)]
-pub struct SessionFactor(Arc<std::sync::atomic::AtomicBool>);
-
-impl SessionFactor {
-    pub fn new(proven: bool) -> SessionFactor {
-        SessionFactor(Arc::new(std::sync::atomic::AtomicBool::new(proven)))
-    }
-    pub fn proven(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-    /// A right code was given in this session.
-    pub fn raise(&self) {
-        self.0.store(true, std::sync::atomic::Ordering::Release)
-    }
-}
+pub use crate::sessions::SessionFactor;
 
 impl Caller {
     /// A guard request for `action` by this caller.
@@ -410,7 +393,7 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            if i >= secret_from && !a.starts_with('-') {
+            if i >= secret_from && a != "--" {
                 "(code)".to_string()
             } else if a.chars().count() > 48 {
                 format!("{}…", a.chars().take(40).collect::<String>())

@@ -43,7 +43,7 @@ impl Guard {
         what: Conferral<'_>,
         now: OffsetDateTime,
     ) -> Decision {
-        let d = self.decide_conferral(&req.principal, &what, now);
+        let d = self.decide_conferral(&req.principal, &what, req.second_factor, now);
         if !d.allowed {
             let mut d = d;
             let ev = super::decision_event(req, &d);
@@ -53,11 +53,13 @@ impl Guard {
         d
     }
 
-    /// The decision itself, without an event.
+    /// The decision itself, without an event. `second_factor`: whether the
+    /// caller's session proved one (what needs it is held only then).
     pub fn decide_conferral(
         &self,
         who: &PrincipalId,
         what: &Conferral<'_>,
+        second_factor: bool,
         now: OffsetDateTime,
     ) -> Decision {
         // The gateway's own console is the break-glass Administrator.
@@ -149,7 +151,10 @@ impl Guard {
             }
             for p in perms.iter() {
                 if p.is_global() {
-                    if !self.decide_permission(who, p, None, true, now).allowed {
+                    if !self
+                        .decide_permission(who, p, None, second_factor, now)
+                        .allowed
+                    {
                         return lacking(p, None);
                     }
                     continue;
@@ -160,7 +165,7 @@ impl Guard {
                     .filter(|m| s.meters.iter().any(|sel| sel.matches(&m.id, &m.tags)))
                 {
                     if !self
-                        .decide_permission(who, p, Some(&m.id), true, now)
+                        .decide_permission(who, p, Some(&m.id), second_factor, now)
                         .allowed
                     {
                         return lacking(p, Some(&m.id));

@@ -72,6 +72,10 @@ pub enum Proof {
         /// What the session runs on (a key fingerprint), so removing it
         /// ends the session.
         id: Option<String>,
+        /// The door had the guard check a second factor in this same
+        /// login ([`Guard::check_factor`]), before a first login's new
+        /// password was set.
+        second_factor: bool,
     },
     /// The second factor, after `first` was proved in this same login
     /// (the guard answered [`Verdict::NeedsCode`]).
@@ -324,7 +328,11 @@ impl Guard {
                 )
                 .await
             }
-            Proof::Checked { credential, id } => {
+            Proof::Checked {
+                credential,
+                id,
+                second_factor,
+            } => {
                 let Ok(who) = PrincipalId::parse(a.claimed) else {
                     return Verdict::Rejected;
                 };
@@ -335,7 +343,7 @@ impl Guard {
                     credential,
                     id,
                     a.max_sessions,
-                    false,
+                    second_factor,
                     now,
                 )
                 .await

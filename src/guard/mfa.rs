@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use time::OffsetDateTime;
 use totp_rs::{Algorithm, Totp};
 
-use super::{Guard, PasswordGate};
+use super::Guard;
 use crate::model::{PrincipalId, SecondFactor, User, micros};
 use crate::store::secrets::{self, Secret, SecretError};
 use crate::store::{Category, Entity, EventDraft, Expect, Op, Outcome};
@@ -154,34 +154,26 @@ impl Guard {
         purpose: FactorUse,
     ) -> FactorCheck {
         let now = OffsetDateTime::now_utc();
-        // Only the source's gate applies, not the principal's password
-        // lock: the code comes after a first credential (a key, which never
-        // locks, or a password the lock already gated), so failing
-        // passwords from anywhere cannot lock a person's key-and-code login
-        // (DESIGN §2). Wrong codes still count toward that lock.
-        let window = self.settings.load().lockout.window.0;
-        let gate: PasswordGate = match source {
-            Some(a) => self.state.source_gate(a, micros(now), window).into(),
-            None => PasswordGate::Open,
-        };
-        match gate {
-            PasswordGate::Locked { .. } | PasswordGate::SourceRefused => {
-                self.factor_event(
-                    who,
-                    source,
-                    door,
-                    "mfa.code-refused",
-                    Outcome::Failure,
-                    format!(
-                        "{}: too many failures from this source: refused for the lockout window",
-                        purpose.word()
-                    ),
-                )
-                .await;
-                return FactorCheck::Locked;
-            }
-            PasswordGate::Delay(d) => tokio::time::sleep(d.min(super::login::MAX_DELAY)).await,
-            PasswordGate::Open => {}
+        // Codes have a lock of their own, set only by wrong codes, which
+        // only a holder of the person's first credential can give: neither
+        // failing passwords from anywhere nor a shared address (NAT, a jump
+        // host) can lock a person's key-and-code login (DESIGN §2). Wrong
+        // codes also count toward the password lockout.
+        if let Ok(Some(until)) = self.state.code_locked_until(who, micros(now)) {
+            self.factor_event(
+                who,
+                source,
+                door,
+                "mfa.code-refused",
+                Outcome::Failure,
+                format!(
+                    "{}: too many wrong codes: codes are refused until {} (`user unlock` ends it)",
+                    purpose.word(),
+                    crate::model::rfc3339(until)
+                ),
+            )
+            .await;
+            return FactorCheck::Locked;
         }
         let Some((user, factor)) = self.factor_of(who) else {
             self.code_refused(who, source, door, purpose, "no active second factor")
@@ -195,7 +187,10 @@ impl Guard {
                 // login takes back its own (as without a factor), a key
                 // login none, so a person logging in with key and code never
                 // clears a guesser's count.
-                Ok(true) => FactorCheck::Right { recovery: false },
+                Ok(true) => {
+                    let _ = self.state.code_succeeded(who);
+                    FactorCheck::Right { recovery: false }
+                }
                 Ok(false) => {
                     self.code_refused(
                         who,
@@ -254,6 +249,7 @@ impl Guard {
             // and the person is told to try again.
             return FactorCheck::Failed;
         }
+        let _ = self.state.code_succeeded(who);
         self.factor_event(
             who,
             source,
@@ -276,7 +272,15 @@ impl Guard {
         why: &str,
     ) {
         let now_us = micros(OffsetDateTime::now_utc());
-        let locked = self.count_password_failure(who, source, now_us);
+        // The person's password lockout counts it; the address does not
+        // (a person's own typing must not throttle a shared address).
+        let locked = self.count_password_failure(who, None, now_us);
+        let l = self.settings.load().lockout.clone();
+        let codes_locked = self
+            .state
+            .code_failed(who, now_us, l.failures, l.window.0, l.duration.0)
+            .ok()
+            .flatten();
         self.factor_event(
             who,
             source,
@@ -288,6 +292,21 @@ impl Guard {
         .await;
         if let Some(until) = locked {
             self.lockout_event(who, door, until).await;
+        }
+        if let Some(until) = codes_locked {
+            self.factor_event(
+                who,
+                source,
+                door,
+                "login.lockout",
+                Outcome::Deny,
+                format!(
+                    "{} consecutive wrong codes; codes are refused until {}",
+                    l.failures,
+                    crate::model::rfc3339(until)
+                ),
+            )
+            .await;
         }
     }
 

@@ -169,9 +169,20 @@ impl GuardState {
         window: Duration,
         duration: Duration,
     ) -> Result<Option<i64>, StoreError> {
-        let key = Self::login_key(who);
+        self.failed(&Self::login_key(who), now, limit, window, duration)
+    }
+
+    /// Counts a failure under `key`; the lock's end if this one set it.
+    fn failed(
+        &self,
+        key: &str,
+        now: i64,
+        limit: u32,
+        window: Duration,
+        duration: Duration,
+    ) -> Result<Option<i64>, StoreError> {
         let mut locked = None;
-        self.tree.update_and_fetch(&key, |old| {
+        self.tree.update_and_fetch(key, |old| {
             let mut st: LoginFailures = old
                 .and_then(|v| serde_json::from_slice(v).ok())
                 .unwrap_or_default();
@@ -187,9 +198,49 @@ impl GuardState {
         Ok(())
     }
 
-    /// `user unlock`: ends a lock and forgets the failures.
+    /// `user unlock`: ends a lock and forgets the failures, of passwords
+    /// and of second-factor codes.
     pub fn unlock(&self, who: &PrincipalId) -> Result<bool, StoreError> {
-        Ok(self.tree.remove(Self::login_key(who))?.is_some())
+        let codes = self.tree.remove(Self::code_key(who))?.is_some();
+        Ok(self.tree.remove(Self::login_key(who))?.is_some() || codes)
+    }
+
+    fn code_key(who: &PrincipalId) -> String {
+        format!("codefail/{who}")
+    }
+
+    /// A wrong second-factor code: its own run of failures, which only a
+    /// holder of the person's first credential can add to (so no stranger
+    /// can lock a key-and-code login).
+    pub fn code_failed(
+        &self,
+        who: &PrincipalId,
+        now: i64,
+        limit: u32,
+        window: Duration,
+        duration: Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        self.failed(&Self::code_key(who), now, limit, window, duration)
+    }
+
+    /// Until when codes of `who` are refused, if they are.
+    pub fn code_locked_until(
+        &self,
+        who: &PrincipalId,
+        now: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let st: LoginFailures = self
+            .tree
+            .get(Self::code_key(who))?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        Ok(st.locked_until.filter(|u| *u > now))
+    }
+
+    /// A right code ends the run of wrong ones.
+    pub fn code_succeeded(&self, who: &PrincipalId) -> Result<(), StoreError> {
+        self.tree.remove(Self::code_key(who))?;
+        Ok(())
     }
 
     /// Takes TOTP step `step` for `who` unless it was taken: a code counts

@@ -598,6 +598,10 @@ pub struct PolicyStatement {
     /// Meter selectors; left out: every meter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     meters: Option<Vec<String>>,
+    /// What this allow statement gives may be used only by a session that
+    /// proved a second factor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    require_mfa: bool,
 }
 
 /// A custom policy: the policy file's fields as JSON.

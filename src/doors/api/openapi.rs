@@ -91,7 +91,11 @@ pub struct Decision {
     permission: String,
     principal: String,
     meter: Option<String>,
+    /// For a session without a second factor.
     reason: String,
+    /// Present when a second factor is all that is missing: what a
+    /// session with one gets.
+    allowed_with_second_factor: Option<bool>,
 }
 
 /// An RFC 9457 problem; `reason` is the guard's when it denied the call.

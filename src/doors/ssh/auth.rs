@@ -32,14 +32,23 @@ pub struct Pending {
     pub credential: Credential,
     pub id: Option<String>,
     pub tries: u8,
+    /// A first login: the temporary password was right; the code comes
+    /// before the new password is set, so a temporary password alone never
+    /// sets one.
+    pub first_login: Option<Secret>,
 }
 
 /// Where a keyboard-interactive login stands.
 pub enum Interactive {
     /// The password prompt was sent.
     Password(PrincipalId),
-    /// The temporary password was right; the new-password prompts were sent.
-    NewPassword { who: PrincipalId, temporary: Secret },
+    /// The temporary password was right (and the code, if the person has
+    /// a factor); the new-password prompts were sent.
+    NewPassword {
+        who: PrincipalId,
+        temporary: Secret,
+        second_factor: bool,
+    },
     /// The code prompt was sent.
     Code(Pending),
 }
@@ -143,6 +152,7 @@ pub async fn password(
             credential,
             id,
             tries: 0,
+            first_login: None,
         }),
         Verdict::Busy => PasswordLogin::Busy,
         Verdict::MustChangePassword(_) | Verdict::Rejected => PasswordLogin::Out,
@@ -188,21 +198,33 @@ pub async fn interactive_step(
             let proof = Proof::InteractivePassword(secret.clone());
             let verdict = attempt(ctx, &who.to_string(), source, proof, max_sessions).await;
             match verdict {
+                Verdict::MustChangePassword(who) if ctx.guard.asks_code(&who) => Err((
+                    Some(Interactive::Code(Pending {
+                        who,
+                        credential: Credential::KeyboardInteractive,
+                        id: None,
+                        tries: 0,
+                        first_login: Some(secret),
+                    })),
+                    code_round(CODE_INSTRUCTIONS),
+                )),
                 Verdict::MustChangePassword(who) => Err((
                     Some(Interactive::NewPassword {
                         who,
                         temporary: secret,
+                        second_factor: false,
                     }),
-                    new_password_round(format!(
-                        "First login: choose your new password: at least {} characters, not containing your user name.",
-                        ctx.passwords.min_length
-                    )),
+                    first_login_round(ctx),
                 )),
                 Verdict::Busy => Err((Some(Interactive::Password(who)), busy_then_again())),
                 other => verdict_step(other),
             }
         }
-        Interactive::NewPassword { who, temporary } => {
+        Interactive::NewPassword {
+            who,
+            temporary,
+            second_factor,
+        } => {
             let mut it = answers.into_iter();
             let (Some(new), Some(repeat)) = (it.next(), it.next()) else {
                 return Err((None, Auth::reject()));
@@ -222,13 +244,21 @@ pub async fn interactive_step(
                 Ok(()) => {}
                 Err(PasswordError::Policy(why)) => {
                     return Err((
-                        Some(Interactive::NewPassword { who, temporary }),
+                        Some(Interactive::NewPassword {
+                            who,
+                            temporary,
+                            second_factor,
+                        }),
                         new_password_round(why),
                     ));
                 }
                 Err(PasswordError::Busy) => {
                     return Err((
-                        Some(Interactive::NewPassword { who, temporary }),
+                        Some(Interactive::NewPassword {
+                            who,
+                            temporary,
+                            second_factor,
+                        }),
                         new_password_round(
                             "The gateway is busy: nothing was changed. Give your new password again."
                                 .into(),
@@ -240,6 +270,7 @@ pub async fn interactive_step(
             let proof = Proof::Checked {
                 credential: Credential::KeyboardInteractive,
                 id: None,
+                second_factor,
             };
             verdict_step(attempt(ctx, &who.to_string(), source, proof, max_sessions).await)
         }
@@ -247,6 +278,9 @@ pub async fn interactive_step(
             let Some(code) = answers.into_iter().next() else {
                 return Err((None, Auth::reject()));
             };
+            if let Some(temporary) = pending.first_login.take() {
+                return first_login_code(ctx, source, pending, temporary, code).await;
+            }
             let proof = Proof::Code {
                 first: pending.credential,
                 id: pending.id.clone(),
@@ -278,6 +312,58 @@ pub async fn interactive_step(
     }
 }
 
+fn first_login_round(ctx: &Gateway) -> Auth {
+    new_password_round(format!(
+        "First login: choose your new password: at least {} characters, not containing your user name.",
+        ctx.passwords.min_length
+    ))
+}
+
+/// A first login's code, checked before the new password is asked for.
+// One answer per login round: its size does not matter.
+#[allow(clippy::result_large_err)]
+async fn first_login_code(
+    ctx: &Gateway,
+    source: IpAddr,
+    mut pending: Pending,
+    temporary: Secret,
+    code: Secret,
+) -> Result<LoggedIn, (Option<Interactive>, Auth)> {
+    use crate::guard::mfa::{FactorCheck, FactorUse};
+    match ctx
+        .guard
+        .check_factor(&pending.who, Some(source), DOOR, &code, FactorUse::Login)
+        .await
+    {
+        FactorCheck::Right { .. } => Err((
+            Some(Interactive::NewPassword {
+                who: pending.who,
+                temporary,
+                second_factor: true,
+            }),
+            first_login_round(ctx),
+        )),
+        FactorCheck::Wrong if pending.tries + 1 < CODE_TRIES => {
+            pending.tries += 1;
+            pending.first_login = Some(temporary);
+            Err((
+                Some(Interactive::Code(pending)),
+                code_round("That code was refused. Give the current code (each code counts once)."),
+            ))
+        }
+        FactorCheck::Failed => {
+            pending.first_login = Some(temporary);
+            Err((
+                Some(Interactive::Code(pending)),
+                code_round(
+                    "The gateway could not check the code just now: nothing was counted. Give it again.",
+                ),
+            ))
+        }
+        FactorCheck::Wrong | FactorCheck::Locked => Err((None, Auth::reject())),
+    }
+}
+
 /// A verdict that ends a round: in, on to the code, or out.
 // One answer per login round: its size does not matter.
 #[allow(clippy::result_large_err)]
@@ -302,6 +388,7 @@ fn verdict_step(verdict: Verdict) -> Result<LoggedIn, (Option<Interactive>, Auth
                 credential,
                 id,
                 tries: 0,
+                first_login: None,
             })),
             code_round(CODE_INSTRUCTIONS),
         )),

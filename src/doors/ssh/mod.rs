@@ -250,7 +250,7 @@ impl SshDoor {
             }
         };
         // Until the login, the connection is bounded in time.
-        let (who, credential) = tokio::select! {
+        let (who, credential, factor) = tokio::select! {
             r = logged_in => match r {
                 Ok(Ok(x)) => x,
                 // Busy is not wrong: the client is told to come back.
@@ -309,6 +309,7 @@ impl SshDoor {
             }
         };
         let id = registered.id;
+        sessions.set_factor(id, factor);
         session_id.store(id, Ordering::Release);
         self.gw
             .guard
@@ -374,7 +375,8 @@ struct Connection {
     principal: Option<PrincipalId>,
     /// Who logged in, and with what credential (a key fingerprint or an
     /// access key id), so removing that credential ends the session.
-    logged_in: Option<tokio::sync::oneshot::Sender<Result<(PrincipalId, String), Busy>>>,
+    logged_in:
+        Option<tokio::sync::oneshot::Sender<Result<(PrincipalId, String, SessionFactor), Busy>>>,
     interactive: Option<auth::Interactive>,
     /// A first credential was right; the second factor is awaited.
     pending: Option<auth::Pending>,
@@ -414,7 +416,7 @@ impl Connection {
     fn logged_in(&mut self, who: PrincipalId, credential: String) -> Auth {
         self.principal = Some(who.clone());
         if let Some(tx) = self.logged_in.take() {
-            let _ = tx.send(Ok((who, credential)));
+            let _ = tx.send(Ok((who, credential, self.factor.clone())));
         }
         Auth::Accept
     }
@@ -538,6 +540,7 @@ impl russh::server::Handler for Connection {
         let proof = Proof::Checked {
             credential: Credential::PublicKey,
             id: Some(crate::sshkeys::key_credential(key.public_key)),
+            second_factor: false,
         };
         let verdict = auth::attempt(
             &self.gw,
@@ -563,6 +566,7 @@ impl russh::server::Handler for Connection {
                     credential,
                     id,
                     tries: 0,
+                    first_login: None,
                 });
                 auth::needs_code()
             }
