@@ -356,6 +356,10 @@ impl SshDoor {
 /// The password pool was too busy to check a login.
 struct Busy;
 
+/// Who logged in, the credential the session runs on, and whether it gave
+/// a second factor.
+type LoggedIn = (PrincipalId, String, SessionFactor);
+
 /// A channel's pty and, once its shell or command runs, where its input goes.
 #[derive(Default)]
 struct ChannelSlot {
@@ -375,8 +379,7 @@ struct Connection {
     principal: Option<PrincipalId>,
     /// Who logged in, and with what credential (a key fingerprint or an
     /// access key id), so removing that credential ends the session.
-    logged_in:
-        Option<tokio::sync::oneshot::Sender<Result<(PrincipalId, String, SessionFactor), Busy>>>,
+    logged_in: Option<tokio::sync::oneshot::Sender<Result<LoggedIn, Busy>>>,
     interactive: Option<auth::Interactive>,
     /// A first credential was right; the second factor is awaited.
     pending: Option<auth::Pending>,
