@@ -85,8 +85,9 @@ impl SshDoor {
     ) -> SshDoor {
         let russh_config = russh::server::Config {
             // OpenSSH probes with `none` first: no delay for that probe
-            // (DESIGN §4), a constant second for real rejections.
-            auth_rejection_time: Duration::from_secs(1),
+            // (DESIGN §4). Real rejections take a constant second, paced
+            // by the handler (`paced`) so a partial success is not held.
+            auth_rejection_time: Duration::ZERO,
             auth_rejection_time_initial: Some(Duration::ZERO),
             methods: methods(),
             keys: vec![key],
@@ -356,6 +357,26 @@ impl SshDoor {
 /// The password pool was too busy to check a login.
 struct Busy;
 
+/// How long a refused login method takes, counted from its request: a
+/// constant, so a refusal tells nothing by its timing. A partial success
+/// (a first credential right, the code still to come) is answered at once:
+/// russh would hold it as long as a refusal (its `auth_rejection_time`,
+/// set to zero for that reason).
+const REJECTION_TIME: Duration = Duration::from_secs(1);
+
+/// Answers `auth` no sooner than [`REJECTION_TIME`] after `t0` when it is a
+/// refusal.
+async fn paced(t0: tokio::time::Instant, auth: Auth) -> Auth {
+    if let Auth::Reject {
+        partial_success: false,
+        ..
+    } = auth
+    {
+        tokio::time::sleep_until(t0 + REJECTION_TIME).await;
+    }
+    auth
+}
+
 /// Who logged in, the credential the session runs on, and whether it gave
 /// a second factor.
 type LoggedIn = (PrincipalId, String, SessionFactor);
@@ -493,34 +514,26 @@ impl Connection {
     }
 }
 
-impl russh::server::Handler for Connection {
-    type Error = russh::Error;
-
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::Reject {
-            proceed_with_methods: Some(methods()),
-            partial_success: false,
-        })
-    }
-
+/// The login methods, translated; the handler paces what they answer.
+impl Connection {
     /// A key merely offered is a probe, never a failure: it is accepted for
     /// a signature only when it is one of the user's keys.
-    async fn auth_publickey_offered(
+    async fn publickey_offered(
         &mut self,
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
+    ) -> Result<Auth, russh::Error> {
         Ok(match self.key_owner(user, offer.public_key) {
             Some(_) => Auth::Accept,
             None => Auth::reject(),
         })
     }
 
-    async fn auth_publickey(
+    async fn publickey(
         &mut self,
         user: &str,
         key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
+    ) -> Result<Auth, russh::Error> {
         if *key.algorithm == (russh::keys::Algorithm::Rsa { hash: None }) {
             self.refuse(
                 "login.failure",
@@ -578,7 +591,7 @@ impl russh::server::Handler for Connection {
         })
     }
 
-    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+    async fn password_login(&mut self, user: &str, password: &str) -> Result<Auth, russh::Error> {
         let secret = crate::store::secrets::Secret::new(password);
         Ok(
             match auth::password(
@@ -601,12 +614,12 @@ impl russh::server::Handler for Connection {
         )
     }
 
-    async fn auth_keyboard_interactive<'a>(
+    async fn keyboard_interactive<'a>(
         &'a mut self,
         user: &str,
         _submethods: &str,
         response: Option<russh::server::Response<'a>>,
-    ) -> Result<Auth, Self::Error> {
+    ) -> Result<Auth, russh::Error> {
         let Some(response) = response else {
             // A code awaited is for the principal that proved the first
             // credential, whatever name this request gives.
@@ -651,6 +664,56 @@ impl russh::server::Handler for Connection {
                 Ok(reply)
             }
         }
+    }
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(methods()),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let t0 = tokio::time::Instant::now();
+        let auth = self.publickey_offered(user, offer).await?;
+        Ok(paced(t0, auth).await)
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let t0 = tokio::time::Instant::now();
+        let auth = self.publickey(user, key).await?;
+        Ok(paced(t0, auth).await)
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        let t0 = tokio::time::Instant::now();
+        let auth = self.password_login(user, password).await?;
+        Ok(paced(t0, auth).await)
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let t0 = tokio::time::Instant::now();
+        let auth = self
+            .keyboard_interactive(user, _submethods, response)
+            .await?;
+        Ok(paced(t0, auth).await)
     }
 
     async fn channel_open_session(
