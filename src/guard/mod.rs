@@ -283,7 +283,9 @@ impl Guard {
             principal,
             limit,
             factor_missing: needs_factor(&req.principal) && !req.second_factor,
-        };
+            mfa: MfaRequired::Never,
+        }
+        .with_mfa_setting();
         match &req.action {
             Action::WriteRegisters { .. } | Action::Diagnostics { .. } if req.read_only => {
                 Decision::deny(None, Reason::ReadOnlyClient)
@@ -448,7 +450,9 @@ impl Guard {
             principal,
             limit: None,
             factor_missing: needs_factor(who) && !second_factor,
-        };
+            mfa: MfaRequired::Never,
+        }
+        .with_mfa_setting();
         match meter {
             Some(id) => match snap.meter(id) {
                 Some(m) => ctx.evaluate(permission, Some(m)),
@@ -651,6 +655,8 @@ struct Ctx<'a> {
     /// that require one do not allow, nor does `[mfa] required` for its
     /// permissions.
     factor_missing: bool,
+    /// `[mfa] required`, read once per decision when a factor is missing.
+    mfa: MfaRequired,
 }
 
 /// Only people give a second factor. Service users, Modbus clients and
@@ -662,6 +668,13 @@ fn needs_factor(who: &PrincipalId) -> bool {
 }
 
 impl Ctx<'_> {
+    fn with_mfa_setting(mut self) -> Self {
+        if self.factor_missing {
+            self.mfa = self.guard.settings.load().mfa;
+        }
+        self
+    }
+
     /// Default deny; an explicit deny anywhere beats every allow.
     fn evaluate(&self, permission: Permission, meter: Option<MeterRef<'_>>) -> Decision {
         if let Some((set, role)) = &self.limit
@@ -688,7 +701,7 @@ impl Ctx<'_> {
         let mut allow = None;
         // An allow that needs the factor this session lacks (the first).
         let mut needs_factor: Option<usize> = None;
-        let setting = self.factor_missing && self.guard.settings.load().mfa.requires(permission);
+        let setting = self.factor_missing && self.mfa.requires(permission);
         for (i, st) in self.principal.statements.iter().enumerate() {
             if !st.covers.contains(permission) {
                 continue;
