@@ -286,7 +286,17 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         }
     }
     if let (Some(api), Some(listener)) = (&config.api, api_listener) {
-        let door = Arc::new(crate::doors::api::ApiDoor::new(ctx.clone(), api)?);
+        // Browser sessions keep the SSH door's lengths (15 min idle, 12 h).
+        let (idle, max) = config.ssh.as_ref().map_or(
+            (Duration::from_secs(15 * 60), Duration::from_secs(12 * 3600)),
+            |s| (s.idle_timeout, s.max_session),
+        );
+        let console = crate::doors::web::router(ctx.clone(), idle, max);
+        let door = Arc::new(crate::doors::api::ApiDoor::new(
+            ctx.clone(),
+            api,
+            Some(console),
+        )?);
         doors.push(tokio::spawn(door.serve(
             listener,
             gate("api"),

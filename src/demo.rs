@@ -397,7 +397,8 @@ fn api_lines(demo: &Demo) -> String {
     let dir = demo.dir.display();
     let port = api.listen.port();
     format!(
-        "\nThe HTTPS API on https://127.0.0.1:{port} as provisioner ([access_keys.provisioner] in {dir}/credentials.toml; put `user = \"ID:SECRET\"` in a 0600 file, here key.curl):\n\
+        "\nThe web console on https://127.0.0.1:{port}/ (trust {dir}/certs/ca.crt; the users log in with the passwords in {dir}/credentials.toml).\n\
+         The HTTPS API on https://127.0.0.1:{port} as provisioner ([access_keys.provisioner] in {dir}/credentials.toml; put `user = \"ID:SECRET\"` in a 0600 file, here key.curl):\n\
          \x20 TOKEN=$(curl -s --cacert {dir}/certs/ca.crt -K key.curl -d grant_type=client_credentials https://127.0.0.1:{port}/oauth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')\n\
          \x20 curl -s --cacert {dir}/certs/ca.crt -H \"Authorization: Bearer $TOKEN\" https://127.0.0.1:{port}/api/v1/users\n"
     )

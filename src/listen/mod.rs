@@ -21,6 +21,11 @@ use tokio_util::task::TaskTracker;
 pub use cancellable::Cancellable;
 pub use floods::Floods;
 
+/// The address an HTTPS request came from, put in its extensions by the
+/// listener (the API and the web console read it).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// Aggregated refusal events are written once per interval per source.
 pub const FLOOD_INTERVAL: Duration = Duration::from_secs(60);
 

@@ -12,6 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_metergate");
 pub struct DemoPorts {
     pub ssh: u16,
     pub modbus: u16,
+    /// The HTTPS API and the web console.
+    pub api: u16,
 }
 
 pub struct Daemon {
@@ -221,6 +223,7 @@ impl Daemon {
             DemoPorts {
                 ssh: base - 3280,
                 modbus: base,
+                api: base + 2941,
             },
         )
     }

@@ -55,9 +55,7 @@ pub enum ApiError {
     },
 }
 
-/// The client's address, as the accept loop saw it.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+pub use crate::listen::Peer;
 
 /// What every handler shares.
 pub struct Api {
@@ -76,6 +74,8 @@ pub struct ApiDoor {
     api: Arc<Api>,
     acceptor: TlsAcceptor,
     router: Router,
+    /// The web console, served at `/` on the same listener.
+    console: Option<Router>,
     floods: Arc<Floods>,
 }
 
@@ -189,7 +189,13 @@ pub fn openapi_json() -> String {
 
 impl ApiDoor {
     /// Reads the certificate and key (every problem names its file).
-    pub fn new(gw: Arc<Gateway>, config: &ApiConfig) -> Result<ApiDoor, ApiError> {
+    /// `console`: the web console's routes, answered for every path that
+    /// is not the API's (`/api/…`, `/oauth/token`).
+    pub fn new(
+        gw: Arc<Gateway>,
+        config: &ApiConfig,
+        console: Option<Router>,
+    ) -> Result<ApiDoor, ApiError> {
         let acceptor = TlsAcceptor::from(Arc::new(tls(config)?));
         let floods = Arc::new(Floods::new(gw.guard.clone(), DOOR));
         let api = Arc::new(Api {
@@ -226,6 +232,7 @@ impl ApiDoor {
             api,
             acceptor,
             router,
+            console,
         })
     }
 
@@ -281,11 +288,16 @@ impl ApiDoor {
                 return;
             }
         };
-        let router = self.router.clone();
+        let (api, console) = (self.router.clone(), self.console.clone());
         let service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(Peer(peer));
-                let router = router.clone();
+                let path = req.uri().path();
+                let for_api = path.starts_with("/api/") || path == "/oauth/token";
+                let router = match (&console, for_api) {
+                    (Some(c), false) => c.clone(),
+                    _ => api.clone(),
+                };
                 async move {
                     use tower::ServiceExt;
                     router.oneshot(req.map(axum::body::Body::new)).await

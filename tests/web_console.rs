@@ -1,0 +1,516 @@
+//! The web console in a real browser (Debian's headless Chromium through
+//! Selenium) against the demo: logins (temporary password, second factor),
+//! users and their policies, deactivation that ends every session, what a
+//! viewer is not offered, forged and CSRF-less posts, killed and idle
+//! sessions, and the headers of every page. Screenshots of the pages are
+//! left in the test's target directory.
+
+#[path = "common/api.rs"]
+mod api;
+#[path = "common/daemon.rs"]
+mod daemon;
+
+use std::process::Command;
+
+use daemon::{Daemon, free_port};
+use serde_json::{Value, json};
+
+/// Runs tests/peers/console.py with these steps.
+fn browse(port: u16, ca: &std::path::Path, steps: Value) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/console.py");
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(format!("https://127.0.0.1:{port}"))
+        .arg(ca)
+        .arg(&shots)
+        .arg(steps.to_string())
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {text}{}",
+            String::from_utf8_lossy(&out.stderr) // names what to install
+        )
+    })
+}
+
+fn ok(r: &Value) {
+    assert_eq!(
+        r["ok"],
+        true,
+        "{}",
+        serde_json::to_string_pretty(r).unwrap()
+    );
+}
+
+struct Demo {
+    d: Daemon,
+    port: u16,
+    ssh: u16,
+    ca: std::path::PathBuf,
+}
+
+fn demo() -> Demo {
+    let (d, ports) = Daemon::start_demo();
+    let ca = d.config.with_file_name("certs").join("ca.crt");
+    Demo {
+        port: ports.api,
+        ssh: ports.ssh,
+        ca,
+        d,
+    }
+}
+
+fn login(user: &str, password: &str) -> Vec<Value> {
+    vec![
+        json!({"go": "/login"}),
+        json!({"fill": {"user": user, "password": password}}),
+        json!({"click": "Log in"}),
+        json!({"away": "/login"}),
+    ]
+}
+
+fn steps(parts: Vec<Vec<Value>>) -> Value {
+    Value::Array(parts.into_iter().flatten().collect())
+}
+
+#[test]
+fn an_administrator_adds_a_user_who_sets_a_password_at_first_login() {
+    let g = demo();
+    let admin = g.d.demo_password("admin");
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            vec![
+                json!({"go": "/"}),
+                json!({"at": "/login"}),
+                json!({"shot": "login"}),
+            ],
+            login("admin", &admin),
+            vec![
+                json!({"see": "Settings › Access › Users"}),
+                json!({"shot": "users"}),
+                json!({"fill": {"name": "nina", "email": "nina@example.org", "first": "Nina"}}),
+                json!({"click": "Add user"}),
+                json!({"see": "User nina created"}),
+                json!({"keep": "temporary", "id": "secret"}),
+                json!({"click": "Log out"}),
+                json!({"at": "/login"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let temporary = r["kept"]["temporary"].as_str().unwrap().to_string();
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            login("nina", &temporary),
+            vec![
+                json!({"at": "/login/new-password"}),
+                json!({"shot": "new-password"}),
+                json!({"fill": {"new": "short", "repeat": "short"}}),
+                json!({"click": "Set password"}),
+                json!({"see": "too short"}),
+                json!({"fill": {"new": "Copper meadow 4 lantern", "repeat": "Copper meadow 4 lantern"}}),
+                json!({"click": "Set password"}),
+                // Nina manages nobody: her page is her profile.
+                json!({"see": "Signed in as user:nina"}),
+                json!({"not_see": "Users"}),
+                json!({"shot": "profile"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let changed =
+        g.d.mg(&[
+            "audit",
+            "query",
+            "--code",
+            "password.changed",
+            "--door",
+            "web",
+        ])
+        .ok()
+        .stdout
+        .clone();
+    assert!(changed.contains("user:nina"), "{changed}");
+    let started =
+        g.d.mg(&["audit", "query", "--code", "session.start", "--door", "web"])
+            .ok()
+            .stdout
+            .clone();
+    assert!(
+        started.contains("user:nina") && started.contains("user:admin"),
+        "{started}"
+    );
+}
+
+#[test]
+fn a_policy_is_added_then_deleted_with_a_confirmation_and_each_change_is_an_event() {
+    let g = demo();
+    let admin = g.d.demo_password("admin");
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            login("admin", &admin),
+            vec![
+                json!({"go": "/users/crew"}),
+                json!({"see": "Unique ID"}),
+                json!({"select": {"policy": "ReadOnly"}}),
+                json!({"click": "Add"}),
+                json!({"see": "policy ReadOnly attached"}),
+                json!({"shot": "user"}),
+                json!({"click": "Delete"}),
+                json!({"see": "Are you sure?"}),
+                json!({"shot": "confirm"}),
+                json!({"click": "Delete"}),
+                json!({"see": "policy ReadOnly detached"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let changes =
+        g.d.mg(&["audit", "query", "--code", "admin.change", "--door", "web"])
+            .ok()
+            .stdout
+            .clone();
+    assert!(
+        changes.contains("attached") && changes.contains("detached"),
+        "{changes}"
+    );
+    assert!(changes.contains("user:admin"), "{changes}");
+}
+
+#[test]
+fn deactivation_ends_the_users_ssh_and_browser_sessions() {
+    let g = demo();
+    let dir = g.d.dir.path();
+    let key = dir.join("crew-key");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(out.status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    g.d.mg(&["user", "add-key", "crew", public.trim()]).ok();
+    let mut held = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-N",
+            "-i",
+        ])
+        .arg(&key)
+        .args(["-p", &g.ssh.to_string(), "crew@127.0.0.1"])
+        .spawn()
+        .expect("ssh runs");
+    let (admin, crew) = (g.d.demo_password("admin"), g.d.demo_password("crew"));
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            vec![json!({"browser": "crew"})],
+            login("crew", &crew),
+            vec![
+                json!({"see": "Signed in as user:crew"}),
+                json!({"browser": "main"}),
+            ],
+            login("admin", &admin),
+            vec![
+                json!({"go": "/sessions"}),
+                json!({"see": "web"}),
+                json!({"shot": "sessions"}),
+                json!({"go": "/users/crew"}),
+                json!({"click": "Deactivate"}),
+                json!({"see": "INACTIVE"}),
+                json!({"browser": "crew"}),
+                json!({"go": "/profile"}),
+                json!({"at": "/login"}),
+                json!({"browser": "main"}),
+                json!({"go": "/users/crew"}),
+                json!({"click": "Activate"}),
+                json!({"see": "ACTIVE"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while held.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crew's SSH session was not ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for door in ["web", "ssh"] {
+        let ends =
+            g.d.mg(&[
+                "audit",
+                "query",
+                "--code",
+                "session.end",
+                "--principal",
+                "crew",
+                "--door",
+                door,
+            ])
+            .ok()
+            .stdout
+            .clone();
+        assert!(ends.contains("user deactivated"), "{door}: {ends}");
+    }
+}
+
+#[test]
+fn what_a_person_may_not_do_is_not_offered_and_forged_posts_are_refused() {
+    let g = demo();
+    // An auditor: Security Logs Access shows the lists, but changes nothing.
+    g.d.mg(&["user", "add", "audrey", "--email", "audrey@example.org"])
+        .ok();
+    g.d.mg(&["user", "grant-role", "audrey", "SecAuditor"]).ok();
+    let sent =
+        g.d.mg(&["user", "resend-password", "audrey"])
+            .ok()
+            .stdout
+            .clone();
+    let temporary = sent
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary password: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let good = "Harbour lights 7 quietly";
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            login("audrey", &temporary),
+            vec![
+                json!({"fill": {"new": good, "repeat": good}}),
+                json!({"click": "Set password"}),
+                json!({"see": "Settings › Access › Users"}),
+                json!({"not_see": "Add user"}),
+                json!({"go": "/users/crew"}),
+                json!({"see": "Unique ID"}),
+                json!({"not_see": "Deactivate"}),
+                json!({"not_see": "Resend temporary password"}),
+                json!({"not_see": "Add to User Group"}),
+                json!({"shot": "user-read-only"}),
+                // Forged: the admin's form, with audrey's cookie and token.
+                json!({"forge": "/users/crew/deactivate", "csrf": "page"}),
+                json!({"forge": "/users/crew/deactivate", "csrf": "none"}),
+                json!({"forge": "/users/crew/deactivate", "csrf": "wrong"}),
+                json!({"forge": "/users", "fields": {"name": "mallory", "email": "m@example.org"}, "csrf": "wrong"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let records = r["records"].as_array().unwrap();
+    assert_eq!(records[0]["status"], 403, "{}", records[0]);
+    assert!(
+        records[0]["body"].as_str().unwrap().contains("DENY"),
+        "{}",
+        records[0]
+    );
+    for rec in &records[1..] {
+        assert_eq!(rec["status"], 403, "{rec}");
+        assert!(rec["body"].as_str().unwrap().contains("CSRF"), "{rec}");
+    }
+    let show = g.d.mg(&["user", "show", "crew"]).ok().stdout.clone();
+    assert!(
+        show.contains("ACTIVE") && !show.contains("INACTIVE"),
+        "{show}"
+    );
+    assert_eq!(g.d.mg(&["user", "show", "mallory"]).code, 2);
+    let denied =
+        g.d.mg(&[
+            "audit",
+            "query",
+            "--code",
+            "admin.deny",
+            "--principal",
+            "audrey",
+            "--door",
+            "web",
+        ])
+        .ok()
+        .stdout
+        .clone();
+    assert!(denied.contains("user deactivate crew"), "{denied}");
+}
+
+#[test]
+fn a_second_factor_at_login_headers_cookies_and_a_killed_session() {
+    let g = demo();
+    let admin = g.d.demo_password("admin");
+    // The administrator has a factor: the login asks for a code (pyotp's).
+    let v: Value = serde_json::from_str(
+        &g.d.mg(&["--json", "user", "mfa", "enroll", "admin"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
+    let secret = v["secret"].as_str().unwrap().to_string();
+    let code = Command::new("python3")
+        .args([
+            "-c",
+            "import pyotp, sys; print(pyotp.TOTP(sys.argv[1]).now())",
+            &secret,
+        ])
+        .output()
+        .expect("python3 runs");
+    let code = String::from_utf8_lossy(&code.stdout).trim().to_string();
+    g.d.mg(&["user", "mfa", "confirm", "admin", &code]).ok();
+    let crew = g.d.demo_password("crew");
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            vec![json!({"browser": "crew"})],
+            login("crew", &crew),
+            vec![
+                json!({"see": "Signed in as user:crew"}),
+                json!({"browser": "main"}),
+            ],
+            login("admin", &admin),
+            vec![
+                json!({"at": "/login/code"}),
+                json!({"shot": "code"}),
+                json!({"fill": {"code": "000000"}}),
+                json!({"click": "Continue"}),
+                json!({"see": "refused"}),
+                json!({"code": secret}),
+                json!({"click": "Continue"}),
+                json!({"see": "Settings › Access › Users"}),
+                json!({"cookies": true}),
+                json!({"headers": "/users"}),
+                json!({"headers": "/sessions"}),
+                json!({"headers": "/profile"}),
+                json!({"headers": "/users/crew"}),
+                // `session kill` from the Sessions page: crew's next click
+                // lands on the login page.
+                json!({"go": "/sessions"}),
+                json!({"click": "Kill"}),
+                json!({"see": "ended"}),
+                json!({"browser": "crew"}),
+                json!({"go": "/profile"}),
+                json!({"at": "/login"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let records = r["records"].as_array().unwrap();
+    let cookies = records[0]["cookies"].as_array().unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "mg_session")
+        .expect("the session cookie");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    for rec in &records[1..] {
+        let h = &rec["values"];
+        assert_eq!(rec["status"], 200, "{rec}");
+        assert!(
+            h["content-security-policy"]
+                .as_str()
+                .unwrap()
+                .contains("default-src 'self'"),
+            "{rec}"
+        );
+        assert!(
+            !h["content-security-policy"]
+                .as_str()
+                .unwrap()
+                .contains("unsafe"),
+            "{rec}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY", "{rec}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{rec}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{rec}");
+        assert!(
+            h["strict-transport-security"]
+                .as_str()
+                .unwrap()
+                .starts_with("max-age="),
+            "{rec}"
+        );
+    }
+    let logins = g.d.mg(&["audit", "export"]).ok().stdout.clone();
+    assert!(
+        logins.lines().any(|l| l.contains("login.success")
+            && l.contains("\"door\":\"web\"")
+            && l.contains("second_factor")),
+        "no web login with a second factor in the log"
+    );
+    let ended =
+        g.d.mg(&["audit", "query", "--code", "session.end", "--door", "web"])
+            .ok()
+            .stdout
+            .clone();
+    assert!(
+        ended.contains("user:crew") && ended.contains("ended by user:admin"),
+        "{ended}"
+    );
+}
+
+#[test]
+fn an_idle_browser_session_ends_at_the_ssh_doors_idle_timeout() {
+    let ssh = free_port();
+    let a = api::api_with(&format!(
+        "\n[ssh]\nlisten = [\"127.0.0.1:{ssh}\"]\nidle_timeout = \"2s\"\n"
+    ));
+    a.d.mg(&["user", "add", "ivy", "--email", "ivy@example.org"])
+        .ok();
+    let sent =
+        a.d.mg(&["user", "resend-password", "ivy"])
+            .ok()
+            .stdout
+            .clone();
+    let temporary = sent
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary password: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let good = "Meadow clock 5 ferry";
+    let r = browse(
+        a.port,
+        &a.ca,
+        steps(vec![
+            login("ivy", &temporary),
+            vec![
+                json!({"fill": {"new": good, "repeat": good}}),
+                json!({"click": "Set password"}),
+                json!({"see": "Signed in as user:ivy"}),
+                json!({"wait": 3}),
+                json!({"go": "/profile"}),
+                json!({"at": "/login"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let ended =
+        a.d.mg(&["audit", "query", "--code", "session.end", "--door", "web"])
+            .ok()
+            .stdout
+            .clone();
+    assert!(ended.contains("user:ivy"), "{ended}");
+}
