@@ -9,6 +9,8 @@
 mod api;
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/ssh.rs"]
+mod ssh;
 
 use std::process::Command;
 
@@ -71,6 +73,25 @@ fn login(user: &str, password: &str) -> Vec<Value> {
         json!({"click": "Log in"}),
         json!({"away": "/login"}),
     ]
+}
+
+/// A new user through the control socket, and the temporary password a
+/// resend gives them.
+fn with_temporary(d: &Daemon, name: &str) -> String {
+    d.mg(&[
+        "user",
+        "add",
+        name,
+        "--email",
+        &format!("{name}@example.org"),
+    ])
+    .ok();
+    let sent = d.mg(&["user", "resend-password", name]).ok().stdout.clone();
+    sent.lines()
+        .find_map(|l| l.strip_prefix("temporary password: "))
+        .expect("the temporary password")
+        .trim()
+        .to_string()
 }
 
 fn steps(parts: Vec<Vec<Value>>) -> Value {
@@ -282,20 +303,8 @@ fn deactivation_ends_the_users_ssh_and_browser_sessions() {
 fn what_a_person_may_not_do_is_not_offered_and_forged_posts_are_refused() {
     let g = demo();
     // An auditor: Security Logs Access shows the lists, but changes nothing.
-    g.d.mg(&["user", "add", "audrey", "--email", "audrey@example.org"])
-        .ok();
+    let temporary = with_temporary(&g.d, "audrey");
     g.d.mg(&["user", "grant-role", "audrey", "SecAuditor"]).ok();
-    let sent =
-        g.d.mg(&["user", "resend-password", "audrey"])
-            .ok()
-            .stdout
-            .clone();
-    let temporary = sent
-        .lines()
-        .find_map(|l| l.strip_prefix("temporary password: "))
-        .unwrap()
-        .trim()
-        .to_string();
     let good = "Harbour lights 7 quietly";
     let r = browse(
         g.port,
@@ -407,7 +416,7 @@ fn a_second_factor_at_login_headers_cookies_and_a_killed_session() {
                 // `session kill` from the Sessions page: crew's next click
                 // lands on the login page.
                 json!({"go": "/sessions"}),
-                json!({"click": "Kill"}),
+                json!({"click_in_row": ["user:crew", "Kill"]}),
                 json!({"see": "ended"}),
                 json!({"browser": "crew"}),
                 json!({"go": "/profile"}),
@@ -477,19 +486,7 @@ fn an_idle_browser_session_ends_at_the_ssh_doors_idle_timeout() {
     let a = api::api_with(&format!(
         "\n[ssh]\nlisten = [\"127.0.0.1:{ssh}\"]\nidle_timeout = \"2s\"\n"
     ));
-    a.d.mg(&["user", "add", "ivy", "--email", "ivy@example.org"])
-        .ok();
-    let sent =
-        a.d.mg(&["user", "resend-password", "ivy"])
-            .ok()
-            .stdout
-            .clone();
-    let temporary = sent
-        .lines()
-        .find_map(|l| l.strip_prefix("temporary password: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let temporary = with_temporary(&a.d, "ivy");
     let good = "Meadow clock 5 ferry";
     let r = browse(
         a.port,

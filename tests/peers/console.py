@@ -14,6 +14,7 @@ usage: console.py BASE_URL CA_FILE SHOTS_DIR STEPS_JSON
     {"select": {"name": "option"}}       pick an option
     {"code": "BASE32"}                   type pyotp's current code (+30 s) into `code`
     {"click": "Button text"}             press the button (or link) with this text
+    {"click_in_row": ["text", "Button"]} press the button in the table row showing text
     {"see": "text"}                      wait (15 s) until the page shows it
     {"not_see": "text"}                  the page does not show it
     {"at": "/path"}                      the page's path is this
@@ -104,6 +105,9 @@ def main():
                 t = st["click"]
                 xp = f"//button[normalize-space()='{t}'] | //a[normalize-space()='{t}'] | //input[@type='submit' and @value='{t}']"
                 d.find_element(By.XPATH, xp).click()
+            elif "click_in_row" in st:
+                row, t = st["click_in_row"]
+                d.find_element(By.XPATH, f"//tr[td[contains(., '{row}')]]//button[normalize-space()='{t}']").click()
             elif "see" in st:
                 WebDriverWait(d, 15).until(lambda _: st["see"] in body())
             elif "not_see" in st:

@@ -251,6 +251,20 @@ fn take_ticket(web: &Web, headers: &HeaderMap) -> Option<(String, Ticket)> {
     (t.expires > Instant::now()).then_some((key, t))
 }
 
+/// The ticket of this request, taken out of the table, if the form's CSRF
+/// token is the ticket's; else where the browser goes.
+// Once per login step: the size of the refusal does not matter.
+#[allow(clippy::result_large_err)]
+fn ticket_for(web: &Web, headers: &HeaderMap, csrf: &str) -> Result<(String, Ticket), Response> {
+    let Some((key, t)) = take_ticket(web, headers) else {
+        return Err(Redirect::to("/login").into_response());
+    };
+    if !session::same(&t.csrf, csrf) {
+        return Err(super::refused_csrf());
+    }
+    Ok((key, t))
+}
+
 fn put_back(web: &Web, key: String, t: Ticket) {
     if let Ok(mut map) = web.tickets.lock() {
         map.insert(key, t);
@@ -288,12 +302,10 @@ pub async fn code(
     headers: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    let Some((key, mut t)) = take_ticket(&web, &headers) else {
-        return Redirect::to("/login").into_response();
+    let (key, mut t) = match ticket_for(&web, &headers, &f.csrf) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !session::same(&t.csrf, &f.csrf) {
-        return super::refused_csrf();
-    }
     let Stage::Code {
         credential,
         first_login,
@@ -415,12 +427,10 @@ pub async fn new_password(
     headers: HeaderMap,
     Form(f): Form<NewPasswordForm>,
 ) -> Response {
-    let Some((key, t)) = take_ticket(&web, &headers) else {
-        return Redirect::to("/login").into_response();
+    let (key, t) = match ticket_for(&web, &headers, &f.csrf) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
-    if !session::same(&t.csrf, &f.csrf) {
-        return super::refused_csrf();
-    }
     let Stage::NewPassword {
         temporary,
         second_factor,
