@@ -286,12 +286,17 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         }
     }
     if let (Some(api), Some(listener)) = (&config.api, api_listener) {
-        // Browser sessions keep the SSH door's lengths (15 min idle, 12 h).
-        let (idle, max) = config.ssh.as_ref().map_or(
-            (Duration::from_secs(15 * 60), Duration::from_secs(12 * 3600)),
-            |s| (s.idle_timeout, s.max_session),
+        // Browser sessions keep the SSH door's lengths and cap (15 min
+        // idle, 12 h, 4 per principal, its defaults without `[ssh]`).
+        let (idle, max, cap) = config.ssh.as_ref().map_or(
+            (
+                Duration::from_secs(15 * 60),
+                Duration::from_secs(12 * 3600),
+                4,
+            ),
+            |s| (s.idle_timeout, s.max_session, s.max_sessions_per_principal),
         );
-        let console = crate::doors::web::router(ctx.clone(), idle, max);
+        let console = crate::doors::web::router(ctx.clone(), idle, max, cap);
         let door = Arc::new(crate::doors::api::ApiDoor::new(
             ctx.clone(),
             api,

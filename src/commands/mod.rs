@@ -385,7 +385,7 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
                 UserCommand::Mfa {
                     command: MfaCommand::Confirm { .. },
                 },
-        } => 4,
+        } => 4 + usize::from(req.argv.get(3).is_some_and(|a| a == "--")),
         _ => usize::MAX,
     };
     let words = req

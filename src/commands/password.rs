@@ -27,7 +27,7 @@ pub enum PasswordError {
 
 /// What is being replaced, for the policy's "must differ from" rule and
 /// the event.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Replacing {
     /// The temporary password of a first login.
     Temporary,
@@ -84,6 +84,27 @@ pub async fn change(
     let Some(mut user) = dir.users.get(name).cloned() else {
         return Err(PasswordError::Failed(format!("no user `{name}`")));
     };
+    // A first login sets a password only while the temporary one it gave is
+    // still the one stored (not replaced meanwhile on another door, nor
+    // resent) and the account is active: a step left open in one login
+    // cannot overwrite a later password.
+    if replacing == Replacing::Temporary {
+        let still = match &user.password {
+            Some(r) if r.temporary && user.status == crate::model::Status::Active => {
+                match ctx.hashes.verify(old.clone(), r.hash.clone()).await {
+                    Ok(v) => v,
+                    Err(SecretError::Busy) => return Err(PasswordError::Busy),
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        };
+        if !still {
+            return Err(PasswordError::Failed(
+                "the temporary password is no longer the one to replace: log in again".into(),
+            ));
+        }
+    }
     user.password = Some(PasswordRecord {
         hash,
         temporary: false,

@@ -12,7 +12,8 @@ usage: console.py BASE_URL CA_FILE SHOTS_DIR STEPS_JSON
     {"go": "/path"}                      open a page
     {"fill": {"name": "value", ...}}     type into the inputs with these names
     {"select": {"name": "option"}}       pick an option
-    {"code": "BASE32"}                   type pyotp's current code (+30 s) into `code`
+    {"code": "BASE32"|"kept:NAME", "offset": S}
+                                         type pyotp's code (now + S, default 30 s) into `code`
     {"click": "Button text"}             press the button (or link) with this text
     {"click_in_row": ["text", "Button"]} press the button in the table row showing text
     {"see": "text"}                      wait (15 s) until the page shows it
@@ -27,6 +28,9 @@ usage: console.py BASE_URL CA_FILE SHOTS_DIR STEPS_JSON
     {"headers": "/path"}                 records the answer's headers (GET)
     {"cookies": true}                    records the browser's cookies
     {"wait": SECONDS}                    waits (an idle session)
+    {"logins": {"user": U, "password": P, "times": N}}
+                                         N logins by fresh clients (no browser);
+                                         records each answer's status and body
     {"away": "/path"}                    waits (15 s) until the page is another
 result: {"ok": true, "kept": {...}, "records": [...]}
       | {"ok": false, "step": N, "error": "...", "page": "...", "records": [...]}
@@ -98,9 +102,11 @@ def main():
                 for name, value in st["select"].items():
                     Select(d.find_element(By.NAME, name)).select_by_visible_text(value)
             elif "code" in st:
+                # A secret given, or one kept from the page ("kept:NAME").
+                secret = kept[st["code"][5:]] if st["code"].startswith("kept:") else st["code"]
                 el = d.find_element(By.NAME, "code")
                 el.clear()
-                el.send_keys(pyotp.TOTP(st["code"]).at(time.time() + 30))
+                el.send_keys(pyotp.TOTP(secret).at(time.time() + float(st.get("offset", 30))))
             elif "click" in st:
                 t = st["click"]
                 xp = f"//button[normalize-space()='{t}'] | //a[normalize-space()='{t}'] | //input[@type='submit' and @value='{t}']"
@@ -140,6 +146,20 @@ def main():
                                 "values": {k.lower(): v for k, v in r.headers.items()}})
             elif "away" in st:
                 WebDriverWait(d, 15).until(lambda _: not d.current_url.split("?")[0].endswith(st["away"]))
+            elif "logins" in st:
+                # Fresh clients (no browser) logging in one after another,
+                # each keeping its session.
+                statuses = []
+                for _ in range(st["logins"]["times"]):
+                    c = requests.Session()
+                    c.verify = ca
+                    c.trust_env = False
+                    page = c.get(base + "/login").text
+                    token = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+                    r = c.post(base + "/login", data={"csrf": token, "user": st["logins"]["user"],
+                                                       "password": st["logins"]["password"]}, allow_redirects=False)
+                    statuses.append({"status": r.status_code, "body": r.text[:1000]})
+                records.append({"logins": statuses})
             elif "wait" in st:
                 time.sleep(float(st["wait"]))
             elif "cookies" in st:

@@ -25,9 +25,23 @@ use crate::listen::Peer;
 use crate::model::PrincipalId;
 use crate::store::secrets::Secret;
 
-const TICKET: &str = "mg_login";
-const LOGIN_CSRF: &str = "mg_login_csrf";
+// `__Host-`: only this origin over HTTPS may set them (no cookie planted
+// from a sibling host or over plain HTTP).
+const TICKET: &str = "__Host-mg_login";
+const LOGIN_CSRF: &str = "__Host-mg_login_csrf";
 const TICKET_LIFE: Duration = Duration::from_secs(300);
+/// How long a refused login step takes, from its request: a constant, so
+/// the time tells nothing (a name nobody has is answered without a hash).
+const REJECTION_TIME: Duration = Duration::from_secs(1);
+
+/// Answers a refused step no sooner than [`REJECTION_TIME`] after `t0`.
+async fn paced(t0: Instant, r: Response) -> Response {
+    if r.status().is_client_error() {
+        tokio::time::sleep_until(t0 + REJECTION_TIME).await;
+    }
+    r
+}
+
 /// Wrong codes one login may give before it starts over.
 const CODE_TRIES: u8 = 3;
 
@@ -92,10 +106,8 @@ fn login_page(status: StatusCode, error: Option<String>) -> Response {
         csrf: csrf.clone(),
     });
     *r.status_mut() = status;
-    r.headers_mut().append(
-        header::SET_COOKIE,
-        set_cookie(LOGIN_CSRF, &csrf, "/login", None),
-    );
+    r.headers_mut()
+        .append(header::SET_COOKIE, set_cookie(LOGIN_CSRF, &csrf, "/", None));
     r
 }
 
@@ -117,6 +129,16 @@ pub struct LoginForm {
 }
 
 pub async fn submit(
+    web: State<Arc<Web>>,
+    peer: Extension<Peer>,
+    headers: HeaderMap,
+    f: Form<LoginForm>,
+) -> Response {
+    let t0 = Instant::now();
+    paced(t0, submit_step(web, peer, headers, f).await).await
+}
+
+async fn submit_step(
     State(web): State<Arc<Web>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
@@ -145,7 +167,7 @@ pub async fn submit(
     match verdict {
         Verdict::Accepted {
             who, second_factor, ..
-        } => signed(&web, who, source, second_factor).await,
+        } => signed(&web, &headers, who, source, second_factor).await,
         Verdict::NeedsCode {
             who, credential, ..
         } => ticket(
@@ -189,23 +211,39 @@ pub async fn submit(
 }
 
 /// A session for `who`: the cookie is new at every login.
-async fn signed(web: &Web, who: PrincipalId, source: IpAddr, factor: bool) -> Response {
+async fn signed(
+    web: &Web,
+    headers: &HeaderMap,
+    who: PrincipalId,
+    source: IpAddr,
+    factor: bool,
+) -> Response {
+    // A session this browser held before ends: one browser, one session.
+    if let Some(old) = signed_in(web, headers) {
+        old.end();
+    }
     match web.sessions.start(who, source, factor).await {
-        Some((value, _)) => {
+        Ok((value, _)) => {
             let mut r = Redirect::to("/").into_response();
             let h = r.headers_mut();
             h.append(header::SET_COOKIE, set_cookie(COOKIE, &value, "/", None));
             h.append(
                 header::SET_COOKIE,
-                set_cookie(TICKET, "", "/login", Some(Duration::ZERO)),
+                set_cookie(TICKET, "", "/", Some(Duration::ZERO)),
             );
             h.append(
                 header::SET_COOKIE,
-                set_cookie(LOGIN_CSRF, "", "/login", Some(Duration::ZERO)),
+                set_cookie(LOGIN_CSRF, "", "/", Some(Duration::ZERO)),
             );
             r
         }
-        None => login_page(
+        Err(session::NotStarted::Cap(live)) => login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(format!(
+                "You hold {live} live sessions on the web console, the most allowed: log out of one, or wait for it to end."
+            )),
+        ),
+        Err(session::NotStarted::Failed) => login_page(
             StatusCode::SERVICE_UNAVAILABLE,
             Some("The session could not be started: try again.".into()),
         ),
@@ -220,9 +258,15 @@ fn ticket(web: &Web, who: PrincipalId, stage: Stage, next: &str) -> Response {
     if let Ok(mut t) = web.tickets.lock() {
         let now = Instant::now();
         t.retain(|_, x| x.expires > now);
-        // Bounded: logins half done are few; beyond this the oldest go.
-        if t.len() > 10_000 {
-            t.clear();
+        // Bounded: logins half done are few; beyond this the oldest goes
+        // (only someone with a right first credential makes one).
+        if t.len() >= 10_000
+            && let Some(oldest) = t
+                .iter()
+                .min_by_key(|(_, x)| x.expires)
+                .map(|(k, _)| k.clone())
+        {
+            t.remove(&oldest);
         }
         t.insert(
             super::session_digest(&value),
@@ -238,7 +282,7 @@ fn ticket(web: &Web, who: PrincipalId, stage: Stage, next: &str) -> Response {
     let mut r = Redirect::to(next).into_response();
     r.headers_mut().append(
         header::SET_COOKIE,
-        set_cookie(TICKET, &value, "/login", Some(TICKET_LIFE)),
+        set_cookie(TICKET, &value, "/", Some(TICKET_LIFE)),
     );
     r
 }
@@ -297,6 +341,16 @@ pub struct CodeForm {
 }
 
 pub async fn code(
+    web: State<Arc<Web>>,
+    peer: Extension<Peer>,
+    headers: HeaderMap,
+    f: Form<CodeForm>,
+) -> Response {
+    let t0 = Instant::now();
+    paced(t0, code_step(web, peer, headers, f).await).await
+}
+
+async fn code_step(
     State(web): State<Arc<Web>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
@@ -382,7 +436,7 @@ pub async fn code(
     match verdict {
         Verdict::Accepted {
             who, second_factor, ..
-        } => signed(&web, who, source, second_factor).await,
+        } => signed(&web, &headers, who, source, second_factor).await,
         Verdict::Busy => again(
             &web,
             key,
@@ -422,6 +476,16 @@ pub struct NewPasswordForm {
 }
 
 pub async fn new_password(
+    web: State<Arc<Web>>,
+    peer: Extension<Peer>,
+    headers: HeaderMap,
+    f: Form<NewPasswordForm>,
+) -> Response {
+    let t0 = Instant::now();
+    paced(t0, new_password_step(web, peer, headers, f).await).await
+}
+
+async fn new_password_step(
     State(web): State<Arc<Web>>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
@@ -498,7 +562,7 @@ pub async fn new_password(
     match verdict {
         Verdict::Accepted {
             who, second_factor, ..
-        } => signed(&web, who, source, second_factor).await,
+        } => signed(&web, &headers, who, source, second_factor).await,
         _ => login_page(
             StatusCode::UNAUTHORIZED,
             Some("Your password was changed, but the account may not log in now.".into()),

@@ -5,6 +5,7 @@
 
 mod login;
 mod pages;
+mod profile;
 pub mod session;
 
 use std::collections::HashMap;
@@ -39,11 +40,18 @@ pub struct Web {
     tickets: Mutex<HashMap<String, login::Ticket>>,
 }
 
-/// The console's routes, for the HTTPS listener to serve at `/`. `idle`
-/// and `max`: the SSH door's session lengths, which browser sessions keep.
-pub fn router(gw: Arc<Gateway>, idle: Duration, max: Duration) -> Router {
+/// The console's routes, for the HTTPS listener to serve at `/`. `idle`,
+/// `max` and `per_principal`: the SSH door's session lengths and cap,
+/// which browser sessions keep.
+pub fn router(gw: Arc<Gateway>, idle: Duration, max: Duration, per_principal: usize) -> Router {
     let web = Arc::new(Web {
-        sessions: WebSessions::new(gw.sessions.clone(), gw.guard.clone(), idle, max),
+        sessions: WebSessions::new(
+            gw.sessions.clone(),
+            gw.guard.clone(),
+            idle,
+            max,
+            per_principal,
+        ),
         gw,
         tickets: Mutex::new(HashMap::new()),
     });
@@ -66,8 +74,19 @@ pub fn router(gw: Arc<Gateway>, idle: Duration, max: Duration) -> Router {
         .route("/users/{name}/{action}", post(pages::user_action))
         .route("/sessions", get(pages::sessions))
         .route("/sessions/{id}/kill", post(pages::kill))
-        .route("/profile", get(pages::profile).post(pages::save_profile))
+        .route("/profile", get(profile::profile).post(profile::save_names))
+        .route("/profile/password", post(profile::change_password))
+        .route("/profile/mfa/enroll", post(profile::enrol))
+        .route("/profile/mfa/confirm", post(profile::confirm))
+        .route("/profile/mfa/step-up", post(profile::step_up))
         .fallback(not_found)
+        // Forms are small: 64 KiB at most (413 beyond), and no request may
+        // hold a connection's worker for long (408 after 30 s).
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(64 * 1024))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
         .layer(axum::middleware::from_fn(headers))
         .with_state(web)
 }

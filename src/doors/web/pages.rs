@@ -174,12 +174,19 @@ pub async fn add_user(
     if !csrf_ok(&s, &f.csrf) {
         return refused_csrf();
     }
-    let mut argv = words(&["user", "add", f.name.trim(), "--email", f.email.trim()]);
-    for (opt, v) in [("--first", &f.first), ("--last", &f.last)] {
+    // Values as `--opt=value` and names after `--`: a form value is never
+    // read as an option.
+    let mut argv = vec![
+        "user".to_string(),
+        "add".into(),
+        format!("--email={}", f.email.trim()),
+    ];
+    for (opt, v) in [("first", &f.first), ("last", &f.last)] {
         if !v.trim().is_empty() {
-            argv.extend([opt.to_string(), v.trim().to_string()]);
+            argv.push(format!("--{opt}={}", v.trim()));
         }
     }
+    argv.extend(["--".to_string(), f.name.trim().to_string()]);
     match json_of(&web, &s, argv).await {
         Ok(v) => page(SecretPage {
             frame: Frame::of(&web, &s),
@@ -246,7 +253,7 @@ pub async fn user(
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
-    let v = match json_of(&web, &s, words(&["user", "show", &name])).await {
+    let v = match json_of(&web, &s, words(&["user", "show", "--", &name])).await {
         Ok(v) => v,
         Err(e) => return denied(&web, &s, e),
     };
@@ -358,12 +365,12 @@ pub async fn user_action(
         return refused_csrf();
     }
     let argv = match action.as_str() {
-        "deactivate" | "activate" => words(&["user", &action, &name]),
-        "attach" => words(&["user", "attach", &name, &f.policy]),
-        "detach" => words(&["user", "detach", &name, &f.policy]),
-        "add-to-group" => words(&["group", "add-member", &f.group, &name]),
+        "deactivate" | "activate" => words(&["user", &action, "--", &name]),
+        "attach" => words(&["user", "attach", "--", &name, &f.policy]),
+        "detach" => words(&["user", "detach", "--", &name, &f.policy]),
+        "add-to-group" => words(&["group", "add-member", "--", &f.group, &name]),
         "resend-password" => {
-            return match json_of(&web, &s, words(&["user", "resend-password", &name])).await {
+            return match json_of(&web, &s, words(&["user", "resend-password", "--", &name])).await {
                 Ok(v) => page(SecretPage {
                     frame: Frame::of(&web, &s),
                     title: format!("New temporary password for {name}"),
@@ -466,70 +473,4 @@ pub async fn kill(
         Err(e) => s.set_flash(format!("error: {e}")),
     }
     Redirect::to("/sessions").into_response()
-}
-
-#[derive(Template)]
-#[template(path = "profile.html")]
-struct ProfilePage {
-    frame: Frame,
-    who: String,
-    is_user: bool,
-    first: String,
-    last: String,
-}
-
-pub async fn profile(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
-    };
-    let (first, last) = match &s.who {
-        crate::model::PrincipalId::User(n) => web
-            .gw
-            .guard
-            .directory()
-            .users
-            .get(n)
-            .map(|u| (u.first_name.clone(), u.last_name.clone()))
-            .unwrap_or_default(),
-        _ => Default::default(),
-    };
-    page(ProfilePage {
-        frame: Frame::of(&web, &s),
-        who: s.who.to_string(),
-        is_user: matches!(s.who, crate::model::PrincipalId::User(_)),
-        first,
-        last,
-    })
-}
-
-#[derive(Deserialize)]
-pub struct ProfileForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    first: String,
-    #[serde(default)]
-    last: String,
-}
-
-pub async fn save_profile(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Form(f): Form<ProfileForm>,
-) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
-    };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
-    let crate::model::PrincipalId::User(name) = &s.who else {
-        return Redirect::to("/profile").into_response();
-    };
-    let argv = words(&["user", "edit", name, "--first", &f.first, "--last", &f.last]);
-    match outcome_error(run(&web, &s, argv).await) {
-        Ok(_) => s.set_flash("your names were saved"),
-        Err(e) => s.set_flash(format!("error: {e}")),
-    }
-    Redirect::to("/profile").into_response()
 }

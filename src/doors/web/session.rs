@@ -22,7 +22,7 @@ use crate::store::{Category, EventDraft, Outcome};
 use super::DOOR;
 
 /// The session cookie's name.
-pub const COOKIE: &str = "mg_session";
+pub const COOKIE: &str = "__Host-mg_session";
 
 /// A random token for a cookie or a form (256 bits, base64url).
 pub fn token() -> Option<String> {
@@ -99,6 +99,17 @@ pub struct WebSessions {
     guard: Arc<crate::guard::Guard>,
     pub idle: Duration,
     pub max: Duration,
+    /// Live sessions one principal may hold on this door (the SSH door's
+    /// `max_sessions_per_principal`, IEC 62443 CR 2.7).
+    pub per_principal: usize,
+}
+
+/// Why a session could not start.
+pub enum NotStarted {
+    /// The principal holds this many already: the cap.
+    Cap(usize),
+    /// The random source or the registry failed.
+    Failed,
 }
 
 impl WebSessions {
@@ -107,6 +118,7 @@ impl WebSessions {
         guard: Arc<crate::guard::Guard>,
         idle: Duration,
         max: Duration,
+        per_principal: usize,
     ) -> Arc<WebSessions> {
         Arc::new(WebSessions {
             live: Mutex::new(HashMap::new()),
@@ -114,6 +126,7 @@ impl WebSessions {
             guard,
             idle,
             max,
+            per_principal,
         })
     }
 
@@ -139,9 +152,10 @@ impl WebSessions {
         who: PrincipalId,
         source: IpAddr,
         factor: bool,
-    ) -> Option<(String, Arc<WebSession>)> {
-        let cookie = token()?;
-        let csrf = token()?;
+    ) -> Result<(String, Arc<WebSession>), NotStarted> {
+        let (Some(cookie), Some(csrf)) = (token(), token()) else {
+            return Err(NotStarted::Failed);
+        };
         let (id_tx, id_rx) = oneshot::channel();
         let (go_tx, go_rx) = oneshot::channel::<Arc<WebSession>>();
         let this = self.clone();
@@ -150,9 +164,21 @@ impl WebSessions {
         tokio::spawn(async move {
             let started = crate::model::micros(time::OffsetDateTime::now_utc());
             let registry = this.registry.clone();
-            let mut registered =
-                registry.register(&principal, &source.to_string(), DOOR, None, started);
-            let _ = id_tx.send(registered.id);
+            let mut registered = match registry.register_within(
+                &principal,
+                &source.to_string(),
+                DOOR,
+                None,
+                started,
+                this.per_principal,
+            ) {
+                Ok(r) => r,
+                Err(live) => {
+                    let _ = id_tx.send(Err(live));
+                    return;
+                }
+            };
+            let _ = id_tx.send(Ok(registered.id));
             let Ok(session) = go_rx.await else {
                 return;
             };
@@ -205,7 +231,25 @@ impl WebSessions {
                 )
                 .await;
         });
-        let id = id_rx.await.ok()?;
+        let id = match id_rx.await {
+            Ok(Ok(id)) => id,
+            Ok(Err(live)) => {
+                self.guard
+                    .record(
+                        EventDraft::new("session.refused", Category::Session, Outcome::Deny)
+                            .principal(&who)
+                            .source(source)
+                            .door(DOOR)
+                            .reason(format!(
+                                "{live} live sessions on {DOOR}: the maximum per principal is {}",
+                                self.per_principal
+                            )),
+                    )
+                    .await;
+                return Err(NotStarted::Cap(live));
+            }
+            Err(_) => return Err(NotStarted::Failed),
+        };
         let now = Instant::now();
         let session = Arc::new(WebSession {
             who,
@@ -221,9 +265,11 @@ impl WebSessions {
         self.registry.set_factor(id, session.factor.clone());
         self.live
             .lock()
-            .ok()?
+            .map_err(|_| NotStarted::Failed)?
             .insert(digest(&cookie), session.clone());
-        go_tx.send(session.clone()).ok()?;
-        Some((cookie, session))
+        go_tx
+            .send(session.clone())
+            .map_err(|_| NotStarted::Failed)?;
+        Ok((cookie, session))
     }
 }
