@@ -630,3 +630,55 @@ fn browser_sessions_keep_the_ssh_doors_cap_per_person() {
         .clone();
     assert!(refused.contains("user:crew"), "{refused}");
 }
+
+#[test]
+fn where_the_gateway_requires_a_factor_a_browser_session_steps_up() {
+    let g = demo();
+    g.d.reload_with(|text| format!("{text}\n[mfa]\nrequired = \"for-privileged\"\n"));
+    let admin = g.d.demo_password("admin");
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            login("admin", &admin),
+            vec![
+                // Viewing needs no factor (Security Logs Access); changing
+                // (User Management) does: the buttons are not offered.
+                json!({"go": "/users/crew"}),
+                json!({"see": "Unique ID"}),
+                json!({"not_see": "Deactivate"}),
+                // A forged change is refused with the reason and a prompt.
+                json!({"forge": "/users/crew/deactivate", "csrf": "page"}),
+                json!({"go": "/profile"}),
+                json!({"click": "Enrol an authenticator app"}),
+                json!({"keep": "secret", "id": "secret"}),
+                json!({"code": "kept:secret", "offset": 0}),
+                json!({"click": "Confirm"}),
+                json!({"see": "Your second factor is active"}),
+                // Confirming is not stepping up.
+                json!({"go": "/users/crew"}),
+                json!({"not_see": "Deactivate"}),
+                json!({"go": "/profile"}),
+                json!({"code": "kept:secret", "offset": 30}),
+                json!({"click": "Step up"}),
+                json!({"see": "second factor accepted"}),
+                json!({"go": "/users/crew"}),
+                json!({"see": "Deactivate"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let forged = &r["records"][0];
+    assert_eq!(forged["status"], 403, "{forged}");
+    let body = forged["body"].as_str().unwrap();
+    assert!(
+        body.contains("needs a second factor") && body.contains("Step up"),
+        "{forged}"
+    );
+    let up =
+        g.d.mg(&["audit", "query", "--code", "mfa.step-up", "--door", "web"])
+            .ok()
+            .stdout
+            .clone();
+    assert!(up.contains("user:admin"), "{up}");
+}

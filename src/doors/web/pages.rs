@@ -45,12 +45,15 @@ fn text(v: &Value, key: &str) -> String {
 struct Denied {
     frame: Frame,
     reason: String,
+    /// Only a second factor is missing: the page prompts for a code.
+    needs_factor: bool,
 }
 
 /// A page that could not be shown: the reason (a denial is the guard's).
 fn denied(web: &Web, s: &WebSession, reason: String) -> Response {
     let mut r = page(Denied {
         frame: Frame::of(web, s),
+        needs_factor: reason.contains("needs a second factor") && !s.factor.proven(),
         reason,
     });
     *r.status_mut() = StatusCode::FORBIDDEN;
