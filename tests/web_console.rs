@@ -682,3 +682,58 @@ fn where_the_gateway_requires_a_factor_a_browser_session_steps_up() {
             .clone();
     assert!(up.contains("user:admin"), "{up}");
 }
+
+#[test]
+fn the_audit_page_check_and_review() {
+    let g = demo();
+    let admin = g.d.demo_password("admin");
+    g.d.mg(&["user", "deactivate", "viewer"]).ok();
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            login("admin", &admin),
+            vec![
+                json!({"go": "/audit"}),
+                json!({"see": "Chain: ok:"}),
+                json!({"fill": {"code": "admin.change"}}),
+                json!({"click": "Filter"}),
+                json!({"see": "deactivated user viewer"}),
+                json!({"shot": "audit"}),
+                json!({"fetch": "/audit/export?format=cef"}),
+                json!({"fetch": "/audit/export?format=jsonl"}),
+                json!({"go": "/check"}),
+                json!({"fill": {"principal": "user:crew", "meter": "meter-1"}}),
+                json!({"select": {"permission": "Master Reset"}}),
+                json!({"click": "Ask the guard"}),
+                json!({"see": "DENY Master Reset"}),
+                json!({"shot": "check"}),
+                json!({"go": "/review"}),
+                json!({"see": "WHO CAN DO WHAT WHERE"}),
+                json!({"click": "Record that the review was done"}),
+                json!({"see": "review recorded"}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let cef = &r["records"][0];
+    assert_eq!(cef["status"], 200, "{cef}");
+    assert!(cef["body"].as_str().unwrap().starts_with("CEF:0|"), "{cef}");
+    assert!(
+        cef["values"]["content-disposition"]
+            .as_str()
+            .unwrap()
+            .contains("attachment"),
+        "{cef}"
+    );
+    let jsonl = &r["records"][1];
+    let first: Value =
+        serde_json::from_str(jsonl["body"].as_str().unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"], 1, "{jsonl}");
+    let acked =
+        g.d.mg(&["audit", "query", "--code", "admin.change", "--door", "web"])
+            .ok()
+            .stdout
+            .clone();
+    assert!(acked.contains("review acknowledged"), "{acked}");
+}

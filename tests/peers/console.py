@@ -27,6 +27,8 @@ usage: console.py BASE_URL CA_FILE SHOTS_DIR STEPS_JSON
                                          status and body
     {"headers": "/path"}                 records the answer's headers (GET)
     {"cookies": true}                    records the browser's cookies
+    {"fetch": "/path"}                   GET with the browser's cookies; records
+                                         status, headers and the body's start
     {"wait": SECONDS}                    waits (an idle session)
     {"logins": {"user": U, "password": P, "times": N}}
                                          N logins by fresh clients (no browser);
@@ -162,6 +164,11 @@ def main():
                 records.append({"logins": statuses})
             elif "wait" in st:
                 time.sleep(float(st["wait"]))
+            elif "fetch" in st:
+                jar = {c["name"]: c["value"] for c in d.get_cookies()}
+                r = requests.get(base + st["fetch"], cookies=jar, verify=ca, allow_redirects=False, timeout=30)
+                records.append({"fetch": st["fetch"], "status": r.status_code, "body": r.text[:4000],
+                                "values": {k.lower(): v for k, v in r.headers.items()}})
             elif "cookies" in st:
                 records.append({"cookies": d.get_cookies()})
             else:

@@ -3,6 +3,7 @@
 //! as `user:NAME` on door `web`; the guard decides and logs every one.
 //! Nothing is loaded from outside the gateway and no script runs.
 
+mod audit;
 mod login;
 mod pages;
 mod profile;
@@ -72,6 +73,11 @@ pub fn router(gw: Arc<Gateway>, idle: Duration, max: Duration, per_principal: us
             get(pages::detach_confirm).post(pages::detach),
         )
         .route("/users/{name}/{action}", post(pages::user_action))
+        .route("/audit", get(audit::audit))
+        .route("/audit/export", get(audit::export))
+        .route("/check", get(audit::check))
+        .route("/review", get(audit::review))
+        .route("/review/ack", post(audit::acknowledge))
         .route("/sessions", get(pages::sessions))
         .route("/sessions/{id}/kill", post(pages::kill))
         .route("/profile", get(profile::profile).post(profile::save_names))
@@ -162,6 +168,7 @@ fn signed_in(web: &Web, headers: &HeaderMap) -> Option<Arc<WebSession>> {
 pub struct Nav {
     pub users: bool,
     pub sessions: bool,
+    pub audit: bool,
 }
 
 /// What the page frame shows: who, the CSRF token, one message.
@@ -183,6 +190,7 @@ impl Frame {
             nav: Nav {
                 users: false,
                 sessions: false,
+                audit: false,
             },
         }
     }
@@ -193,9 +201,13 @@ impl Frame {
             csrf: s.csrf.clone(),
             flash: s.take_flash(),
             error: None,
-            nav: Nav {
-                users: may(web, s, AdminOp::View),
-                sessions: may(web, s, AdminOp::View),
+            nav: {
+                let view = may(web, s, AdminOp::View);
+                Nav {
+                    users: view,
+                    sessions: view,
+                    audit: may_read_log(web, s),
+                }
             },
         }
     }
@@ -207,6 +219,17 @@ fn may(web: &Web, s: &WebSession, op: AdminOp) -> bool {
     let req = s.caller().request(Action::Admin {
         op,
         target: "web console".into(),
+    });
+    web.gw
+        .guard
+        .decide(&req, time::OffsetDateTime::now_utc())
+        .allowed
+}
+
+/// Whether the guard would let this session read the security log.
+fn may_read_log(web: &Web, s: &WebSession) -> bool {
+    let req = s.caller().request(Action::ReadAudit {
+        what: "web console".into(),
     });
     web.gw
         .guard

@@ -50,7 +50,7 @@ struct Denied {
 }
 
 /// A page that could not be shown: the reason (a denial is the guard's).
-fn denied(web: &Web, s: &WebSession, reason: String) -> Response {
+pub(super) fn denied(web: &Web, s: &WebSession, reason: String) -> Response {
     let mut r = page(Denied {
         frame: Frame::of(web, s),
         needs_factor: reason.contains("needs a second factor") && !s.factor.proven(),
@@ -208,7 +208,7 @@ pub async fn add_user(
     }
 }
 
-fn urlencode(s: &str) -> String {
+pub(super) fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
