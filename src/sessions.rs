@@ -215,6 +215,9 @@ impl Sessions {
                 meter: meter.map(str::to_string),
             })
         });
+        // The access watcher looks again: a change that came between the
+        // guard's allow and this registration is not missed.
+        self.arrived.notify_one();
     }
 
     /// Session `id` no longer relies on one use of `permission` on `meter`.

@@ -491,6 +491,9 @@ fn a_session_without_a_factor_ends_when_the_gateway_comes_to_require_one() {
         .spawn()
         .expect("ssh runs");
     s.wait_listed("user:admin");
+    // The tail runs (the guard let it): then the gateway comes to require
+    // a factor.
+    s.wait_event("read-audit.allow", &["user:admin", "-f"]);
     s.d.reload_with(|text| format!("{text}\n[mfa]\nrequired = \"always\"\n"));
     ssh::wait_gone(&mut follow);
     s.wait_event("session.end", &["user:admin", "needs a second factor"]);

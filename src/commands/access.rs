@@ -48,10 +48,11 @@ pub async fn watch(ctx: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<boo
                 tokio::time::sleep(SETTLE).await;
                 true
             }
-            // A new session may end sooner than any other: only the next
-            // end is computed again (a session is let in by the guard, so
-            // there is nothing to end yet).
-            _ = ctx.sessions.arrived() => false,
+            // A new session, or a session that came to rely on a
+            // permission: a change may have come between the guard's allow
+            // and the registration, so every session is looked at again
+            // (a few guard decisions each).
+            _ = ctx.sessions.arrived() => true,
             _ = tokio::time::sleep(wait) => true,
             _ = stop.changed() => return,
         };
