@@ -86,6 +86,10 @@ pub struct Sessions {
     /// Woken when a session starts or learns when it expires, so the
     /// access watcher schedules its end.
     arrived: tokio::sync::Notify,
+    /// Sessions that came to rely on a permission, for the watcher to look
+    /// at again, and its wake-up.
+    relied: Mutex<Vec<u64>>,
+    relying: tokio::sync::Notify,
 }
 
 /// Held by a door for as long as its session lives; dropping it removes the
@@ -215,9 +219,26 @@ impl Sessions {
                 meter: meter.map(str::to_string),
             })
         });
-        // The access watcher looks again: a change that came between the
-        // guard's allow and this registration is not missed.
-        self.arrived.notify_one();
+        // The access watcher looks at this session again: a change that
+        // came between the guard's allow and this registration is not
+        // missed.
+        if let Ok(mut r) = self.relied.lock() {
+            r.push(id);
+        }
+        self.relying.notify_one();
+    }
+
+    /// Resolves when a session came to rely on a permission.
+    pub async fn relying(&self) {
+        self.relying.notified().await
+    }
+
+    /// The sessions that came to rely on a permission since the last call.
+    pub fn take_relied(&self) -> Vec<u64> {
+        self.relied
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     /// Session `id` no longer relies on one use of `permission` on `meter`.

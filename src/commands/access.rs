@@ -48,11 +48,18 @@ pub async fn watch(ctx: Arc<Gateway>, mut stop: tokio::sync::watch::Receiver<boo
                 tokio::time::sleep(SETTLE).await;
                 true
             }
-            // A new session, or a session that came to rely on a
-            // permission: a change may have come between the guard's allow
-            // and the registration, so every session is looked at again
-            // (a few guard decisions each).
-            _ = ctx.sessions.arrived() => true,
+            // A new session may end sooner than any other: only the next
+            // end is computed again (a session is let in by the guard, so
+            // there is nothing to end yet).
+            _ = ctx.sessions.arrived() => false,
+            // A session that came to rely on a permission: a change may have
+            // come between the guard's allow and the registration, so that
+            // session is looked at again.
+            _ = ctx.sessions.relying() => {
+                let ids = ctx.sessions.take_relied();
+                end_lapsed_among(&ctx, OffsetDateTime::now_utc(), &ids).await;
+                false
+            }
             _ = tokio::time::sleep(wait) => true,
             _ = stop.changed() => return,
         };
@@ -110,10 +117,24 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
 /// console and SFTP channels inside it, and each must still be ended (and
 /// logged) for its own cause.
 pub async fn end_lapsed(ctx: &Gateway, now: OffsetDateTime) -> usize {
+    end_lapsed_where(ctx, now, |_| true).await
+}
+
+/// The same, for the sessions `ids` only.
+async fn end_lapsed_among(ctx: &Gateway, now: OffsetDateTime, ids: &[u64]) -> usize {
+    end_lapsed_where(ctx, now, |s| ids.contains(&s.id)).await
+}
+
+async fn end_lapsed_where(
+    ctx: &Gateway,
+    now: OffsetDateTime,
+    which: impl Fn(&LiveSession) -> bool,
+) -> usize {
     let ended: Vec<(LiveSession, String)> = ctx
         .sessions
         .live()
         .into_iter()
+        .filter(|s| which(s))
         .filter_map(|s| lapsed(ctx, &s, now).map(|cause| (s, cause)))
         .filter(|(s, cause)| {
             ctx.sessions

@@ -480,6 +480,17 @@ impl Connection {
         Some((self.caller(who), io))
     }
 
+    /// Waits (5 s at most) until the connection task registered the
+    /// session: a channel opened right after the login must run in it, or
+    /// what it comes to rely on would not be watched.
+    async fn registered(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.session_id.load(Ordering::Acquire) == 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn caller(&self, who: PrincipalId) -> Caller {
         Caller {
             who,
@@ -815,6 +826,7 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.registered().await;
         let Some((caller, io)) = self.start_channel(channel, session) else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -841,6 +853,7 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.registered().await;
         let Some((caller, io)) = self.start_channel(channel, session) else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -856,6 +869,7 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.registered().await;
         let taken = self.channels.get_mut(&channel).and_then(|s| {
             if s.input.is_some() {
                 None
