@@ -48,7 +48,7 @@ try:
     import requests
     from selenium import webdriver
     from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
-                                            TimeoutException)
+                                            TimeoutException, WebDriverException)
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -84,7 +84,9 @@ def main():
         for _ in range(20):
             try:
                 return d.find_element(By.TAG_NAME, "body").text
-            except (StaleElementReferenceException, NoSuchElementException):
+            except (StaleElementReferenceException, NoSuchElementException, WebDriverException):
+                # Also "node does not belong to the document": the page was
+                # being replaced.
                 time.sleep(0.1)
         return ""
 
