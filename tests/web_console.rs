@@ -221,27 +221,7 @@ fn deactivation_ends_the_users_ssh_and_browser_sessions() {
     assert!(out.status.success());
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     g.d.mg(&["user", "add-key", "crew", public.trim()]).ok();
-    let mut held = Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-N",
-            "-i",
-        ])
-        .arg(&key)
-        .args(["-p", &g.ssh.to_string(), "crew@127.0.0.1"])
-        .spawn()
-        .expect("ssh runs");
+    let mut held = ssh::hold(g.ssh, &key, "crew");
     let (admin, crew) = (g.d.demo_password("admin"), g.d.demo_password("crew"));
     let r = browse(
         g.port,
