@@ -631,6 +631,7 @@ fn where_the_gateway_requires_a_factor_a_browser_session_steps_up() {
                 json!({"forge": "/users/crew/deactivate", "csrf": "page"}),
                 json!({"go": "/profile"}),
                 json!({"click": "Enrol an authenticator app"}),
+                json!({"see": "Scan this with an authenticator app"}),
                 json!({"keep": "secret", "id": "secret"}),
                 json!({"code": "kept:secret", "offset": 0}),
                 json!({"click": "Confirm"}),

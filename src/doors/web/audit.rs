@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::session::WebSession;
-use super::{Frame, Web, csrf_ok, outcome_error, page, refused_csrf, run, signed_in, to_login};
+use super::{Frame, Web, outcome_error, page, posted, run, signed_in, to_login};
 use crate::commands::{Input, Outcome, execute};
 use crate::model::{Permission, rfc3339};
 
@@ -369,12 +369,10 @@ pub async fn acknowledge(
     headers: HeaderMap,
     Form(f): Form<AckForm>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     match text_of(&web, &s, vec!["review".into(), "--ack".into()]).await {
         Ok(t) => s.set_flash(t.trim().to_string()),
         Err(e) if e.starts_with("DENY") => return super::pages::denied(&web, &s, e),

@@ -279,6 +279,19 @@ fn csrf_ok(s: &WebSession, token: &str) -> bool {
     session::same(&s.csrf, token)
 }
 
+/// The signed-in session of a form that changes something, if its CSRF
+/// token is the session's; else where the browser goes (the login page, or
+/// a refusal with nothing done).
+// Once per request: the size of the refusal does not matter.
+#[allow(clippy::result_large_err)]
+fn posted(web: &Web, headers: &HeaderMap, token: &str) -> Result<Arc<WebSession>, Response> {
+    let s = signed_in(web, headers).ok_or_else(to_login)?;
+    if !csrf_ok(&s, token) {
+        return Err(refused_csrf());
+    }
+    Ok(s)
+}
+
 fn refused_csrf() -> Response {
     (
         StatusCode::FORBIDDEN,

@@ -14,9 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::session::WebSession;
-use super::{
-    Frame, Web, csrf_ok, may, outcome_error, page, refused_csrf, run, signed_in, to_login,
-};
+use super::{Frame, Web, may, outcome_error, page, posted, run, signed_in, to_login};
 use crate::guard::AdminOp;
 
 /// Users a page shows at most.
@@ -171,12 +169,10 @@ pub async fn add_user(
     headers: HeaderMap,
     Form(f): Form<NewUser>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     // Values as `--opt=value` and names after `--`: a form value is never
     // read as an option.
     let mut argv = vec![
@@ -361,12 +357,10 @@ pub async fn user_action(
     Path((name, action)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     let argv = match action.as_str() {
         "deactivate" | "activate" => words(&["user", &action, "--", &name]),
         "attach" => words(&["user", "attach", "--", &name, &f.policy]),
@@ -464,12 +458,10 @@ pub async fn kill(
     Path(id): Path<u64>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     match outcome_error(run(&web, &s, words(&["session", "kill", &id.to_string()])).await) {
         Ok(_) => s.set_flash(format!("session {id} ended")),
         Err(e) if e.starts_with("DENY") => return denied(&web, &s, e),

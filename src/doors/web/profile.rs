@@ -14,9 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::session::WebSession;
-use super::{
-    DOOR, Frame, Web, csrf_ok, outcome_error, page, refused_csrf, run, signed_in, to_login,
-};
+use super::{DOOR, Frame, Web, outcome_error, page, posted, run, signed_in, to_login};
 use crate::commands::password::{self, PasswordError, Replacing};
 use crate::guard::{Action, AdminOp, PasswordCheck};
 use crate::listen::Peer;
@@ -87,12 +85,10 @@ pub async fn save_names(
     headers: HeaderMap,
     Form(f): Form<NamesForm>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     let Some(name) = own_name(&s) else {
         return Redirect::to("/profile").into_response();
     };
@@ -130,12 +126,10 @@ pub async fn change_password(
     headers: HeaderMap,
     Form(f): Form<PasswordForm>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     let now = time::OffsetDateTime::now_utc();
     let d = web
         .gw
@@ -229,12 +223,10 @@ pub async fn enrol(
     headers: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     let Some(name) = own_name(&s) else {
         return Redirect::to("/profile").into_response();
     };
@@ -271,12 +263,10 @@ pub async fn confirm(
     headers: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     let Some(name) = own_name(&s) else {
         return Redirect::to("/profile").into_response();
     };
@@ -310,12 +300,10 @@ pub async fn step_up(
     headers: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    let Some(s) = signed_in(&web, &headers) else {
-        return to_login();
+    let s = match posted(&web, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &f.csrf) {
-        return refused_csrf();
-    }
     let argv = vec!["mfa".to_string(), "--".into(), f.code.trim().to_string()];
     match outcome_error(run(&web, &s, argv).await) {
         Ok(_) => s.set_flash("second factor accepted: this session may now use what needs one"),
