@@ -117,6 +117,7 @@ fn requests() -> Vec<Request> {
             read_only: false,
             certificate: None,
             second_factor: false,
+            recorded: false,
             principal: PrincipalId::User(format!("u{}", (i * 7919) % PRINCIPALS)),
             source: None,
             door: "bench",

@@ -43,6 +43,8 @@ pub enum DaemonError {
     Descriptors(#[from] crate::listen::descriptors::DescriptorError),
     #[error("the HTTPS API: {0}")]
     Api(#[from] crate::doors::api::ApiError),
+    #[error("session recordings: {0}")]
+    Recordings(#[from] crate::recording::RecordingError),
     #[error("listener {address}: {error}")]
     Listen {
         address: String,
@@ -170,6 +172,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     let sessions = guard.sessions().clone();
     let maps = unit_maps(&config);
     let shared_maps = Arc::new(ArcSwap::from_pointee(maps.clone()));
+    let recordings = crate::recording::Recordings::open(guard.clone(), sessions.clone(), &config)?;
     let ctx = Arc::new(Gateway {
         guard: guard.clone(),
         sessions: sessions.clone(),
@@ -185,6 +188,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
                 .and_then(|s| s.meter_credentials.clone()),
         },
         mfa_issuer: config.mfa.issuer.clone(),
+        recordings: recordings.clone(),
     });
 
     let started = EventDraft::new("system.start", Category::System, Outcome::Success)
@@ -228,6 +232,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         plain: Vec::new(),
         tls: Vec::new(),
         ssh: None,
+        recordings: recordings.clone(),
     };
     for (door, listener) in ModbusDoor::from_config(&config, guard.clone(), sessions.clone(), &maps)
         .into_iter()
@@ -310,13 +315,21 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         )));
     }
     tokio::spawn(check_chain(guard.clone()));
+    // Recordings the last run left unfinished, then retention, hourly.
+    tokio::spawn(keep_recordings(recordings.clone(), stop_rx.clone()));
     // Access that ends, ends everywhere: end dates, expiries, changes.
     tokio::spawn(crate::commands::access::watch(ctx.clone(), stop_rx.clone()));
     if let Some(f) = forwarder {
         tokio::spawn(f.run(store.clone(), stop_rx.clone()));
     }
     if let Some(listener) = metrics_listener {
-        let sample = sampler(guard.clone(), sessions.clone(), shared_maps, review.clone());
+        let sample = sampler(
+            guard.clone(),
+            ctx.recordings.clone(),
+            sessions.clone(),
+            shared_maps,
+            review.clone(),
+        );
         let floods = Arc::new(crate::listen::Floods::new(guard.clone(), "metrics"));
         tokio::spawn(metrics::serve(
             listener,
@@ -406,6 +419,7 @@ struct Live {
     /// (unit map index, door)
     tls: Vec<(usize, Arc<MbapsDoor>)>,
     ssh: Option<Arc<crate::doors::ssh::SshDoor>>,
+    recordings: Arc<crate::recording::Recordings>,
 }
 
 impl Live {
@@ -474,6 +488,7 @@ impl Live {
             .store()
             .log()
             .set_capacity(new.audit.capacity(old.audit.forward.is_some()));
+        self.recordings.set_config(&new);
         guard.reload(
             GuardSettings::from_config(&new),
             new.meters.clone(),
@@ -559,8 +574,25 @@ async fn log_event(guard: &Guard, ev: EventDraft) {
 
 /// What a metrics scrape reads: counters, sessions, the meters' pools, the
 /// log, whether a review is due.
+/// Marks what the last run left unfinished, then removes recordings older
+/// than `recording.keep`, at start and every hour.
+async fn keep_recordings(
+    recordings: Arc<crate::recording::Recordings>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    recordings.recover().await;
+    loop {
+        recordings.sweep(OffsetDateTime::now_utc()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 fn sampler(
     guard: Arc<Guard>,
+    recordings: Arc<crate::recording::Recordings>,
     sessions: Arc<Sessions>,
     maps: Arc<ArcSwap<Vec<Arc<UnitMap>>>>,
     review: ReviewSettings,
@@ -599,6 +631,7 @@ fn sampler(
             reads_allowed: c.reads_allowed.load(std::sync::atomic::Ordering::Relaxed),
             reads_denied: c.reads_denied.load(std::sync::atomic::Ordering::Relaxed),
             review_overdue: review_due(&guard, &review, OffsetDateTime::now_utc()).is_some(),
+            more: recordings.render_metrics(),
         }
     })
 }

@@ -13,6 +13,7 @@ pub mod mbap;
 pub mod metrics;
 pub mod model;
 pub mod pki;
+pub mod recording;
 pub mod remote;
 pub mod service;
 pub mod sessions;

@@ -163,6 +163,8 @@ pub struct Sample {
     pub reads_allowed: u64,
     pub reads_denied: u64,
     pub review_overdue: bool,
+    /// Ready-made lines of other parts (session recordings).
+    pub more: String,
 }
 
 pub fn render_decisions(d: &Decisions) -> String {
@@ -189,6 +191,7 @@ impl Sample {
         let mut out = String::with_capacity(4096);
         out.push_str(&self.decisions);
         out.push_str(&self.latency);
+        out.push_str(&self.more);
         out.push_str("# HELP metergate_reads_total Reads decided (counted, not logged unless audit.read_events).\n");
         out.push_str("# TYPE metergate_reads_total counter\n");
         let _ = writeln!(

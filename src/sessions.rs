@@ -142,6 +142,13 @@ impl Drop for SessionGuard<'_> {
 }
 
 impl Sessions {
+    /// Numbers new sessions above `id`: ids stay unique across restarts
+    /// where something kept outlives the process (recordings are named by
+    /// session).
+    pub fn number_after(&self, id: u64) {
+        self.next.fetch_max(id, Ordering::Relaxed);
+    }
+
     pub fn register(
         &self,
         principal: &PrincipalId,

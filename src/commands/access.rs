@@ -84,6 +84,7 @@ fn lapsed(ctx: &Gateway, s: &LiveSession, now: OffsetDateTime) -> Option<String>
         read_only: false,
         certificate: None,
         second_factor: s.second_factor,
+        recorded: false,
     };
     let d = ctx.guard.decide(&login, now);
     if !d.allowed {

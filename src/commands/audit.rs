@@ -10,10 +10,53 @@ pub(super) async fn audit(
     cmd: &AuditCommand,
     req: &Input,
 ) -> Result<Done, CommandError> {
+    let whole = matches!(
+        cmd,
+        AuditCommand::Verify {
+            state_dir: None,
+            checkpoint: None,
+            from: None,
+            ..
+        }
+    );
     let (guard, cmd, req) = (ctx.guard.clone(), cmd.clone(), req.clone());
-    tokio::task::spawn_blocking(move || audit_now(&guard, &cmd, &req))
+    let chain = tokio::task::spawn_blocking(move || audit_now(&guard, &cmd, &req))
         .await
-        .map_err(|e| CommandError::Failed(format!("reading the log: {e}")))?
+        .map_err(|e| CommandError::Failed(format!("reading the log: {e}")))??;
+    if !whole {
+        return Ok(chain);
+    }
+    // The whole log verifies: so do the recordings it vouches for.
+    let found = ctx.recordings.verify_all().await;
+    let mut text = chain.stdout;
+    let broken: Vec<String> = found
+        .iter()
+        .filter(|(_, v)| !v.ok())
+        .map(|(id, v)| format!("recording {id}: {}", v.summary()))
+        .collect();
+    for (id, v) in found.iter().filter(|(_, v)| {
+        matches!(v, crate::recording::Verdict::Intact { complete: false, .. } | crate::recording::Verdict::Intact { unvouched: 1.., .. })
+    }) {
+        text += &format!("note: recording {id}: {}\n", v.summary());
+    }
+    if let Some(first) = broken.first() {
+        return Err(CommandError::Failed(format!(
+            "{}FAILED: {} of {} recordings do not verify; the first: {first}{}",
+            text,
+            broken.len(),
+            found.len(),
+            broken
+                .iter()
+                .skip(1)
+                .map(|b| format!("\n{b}"))
+                .collect::<String>()
+        )));
+    }
+    text += &format!(
+        "ok: {} session recordings verify against the log\n",
+        found.len()
+    );
+    Ok(Done::show(text))
 }
 
 fn audit_now(guard: &Guard, cmd: &AuditCommand, req: &Input) -> Result<Done, CommandError> {

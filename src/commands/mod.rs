@@ -12,6 +12,7 @@ pub mod meter;
 mod mfa;
 pub mod password;
 mod policies;
+mod recordings;
 mod review;
 mod roles;
 mod service_users;
@@ -51,6 +52,7 @@ use groups::*;
 use helpers::*;
 use mfa::*;
 use policies::*;
+use recordings::*;
 use review::*;
 use roles::*;
 use service_users::*;
@@ -81,6 +83,8 @@ pub struct Gateway {
     pub consoles: Consoles,
     /// The name authenticator apps show for the gateway (`[mfa] issuer`).
     pub mfa_issuer: String,
+    /// Session recordings (interactive SSH).
+    pub recordings: Arc<crate::recording::Recordings>,
 }
 
 /// When a review is due, and when an account counts as unused.
@@ -104,6 +108,9 @@ pub struct Caller {
     pub session: u64,
     /// Whether that session proved a second factor.
     pub factor: SessionFactor,
+    /// Whether what the caller does is being recorded (an interactive SSH
+    /// channel whose recording is written).
+    pub recorded: bool,
 }
 
 pub use crate::sessions::SessionFactor;
@@ -119,6 +126,7 @@ impl Caller {
             read_only: false,
             certificate: None,
             second_factor: self.factor.proven(),
+            recorded: self.recorded,
         }
     }
 }
@@ -550,6 +558,19 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
                 name, email: None, ..
             },
         } if *who == PrincipalId::User(name.clone()) => AdminOp::OwnProfile,
+        // Recordings are the security log's: Security Logs Access.
+        A::Session {
+            command:
+                SessionCommand::Recordings { .. }
+                | SessionCommand::Play { .. }
+                | SessionCommand::Export { .. }
+                | SessionCommand::Watch { .. }
+                | SessionCommand::Verify { .. },
+        } => {
+            return Action::ReadAudit {
+                what: format!("recordings: {words}"),
+            };
+        }
         A::Audit { command } => {
             let what = match command {
                 AuditCommand::Tail { count, follow } => {
@@ -591,7 +612,7 @@ async fn run(
         AdminCommand::Role { command } => role(ctx, caller, command, req.json, now).await,
         AdminCommand::Policy { command } => policy(ctx, caller, command, req, now).await,
         AdminCommand::Support { command } => support(ctx, caller, command, req.json, now).await,
-        AdminCommand::Session { command } => session(ctx, who, command, req.json),
+        AdminCommand::Session { command } => session(ctx, caller, command, req.json, now).await,
         AdminCommand::Audit { command } => audit(ctx, command, req).await,
         AdminCommand::Mfa { code } => step_up(ctx, caller, code).await,
         AdminCommand::Check(c) => check(ctx, c, req.json, now),

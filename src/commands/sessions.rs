@@ -1,13 +1,16 @@
-//! `session list|kill`: live sessions on every door.
+//! `session list|kill`: live sessions on every door (their recordings:
+//! recordings.rs).
 
 use super::*;
 
-pub(super) fn session(
+pub(super) async fn session(
     ctx: &Gateway,
-    who: &PrincipalId,
+    caller: &Caller,
     cmd: &SessionCommand,
     json_out: bool,
+    now: OffsetDateTime,
 ) -> Result<Done, CommandError> {
+    let who = &caller.who;
     match cmd {
         SessionCommand::List => {
             let list = ctx.sessions.list();
@@ -40,5 +43,6 @@ pub(super) fn session(
                 format!("ended session {id}"),
             ))
         }
+        other => recording(ctx, caller, other, json_out, now).await,
     }
 }

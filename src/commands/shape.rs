@@ -394,7 +394,41 @@ pub enum SupportCommand {
 #[derive(Subcommand, Debug, Clone)]
 pub enum SessionCommand {
     List,
-    Kill { id: u64 },
+    Kill {
+        id: u64,
+    },
+    /// Session recordings, oldest first (Security Logs Access).
+    Recordings {
+        /// Only this principal's (`alice`, `user:alice`, `support`).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only those that reached this meter's console.
+        #[arg(long)]
+        meter: Option<String>,
+        /// Started at or after: RFC 3339 or back from now (90s, 15m, 2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Started at or before.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Replays a recording's output in the terminal, paced as it happened.
+    Play {
+        id: String,
+        /// Times as fast (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// No pause longer than this many seconds.
+        #[arg(long)]
+        idle_limit: Option<f64>,
+    },
+    /// The recording as an asciicast v2 file (`asciinema play` reads it).
+    Export { id: String },
+    /// Follows a live session's output, read-only; the watched person is
+    /// told. Ctrl-C stops.
+    Watch { id: String },
+    /// Checks a recording against the chunk hashes the audit log holds.
+    Verify { id: String },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::guard::Guard;
+use crate::recording::Watch;
+use crate::recording::cast::{Pace, Utf8Carry, shown};
 use crate::store::export::{Format, Origin, format};
 use crate::store::log::SecurityEvent;
 
@@ -21,13 +23,21 @@ const CHUNK: usize = 256 * 1024;
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// What remains to be sent after the first frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Stream {
     /// Events `from..=to`, formatted.
     Export { format: Format, from: u64, to: u64 },
     /// Every event after `after`, as `audit tail` prints them, until the
     /// reader leaves.
     Follow { after: u64, json: bool },
+    /// A session recording: its asciicast file as it is, or (`pace`) its
+    /// output replayed as it happened.
+    Recording {
+        path: std::path::PathBuf,
+        pace: Option<Pace>,
+    },
+    /// A live session's output until it ends or the reader leaves.
+    Watch(Arc<Watch>),
 }
 
 /// Produces the stream's chunks into `tx` until it is done or the reader
@@ -74,6 +84,12 @@ pub async fn produce(
             }
             Ok(())
         }
+        Stream::Recording { path, pace: None } => export_recording(&path, &tx).await,
+        Stream::Recording {
+            path,
+            pace: Some(pace),
+        } => play(&path, pace, &tx).await,
+        Stream::Watch(watch) => follow_live(&watch, &tx).await,
         Stream::Follow { mut after, json } => loop {
             if tx.is_closed() {
                 return Ok(());
@@ -99,6 +115,91 @@ pub async fn produce(
             }
         },
     }
+}
+
+/// Sends a recording's file as it is, in whole lines.
+async fn export_recording(path: &std::path::Path, tx: &mpsc::Sender<String>) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("reading the recording: {e}"))?;
+    let mut lines = tokio::io::BufReader::new(file).lines();
+    let mut chunk = String::new();
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| format!("reading the recording: {e}"))?
+    {
+        chunk.push_str(&line);
+        chunk.push('\n');
+        if chunk.len() >= CHUNK {
+            tx.send(std::mem::take(&mut chunk))
+                .await
+                .map_err(|_| "the reader left".to_string())?;
+        }
+    }
+    if !chunk.is_empty() {
+        tx.send(chunk)
+            .await
+            .map_err(|_| "the reader left".to_string())?;
+    }
+    Ok(())
+}
+
+/// Replays a recording's output with its pauses (scaled by `pace`).
+async fn play(path: &std::path::Path, pace: Pace, tx: &mpsc::Sender<String>) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("reading the recording: {e}"))?;
+    let mut lines = tokio::io::BufReader::new(file).lines();
+    let mut last = 0.0f64;
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| format!("reading the recording: {e}"))?
+    {
+        let Some(out) = shown(&line) else { continue };
+        tokio::select! {
+            _ = tokio::time::sleep(pace.pause(out.time - last)) => {}
+            _ = tx.closed() => return Ok(()),
+        }
+        last = out.time;
+        tx.send(out.text)
+            .await
+            .map_err(|_| "the reader left".to_string())?;
+    }
+    Ok(())
+}
+
+/// Relays a live session's output until it ends or the watcher leaves.
+async fn follow_live(watch: &Watch, tx: &mpsc::Sender<String>) -> Result<(), String> {
+    let Some(mut feed) = watch.take_feed() else {
+        return Err("this watch was already used".into());
+    };
+    let mut ended = watch.ended();
+    let mut text = Utf8Carry::default();
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            r = feed.recv() => match r {
+                Ok(bytes) => text.push(&bytes),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    format!("\r\n[metergate: {n} outputs skipped: this watcher fell behind]\r\n")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            _ = ended.wait_for(|e| *e) => break,
+            _ = tx.closed() => return Ok(()),
+        };
+        if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+            return Ok(());
+        }
+    }
+    let _ = tx
+        .send("\r\n[metergate: the watched session ended]\r\n".into())
+        .await;
+    Ok(())
 }
 
 /// One JSON object per line, as `--json` prints events.

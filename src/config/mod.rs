@@ -13,6 +13,7 @@ mod meters;
 mod mfa;
 mod modbus;
 mod passwords;
+mod recording;
 mod ssh;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ pub use meters::{ConsoleConfig, MeterConfig};
 pub use mfa::{MfaConfig, MfaRequired};
 pub use modbus::ModbusClient;
 pub use passwords::Passwords;
+pub use recording::RecordingConfig;
 pub use ssh::{MaxStartups, SshConfig};
 
 use errors::Source;
@@ -66,6 +68,7 @@ pub struct Config {
     pub review: ReviewConfig,
     /// None when `[api]` has no listener.
     pub api: Option<ApiConfig>,
+    pub recording: RecordingConfig,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +109,8 @@ struct RawConfig {
     ssh: Option<ssh::RawSsh>,
     #[serde(default)]
     api: Option<api::RawApi>,
+    #[serde(default)]
+    recording: RecordingConfig,
 }
 
 impl Config {
@@ -162,6 +167,7 @@ impl Config {
         lockout::check(&raw.lockout, &raw.limits, &src)?;
         passwords::check(&raw.passwords, &src)?;
         mfa::check(&raw.mfa, &src)?;
+        recording::check(&raw.recording, &src)?;
         let mut audit = raw.audit;
         audit::check(&mut audit, base, &src)?;
 
@@ -188,6 +194,7 @@ impl Config {
                 metrics_listen,
                 ssh,
                 api,
+                recording: raw.recording,
             },
             warnings,
         ))

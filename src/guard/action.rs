@@ -194,6 +194,9 @@ pub struct Request {
     pub certificate: Option<std::sync::Arc<CertificateClaim>>,
     /// The session proved a second factor (at login or by stepping up).
     pub second_factor: bool,
+    /// What the request leads to is being recorded (session recording):
+    /// statements with `require_recording` allow only then.
+    pub recorded: bool,
 }
 
 /// What a verified client certificate says, in the product's words.

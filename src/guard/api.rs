@@ -181,6 +181,7 @@ impl Guard {
             read_only: false,
             certificate: None,
             second_factor: false,
+            recorded: false,
         };
         let d = self.decide(&login, now);
         if !d.allowed {

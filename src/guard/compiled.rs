@@ -34,6 +34,8 @@ pub(crate) struct PStatement {
     pub effect: Effect,
     /// Usable only by a session that proved a second factor.
     pub require_mfa: bool,
+    /// Usable only in a session that is being recorded.
+    pub require_recording: bool,
     sel_start: u32,
     sel_len: u32,
 }
@@ -287,6 +289,7 @@ impl Snapshot {
                         covers,
                         effect: st.effect,
                         require_mfa: st.require_mfa,
+                        require_recording: st.require_recording,
                         sel_start,
                         sel_len: st.meters.len() as u32,
                     });

@@ -121,6 +121,12 @@ pub enum Reason {
     NeedsSecondFactor {
         statement: Option<(Label, usize)>,
     },
+    /// Allowed only in a session that is being recorded: the statement's
+    /// `require_recording` (policy, statement).
+    NeedsRecording {
+        policy: Label,
+        statement: usize,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -237,6 +243,10 @@ impl fmt::Display for Reason {
             ),
             Reason::NeedsSecondFactor { statement: None } => f.write_str(
                 "needs a second factor: the gateway's [mfa] setting requires one for this permission (step up with `mfa`)",
+            ),
+            Reason::NeedsRecording { policy, statement } => write!(
+                f,
+                "needs a recorded session: policy `{policy}` statement {statement} requires recording, and this session is not being recorded"
             ),
         }
     }

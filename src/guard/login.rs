@@ -613,6 +613,7 @@ impl Guard {
             read_only: false,
             certificate: None,
             second_factor: false,
+            recorded: false,
         };
         let mut locked = None;
         let d = if !verified {
@@ -762,5 +763,6 @@ fn login_request(who: &PrincipalId, source: IpAddr, door: &'static str) -> Reque
         read_only: false,
         certificate: None,
         second_factor: false,
+        recorded: false,
     }
 }

@@ -284,6 +284,7 @@ impl Guard {
             limit,
             factor_missing: needs_factor(&req.principal) && !req.second_factor,
             mfa: MfaRequired::Never,
+            unrecorded: !req.recorded,
         }
         .with_mfa_setting();
         match &req.action {
@@ -451,6 +452,9 @@ impl Guard {
             limit: None,
             factor_missing: needs_factor(who) && !second_factor,
             mfa: MfaRequired::Never,
+            // `check` answers for a recorded session; its reason names
+            // statements that need one.
+            unrecorded: false,
         }
         .with_mfa_setting();
         match meter {
@@ -657,6 +661,9 @@ struct Ctx<'a> {
     factor_missing: bool,
     /// `[mfa] required`, read once per decision when a factor is missing.
     mfa: MfaRequired,
+    /// What the request leads to is not being recorded: statements that
+    /// require recording do not allow.
+    unrecorded: bool,
 }
 
 /// Only people give a second factor. Service users, Modbus clients and
@@ -701,6 +708,8 @@ impl Ctx<'_> {
         let mut allow = None;
         // An allow that needs the factor this session lacks (the first).
         let mut needs_factor: Option<usize> = None;
+        // An allow usable only in a recorded session (the first).
+        let mut needs_recording: Option<usize> = None;
         let setting = self.factor_missing && self.mfa.requires(permission);
         for (i, st) in self.principal.statements.iter().enumerate() {
             if !st.covers.contains(permission) {
@@ -726,6 +735,9 @@ impl Ctx<'_> {
                 crate::model::Effect::Allow if self.factor_missing && st.require_mfa => {
                     needs_factor.get_or_insert(i);
                 }
+                crate::model::Effect::Allow if self.unrecorded && st.require_recording => {
+                    needs_recording.get_or_insert(i);
+                }
                 crate::model::Effect::Allow => {
                     allow.get_or_insert(i);
                 }
@@ -735,6 +747,13 @@ impl Ctx<'_> {
             return Decision::deny(
                 Some(permission),
                 Reason::NeedsSecondFactor { statement: None },
+            );
+        }
+        if let (None, None, Some(i)) = (allow, needs_factor, needs_recording) {
+            let (policy, statement, _) = self.principal.origin(i, permission);
+            return Decision::deny(
+                Some(permission),
+                Reason::NeedsRecording { policy, statement },
             );
         }
         if let (None, Some(i)) = (allow, needs_factor) {

@@ -152,6 +152,11 @@ pub struct Statement {
     /// second factor (at login or by stepping up).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_mfa: bool,
+    /// What this statement allows is usable only in a session that is
+    /// being recorded (an interactive SSH channel whose recording is
+    /// written); refused when recording is impossible, even in fail-open.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_recording: bool,
 }
 
 impl Statement {
@@ -162,6 +167,7 @@ impl Statement {
             roles: vec![role.into()],
             meters,
             require_mfa: false,
+            require_recording: false,
         }
     }
 
@@ -181,11 +187,16 @@ impl fmt::Display for Statement {
         let meters: Vec<String> = self.meters.iter().map(|m| m.to_string()).collect();
         write!(
             f,
-            "{effect} {} on meters {}{}",
+            "{effect} {} on meters {}{}{}",
             what.join(", "),
             meters.join(", "),
             if self.require_mfa {
                 " (with a second factor)"
+            } else {
+                ""
+            },
+            if self.require_recording {
+                " (recorded)"
             } else {
                 ""
             }
@@ -261,6 +272,12 @@ impl PolicyDocument {
                     i + 1
                 )));
             }
+            if st.require_recording && st.effect == Effect::Deny {
+                return Err(at(format!(
+                    "statement {}: `require_recording` is for allow statements (a deny holds recorded or not)",
+                    i + 1
+                )));
+            }
         }
         Ok(doc)
     }
@@ -287,6 +304,7 @@ pub fn managed_statements(name: &str) -> Option<Vec<Statement>> {
         roles: vec![],
         meters: all_meters(),
         require_mfa: false,
+        require_recording: false,
     };
     match name {
         ADMINISTRATOR => Some(vec![allow(Permission::ALL.to_vec())]),

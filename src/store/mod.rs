@@ -359,6 +359,12 @@ impl Store {
         &self.path
     }
 
+    /// The session recordings' index (what each recording is; the files
+    /// and the log's chunk events are the evidence).
+    pub fn recordings_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("recordings")?)
+    }
+
     /// The directory as of now (cheap: shared, immutable).
     pub fn directory(&self) -> Arc<Directory> {
         self.directory.read().map(|d| d.clone()).unwrap_or_default()

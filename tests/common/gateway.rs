@@ -59,6 +59,7 @@ pub async fn run_input(ctx: &Gateway, who: &PrincipalId, input: &Input) -> Reply
         door: "test",
         session: 0,
         factor: Default::default(),
+        recorded: false,
     };
     // The command line's own rendering, as the control socket sends it.
     let (answer, _) = execute(ctx, &caller, input, NOW).await.cli();

@@ -112,6 +112,7 @@ pub fn req(who: &PrincipalId, action: Action) -> Request {
         door: "test",
         action,
         second_factor: false,
+        recorded: false,
     }
 }
 

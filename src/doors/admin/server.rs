@@ -259,6 +259,7 @@ async fn connection(mut stream: UnixStream, ctx: &Gateway, access: Access, accou
         door: DOOR,
         session: 0,
         factor: SessionFactor::default(),
+        recorded: false,
     };
     let input = Input {
         argv: request.argv,

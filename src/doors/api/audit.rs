@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -236,6 +236,45 @@ pub async fn export(
         }
         other => render::render(other, false),
     }
+}
+
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/recording", tag = "sessions",
+    summary = "A session recording as an asciicast v2 file (Security Logs Access; the read is an event)",
+    params(("id" = String, Path, description = "a recording id: SESSION or SESSION-N")),
+    responses((status = 200, description = "asciicast v2, chunked", content((String = "application/x-asciicast")))))]
+pub async fn recording(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    token: Option<Extension<Token>>,
+    Path(id): Path<String>,
+) -> Response {
+    let input = Input {
+        argv: argv(&["session", "export"], &[&id]),
+        ..Input::default()
+    };
+    match execute(&api.gw, &c, &input, time::OffsetDateTime::now_utc()).await {
+        Outcome::Done { stdout, stream } => {
+            let still = standing(&api, token.map(|t| t.0));
+            let body = Chunks::start(&api, stdout, stream, Mode::Raw, still);
+            let mut r = (StatusCode::OK, Body::new(body)).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-asciicast"),
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.extensions_mut().insert(CallReason("done".into()));
+            r
+        }
+        other => render::render(other, false),
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/recordings", tag = "sessions",
+    summary = "Session recordings, oldest first (Security Logs Access)",
+    responses((status = 200, body = Vec<crate::recording::Meta>)))]
+pub async fn recordings(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Response {
+    run(&api, &c, argv(&["session", "recordings"], &[]), None, false).await
 }
 
 /// The result of a verification: a broken chain is an answer, not a

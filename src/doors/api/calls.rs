@@ -232,6 +232,7 @@ pub async fn bearer(State(api): State<Arc<Api>>, mut req: Request, next: Next) -
         session: 0,
         // Service users are machines: no second factor applies.
         factor: SessionFactor::default(),
+        recorded: false,
     };
     req.extensions_mut().insert(caller);
     // What the token stands for (not its value): a stream asks again

@@ -602,6 +602,10 @@ pub struct PolicyStatement {
     /// proved a second factor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     require_mfa: bool,
+    /// What this allow statement gives may be used only in a session that
+    /// is being recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    require_recording: bool,
 }
 
 /// A custom policy: the policy file's fields as JSON.

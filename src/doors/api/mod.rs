@@ -168,6 +168,8 @@ fn v1() -> (Router<Arc<Api>>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(o::sessions))
         .routes(routes!(o::session_kill))
+        .routes(routes!(audit::recording))
+        .routes(routes!(audit::recordings))
         .routes(routes!(o::check, o::check_post))
         .routes(routes!(o::review, o::review_ack))
         .routes(routes!(o::command))

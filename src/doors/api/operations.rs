@@ -166,6 +166,13 @@ pub async fn command(
             )
             .into_response();
         }
+        Some(Stream::Watch(_)) => {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "`session watch` follows a live session on the control socket or the SSH shell; through the API read GET /api/v1/sessions/{id}/recording",
+            )
+            .into_response();
+        }
         Some(s) => {
             let still = super::audit::standing(&api, token.map(|t| t.0));
             let chunks = Chunks::start(&api, answer.stdout, Some(s), Mode::Frames, still);

@@ -408,6 +408,7 @@ impl MbapsDoor {
             read_only: false,
             certificate: caller.certificate.clone(),
             second_factor: false,
+            recorded: false,
         };
         if !self.proxy.guard.authorize(&login, now).await.allowed {
             return;

@@ -195,6 +195,7 @@ impl Proxy {
             read_only: caller.read_only,
             certificate: caller.certificate.clone(),
             second_factor: false,
+            recorded: false,
         };
         let decision = self.guard.authorize(&req, OffsetDateTime::now_utc()).await;
         if !decision.allowed {

@@ -92,14 +92,26 @@ pub async fn connect(ctx: &Gateway, caller: &Caller, meter: &str, io: &mut Io) -
             return 1;
         }
     };
-    guard
-        .record(
-            event("console.start", Outcome::Success, caller, meter)
-                .reason(format!("console of {meter} as meter account `{account}`"))
-                .detail("account", &account),
-        )
-        .await;
-    let (sent, received, status, cut) = bridge(link, io, &mut registered.ended).await;
+    let mut start = event("console.start", Outcome::Success, caller, meter)
+        .reason(format!("console of {meter} as meter account `{account}`"))
+        .detail("account", &account);
+    if let Some(r) = io.recorder() {
+        r.meter(meter);
+        start = start.detail("recording", &r.id);
+    }
+    guard.record(start).await;
+    let (sent, received, status, cut) = bridge(link, io, &mut registered.ended, || async {
+        // The recording stopped (fail-open goes on): a console that a
+        // statement allows only while recorded must end.
+        let mut unrecorded = caller.clone();
+        unrecorded.recorded = false;
+        let again = unrecorded.request(Action::Terminal {
+            meter: meter.to_string(),
+        });
+        let d = guard.authorize(&again, OffsetDateTime::now_utc()).await;
+        (!d.allowed).then(|| format!("the session is no longer recorded: {}", d.reason))
+    })
+    .await;
     drop(registered);
     let why = match &cut {
         Some(why) => {
@@ -123,16 +135,24 @@ pub async fn connect(ctx: &Gateway, caller: &Caller, meter: &str, io: &mut Io) -
     status
 }
 
+/// Whether the recording's failure watch says nothing failed (yet).
+fn f_is_none(failed: &Option<tokio::sync::watch::Receiver<Option<String>>>) -> bool {
+    failed.as_ref().is_some_and(|f| f.borrow().is_none())
+}
+
 /// Relays both ways until either side ends or the session is ended;
 /// returns the bytes sent to the meter, the bytes received from it, the
 /// console's exit status and why the gateway cut it (if it did).
-async fn bridge(
+async fn bridge<F: std::future::Future<Output = Option<String>>>(
     mut link: ConsoleLink,
     io: &mut Io,
     ended: &mut tokio::sync::watch::Receiver<Option<String>>,
+    unrecorded: impl FnOnce() -> F,
 ) -> (u64, u64, u32, Option<String>) {
     let (mut sent, mut received, mut status) = (0u64, 0u64, 0u32);
     let mut cut = None;
+    let mut failed = io.recorder().map(|r| r.failed());
+    let mut unrecorded = Some(unrecorded);
     // After the crew's EOF the meter may still have output to send.
     let mut crew_done = false;
     loop {
@@ -169,6 +189,20 @@ async fn bridge(
                 });
                 status = 1;
                 break;
+            }
+            Some(r) = async { match failed.as_mut() { Some(f) => Some(f.changed().await), None => None } } => {
+                if r.is_err() || f_is_none(&failed) {
+                    failed = None;
+                    continue;
+                }
+                failed = None;
+                if let Some(check) = unrecorded.take()
+                    && let Some(why) = check().await
+                {
+                    cut = Some(why);
+                    status = 1;
+                    break;
+                }
             }
         }
     }

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod console;
+mod record;
 pub mod sftp;
 pub mod shell;
 mod terminal;
@@ -340,17 +341,31 @@ impl SshDoor {
             let _ = tokio::time::timeout(DISCONNECT_GRACE, &mut session).await;
         }
         drop(registered);
-        self.gw
-            .guard
-            .record(
-                EventDraft::new("session.end", Category::Session, Outcome::Success)
-                    .principal(&who)
-                    .source(peer.ip())
-                    .door(DOOR)
-                    .reason(why)
-                    .detail("session", id),
-            )
-            .await;
+        // The end names its recordings as the log vouches for them: their
+        // last chunks are written first.
+        let recordings = self.gw.recordings.finish_session(id).await;
+        let mut ev = EventDraft::new("session.end", Category::Session, Outcome::Success)
+            .principal(&who)
+            .source(peer.ip())
+            .door(DOOR)
+            .reason(why)
+            .detail("session", id);
+        if !recordings.is_empty() {
+            let join = |f: &dyn Fn(&crate::recording::Meta) -> String| {
+                recordings.iter().map(f).collect::<Vec<_>>().join(" ")
+            };
+            ev = ev
+                .detail("recording", join(&|m| m.id.clone()))
+                .detail("recording_hash", join(&|m| m.hash.clone()))
+                .detail("recording_bytes", join(&|m| m.bytes.to_string()))
+                .detail(
+                    "recording_duration_ms",
+                    join(&|m| {
+                        (m.ended.unwrap_or(m.started).saturating_sub(m.started) / 1000).to_string()
+                    }),
+                );
+        }
+        self.gw.guard.record(ev).await;
     }
 }
 
@@ -499,6 +514,7 @@ impl Connection {
             door: DOOR,
             session: self.session_id.load(Ordering::Acquire),
             factor: self.factor.clone(),
+            recorded: false,
         }
     }
 
@@ -835,7 +851,15 @@ impl russh::server::Handler for Connection {
         let shell = self.gw.clone();
         match std::str::from_utf8(data) {
             Ok(line) if line.len() <= MAX_COMMAND => {
-                tokio::spawn(shell::exec(shell, caller, line.to_string(), io));
+                let line = line.to_string();
+                tokio::spawn(async move {
+                    let (mut caller, mut io) = (caller, io);
+                    if !record::begin(&shell, &mut caller, &mut io, "exec").await {
+                        io.finish(1).await;
+                        return;
+                    }
+                    shell::exec(shell, caller, line, io).await
+                });
             }
             _ => {
                 tokio::spawn(async move {
@@ -859,7 +883,15 @@ impl russh::server::Handler for Connection {
             return Ok(());
         };
         session.channel_success(channel)?;
-        tokio::spawn(shell::interactive(self.gw.clone(), caller, io));
+        let gw = self.gw.clone();
+        tokio::spawn(async move {
+            let (mut caller, mut io) = (caller, io);
+            if !record::begin(&gw, &mut caller, &mut io, "shell").await {
+                io.finish(1).await;
+                return;
+            }
+            shell::interactive(gw, caller, io).await
+        });
         Ok(())
     }
 

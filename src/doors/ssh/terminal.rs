@@ -47,6 +47,9 @@ pub struct Io {
     pending: std::collections::VecDeque<u8>,
     eof: bool,
     history: Vec<String>,
+    /// Where what this channel shows (and, if configured, what is typed)
+    /// is recorded.
+    recorder: Option<crate::recording::Recorder>,
 }
 
 impl Io {
@@ -64,7 +67,17 @@ impl Io {
             pending: Default::default(),
             eof: false,
             history: Vec::new(),
+            recorder: None,
         }
+    }
+
+    /// Records this channel from now on.
+    pub fn record(&mut self, recorder: crate::recording::Recorder) {
+        self.recorder = Some(recorder);
+    }
+
+    pub fn recorder(&self) -> Option<&crate::recording::Recorder> {
+        self.recorder.as_ref()
     }
 
     pub fn handle(&self) -> &Handle {
@@ -99,13 +112,21 @@ impl Io {
         if self.pty.is_some() {
             return self.out(text).await;
         }
+        let bytes = self.cooked(text);
+        if let Some(r) = &self.recorder {
+            r.output(&bytes).await;
+        }
         self.handle
-            .extended_data(self.channel, 1, self.cooked(text))
+            .extended_data(self.channel, 1, bytes)
             .await
             .is_ok()
     }
 
+    /// Bytes for the client's terminal as they are; recorded first.
     pub async fn raw(&self, bytes: Vec<u8>) -> bool {
+        if let Some(r) = &self.recorder {
+            r.output(&bytes).await;
+        }
         self.handle.data(self.channel, bytes).await.is_ok()
     }
 
@@ -125,8 +146,15 @@ impl Io {
                     p.cols = *cols;
                     p.rows = *rows;
                 }
+                if let Some(r) = &self.recorder {
+                    r.resize(*cols, *rows).await;
+                }
             }
-            Some(Input::Data(_)) => {}
+            Some(Input::Data(d)) => {
+                if let Some(r) = &self.recorder {
+                    r.input(d).await;
+                }
+            }
         }
         i
     }
@@ -149,7 +177,12 @@ impl Io {
     pub fn interrupted(&mut self) -> bool {
         while let Ok(i) = self.input.try_recv() {
             match i {
-                Input::Data(d) => self.pending.extend(d),
+                Input::Data(d) => {
+                    if let Some(r) = &self.recorder {
+                        r.input_now(&d);
+                    }
+                    self.pending.extend(d)
+                }
                 Input::Eof => self.eof = true,
                 Input::Resize { .. } => {}
             }

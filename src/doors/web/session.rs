@@ -73,6 +73,7 @@ impl WebSession {
             door: DOOR,
             session: self.id,
             factor: self.factor.clone(),
+            recorded: false,
         }
     }
 

@@ -1,0 +1,299 @@
+//! One recording being written: the door's [`Recorder`] hands output,
+//! input and resizes to a task that owns the file. The task writes chunks
+//! (at `recording.checkpoint` or 1 MiB), makes each durable, chains its
+//! hash and logs it; the log vouches only for what is on disk.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::cast::{self, Utf8Carry};
+use super::verify::{GENESIS, chain};
+use super::{Live, Recordings, State};
+use crate::store::{Category, EventDraft, Outcome};
+
+/// A chunk is written once this much waits, whatever the time.
+const CHUNK_MAX: usize = 1024 * 1024;
+/// What may queue between the terminal and the writer; beyond, the
+/// session waits for the disk (nothing is dropped).
+const QUEUE: usize = 256;
+
+pub(super) enum Op {
+    Output(f64, Vec<u8>),
+    Input(f64, Vec<u8>),
+    Resize(f64, u32, u32),
+    Notice(f64, String),
+}
+
+/// The door's end of a recording. Dropping it ends the recording (its last
+/// chunk is written and logged).
+pub struct Recorder {
+    pub id: String,
+    tx: mpsc::Sender<Op>,
+    live: Arc<Live>,
+    input: bool,
+    failed: watch::Receiver<Option<String>>,
+    /// Notices for the recorded person's terminal ("you are watched"),
+    /// taken once by the door.
+    notices: Option<mpsc::Receiver<String>>,
+}
+
+impl Recorder {
+    fn at(&self) -> f64 {
+        self.live.clock.elapsed().as_secs_f64()
+    }
+
+    /// What the gateway shows the client.
+    pub async fn output(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.live.output.receiver_count() > 0 {
+            let _ = self.live.output.send(Arc::new(bytes.to_vec()));
+        }
+        let _ = self.tx.send(Op::Output(self.at(), bytes.to_vec())).await;
+    }
+
+    /// What the client typed (kept only with `recording.input = true`).
+    pub async fn input(&self, bytes: &[u8]) {
+        if self.input && !bytes.is_empty() {
+            let _ = self.tx.send(Op::Input(self.at(), bytes.to_vec())).await;
+        }
+    }
+
+    /// As [`Recorder::input`], from code that cannot wait: with the
+    /// writer's queue full, this input is left out of the recording.
+    pub fn input_now(&self, bytes: &[u8]) {
+        if self.input && !bytes.is_empty() {
+            let _ = self.tx.try_send(Op::Input(self.at(), bytes.to_vec()));
+        }
+    }
+
+    pub async fn resize(&self, cols: u32, rows: u32) {
+        let _ = self.tx.send(Op::Resize(self.at(), cols, rows)).await;
+    }
+
+    /// The session reached a meter's console: listed with the recording.
+    pub fn meter(&self, meter: &str) {
+        if let Ok(mut m) = self.live.meta.lock()
+            && !m.meters.iter().any(|x| x == meter)
+        {
+            m.meters.push(meter.to_string());
+        }
+    }
+
+    /// Resolves with the reason once the recording can no longer be
+    /// written (a session that needs it must then end).
+    pub fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.failed.clone()
+    }
+
+    /// Whether it is still being written.
+    pub fn healthy(&self) -> bool {
+        self.failed.borrow().is_none()
+    }
+
+    /// Notices for the recorded terminal (taken once).
+    pub fn take_notices(&mut self) -> Option<mpsc::Receiver<String>> {
+        self.notices.take()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        // The writer task ends when the last sender goes; live viewers
+        // see the end at once.
+        if let Ok(mut m) = self.live.meta.lock()
+            && m.state == State::Live
+        {
+            m.state = State::Ending;
+        }
+    }
+}
+
+/// Starts the writer task of a recording whose header is already in its
+/// file (`header_len` bytes, not yet vouched for).
+pub(super) fn spawn(
+    recordings: Arc<Recordings>,
+    live: Arc<Live>,
+    path: PathBuf,
+    header: Vec<u8>,
+    input: bool,
+) -> Recorder {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (fail_tx, failed) = watch::channel(None);
+    let (notice_tx, notices) = mpsc::channel(8);
+    if let Ok(mut n) = live.notices.lock() {
+        *n = Some((notice_tx, tx.downgrade()));
+    }
+    let id = live.id.clone();
+    tokio::spawn(run(recordings, live.clone(), path, header, rx, fail_tx));
+    Recorder {
+        id,
+        tx,
+        live,
+        input,
+        failed,
+        notices: Some(notices),
+    }
+}
+
+struct Chunker {
+    recordings: Arc<Recordings>,
+    live: Arc<Live>,
+    path: PathBuf,
+    /// The chunk being gathered; `written` of its bytes are in the file
+    /// already (the header of chunk 0).
+    chunk: Vec<u8>,
+    written: usize,
+    index: u64,
+    offset: u64,
+    hash: String,
+    text: Utf8Carry,
+    broken: Option<String>,
+}
+
+impl Chunker {
+    fn push(&mut self, op: Op) {
+        let line = match op {
+            Op::Output(t, bytes) => {
+                let text = self.text.push(&bytes);
+                if text.is_empty() {
+                    return;
+                }
+                cast::event(t, "o", &text)
+            }
+            Op::Notice(t, text) => cast::event(t, "o", &text),
+            Op::Input(t, bytes) => cast::event(t, "i", &String::from_utf8_lossy(&bytes)),
+            Op::Resize(t, c, r) => cast::event(t, "r", &format!("{c}x{r}")),
+        };
+        if self.broken.is_none() {
+            self.chunk.extend(line);
+        }
+    }
+
+    /// Writes and logs the chunk gathered so far. Err: why the recording
+    /// can no longer be written.
+    async fn flush(&mut self, last: bool) -> Result<(), String> {
+        if self.broken.is_some() || (self.chunk.is_empty() && !last) {
+            return Ok(());
+        }
+        let settings = self.recordings.settings();
+        let new = (self.chunk.len() - self.written) as u64;
+        let size = self.offset + self.chunk.len() as u64;
+        if size > settings.max_session_bytes {
+            return Err(format!(
+                "the recording reached recording.max_session_bytes ({} bytes)",
+                settings.max_session_bytes
+            ));
+        }
+        if !self.recordings.reserve(new) {
+            return Err(format!(
+                "recordings reached recording.capacity_bytes ({} bytes)",
+                settings.capacity_bytes
+            ));
+        }
+        let path = self.path.clone();
+        let tail = self.chunk[self.written..].to_vec();
+        let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+            f.write_all(&tail)?;
+            f.sync_data()
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = wrote {
+            self.recordings.release(new);
+            return Err(format!("writing {}: {e}", self.path.display()));
+        }
+        self.recordings.check_threshold().await;
+        let hash = chain(&self.hash, &self.chunk);
+        let length = self.chunk.len() as u64;
+        let (who, source, session) = {
+            let m = self.live.meta();
+            (m.principal.clone(), m.source.clone(), m.session)
+        };
+        let ev = EventDraft::new("session.recording", Category::Session, Outcome::Success)
+            .principal(&who)
+            .source(&source)
+            .door("ssh")
+            .detail("recording", &self.live.id)
+            .detail("session", session)
+            .detail("chunk", self.index)
+            .detail("offset", self.offset)
+            .detail("length", length)
+            .detail("hash", &hash)
+            .detail("last", last);
+        let seq = self.recordings.guard.record(ev).await;
+        self.hash = hash;
+        self.offset += length;
+        self.index += 1;
+        self.chunk.clear();
+        self.written = 0;
+        self.live.update(|m| {
+            m.bytes = self.offset;
+            m.chunks = self.index;
+            m.hash = self.hash.clone();
+            if let Some(seq) = seq {
+                m.last_event = seq;
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn run(
+    recordings: Arc<Recordings>,
+    live: Arc<Live>,
+    path: PathBuf,
+    header: Vec<u8>,
+    mut rx: mpsc::Receiver<Op>,
+    failed: watch::Sender<Option<String>>,
+) {
+    let every = recordings.settings().checkpoint.0.max(Duration::from_secs(1));
+    let mut c = Chunker {
+        written: header.len(),
+        chunk: header,
+        recordings: recordings.clone(),
+        live: live.clone(),
+        path,
+        index: 0,
+        offset: 0,
+        hash: GENESIS.to_string(),
+        text: Utf8Carry::default(),
+        broken: None,
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let outcome = tokio::select! {
+            op = rx.recv() => match op {
+                Some(op) => {
+                    c.push(op);
+                    if c.chunk.len() >= CHUNK_MAX { c.flush(false).await } else { Ok(()) }
+                }
+                None => break,
+            },
+            _ = tick.tick() => c.flush(false).await,
+        };
+        if let Err(why) = outcome {
+            c.broken = Some(why.clone());
+            c.chunk.clear();
+            let _ = failed.send(Some(why.clone()));
+            recordings.failed(&live, &why).await;
+        }
+    }
+    let end = c.flush(true).await;
+    if let Err(why) = &end {
+        let _ = failed.send(Some(why.clone()));
+        recordings.failed(&live, why).await;
+    }
+    recordings.finished(&live, c.broken.is_none() && end.is_ok());
+}
+
+/// A live recording's output, for one watcher.
+pub type Feed = broadcast::Receiver<Arc<Vec<u8>>>;
