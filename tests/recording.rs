@@ -270,3 +270,211 @@ fn a_console_session_is_recorded_exported_played_and_verified() {
     let other = s.d.mg(&["session", "recordings", "--meter", "meter-3"]);
     assert!(!other.stdout.lines().any(|l| l.starts_with(&format!("{id} "))), "{other:?}");
 }
+
+/// The chunk events of recording `id`, in chunk order.
+fn chunks(s: &Site, id: &str) -> Vec<serde_json::Value> {
+    let mut c: Vec<serde_json::Value> = json_events(s, "session.recording")
+        .into_iter()
+        .filter(|e| e["detail"]["recording"] == id)
+        .collect();
+    c.sort_by_key(|e| e["detail"]["chunk"].as_str().unwrap().parse::<u64>().unwrap());
+    c
+}
+
+/// Waits (bounded) until recording `id` has at least `n` durable chunks.
+fn wait_chunks(s: &Site, id: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while chunks(s, id).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} chunks of {id}: {:?} {:?}",
+            chunks(s, id),
+            recordings(s)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn detail_u64(e: &serde_json::Value, k: &str) -> usize {
+    e["detail"][k].as_str().unwrap().parse().unwrap()
+}
+
+/// Chunks every second, so a short session has several.
+fn every_second(s: &Site) {
+    s.d.reload_with(|t| format!("{t}\n[recording]\ncheckpoint = \"1s\"\n"));
+}
+
+#[test]
+fn tampering_with_a_recording_names_it_and_the_chunk() {
+    let s = Site::start();
+    every_second(&s);
+    let mut t = Terminal::open(&s, "crew", &["connect", "meter-1"]);
+    t.expect("meter-1:operator> ");
+    let id = live_recording(&s, "user:crew")["id"].as_str().unwrap().to_string();
+    wait_chunks(&s, &id, 1);
+    t.send("whoami");
+    t.expect_n("operator", 2);
+    wait_chunks(&s, &id, 2);
+    t.send("status");
+    t.expect("meter-1:operator> status");
+    wait_chunks(&s, &id, 3);
+    t.send("exit");
+    assert_eq!(t.wait().0, 0);
+    ended_recording(&s, "user:crew", Some("meter-1"));
+    let c = chunks(&s, &id);
+    assert!(c.len() >= 4, "{c:?}");
+    assert_eq!(c.last().unwrap()["detail"]["last"], "true");
+    let file = recording_file(&s, &id);
+    let original = std::fs::read(&file).unwrap();
+    let (c1, c2) = (&c[1], &c[2]);
+    let (o1, l1) = (detail_u64(c1, "offset"), detail_u64(c1, "length"));
+    let o2 = detail_u64(c2, "offset");
+    // (how the file was changed) -> the chunk named
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("a byte flipped", {
+            let mut b = original.clone();
+            b[o1 + l1 / 2] ^= 0x20;
+            b
+        }, "chunk 1 differs"),
+        ("truncated", original[..o2 + 3].to_vec(), "chunk 2 is missing"),
+        ("a chunk deleted", [&original[..o1], &original[o1 + l1..]].concat(), "chunk 1 "),
+    ];
+    for (how, bytes, named) in cases {
+        std::fs::write(&file, &bytes).unwrap();
+        let one = s.d.mg(&["session", "verify", &id]);
+        assert_eq!(one.code, 1, "{how}: {one:?}");
+        assert!(one.stderr.contains(&format!("recording {id}: {named}")), "{how}: {one:?}");
+        let all = s.d.mg(&["audit", "verify"]);
+        assert_eq!(all.code, 1, "{how}: {all:?}");
+        assert!(all.stderr.contains(&format!("recording {id}: {named}")), "{how}: {all:?}");
+        // The log itself is untouched.
+        assert!(all.stderr.contains("ok: "), "{how}: {all:?}");
+    }
+    std::fs::write(&file, &original).unwrap();
+    let back = s.d.mg(&["session", "verify", &id]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(s.d.mg(&["audit", "verify"]).code, 0);
+}
+
+#[test]
+fn a_kill_9_leaves_a_recording_that_verifies_up_to_its_last_durable_chunk() {
+    let mut s = Site::start();
+    every_second(&s);
+    let mut t = Terminal::open(&s, "crew", &["connect", "meter-1"]);
+    t.expect("meter-1:operator> ");
+    let id = live_recording(&s, "user:crew")["id"].as_str().unwrap().to_string();
+    wait_chunks(&s, &id, 1);
+    t.send("whoami");
+    t.expect_n("operator", 2);
+    wait_chunks(&s, &id, 2);
+    s.d.kill9();
+    drop(t);
+    s.d.restart(None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rec = loop {
+        let all = recordings(&s);
+        if let Some(r) = all.iter().find(|r| r["id"] == id && r["state"] == "interrupted") {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "not marked interrupted: {all:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(rec["problem"].as_str().unwrap().contains("chunks"), "{rec}");
+    // What the log vouches for verifies; that it never ended is said.
+    let v = s.d.mg(&["session", "verify", &id]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert!(v.stdout.contains("no last chunk"), "{v:?}");
+    let all = s.d.mg(&["audit", "verify"]);
+    assert_eq!(all.code, 0, "{all:?}");
+    assert!(all.stdout.contains(&format!("note: recording {id}: ")), "{all:?}");
+    let interrupted = json_events(&s, "recording.interrupted");
+    assert!(interrupted.iter().any(|e| e["detail"]["recording"] == id), "{interrupted:?}");
+    // The output before the last durable chunk is there to read.
+    let export = s.d.mg(&["session", "export", &id]);
+    assert!(export.stdout.contains("meter-1:operator> "), "{export:?}");
+    // New sessions are numbered after it: no recording is overwritten.
+    let r = s.ssh("crew", "whoami");
+    assert_eq!(r.code, 0, "{r:?}");
+    let ids: Vec<String> = recordings(&s).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.iter().filter(|x| **x == id).count(), 1, "{ids:?}");
+}
+
+/// A user whose only Terminal Access on meter-1 needs a recorded session.
+fn recorded_only_user(s: &Site) {
+    let key = ssh::keygen(s.keys.path(), "rec");
+    s.d.mg(&["user", "add", "rec", "--email", "rec@example.org"]).ok();
+    s.d.mg(&["user", "add-key", "rec", &ssh::public_line(&key)]).ok();
+    let policy = s.d.dir.path().join("recorded.toml");
+    std::fs::write(
+        &policy,
+        "name = \"recorded-consoles\"\n\
+         [[statement]]\neffect = \"allow\"\nroles = [\"Operator\"]\nmeters = [\"meter-1\"]\nrequire_recording = true\n",
+    )
+    .unwrap();
+    s.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()]).ok();
+    s.d.mg(&["user", "attach", "rec", "recorded-consoles"]).ok();
+}
+
+#[test]
+fn when_recordings_are_full_fail_closed_refuses_fail_open_alarms_and_require_recording_refuses() {
+    let s = Site::start();
+    recorded_only_user(&s);
+    // While recording works, the recorded-only user reaches the console.
+    let ok = s.ssh("rec", "connect meter-1");
+    assert_eq!(ok.code, 0, "{ok:?}");
+    // The disk for recordings is full.
+    let dir = recording_file(&s, "0").parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("filler"), vec![0u8; 2 * 1024 * 1024]).unwrap();
+    s.d.reload_with(|t| format!("{t}\n[recording]\ncapacity_bytes = 1048576\nmax_session_bytes = 65536\n"));
+    // fail-closed (the default): no new interactive session, and why.
+    let refused = s.ssh("crew", "connect meter-1");
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("cannot be recorded"), "{refused:?}");
+    assert!(refused.stderr.contains("recording.capacity_bytes"), "{refused:?}");
+    assert!(refused.stderr.contains("fail-closed"), "{refused:?}");
+    s.wait_event("recording.failure", &["user:crew", "fail-closed refuses it"]);
+    // fail-open: in, unrecorded, with an alarm.
+    s.d.reload_with(|t| format!("{t}\n[audit]\non_failure = \"fail-open\"\n"));
+    let open = s.ssh("crew", "whoami");
+    assert_eq!(open.code, 0, "{open:?}");
+    s.wait_event("recording.failure", &["user:crew", "fail-open lets it go on unrecorded"]);
+    // require_recording holds even in fail-open.
+    let rec = s.ssh("rec", "connect meter-1");
+    assert_eq!(rec.code, 1, "{rec:?}");
+    assert!(rec.stderr.contains("DENY: Terminal Access on meter-1: needs a recorded session"), "{rec:?}");
+    assert!(rec.stderr.contains("recorded-consoles"), "{rec:?}");
+}
+
+#[test]
+fn session_watch_shows_a_live_session_to_security_logs_access_only() {
+    let s = Site::start();
+    let mut crew = Terminal::open(&s, "crew", &[]);
+    crew.expect("user:crew@metergate> ");
+    let id = live_recording(&s, "user:crew")["id"].as_str().unwrap().to_string();
+    // Without Security Logs Access: refused, nothing shown.
+    let viewer = s.ssh("viewer", &format!("session watch {id}"));
+    assert_eq!(viewer.code, 1, "{viewer:?}");
+    assert!(viewer.stderr.contains("DENY: "), "{viewer:?}");
+    s.wait_event("read-audit.deny", &["user:viewer", "session watch"]);
+    let denied = json_events(&s, "read-audit.deny");
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["principal"] == "user:viewer" && e["permission"] == "Security Logs Access"),
+        "{denied:?}"
+    );
+    // A second OpenSSH client watches; the watched person is told.
+    let admin = Terminal::open(&s, "admin", &["session", "watch", &id]);
+    admin.expect("watching session");
+    crew.expect("user:admin is watching this session, read-only");
+    crew.send("whoami");
+    crew.expect("principal:  user:crew");
+    admin.expect("principal:  user:crew");
+    crew.send("meters");
+    admin.expect("meter-2  site=north");
+    s.wait_event("session.watch", &["user:admin", "user:crew"]);
+    drop(admin);
+    crew.expect("user:admin stopped watching this session");
+    crew.send("exit");
+    assert_eq!(crew.wait().0, 0);
+}

@@ -187,10 +187,9 @@ impl Recordings {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err(&dir))?;
         let tree = guard.store().recordings_tree()?;
-        let mut used = 0u64;
+        let used = dir_size(&dir);
         let mut highest = 0u64;
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))?.flatten() {
-            used += entry.metadata().map(|m| m.len()).unwrap_or(0);
             let name = entry.file_name().to_string_lossy().into_owned();
             highest = highest.max(session_of(name.trim_end_matches(".cast")));
         }
@@ -249,11 +248,17 @@ impl Recordings {
         }
     }
 
-    /// The `[recording]` and `audit.forward` settings (start and reload).
+    /// The `[recording]` and `audit.forward` settings (reload): what the
+    /// recordings take is counted again, so a capacity applies to what is
+    /// on disk now.
     pub fn set_config(&self, config: &Config) {
         self.settings.store(Arc::new(config.recording.clone()));
         self.forwarding
             .store(config.audit.forward.is_some(), Ordering::Relaxed);
+        // Live recordings' gathered chunks are not on disk yet: they are
+        // counted when written.
+        self.used.store(dir_size(&self.dir), Ordering::Relaxed);
+        self.warned.store(false, Ordering::Relaxed);
     }
 
     pub fn settings(&self) -> Arc<RecordingConfig> {
@@ -746,6 +751,17 @@ pub fn is_id(id: &str) -> bool {
         && id.len() <= 40
         && id.chars().all(|c| c.is_ascii_digit() || c == '-')
         && id.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Bytes the files in `dir` take.
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn session_of(id: &str) -> u64 {

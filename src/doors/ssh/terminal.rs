@@ -194,22 +194,32 @@ impl Io {
         hit
     }
 
-    /// Waits until the client presses Ctrl-C. The end of its input is not
-    /// an interrupt (`ssh HOST audit tail -f < /dev/null` goes on); a client
-    /// that leaves is noticed when output to it fails.
+    /// Waits until the client presses Ctrl-C or the channel is gone. The
+    /// end of its input is not an interrupt (`ssh HOST audit tail -f <
+    /// /dev/null` goes on); a closed channel or connection is.
     pub async fn until_interrupt(&mut self) {
         loop {
             if self.interrupted() {
                 return;
             }
-            match self.next().await {
-                None => std::future::pending::<()>().await,
+            match self.input.recv().await {
+                // The client closed the channel or the connection went.
+                None => return,
                 Some(Input::Data(d)) => {
+                    if let Some(r) = &self.recorder {
+                        r.input(&d).await;
+                    }
                     if d.contains(&3) {
                         return;
                     }
                 }
-                Some(_) => {}
+                Some(Input::Eof) => self.eof = true,
+                Some(Input::Resize { cols, rows }) => {
+                    if let Some(p) = &mut self.pty {
+                        p.cols = cols;
+                        p.rows = rows;
+                    }
+                }
             }
         }
     }
