@@ -433,6 +433,7 @@ fn when_recordings_are_full_fail_closed_refuses_fail_open_alarms_and_require_rec
     assert!(refused.stderr.contains("recording.capacity_bytes"), "{refused:?}");
     assert!(refused.stderr.contains("fail-closed"), "{refused:?}");
     s.wait_event("recording.failure", &["user:crew", "fail-closed refuses it"]);
+    s.wait_event("recording.capacity-warning", &["of recording.capacity_bytes (1048576 bytes"]);
     // fail-open: in, unrecorded, with an alarm.
     s.d.reload_with(|t| format!("{t}\n[audit]\non_failure = \"fail-open\"\n"));
     let open = s.ssh("crew", "whoami");
@@ -477,4 +478,71 @@ fn session_watch_shows_a_live_session_to_security_logs_access_only() {
     crew.expect("user:admin stopped watching this session");
     crew.send("exit");
     assert_eq!(crew.wait().0, 0);
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) `days` from now, for libfaketime.
+fn days_from_now(days: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+#[test]
+fn old_recordings_are_removed_by_age_never_before_their_events_were_forwarded() {
+    let mut s = Site::start();
+    let r = s.ssh("crew", "whoami");
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = ended_recording(&s, "user:crew", None)["id"].as_str().unwrap().to_string();
+    let file = recording_file(&s, &id);
+    assert!(file.exists());
+    // A collector that never answers: the recording's events are never
+    // forwarded, so a year and more later it is still kept.
+    let text = std::fs::read_to_string(&s.d.config).unwrap();
+    let silent = daemon::free_port();
+    std::fs::write(
+        &s.d.config,
+        format!("{text}\n[audit.forward]\ntarget = \"tcp://127.0.0.1:{silent}\"\n"),
+    )
+    .unwrap();
+    let later = days_from_now(400);
+    s.d.restart(Some(&later));
+    s.wait_event("recording.retention-held", &[&format!("recording {id} ")]);
+    assert!(file.exists(), "removed before it was forwarded");
+    // Without forwarding, it goes, and the removal is an event.
+    std::fs::write(&s.d.config, &text).unwrap();
+    s.d.restart(Some(&later));
+    s.wait_event("recording.removed", &[&format!("recording {id} ")]);
+    assert!(!file.exists());
+    assert!(!recordings(&s).iter().any(|r| r["id"] == id));
+    // What retention removed is not a broken recording.
+    let v = s.d.mg(&["audit", "verify"]);
+    assert_eq!(v.code, 0, "{v:?}");
+}
+
+#[test]
+fn a_recording_past_its_maximum_ends_its_session_with_a_message_in_fail_closed() {
+    let s = Site::start();
+    s.d.reload_with(|t| {
+        format!("{t}\n[recording]\ncheckpoint = \"1s\"\nmax_session_bytes = 65536\n")
+    });
+    let mut t = Terminal::open(&s, "crew", &[]);
+    t.expect("user:crew@metergate> ");
+    // `help` shows about 1.5 KB; sixty of them pass 64 KiB of recording.
+    for _ in 0..60 {
+        t.send("help");
+    }
+    t.expect("fail-closed ends the session");
+    let (code, screen) = t.wait();
+    assert_ne!(code, 0, "{screen}");
+    assert!(screen.contains("recording.max_session_bytes (65536 bytes)"), "{screen}");
+    s.wait_event("recording.failure", &["user:crew", "max_session_bytes"]);
+    let rec = recordings(&s);
+    assert!(rec.iter().any(|r| r["principal"] == "user:crew" && r["state"] == "failed"), "{rec:?}");
 }

@@ -163,6 +163,9 @@ pub struct Recordings {
     live: Mutex<HashMap<String, Arc<Live>>>,
     /// Channels recorded per session (the second is `ID-2`).
     channels: Mutex<HashMap<u64, u32>>,
+    /// Recordings past `recording.keep` already said to wait for
+    /// forwarding (said once per run).
+    held: Mutex<std::collections::HashSet<String>>,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RecordingError + '_ {
@@ -212,6 +215,7 @@ impl Recordings {
             tree,
             live: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            held: Mutex::new(Default::default()),
         });
         Ok(r)
     }
@@ -281,6 +285,7 @@ impl Recordings {
         if !settings.enabled {
             return Started::Off;
         }
+        self.check_threshold().await;
         let now = OffsetDateTime::now_utc();
         let (term, width, height) = s.term.unwrap_or(("", 80, 24));
         let opened = self.create(&s, now, term, width, height);
@@ -695,6 +700,21 @@ impl Recordings {
         let mut removed = 0;
         for m in old {
             if forwarding && m.last_event > delivered {
+                let first = self
+                    .held
+                    .lock()
+                    .map(|mut h| h.insert(m.id.clone()))
+                    .unwrap_or(false);
+                if first {
+                    let ev = EventDraft::new("recording.retention-held", Category::System, Outcome::Success)
+                        .principal(&m.principal)
+                        .reason(format!(
+                            "recording {} is older than recording.keep but stays until its events (up to seq {}) are forwarded (forwarded so far: {delivered})",
+                            m.id, m.last_event
+                        ))
+                        .detail("recording", &m.id);
+                    self.guard.record(ev).await;
+                }
                 continue;
             }
             let path = self.path(&m.id);
