@@ -11,6 +11,12 @@
 //!     `help`; USERS_FILE lines are `USER SECRET` or `USER -`; prints
 //!     {"login_median_ms":…, "median_ms":…, "errors":…}. The code is the
 //!     next step's (the confirmation used this one; each counts once).
+//!   ssh_load console PORT USER KEY METER BYTES ECHOES TYPICAL
+//!     one interactive session (pty 80x24) running `connect METER`: ECHOES
+//!     keystrokes, each timed from send to its echo (a character, then
+//!     Backspace); `cat BYTES` through the console, timed to its prompt;
+//!     TYPICAL commands typed key by key (`status`). Prints {"echo_p50_ms",
+//!     "echo_p99_ms", "cat_mib_s", "cat_bytes", "typical"}
 //!   ssh_load hold PORT USER KEY SESSIONS SECONDS
 //!     opens SESSIONS interactive sessions (pty + shell), prints "held N",
 //!     keeps them SECONDS, then leaves.
@@ -115,10 +121,97 @@ async fn one(
     Ok(logged_in)
 }
 
+/// Reads the channel until `until` is in what came since the start;
+/// returns the bytes read.
+async fn read_until(ch: &mut russh::Channel<client::Msg>, until: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ch.wait())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the channel closed"))?;
+        if let ChannelMsg::Data { data } = msg {
+            got.extend_from_slice(&data);
+            let tail = got.len().saturating_sub(until.len() + data.len());
+            if got[tail..].windows(until.len()).any(|w| w == until) {
+                return Ok(got);
+            }
+        }
+    }
+}
+
+async fn console(
+    port: u16,
+    user: &str,
+    key: &Arc<PrivateKey>,
+    meter: &str,
+    bytes: usize,
+    echoes: usize,
+    typical: usize,
+) -> anyhow::Result<()> {
+    let h = login(port, user, key).await?;
+    let mut ch = h.channel_open_session().await?;
+    ch.request_pty(true, "xterm", 80, 24, 0, 0, &[]).await?;
+    ch.exec(true, format!("connect {meter}")).await?;
+    let prompt = format!("{meter}:");
+    read_until(&mut ch, b"> ").await?;
+    // Echo: a character, then Backspace; each timed to its echo.
+    let mut times = Vec::with_capacity(echoes * 2);
+    for _ in 0..echoes {
+        for (key, echo) in [(&b"x"[..], &b"x"[..]), (&b"\x7f"[..], &b"\x08 \x08"[..])] {
+            let t0 = Instant::now();
+            ch.data(key).await?;
+            read_until(&mut ch, echo).await?;
+            times.push(t0.elapsed());
+        }
+    }
+    times.sort();
+    let q = |p: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * p).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    // Throughput: a large `cat` to its prompt.
+    let mut rate = 0.0;
+    let mut got = 0;
+    if bytes > 0 {
+        let t0 = Instant::now();
+        ch.data(format!("cat {bytes}\r").as_bytes()).await?;
+        let out = read_until(&mut ch, format!("\n{prompt}").as_bytes()).await?;
+        got = out.len();
+        rate = got as f64 / t0.elapsed().as_secs_f64() / (1024.0 * 1024.0);
+    }
+    // A typical interactive use: commands typed key by key.
+    for _ in 0..typical {
+        for b in b"status" {
+            ch.data(&[*b][..]).await?;
+            read_until(&mut ch, &[*b]).await?;
+        }
+        ch.data(&b"\r"[..]).await?;
+        read_until(&mut ch, format!("\n{prompt}").as_bytes()).await?;
+    }
+    ch.data(&b"exit\r"[..]).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = ch.wait().await {
+            if let ChannelMsg::Close = msg {
+                break;
+            }
+        }
+    })
+    .await;
+    println!(
+        "{{\"echo_p50_ms\":{:.3},\"echo_p99_ms\":{:.3},\"cat_mib_s\":{rate:.1},\"cat_bytes\":{got},\"typical\":{typical}}}",
+        q(0.5),
+        q(0.99)
+    );
+    h.disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: ssh_load logins PORT USER KEY COUNT CONCURRENCY COMMAND | mfa-logins PORT - KEY USERS_FILE | hold PORT USER KEY SESSIONS SECONDS";
+    let usage = "usage: ssh_load logins PORT USER KEY COUNT CONCURRENCY COMMAND | mfa-logins PORT - KEY USERS_FILE | console PORT USER KEY METER BYTES ECHOES TYPICAL | hold PORT USER KEY SESSIONS SECONDS";
     anyhow::ensure!(args.len() >= 6, "{usage}");
     let port: u16 = args[2].parse()?;
     let user = args[3].clone();
@@ -213,6 +306,16 @@ async fn main() -> anyhow::Result<()> {
                 median(logins),
                 median(whole)
             );
+        }
+        "console" => {
+            anyhow::ensure!(args.len() == 9, "{usage}");
+            let (meter, bytes, echoes, typical) = (
+                args[5].clone(),
+                args[6].parse::<usize>()?,
+                args[7].parse::<usize>()?,
+                args[8].parse::<usize>()?,
+            );
+            console(port, &user, &key, &meter, bytes, echoes, typical).await?;
         }
         "hold" => {
             anyhow::ensure!(args.len() == 7, "{usage}");

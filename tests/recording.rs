@@ -166,7 +166,9 @@ fn live_recording(s: &Site, principal: &str) -> serde_json::Value {
 
 /// The events with `code`, as JSON.
 fn json_events(s: &Site, code: &str) -> Vec<serde_json::Value> {
-    let r = s.d.mg(&["--json", "audit", "query", "--code", code, "--limit", "1000"]);
+    let r = s.d.mg(&[
+        "--json", "audit", "query", "--code", code, "--limit", "1000",
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
     r.stdout
         .lines()
@@ -235,40 +237,86 @@ fn a_console_session_is_recorded_exported_played_and_verified() {
     std::fs::write(&cast, &export.stdout).unwrap();
     let cat = asciinema(&["cat", cast.to_str().unwrap()]);
     assert_eq!(cat.code, 0, "{cat:?}");
-    for shown in ["meter-1:operator> whoami", "operator", "meter-1:operator> status"] {
-        assert!(cat.stdout.contains(shown), "asciinema cat lacks {shown:?}: {cat:?}");
+    for shown in [
+        "meter-1:operator> whoami",
+        "operator",
+        "meter-1:operator> status",
+    ] {
+        assert!(
+            cat.stdout.contains(shown),
+            "asciinema cat lacks {shown:?}: {cat:?}"
+        );
     }
     // Played back (fast), the same output.
-    let play = s.d.mg(&["session", "play", &id, "--speed", "50", "--idle-limit", "0.1"]);
+    let play = s.d.mg(&[
+        "session",
+        "play",
+        &id,
+        "--speed",
+        "50",
+        "--idle-limit",
+        "0.1",
+    ]);
     assert_eq!(play.code, 0, "{play:?}");
     assert!(play.stdout.contains("meter-1:operator> whoami"), "{play:?}");
     let asciinema_play = asciinema(&["play", "-s", "50", "-i", "0.1", cast.to_str().unwrap()]);
     assert_eq!(asciinema_play.code, 0, "{asciinema_play:?}");
-    assert!(asciinema_play.stdout.contains("operator"), "{asciinema_play:?}");
+    assert!(
+        asciinema_play.stdout.contains("operator"),
+        "{asciinema_play:?}"
+    );
 
     // The log vouches for it: its chunks, and the session's end with the
     // final hash, size and duration.
     let verify = s.d.mg(&["session", "verify", &id]);
     assert_eq!(verify.code, 0, "{verify:?}");
-    assert!(verify.stdout.starts_with(&format!("ok: recording {id}: ")), "{verify:?}");
+    assert!(
+        verify.stdout.starts_with(&format!("ok: recording {id}: ")),
+        "{verify:?}"
+    );
     let end = json_events(&s, "session.end")
         .into_iter()
         .find(|e| e["detail"]["recording"] == id)
         .unwrap_or_else(|| panic!("no session.end names recording {id}"));
     assert_eq!(end["detail"]["recording_hash"], rec["hash"], "{end}\n{rec}");
-    assert_eq!(end["detail"]["recording_bytes"], rec["bytes"].to_string(), "{end}\n{rec}");
-    assert!(end["detail"]["recording_duration_ms"].as_str().is_some(), "{end}");
+    assert_eq!(
+        end["detail"]["recording_bytes"],
+        rec["bytes"].to_string(),
+        "{end}\n{rec}"
+    );
+    assert!(
+        end["detail"]["recording_duration_ms"].as_str().is_some(),
+        "{end}"
+    );
     let audit = s.d.mg(&["audit", "verify"]);
     assert_eq!(audit.code, 0, "{audit:?}");
-    assert!(audit.stdout.contains("session recordings verify against the log"), "{audit:?}");
+    assert!(
+        audit
+            .stdout
+            .contains("session recordings verify against the log"),
+        "{audit:?}"
+    );
     // Each read is an event.
     let reads = s.wait_event("recording.read", &["user:crew", "(export)", "(play)"]);
     assert!(reads.contains("local:"), "{reads}");
     // Listed by meter and principal; another meter's list does not have it.
-    let by_meter = s.d.mg(&["session", "recordings", "--meter", "meter-1", "--principal", "crew"]);
+    let by_meter = s.d.mg(&[
+        "session",
+        "recordings",
+        "--meter",
+        "meter-1",
+        "--principal",
+        "crew",
+    ]);
     assert!(by_meter.stdout.contains(&id), "{by_meter:?}");
     let other = s.d.mg(&["session", "recordings", "--meter", "meter-3"]);
-    assert!(!other.stdout.lines().any(|l| l.starts_with(&format!("{id} "))), "{other:?}");
+    assert!(
+        !other
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{id} "))),
+        "{other:?}"
+    );
 }
 
 /// The chunk events of recording `id`, in chunk order.
@@ -277,7 +325,13 @@ fn chunks(s: &Site, id: &str) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|e| e["detail"]["recording"] == id)
         .collect();
-    c.sort_by_key(|e| e["detail"]["chunk"].as_str().unwrap().parse::<u64>().unwrap());
+    c.sort_by_key(|e| {
+        e["detail"]["chunk"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    });
     c
 }
 
@@ -310,7 +364,10 @@ fn tampering_with_a_recording_names_it_and_the_chunk() {
     every_second(&s);
     let mut t = Terminal::open(&s, "crew", &["connect", "meter-1"]);
     t.expect("meter-1:operator> ");
-    let id = live_recording(&s, "user:crew")["id"].as_str().unwrap().to_string();
+    let id = live_recording(&s, "user:crew")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_chunks(&s, &id, 1);
     t.send("whoami");
     t.expect_n("operator", 2);
@@ -331,22 +388,40 @@ fn tampering_with_a_recording_names_it_and_the_chunk() {
     let o2 = detail_u64(c2, "offset");
     // (how the file was changed) -> the chunk named
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("a byte flipped", {
-            let mut b = original.clone();
-            b[o1 + l1 / 2] ^= 0x20;
-            b
-        }, "chunk 1 differs"),
-        ("truncated", original[..o2 + 3].to_vec(), "chunk 2 is missing"),
-        ("a chunk deleted", [&original[..o1], &original[o1 + l1..]].concat(), "chunk 1 "),
+        (
+            "a byte flipped",
+            {
+                let mut b = original.clone();
+                b[o1 + l1 / 2] ^= 0x20;
+                b
+            },
+            "chunk 1 differs",
+        ),
+        (
+            "truncated",
+            original[..o2 + 3].to_vec(),
+            "chunk 2 is missing",
+        ),
+        (
+            "a chunk deleted",
+            [&original[..o1], &original[o1 + l1..]].concat(),
+            "chunk 1 ",
+        ),
     ];
     for (how, bytes, named) in cases {
         std::fs::write(&file, &bytes).unwrap();
         let one = s.d.mg(&["session", "verify", &id]);
         assert_eq!(one.code, 1, "{how}: {one:?}");
-        assert!(one.stderr.contains(&format!("recording {id}: {named}")), "{how}: {one:?}");
+        assert!(
+            one.stderr.contains(&format!("recording {id}: {named}")),
+            "{how}: {one:?}"
+        );
         let all = s.d.mg(&["audit", "verify"]);
         assert_eq!(all.code, 1, "{how}: {all:?}");
-        assert!(all.stderr.contains(&format!("recording {id}: {named}")), "{how}: {all:?}");
+        assert!(
+            all.stderr.contains(&format!("recording {id}: {named}")),
+            "{how}: {all:?}"
+        );
         // The log itself is untouched.
         assert!(all.stderr.contains("ok: "), "{how}: {all:?}");
     }
@@ -362,7 +437,10 @@ fn a_kill_9_leaves_a_recording_that_verifies_up_to_its_last_durable_chunk() {
     every_second(&s);
     let mut t = Terminal::open(&s, "crew", &["connect", "meter-1"]);
     t.expect("meter-1:operator> ");
-    let id = live_recording(&s, "user:crew")["id"].as_str().unwrap().to_string();
+    let id = live_recording(&s, "user:crew")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_chunks(&s, &id, 1);
     t.send("whoami");
     t.expect_n("operator", 2);
@@ -373,7 +451,10 @@ fn a_kill_9_leaves_a_recording_that_verifies_up_to_its_last_durable_chunk() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let rec = loop {
         let all = recordings(&s);
-        if let Some(r) = all.iter().find(|r| r["id"] == id && r["state"] == "interrupted") {
+        if let Some(r) = all
+            .iter()
+            .find(|r| r["id"] == id && r["state"] == "interrupted")
+        {
             break r.clone();
         }
         assert!(Instant::now() < deadline, "not marked interrupted: {all:?}");
@@ -386,24 +467,35 @@ fn a_kill_9_leaves_a_recording_that_verifies_up_to_its_last_durable_chunk() {
     assert!(v.stdout.contains("no last chunk"), "{v:?}");
     let all = s.d.mg(&["audit", "verify"]);
     assert_eq!(all.code, 0, "{all:?}");
-    assert!(all.stdout.contains(&format!("note: recording {id}: ")), "{all:?}");
+    assert!(
+        all.stdout.contains(&format!("note: recording {id}: ")),
+        "{all:?}"
+    );
     let interrupted = json_events(&s, "recording.interrupted");
-    assert!(interrupted.iter().any(|e| e["detail"]["recording"] == id), "{interrupted:?}");
+    assert!(
+        interrupted.iter().any(|e| e["detail"]["recording"] == id),
+        "{interrupted:?}"
+    );
     // The output before the last durable chunk is there to read.
     let export = s.d.mg(&["session", "export", &id]);
     assert!(export.stdout.contains("meter-1:operator> "), "{export:?}");
     // New sessions are numbered after it: no recording is overwritten.
     let r = s.ssh("crew", "whoami");
     assert_eq!(r.code, 0, "{r:?}");
-    let ids: Vec<String> = recordings(&s).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = recordings(&s)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.iter().filter(|x| **x == id).count(), 1, "{ids:?}");
 }
 
 /// A user whose only Terminal Access on meter-1 needs a recorded session.
 fn recorded_only_user(s: &Site) {
     let key = ssh::keygen(s.keys.path(), "rec");
-    s.d.mg(&["user", "add", "rec", "--email", "rec@example.org"]).ok();
-    s.d.mg(&["user", "add-key", "rec", &ssh::public_line(&key)]).ok();
+    s.d.mg(&["user", "add", "rec", "--email", "rec@example.org"])
+        .ok();
+    s.d.mg(&["user", "add-key", "rec", &ssh::public_line(&key)])
+        .ok();
     let policy = s.d.dir.path().join("recorded.toml");
     std::fs::write(
         &policy,
@@ -411,7 +503,8 @@ fn recorded_only_user(s: &Site) {
          [[statement]]\neffect = \"allow\"\nroles = [\"Operator\"]\nmeters = [\"meter-1\"]\nrequire_recording = true\n",
     )
     .unwrap();
-    s.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()]).ok();
+    s.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
+        .ok();
     s.d.mg(&["user", "attach", "rec", "recorded-consoles"]).ok();
 }
 
@@ -425,24 +518,42 @@ fn when_recordings_are_full_fail_closed_refuses_fail_open_alarms_and_require_rec
     // The disk for recordings is full.
     let dir = recording_file(&s, "0").parent().unwrap().to_path_buf();
     std::fs::write(dir.join("filler"), vec![0u8; 2 * 1024 * 1024]).unwrap();
-    s.d.reload_with(|t| format!("{t}\n[recording]\ncapacity_bytes = 1048576\nmax_session_bytes = 65536\n"));
+    s.d.reload_with(|t| {
+        format!("{t}\n[recording]\ncapacity_bytes = 1048576\nmax_session_bytes = 65536\n")
+    });
     // fail-closed (the default): no new interactive session, and why.
     let refused = s.ssh("crew", "connect meter-1");
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("cannot be recorded"), "{refused:?}");
-    assert!(refused.stderr.contains("recording.capacity_bytes"), "{refused:?}");
+    assert!(
+        refused.stderr.contains("recording.capacity_bytes"),
+        "{refused:?}"
+    );
     assert!(refused.stderr.contains("fail-closed"), "{refused:?}");
-    s.wait_event("recording.failure", &["user:crew", "fail-closed refuses it"]);
-    s.wait_event("recording.capacity-warning", &["of recording.capacity_bytes (1048576 bytes"]);
+    s.wait_event(
+        "recording.failure",
+        &["user:crew", "fail-closed refuses it"],
+    );
+    s.wait_event(
+        "recording.capacity-warning",
+        &["of recording.capacity_bytes (1048576 bytes"],
+    );
     // fail-open: in, unrecorded, with an alarm.
     s.d.reload_with(|t| format!("{t}\n[audit]\non_failure = \"fail-open\"\n"));
     let open = s.ssh("crew", "whoami");
     assert_eq!(open.code, 0, "{open:?}");
-    s.wait_event("recording.failure", &["user:crew", "fail-open lets it go on unrecorded"]);
+    s.wait_event(
+        "recording.failure",
+        &["user:crew", "fail-open lets it go on unrecorded"],
+    );
     // require_recording holds even in fail-open.
     let rec = s.ssh("rec", "connect meter-1");
     assert_eq!(rec.code, 1, "{rec:?}");
-    assert!(rec.stderr.contains("DENY: Terminal Access on meter-1: needs a recorded session"), "{rec:?}");
+    assert!(
+        rec.stderr
+            .contains("DENY: Terminal Access on meter-1: needs a recorded session"),
+        "{rec:?}"
+    );
     assert!(rec.stderr.contains("recorded-consoles"), "{rec:?}");
 }
 
@@ -451,7 +562,10 @@ fn session_watch_shows_a_live_session_to_security_logs_access_only() {
     let s = Site::start();
     let mut crew = Terminal::open(&s, "crew", &[]);
     crew.expect("user:crew@metergate> ");
-    let id = live_recording(&s, "user:crew")["id"].as_str().unwrap().to_string();
+    let id = live_recording(&s, "user:crew")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Without Security Logs Access: refused, nothing shown.
     let viewer = s.ssh("viewer", &format!("session watch {id}"));
     assert_eq!(viewer.code, 1, "{viewer:?}");
@@ -499,7 +613,10 @@ fn old_recordings_are_removed_by_age_never_before_their_events_were_forwarded() 
     let mut s = Site::start();
     let r = s.ssh("crew", "whoami");
     assert_eq!(r.code, 0, "{r:?}");
-    let id = ended_recording(&s, "user:crew", None)["id"].as_str().unwrap().to_string();
+    let id = ended_recording(&s, "user:crew", None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let file = recording_file(&s, &id);
     assert!(file.exists());
     // A collector that never answers: the recording's events are never
@@ -541,8 +658,92 @@ fn a_recording_past_its_maximum_ends_its_session_with_a_message_in_fail_closed()
     t.expect("fail-closed ends the session");
     let (code, screen) = t.wait();
     assert_ne!(code, 0, "{screen}");
-    assert!(screen.contains("recording.max_session_bytes (65536 bytes)"), "{screen}");
+    assert!(
+        screen.contains("recording.max_session_bytes (65536 bytes)"),
+        "{screen}"
+    );
     s.wait_event("recording.failure", &["user:crew", "max_session_bytes"]);
     let rec = recordings(&s);
-    assert!(rec.iter().any(|r| r["principal"] == "user:crew" && r["state"] == "failed"), "{rec:?}");
+    assert!(
+        rec.iter()
+            .any(|r| r["principal"] == "user:crew" && r["state"] == "failed"),
+        "{rec:?}"
+    );
+}
+
+#[test]
+fn one_principal_filling_its_share_never_stops_anothers_recorded_sessions() {
+    let s = Site::start();
+    s.d.reload_with(|t| {
+        format!(
+            "{t}\n[recording]\ncheckpoint = \"1s\"\nmax_session_bytes = 65536\nmax_principal_bytes = 98304\n"
+        )
+    });
+    let help_times = |user: &str, n: usize| {
+        let mut t = Terminal::open(&s, user, &[]);
+        t.expect(&format!("user:{user}@metergate> "));
+        for _ in 0..n {
+            t.send("help");
+        }
+        t
+    };
+    // 40 × `help` is about 56 KB: within one session's maximum.
+    let mut first = help_times("crew", 40);
+    first.expect_n("user:crew@metergate> ", 41);
+    first.send("exit");
+    assert_eq!(first.wait().0, 0);
+    let rec = ended_recording(&s, "user:crew", None);
+    assert!(rec["bytes"].as_u64().unwrap() > 49152, "{rec}");
+    // The second passes crew's share: that session ends, saying why.
+    let second = help_times("crew", 40);
+    second.expect("recording.max_principal_bytes (98304 bytes)");
+    let (code, _) = second.wait();
+    assert_ne!(code, 0);
+    // Everybody else is still recorded.
+    let mut admin = help_times("admin", 3);
+    admin.expect_n("user:admin@metergate> ", 4);
+    admin.send("exit");
+    assert_eq!(admin.wait().0, 0);
+    let rec = ended_recording(&s, "user:admin", None);
+    let id = rec["id"].as_str().unwrap();
+    assert_eq!(s.d.mg(&["session", "verify", id]).code, 0);
+}
+
+#[test]
+fn secrets_shown_once_and_typed_secrets_never_reach_a_recording() {
+    let s = Site::start();
+    s.d.reload_with(|t| format!("{t}\n[recording]\ninput = true\n"));
+    let mut t = Terminal::open(&s, "admin", &[]);
+    t.expect("user:admin@metergate> ");
+    t.send("user add bob --email bob@example.org");
+    let screen = t.expect("temporary password: ");
+    let password = screen
+        .split("temporary password: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    t.send("passwd");
+    t.expect("Current password: ");
+    t.send("typed-secret-1");
+    t.expect("that is not your current password");
+    t.send("exit");
+    // The shell's status is the last command's (the failed passwd).
+    assert_eq!(t.wait().0, 1);
+    let rec = ended_recording(&s, "user:admin", None);
+    let cast =
+        s.d.mg(&["session", "export", rec["id"].as_str().unwrap()])
+            .stdout;
+    assert!(
+        !cast.contains(&password),
+        "the temporary password was recorded: {cast}"
+    );
+    assert!(
+        cast.contains("output with a secret shown once: not recorded"),
+        "{cast}"
+    );
+    // Input is recorded (input = true), but not what is typed at a
+    // password prompt.
+    assert!(cast.contains("\"i\", \"passwd\\r\""), "{cast}");
+    assert!(!cast.contains("typed-secret-1"), "{cast}");
 }

@@ -35,7 +35,17 @@ pub(super) async fn audit(
         .map(|(id, v)| format!("recording {id}: {}", v.summary()))
         .collect();
     for (id, v) in found.iter().filter(|(_, v)| {
-        matches!(v, crate::recording::Verdict::Intact { complete: false, .. } | crate::recording::Verdict::Intact { unvouched: 1.., .. })
+        matches!(
+            v,
+            crate::recording::Verdict::Intact {
+                complete: false,
+                ..
+            } | crate::recording::Verdict::Intact { unvouched: 1.., .. }
+                | crate::recording::Verdict::Intact {
+                    from_chunk: 1..,
+                    ..
+                }
+        )
     }) {
         text += &format!("note: recording {id}: {}\n", v.summary());
     }

@@ -43,7 +43,14 @@ pub(super) async fn recording(
             let rows: Vec<Vec<String>> = list.iter().map(row).collect();
             Ok(Done::show(table(
                 &[
-                    "ID", "SESSION", "PRINCIPAL", "KIND", "METERS", "STARTED", "SECONDS", "BYTES",
+                    "ID",
+                    "SESSION",
+                    "PRINCIPAL",
+                    "KIND",
+                    "METERS",
+                    "STARTED",
+                    "SECONDS",
+                    "BYTES",
                     "STATE",
                 ],
                 &rows,
@@ -83,6 +90,9 @@ pub(super) async fn recording(
         }
         SessionCommand::Watch { id } => {
             let id = live_id(ctx, id)?;
+            if caller.session != 0 && find(ctx, &id)?.session == caller.session {
+                return refused("a session cannot watch itself (its output would echo forever)");
+            }
             let watcher = caller.who.to_string();
             let watch = recs.watch(&id, &watcher).map_err(CommandError::NotFound)?;
             let m = watch.watched();
@@ -183,12 +193,7 @@ fn file_of(ctx: &Gateway, m: &Meta) -> Result<std::path::PathBuf, CommandError> 
 }
 
 /// Finds a recording for reading and logs the read.
-async fn read(
-    ctx: &Gateway,
-    caller: &Caller,
-    id: &str,
-    how: &str,
-) -> Result<Meta, CommandError> {
+async fn read(ctx: &Gateway, caller: &Caller, id: &str, how: &str) -> Result<Meta, CommandError> {
     let m = find(ctx, id)?;
     let ev = EventDraft::new("recording.read", Category::Audit, EventOutcome::Success)
         .principal(&caller.who)

@@ -423,12 +423,18 @@ pub enum SessionCommand {
         idle_limit: Option<f64>,
     },
     /// The recording as an asciicast v2 file (`asciinema play` reads it).
-    Export { id: String },
+    Export {
+        id: String,
+    },
     /// Follows a live session's output, read-only; the watched person is
     /// told. Ctrl-C stops.
-    Watch { id: String },
+    Watch {
+        id: String,
+    },
     /// Checks a recording against the chunk hashes the audit log holds.
-    Verify { id: String },
+    Verify {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -28,6 +28,10 @@ pub struct RecordingConfig {
     /// Bytes one recording may take; beyond, it cannot be written
     /// (`audit.on_failure` decides).
     pub max_session_bytes: u64,
+    /// Bytes one principal's recordings may take together: one crew
+    /// member filling the disk must not refuse (fail-closed) or blind
+    /// (fail-open) everybody else's sessions.
+    pub max_principal_bytes: u64,
     /// A warning event and metric when recordings fill this much.
     pub warn_at_percent: u8,
     /// Recordings older than this are removed (each removal an event),
@@ -43,6 +47,7 @@ impl Default for RecordingConfig {
             checkpoint: Interval(Duration::from_secs(5)),
             capacity_bytes: 10 * 1024 * 1024 * 1024,
             max_session_bytes: 1024 * 1024 * 1024,
+            max_principal_bytes: 2 * 1024 * 1024 * 1024,
             warn_at_percent: 90,
             // A year: audits of remote access look back that far.
             keep: Interval(Duration::from_secs(365 * 86_400)),
@@ -63,6 +68,12 @@ pub(super) fn check(r: &RecordingConfig, src: &Source) -> Result<(), ConfigError
         return Err(src.err(
             &key("max_session_bytes"),
             "must be at least 64 KiB (65536) and at most recording.capacity_bytes",
+        ));
+    }
+    if r.max_principal_bytes < r.max_session_bytes {
+        return Err(src.err(
+            &key("max_principal_bytes"),
+            "must be at least recording.max_session_bytes",
         ));
     }
     if !(1..=100).contains(&r.warn_at_percent) {

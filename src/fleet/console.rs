@@ -100,6 +100,26 @@ struct ConsoleSession {
     sftp: std::collections::HashSet<ChannelId>,
 }
 
+/// The most `cat` prints.
+const MAX_CAT: usize = 256 * 1024 * 1024;
+
+/// `n` bytes of numbered 64-byte lines, as a meter's event log dump looks.
+fn dump(n: usize) -> String {
+    let mut out = String::with_capacity(n + 64);
+    let mut i = 0u64;
+    while out.len() + 64 <= n {
+        let line = format!("{i:08} 2026-12-02T12:00:00Z event ok voltage 230.1 V load 12.4 A");
+        out.push_str(&line[..63]);
+        out.push('\n');
+        i += 1;
+    }
+    out.push_str(&"-".repeat(n.saturating_sub(out.len()).saturating_sub(1)));
+    if out.len() < n {
+        out.push('\n');
+    }
+    out
+}
+
 impl ConsoleSession {
     fn prompt(&self) -> String {
         format!(
@@ -127,7 +147,15 @@ impl ConsoleSession {
                     .unwrap_or_default();
                 (format!("{s}\n"), false)
             }
-            "help" => ("commands: whoami status size exit\n".into(), false),
+            "help" => (
+                "commands: whoami status size cat BYTES exit\n".into(),
+                false,
+            ),
+            // A large output (a log dump), for the pass-through benchmark.
+            l if l.starts_with("cat ") => match l[4..].trim().parse::<usize>() {
+                Ok(n) if n <= MAX_CAT => (dump(n), false),
+                _ => (format!("cat takes a byte count up to {MAX_CAT}\n"), false),
+            },
             "exit" | "logout" => (String::new(), true),
             other => (
                 format!(

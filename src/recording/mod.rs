@@ -34,6 +34,9 @@ pub use writer::{Feed, Recorder};
 pub const DIR: &str = "recordings";
 /// Live output a watcher may fall behind by before it skips ahead.
 const WATCH_BUFFER: usize = 1024;
+/// The highest session id ever recorded, kept in the catalogue's tree
+/// (ids stay unique when retention removed every recording).
+const HIGHEST: &[u8] = b"\xffhighest-session";
 /// How long the end of a session waits for its recordings' last chunks.
 const FINISH_WAIT: Duration = Duration::from_secs(10);
 
@@ -100,7 +103,10 @@ pub struct Live {
 
 impl Live {
     fn meta(&self) -> Meta {
-        self.meta.lock().map(|m| m.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.meta
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     fn update(&self, f: impl FnOnce(&mut Meta)) {
@@ -155,6 +161,8 @@ pub struct Recordings {
     forwarding: AtomicBool,
     /// Bytes on disk, all recordings together.
     used: AtomicU64,
+    /// Bytes on disk per principal (`recording.max_principal_bytes`).
+    by_principal: Mutex<HashMap<String, u64>>,
     warned: AtomicBool,
     /// A recording could not be written (until the next one is).
     alarm: AtomicBool,
@@ -166,6 +174,9 @@ pub struct Recordings {
     /// Recordings past `recording.keep` already said to wait for
     /// forwarding (said once per run).
     held: Mutex<std::collections::HashSet<String>>,
+    /// What the last run left unfinished (found at open, before any new
+    /// recording started).
+    stale: Mutex<Vec<Meta>>,
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> RecordingError + '_ {
@@ -196,10 +207,22 @@ impl Recordings {
             let name = entry.file_name().to_string_lossy().into_owned();
             highest = highest.max(session_of(name.trim_end_matches(".cast")));
         }
+        let mut stale = Vec::new();
+        let mut by_principal: HashMap<String, u64> = HashMap::new();
         for item in tree.iter().flatten() {
             if let Ok(m) = serde_json::from_slice::<Meta>(&item.1) {
                 highest = highest.max(m.session);
+                let size = std::fs::metadata(dir.join(format!("{}.cast", m.id)))
+                    .map(|x| x.len())
+                    .unwrap_or(0);
+                *by_principal.entry(m.principal.clone()).or_default() += size;
+                if matches!(m.state, State::Live | State::Ending) {
+                    stale.push(m);
+                }
             }
+        }
+        if let Some(v) = tree.get(HIGHEST).map_err(crate::store::StoreError::from)? {
+            highest = highest.max(v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0));
         }
         sessions.number_after(highest);
         let r = Arc::new(Recordings {
@@ -209,6 +232,7 @@ impl Recordings {
             settings: ArcSwap::from_pointee(config.recording.clone()),
             forwarding: AtomicBool::new(config.audit.forward.is_some()),
             used: AtomicU64::new(used),
+            by_principal: Mutex::new(by_principal),
             warned: AtomicBool::new(false),
             alarm: AtomicBool::new(false),
             failures: AtomicU64::new(0),
@@ -216,6 +240,7 @@ impl Recordings {
             live: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             held: Mutex::new(Default::default()),
+            stale: Mutex::new(stale),
         });
         Ok(r)
     }
@@ -224,12 +249,10 @@ impl Recordings {
     /// each with an event saying how far the log vouches for it.
     pub async fn recover(&self) {
         let unfinished: Vec<Meta> = self
-            .tree
-            .iter()
-            .flatten()
-            .filter_map(|(_, v)| serde_json::from_slice::<Meta>(&v).ok())
-            .filter(|m| matches!(m.state, State::Live | State::Ending))
-            .collect();
+            .stale
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
         for mut m in unfinished {
             let verdict = self.verify(&m).await;
             m.state = State::Interrupted;
@@ -245,7 +268,11 @@ impl Recordings {
             let ev = EventDraft::new("recording.interrupted", Category::Session, Outcome::Failure)
                 .principal(&m.principal)
                 .source(&m.source)
-                .reason(format!("recording {}: {}", m.id, m.problem.clone().unwrap_or_default()))
+                .reason(format!(
+                    "recording {}: {}",
+                    m.id,
+                    m.problem.clone().unwrap_or_default()
+                ))
                 .detail("recording", &m.id)
                 .detail("session", m.session);
             self.guard.record(ev).await;
@@ -263,6 +290,16 @@ impl Recordings {
         // counted when written.
         self.used.store(dir_size(&self.dir), Ordering::Relaxed);
         self.warned.store(false, Ordering::Relaxed);
+        let mut by: HashMap<String, u64> = HashMap::new();
+        for m in self.list() {
+            let size = std::fs::metadata(self.path(&m.id))
+                .map(|x| x.len())
+                .unwrap_or(0);
+            *by.entry(m.principal).or_default() += size;
+        }
+        if let Ok(mut b) = self.by_principal.lock() {
+            *b = by;
+        }
     }
 
     pub fn settings(&self) -> Arc<RecordingConfig> {
@@ -310,6 +347,13 @@ impl Recordings {
             last_event: 0,
         };
         self.save(&meta);
+        let _ = self.tree.fetch_and_update(HIGHEST, |old| {
+            let was = old
+                .and_then(|v| v.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some(was.max(s.session).to_be_bytes().to_vec())
+        });
         let (output, _) = broadcast::channel(WATCH_BUFFER);
         let live = Arc::new(Live {
             id: id.clone(),
@@ -347,6 +391,13 @@ impl Recordings {
                 settings.capacity_bytes
             ));
         }
+        let mine = self.principal_bytes(s.principal);
+        if mine >= settings.max_principal_bytes {
+            return Err(format!(
+                "{}'s recordings reached recording.max_principal_bytes ({} bytes)",
+                s.principal, settings.max_principal_bytes
+            ));
+        }
         let n = {
             let mut c = self.channels.lock().map_err(|_| "poisoned".to_string())?;
             let n = c.entry(s.session).or_insert(0);
@@ -372,6 +423,9 @@ impl Recordings {
                 Ok(mut f) => {
                     f.write_all(&header)
                         .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                    // The header counts like any chunk (it may pass the
+                    // capacity by its own few hundred bytes).
+                    self.count(s.principal, header.len() as u64, true);
                     if let Ok(mut c) = self.channels.lock() {
                         c.insert(s.session, k);
                     }
@@ -390,9 +444,13 @@ impl Recordings {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let closed = self.guard.settings().on_failure == OnFailure::FailClosed;
         let reason = if closed {
-            format!("the session cannot be recorded ({why}): audit.on_failure = fail-closed refuses it")
+            format!(
+                "the session cannot be recorded ({why}): audit.on_failure = fail-closed refuses it"
+            )
         } else {
-            format!("the session cannot be recorded ({why}): audit.on_failure = fail-open lets it go on unrecorded")
+            format!(
+                "the session cannot be recorded ({why}): audit.on_failure = fail-open lets it go on unrecorded"
+            )
         };
         let ev = EventDraft::new("recording.failure", Category::System, Outcome::Failure)
             .principal(s.principal)
@@ -408,32 +466,66 @@ impl Recordings {
         }
     }
 
-    /// Counts `n` more bytes on disk; false when that would pass the
-    /// capacity.
-    fn reserve(&self, n: u64) -> bool {
-        let s = self.settings();
-        let before = self.used.fetch_add(n, Ordering::Relaxed);
-        // Counted first, checked after: parallel writers never pass it together.
-        if before + n > s.capacity_bytes {
-            self.used.fetch_sub(n, Ordering::Relaxed);
-            return false;
-        }
-        true
+    fn principal_bytes(&self, principal: &str) -> u64 {
+        self.by_principal
+            .lock()
+            .ok()
+            .and_then(|b| b.get(principal).copied())
+            .unwrap_or(0)
     }
 
-    fn release(&self, n: u64) {
-        let _ = self
-            .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
-                Some(u.saturating_sub(n))
-            });
+    /// Adds (or takes back) `n` bytes of `principal`'s.
+    fn count(&self, principal: &str, n: u64, add: bool) {
+        if add {
+            self.used.fetch_add(n, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                    Some(u.saturating_sub(n))
+                });
+        }
+        if let Ok(mut b) = self.by_principal.lock() {
+            let e = b.entry(principal.to_string()).or_default();
+            *e = if add { *e + n } else { e.saturating_sub(n) };
+        }
+    }
+
+    /// Counts `n` more bytes of `principal`'s on disk. Err: the limit
+    /// (all recordings, or this principal's) it would pass.
+    fn reserve(&self, principal: &str, n: u64) -> Result<(), String> {
+        let s = self.settings();
+        // Counted first, checked after: parallel writers never pass it together.
+        self.count(principal, n, true);
+        let used = self.used.load(Ordering::Relaxed);
+        let why = if used > s.capacity_bytes {
+            format!(
+                "recordings reached recording.capacity_bytes ({} bytes)",
+                s.capacity_bytes
+            )
+        } else if self.principal_bytes(principal) > s.max_principal_bytes {
+            format!(
+                "{principal}'s recordings reached recording.max_principal_bytes ({} bytes)",
+                s.max_principal_bytes
+            )
+        } else {
+            return Ok(());
+        };
+        self.count(principal, n, false);
+        Err(why)
+    }
+
+    fn release(&self, principal: &str, n: u64) {
+        self.count(principal, n, false);
     }
 
     /// Logs the capacity warning once when recordings pass the threshold.
     async fn check_threshold(&self) {
         let s = self.settings();
         let used = self.used.load(Ordering::Relaxed);
-        let over = used.saturating_mul(100) >= s.capacity_bytes.saturating_mul(u64::from(s.warn_at_percent));
+        let over = used.saturating_mul(100)
+            >= s.capacity_bytes
+                .saturating_mul(u64::from(s.warn_at_percent));
         if over && !self.warned.swap(true, Ordering::Relaxed) {
             let ev = EventDraft::new(
                 "recording.capacity-warning",
@@ -464,9 +556,15 @@ impl Recordings {
         self.save(&m);
         let closed = self.guard.settings().on_failure == OnFailure::FailClosed;
         let reason = if closed {
-            format!("recording {} cannot be written ({why}): audit.on_failure = fail-closed ends the session", m.id)
+            format!(
+                "recording {} cannot be written ({why}): audit.on_failure = fail-closed ends the session",
+                m.id
+            )
         } else {
-            format!("recording {} cannot be written ({why}): audit.on_failure = fail-open lets the session go on unrecorded", m.id)
+            format!(
+                "recording {} cannot be written ({why}): audit.on_failure = fail-open lets the session go on unrecorded",
+                m.id
+            )
         };
         let ev = EventDraft::new("recording.failure", Category::System, Outcome::Failure)
             .principal(&m.principal)
@@ -511,9 +609,10 @@ impl Recordings {
                     .collect()
             })
             .unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + FINISH_WAIT;
         for live in waiting {
             let mut done = live.finished.subscribe();
-            let _ = tokio::time::timeout(FINISH_WAIT, done.wait_for(|d| *d)).await;
+            let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
         }
         if let Ok(mut c) = self.channels.lock() {
             c.remove(&session);
@@ -525,6 +624,7 @@ impl Recordings {
             .flatten()
             .filter_map(|(_, v)| serde_json::from_slice::<Meta>(&v).ok())
             .filter(|m| m.session == session && m.state != State::Interrupted)
+            .map(|m| self.get(&m.id).unwrap_or(m))
             .collect();
         out.sort_by_key(|m| m.started);
         out
@@ -590,7 +690,9 @@ impl Recordings {
 
     /// Checks recording `m` against the chunk events the log holds for it.
     pub async fn verify(&self, m: &Meta) -> Verdict {
-        let claims = self.claims(Some(m.started)).await;
+        // Every chunk event, not only those after the catalogue's start
+        // time: the catalogue is not evidence.
+        let claims = self.claims(None).await;
         let mine: Vec<Claim> = claims
             .into_iter()
             .filter(|(id, _)| *id == m.id)
@@ -601,7 +703,7 @@ impl Recordings {
             .await
             .unwrap_or_else(|e| Verdict::Broken {
                 chunk: 0,
-                why: e.to_string(),
+                why: format!("could not be checked: {e}"),
             })
     }
 
@@ -637,7 +739,15 @@ impl Recordings {
                 .collect()
         })
         .await
-        .unwrap_or_default()
+        .unwrap_or_else(|e| {
+            vec![(
+                "(all)".into(),
+                Verdict::Broken {
+                    chunk: 0,
+                    why: format!("could not be checked: {e}"),
+                },
+            )]
+        })
     }
 
     /// The chunk events in the log (since `since`, UTC µs).
@@ -655,7 +765,11 @@ impl Recordings {
     }
 
     /// Every event with `code` (since `since`), through the log's index.
-    async fn events(&self, code: &str, since: Option<i64>) -> Vec<crate::store::log::SecurityEvent> {
+    async fn events(
+        &self,
+        code: &str,
+        since: Option<i64>,
+    ) -> Vec<crate::store::log::SecurityEvent> {
         let store = self.guard.store().clone();
         let code = code.to_string();
         tokio::task::spawn_blocking(move || {
@@ -699,6 +813,19 @@ impl Recordings {
             .collect();
         let mut removed = 0;
         for m in old {
+            // The age the log vouches for, not the catalogue's (which is
+            // not evidence): the time of the recording's last chunk event.
+            if m.last_event > 0 {
+                let logged = self.guard.store().log().get(m.last_event).ok().flatten();
+                let vouched = logged.is_some_and(|e| {
+                    e.code == "session.recording"
+                        && e.detail.get("recording") == Some(&m.id)
+                        && e.time < cutoff
+                });
+                if !vouched {
+                    continue;
+                }
+            }
             if forwarding && m.last_event > delivered {
                 let first = self
                     .held
@@ -727,7 +854,7 @@ impl Recordings {
                     continue;
                 }
             }
-            self.release(size);
+            self.release(&m.principal, size);
             let _ = self.tree.remove(m.id.as_bytes());
             removed += 1;
             let ev = EventDraft::new("recording.removed", Category::System, Outcome::Success)
@@ -785,7 +912,10 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 fn session_of(id: &str) -> u64 {
-    id.split('-').next().and_then(|s| s.parse().ok()).unwrap_or(0)
+    id.split('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One watcher of a live recording.

@@ -33,6 +33,9 @@ pub struct Claim {
     pub offset: u64,
     pub length: u64,
     pub hash: String,
+    /// The chain hash before this chunk (lets a check start at a chunk
+    /// whose predecessors' events the log dropped).
+    pub prev: Option<String>,
     /// The recording's last chunk: it ended cleanly.
     pub last: bool,
 }
@@ -53,6 +56,7 @@ impl Claim {
                 offset: num("offset")?,
                 length: num("length")?,
                 hash: d.get("hash")?.clone(),
+                prev: d.get("prev").cloned(),
                 last: d.get("last").is_some_and(|v| v == "true"),
             },
         ))
@@ -66,6 +70,9 @@ pub enum Verdict {
     Intact {
         chunks: u64,
         bytes: u64,
+        /// The first chunk checked: the log dropped the events of those
+        /// before it (drop-oldest), so they are unvouched.
+        from_chunk: u64,
         /// The log holds its last chunk (false: the gateway stopped, or
         /// the recording still runs).
         complete: bool,
@@ -88,17 +95,23 @@ impl Verdict {
             Verdict::Intact {
                 chunks,
                 bytes,
+                from_chunk,
                 complete,
                 unvouched,
             } => {
                 let mut s = format!("{chunks} chunks ({bytes} bytes) verify");
+                if *from_chunk > 0 {
+                    s += &format!(
+                        "; from chunk {from_chunk} on: the log no longer holds the events of the chunks before it (dropped as the oldest)"
+                    );
+                }
                 if !complete {
                     s += "; it has no last chunk: the gateway stopped during the session, or it still runs";
                 }
                 if *unvouched > 0 {
                     s += &format!(
                         "; {unvouched} bytes after chunk {} are not vouched for by the log (written after the last durable chunk)",
-                        chunks.saturating_sub(1)
+                        (from_chunk + chunks).saturating_sub(1)
                     );
                 }
                 s
@@ -130,11 +143,29 @@ pub fn check(path: &Path, claims: &[Claim]) -> Verdict {
         }
     };
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut prev = GENESIS.to_string();
-    let mut offset = 0u64;
+    // The walk starts at chunk 0, or where the log's oldest surviving
+    // chunk event says the chain stood (its predecessors were dropped).
+    let (from_chunk, mut prev, mut offset) = match by_chunk.values().next() {
+        Some(c) if c.chunk > 0 => match &c.prev {
+            Some(p) => (c.chunk, p.clone(), c.offset),
+            None => {
+                return Verdict::Broken {
+                    chunk: 0,
+                    why: "has no event in the log, though later chunks do".into(),
+                };
+            }
+        },
+        _ => (0, GENESIS.to_string(), 0u64),
+    };
     let mut complete = false;
     for (expected, (&index, claim)) in by_chunk.iter().enumerate() {
-        let expected = expected as u64;
+        let expected = from_chunk + expected as u64;
+        if complete {
+            return Verdict::Broken {
+                chunk: index,
+                why: "has an event after the recording's last chunk".into(),
+            };
+        }
         if index != expected {
             return Verdict::Broken {
                 chunk: expected,
@@ -151,7 +182,12 @@ pub fn check(path: &Path, claims: &[Claim]) -> Verdict {
                 ),
             };
         }
-        let end = offset + claim.length;
+        let Some(end) = offset.checked_add(claim.length) else {
+            return Verdict::Broken {
+                chunk: index,
+                why: "has a length its event cannot mean".into(),
+            };
+        };
         if end > size {
             return Verdict::Broken {
                 chunk: index,
@@ -184,11 +220,21 @@ pub fn check(path: &Path, claims: &[Claim]) -> Verdict {
         offset = end;
         complete = claim.last;
     }
+    let unvouched = size.saturating_sub(offset);
+    if complete && unvouched > 0 {
+        return Verdict::Broken {
+            chunk: from_chunk + by_chunk.len() as u64,
+            why: format!(
+                "was added: {unvouched} bytes follow the recording's last chunk, which the log says ended it"
+            ),
+        };
+    }
     Verdict::Intact {
         chunks: by_chunk.len() as u64,
         bytes: offset,
+        from_chunk,
         complete,
-        unvouched: size.saturating_sub(offset),
+        unvouched,
     }
 }
 
@@ -210,6 +256,7 @@ mod tests {
                     offset,
                     length: c.len() as u64,
                     hash: prev.clone(),
+                    prev: None,
                     last: i + 1 == chunks.len(),
                 };
                 offset += c.len() as u64;
@@ -222,7 +269,11 @@ mod tests {
     fn tampering_names_the_chunk() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.cast");
-        let chunks: [&[u8]; 3] = [b"header\n", b"[1.0, \"o\", \"a\"]\n", b"[2.0, \"o\", \"b\"]\n"];
+        let chunks: [&[u8]; 3] = [
+            b"header\n",
+            b"[1.0, \"o\", \"a\"]\n",
+            b"[2.0, \"o\", \"b\"]\n",
+        ];
         let claims = claims_for(&chunks);
         std::fs::write(&path, chunks.concat()).unwrap();
         assert!(check(&path, &claims).ok());
@@ -230,17 +281,40 @@ mod tests {
         let mut bytes = chunks.concat();
         bytes[10] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(check(&path, &claims), Verdict::Broken { chunk: 1, .. }));
+        assert!(matches!(
+            check(&path, &claims),
+            Verdict::Broken { chunk: 1, .. }
+        ));
         // The last chunk cut short.
         std::fs::write(&path, &chunks.concat()[..30]).unwrap();
-        assert!(matches!(check(&path, &claims), Verdict::Broken { chunk: 2, .. }));
+        assert!(matches!(
+            check(&path, &claims),
+            Verdict::Broken { chunk: 2, .. }
+        ));
         // A chunk deleted.
         std::fs::write(&path, [chunks[0], chunks[2]].concat()).unwrap();
-        assert!(matches!(check(&path, &claims), Verdict::Broken { chunk: 1, .. }));
+        assert!(matches!(
+            check(&path, &claims),
+            Verdict::Broken { chunk: 1, .. }
+        ));
         // An event missing from the middle.
         std::fs::write(&path, chunks.concat()).unwrap();
         let gap = vec![claims[0].clone(), claims[2].clone()];
-        assert!(matches!(check(&path, &gap), Verdict::Broken { chunk: 1, .. }));
+        assert!(matches!(
+            check(&path, &gap),
+            Verdict::Broken { chunk: 1, .. }
+        ));
+        // Bytes added after the last chunk.
+        std::fs::write(
+            &path,
+            [chunks.concat(), b"[3.0, \"o\", \"x\"]\n".to_vec()].concat(),
+        )
+        .unwrap();
+        assert!(matches!(
+            check(&path, &claims),
+            Verdict::Broken { chunk: 3, .. }
+        ));
+        std::fs::write(&path, chunks.concat()).unwrap();
         // Bytes never vouched for after the last chunk the log knows.
         let first_two = &claims[..2];
         match check(&path, first_two) {

@@ -38,11 +38,28 @@ pub struct Recorder {
     /// Notices for the recorded person's terminal ("you are watched"),
     /// taken once by the door.
     notices: Option<mpsc::Receiver<String>>,
+    /// Input taken from the client while the writer's queue was full: it
+    /// goes before the next output, in order (input is recorded without
+    /// waiting, so a read that is cancelled never loses a keystroke).
+    backlog: std::sync::Mutex<Vec<Op>>,
 }
 
 impl Recorder {
     fn at(&self) -> f64 {
         self.live.clock.elapsed().as_secs_f64()
+    }
+
+    /// Sends what input waits in the backlog, then `op`.
+    async fn send(&self, op: Op) {
+        let waiting = self
+            .backlog
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
+        for w in waiting {
+            let _ = self.tx.send(w).await;
+        }
+        let _ = self.tx.send(op).await;
     }
 
     /// What the gateway shows the client.
@@ -53,26 +70,37 @@ impl Recorder {
         if self.live.output.receiver_count() > 0 {
             let _ = self.live.output.send(Arc::new(bytes.to_vec()));
         }
-        let _ = self.tx.send(Op::Output(self.at(), bytes.to_vec())).await;
+        self.send(Op::Output(self.at(), bytes.to_vec())).await;
     }
 
-    /// What the client typed (kept only with `recording.input = true`).
-    pub async fn input(&self, bytes: &[u8]) {
-        if self.input && !bytes.is_empty() {
-            let _ = self.tx.send(Op::Input(self.at(), bytes.to_vec())).await;
+    /// Output kept out of the recording (a secret shown once, a watched
+    /// session relayed): a note in its place says so.
+    pub async fn withheld(&self, why: &str) {
+        let text = format!("\r\n[metergate: {why}: not recorded]\r\n");
+        self.send(Op::Notice(self.at(), text)).await;
+    }
+
+    /// What the client typed (kept only with `recording.input = true`),
+    /// without waiting: a full queue keeps it in the backlog.
+    pub fn input(&self, bytes: &[u8]) {
+        if !self.input || bytes.is_empty() {
+            return;
         }
-    }
-
-    /// As [`Recorder::input`], from code that cannot wait: with the
-    /// writer's queue full, this input is left out of the recording.
-    pub fn input_now(&self, bytes: &[u8]) {
-        if self.input && !bytes.is_empty() {
-            let _ = self.tx.try_send(Op::Input(self.at(), bytes.to_vec()));
+        let op = Op::Input(self.at(), bytes.to_vec());
+        if let Ok(mut b) = self.backlog.lock() {
+            if b.is_empty() {
+                match self.tx.try_send(op) {
+                    Err(mpsc::error::TrySendError::Full(op)) => b.push(op),
+                    _ => {}
+                }
+            } else {
+                b.push(op);
+            }
         }
     }
 
     pub async fn resize(&self, cols: u32, rows: u32) {
-        let _ = self.tx.send(Op::Resize(self.at(), cols, rows)).await;
+        self.send(Op::Resize(self.at(), cols, rows)).await;
     }
 
     /// The session reached a meter's console: listed with the recording.
@@ -137,6 +165,7 @@ pub(super) fn spawn(
         input,
         failed,
         notices: Some(notices),
+        backlog: std::sync::Mutex::new(Vec::new()),
     }
 }
 
@@ -189,12 +218,8 @@ impl Chunker {
                 settings.max_session_bytes
             ));
         }
-        if !self.recordings.reserve(new) {
-            return Err(format!(
-                "recordings reached recording.capacity_bytes ({} bytes)",
-                settings.capacity_bytes
-            ));
-        }
+        let principal = self.live.meta().principal;
+        self.recordings.reserve(&principal, new)?;
         let path = self.path.clone();
         let tail = self.chunk[self.written..].to_vec();
         let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -207,7 +232,7 @@ impl Chunker {
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(e) = wrote {
-            self.recordings.release(new);
+            self.recordings.release(&principal, new);
             return Err(format!("writing {}: {e}", self.path.display()));
         }
         self.recordings.check_threshold().await;
@@ -227,8 +252,12 @@ impl Chunker {
             .detail("offset", self.offset)
             .detail("length", length)
             .detail("hash", &hash)
+            .detail("prev", &self.hash)
             .detail("last", last);
-        let seq = self.recordings.guard.record(ev).await;
+        // Not vouched for by the log: the recording cannot be trusted on.
+        let Some(seq) = self.recordings.guard.record(ev).await else {
+            return Err("its chunk could not be logged in the audit log".into());
+        };
         self.hash = hash;
         self.offset += length;
         self.index += 1;
@@ -238,9 +267,7 @@ impl Chunker {
             m.bytes = self.offset;
             m.chunks = self.index;
             m.hash = self.hash.clone();
-            if let Some(seq) = seq {
-                m.last_event = seq;
-            }
+            m.last_event = seq;
         });
         Ok(())
     }
@@ -254,7 +281,11 @@ async fn run(
     mut rx: mpsc::Receiver<Op>,
     failed: watch::Sender<Option<String>>,
 ) {
-    let every = recordings.settings().checkpoint.0.max(Duration::from_secs(1));
+    let every = recordings
+        .settings()
+        .checkpoint
+        .0
+        .max(Duration::from_secs(1));
     let mut c = Chunker {
         written: header.len(),
         chunk: header,

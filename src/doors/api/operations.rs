@@ -143,6 +143,21 @@ pub async fn command(
         files: line.files,
         precondition: None,
     };
+    // Watching tells the watched person and logs it: refused before it
+    // starts, not after.
+    if input
+        .argv
+        .iter()
+        .map(String::as_str)
+        .take(2)
+        .eq(["session", "watch"])
+    {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "`session watch` follows a live session on the control socket or the SSH shell; through the API read GET /api/v1/sessions/{id}/recording",
+        )
+        .into_response();
+    }
     let done = execute(&api.gw, &c, &input, time::OffsetDateTime::now_utc()).await;
     let reason = match &done {
         Outcome::Done { .. } => "done".to_string(),

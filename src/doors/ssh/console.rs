@@ -191,8 +191,9 @@ async fn bridge<F: std::future::Future<Output = Option<String>>>(
                 break;
             }
             Some(r) = async { match failed.as_mut() { Some(f) => Some(f.changed().await), None => None } } => {
-                if r.is_err() || f_is_none(&failed) {
-                    failed = None;
+                // A spurious wake-up; a writer that went away (its sender
+                // dropped) failed as surely as one that said so.
+                if r.is_ok() && f_is_none(&failed) {
                     continue;
                 }
                 failed = None;

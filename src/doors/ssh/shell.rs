@@ -99,6 +99,13 @@ pub async fn exec(ctx: Arc<Gateway>, caller: Caller, line: String, mut io: Io) {
 
 /// Runs one command line and returns its exit status.
 pub async fn run(ctx: &Gateway, caller: &Caller, line: &str, io: &mut Io) -> u32 {
+    // Recorded is asked for each command: a recording that failed (and
+    // fail-open went on) no longer stands for what follows.
+    let now = Caller {
+        recorded: io.recorded(),
+        ..caller.clone()
+    };
+    let caller = &now;
     let Some(words) = shlex::split(line) else {
         io.err("error: unbalanced quotes\n").await;
         return 2;
@@ -150,11 +157,19 @@ pub async fn run(ctx: &Gateway, caller: &Caller, line: &str, io: &mut Io) -> u32
 /// streamed answers (`audit export`, `audit tail -f`) are relayed until
 /// they end, the client leaves or presses Ctrl-C.
 async fn admin(ctx: &Gateway, caller: &Caller, argv: Vec<String>, io: &mut Io) -> u32 {
+    let secret = shows_a_secret(&argv);
     let input = Input {
         argv,
         ..Default::default()
     };
     let outcome = execute(ctx, caller, &input, OffsetDateTime::now_utc()).await;
+    if secret && matches!(outcome, Outcome::Done { .. }) {
+        // Shown once to the person, never kept in a recording.
+        io.withhold("output with a secret shown once").await;
+        let status = show(io, outcome).await;
+        io.record_again();
+        return status;
+    }
     let stream = match outcome {
         Outcome::Done {
             stdout,
@@ -165,6 +180,13 @@ async fn admin(ctx: &Gateway, caller: &Caller, argv: Vec<String>, io: &mut Io) -
         }
         other => return show(io, other).await,
     };
+    // A watched session's output is in its own recording: relayed here
+    // unrecorded (two sessions watching each other would echo forever).
+    let relayed = matches!(stream, crate::commands::stream::Stream::Watch(_));
+    if relayed {
+        io.withhold("the watched session's output (it is in its own recording)")
+            .await;
+    }
     // A followed log relies on Security Logs Access for as long as it runs:
     // withdrawn, the session ends (the access watcher).
     let logs = crate::model::Permission::SecurityLogsAccess;
@@ -185,11 +207,27 @@ async fn admin(ctx: &Gateway, caller: &Caller, argv: Vec<String>, io: &mut Io) -
         }
     }
     drop(rx);
+    if relayed {
+        io.record_again();
+    }
     ctx.sessions.release(caller.session, logs, None);
     match producer.await {
         Ok(Ok(())) => 0,
         _ => 1,
     }
+}
+
+/// Whether a command's answer holds a secret shown once: a temporary
+/// password, a TOTP secret, recovery codes, an access key's secret.
+fn shows_a_secret(argv: &[String]) -> bool {
+    let w: Vec<&str> = argv.iter().map(String::as_str).collect();
+    matches!(
+        w.as_slice(),
+        ["user", "add", ..]
+            | ["user", "resend-password", ..]
+            | ["user", "mfa", "enroll" | "confirm", ..]
+            | ["service-user", "key", "create", ..]
+    )
 }
 
 /// `mfa`: steps the session up with a code (asked for, not echoed, when

@@ -50,6 +50,10 @@ pub struct Io {
     /// Where what this channel shows (and, if configured, what is typed)
     /// is recorded.
     recorder: Option<crate::recording::Recorder>,
+    /// Output not recorded for now (a secret shown once).
+    withholding: std::sync::atomic::AtomicBool,
+    /// Input not recorded for now (a password or code being typed).
+    secret_input: bool,
 }
 
 impl Io {
@@ -68,6 +72,42 @@ impl Io {
             eof: false,
             history: Vec::new(),
             recorder: None,
+            withholding: std::sync::atomic::AtomicBool::new(false),
+            secret_input: false,
+        }
+    }
+
+    /// Whether what runs on this channel now is being recorded.
+    pub fn recorded(&self) -> bool {
+        self.recorder.as_ref().is_some_and(|r| r.healthy())
+    }
+
+    /// Keeps the output from here until [`Io::record_again`] out of the
+    /// recording, with a note saying why in its place.
+    pub async fn withhold(&self, why: &str) {
+        if let Some(r) = &self.recorder {
+            r.withheld(why).await;
+        }
+        self.withholding
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn record_again(&self) {
+        self.withholding
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn recording(&self) -> Option<&crate::recording::Recorder> {
+        if self.withholding.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        self.recorder.as_ref()
+    }
+
+    /// Records input the client sent (unless a secret is being typed).
+    fn typed(&self, d: &[u8]) {
+        if let (Some(r), false) = (&self.recorder, self.secret_input) {
+            r.input(d);
         }
     }
 
@@ -113,7 +153,7 @@ impl Io {
             return self.out(text).await;
         }
         let bytes = self.cooked(text);
-        if let Some(r) = &self.recorder {
+        if let Some(r) = self.recording() {
             r.output(&bytes).await;
         }
         self.handle
@@ -124,7 +164,7 @@ impl Io {
 
     /// Bytes for the client's terminal as they are; recorded first.
     pub async fn raw(&self, bytes: Vec<u8>) -> bool {
-        if let Some(r) = &self.recorder {
+        if let Some(r) = self.recording() {
             r.output(&bytes).await;
         }
         self.handle.data(self.channel, bytes).await.is_ok()
@@ -150,11 +190,7 @@ impl Io {
                     r.resize(*cols, *rows).await;
                 }
             }
-            Some(Input::Data(d)) => {
-                if let Some(r) = &self.recorder {
-                    r.input(d).await;
-                }
-            }
+            Some(Input::Data(d)) => self.typed(d),
         }
         i
     }
@@ -178,9 +214,7 @@ impl Io {
         while let Ok(i) = self.input.try_recv() {
             match i {
                 Input::Data(d) => {
-                    if let Some(r) = &self.recorder {
-                        r.input_now(&d);
-                    }
+                    self.typed(&d);
                     self.pending.extend(d)
                 }
                 Input::Eof => self.eof = true,
@@ -206,9 +240,7 @@ impl Io {
                 // The client closed the channel or the connection went.
                 None => return,
                 Some(Input::Data(d)) => {
-                    if let Some(r) = &self.recorder {
-                        r.input(&d).await;
-                    }
+                    self.typed(&d);
                     if d.contains(&3) {
                         return;
                     }
@@ -227,6 +259,14 @@ impl Io {
     /// Reads one line. With a pty the line is edited in place (echoed
     /// unless `secret`); without one, bytes are read up to a newline.
     pub async fn read_line(&mut self, prompt: &str, secret: bool) -> Line {
+        // A password or code typed here never reaches the recording.
+        self.secret_input = secret;
+        let line = self.edit_line(prompt, secret).await;
+        self.secret_input = false;
+        line
+    }
+
+    async fn edit_line(&mut self, prompt: &str, secret: bool) -> Line {
         if self.pty.is_none() {
             return self.plain_line().await;
         }
