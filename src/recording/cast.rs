@@ -50,6 +50,14 @@ pub fn event(time: f64, kind: &str, data: &str) -> Vec<u8> {
     line
 }
 
+/// Appends one event line to `out`, JSON-escaping `data` straight into it.
+pub fn event_into(out: &mut Vec<u8>, time: f64, kind: &str, data: &str) {
+    use std::io::Write;
+    let _ = write!(out, "[{time:.6}, \"{kind}\", ");
+    let _ = serde_json::to_writer(&mut *out, data);
+    out.extend_from_slice(b"]\n");
+}
+
 /// Turns a byte stream into text without splitting a UTF-8 sequence: an
 /// incomplete one at the end waits for the next bytes (as asciinema's own
 /// recorder decodes); bytes that are never valid become U+FFFD.
@@ -59,6 +67,23 @@ pub struct Utf8Carry {
 }
 
 impl Utf8Carry {
+    /// As [`Utf8Carry::push`], taking the bytes (valid UTF-8 is not copied).
+    pub fn take(&mut self, bytes: Vec<u8>) -> String {
+        let mut all = if self.carry.is_empty() {
+            bytes
+        } else {
+            let mut a = std::mem::take(&mut self.carry);
+            a.extend_from_slice(&bytes);
+            a
+        };
+        let keep = incomplete_tail(&all);
+        self.carry = all.split_off(all.len() - keep);
+        match String::from_utf8(all) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
+    }
+
     pub fn push(&mut self, bytes: &[u8]) -> String {
         let mut all = std::mem::take(&mut self.carry);
         all.extend_from_slice(bytes);

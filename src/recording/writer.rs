@@ -15,7 +15,7 @@ use super::{Live, Recordings, State};
 use crate::store::{Category, EventDraft, Outcome};
 
 /// A chunk is written once this much waits, whatever the time.
-const CHUNK_MAX: usize = 1024 * 1024;
+const CHUNK_MAX: usize = 4 * 1024 * 1024;
 /// What may queue between the terminal and the writer; beyond, the
 /// session waits for the disk (nothing is dropped).
 const QUEUE: usize = 256;
@@ -169,49 +169,68 @@ pub(super) fn spawn(
     }
 }
 
-struct Chunker {
-    recordings: Arc<Recordings>,
-    live: Arc<Live>,
-    path: PathBuf,
+/// Gathers a chunk's lines from the recorder's ops.
+struct Gatherer {
     /// The chunk being gathered; `written` of its bytes are in the file
     /// already (the header of chunk 0).
     chunk: Vec<u8>,
     written: usize,
-    index: u64,
-    offset: u64,
-    hash: String,
     text: Utf8Carry,
-    broken: Option<String>,
 }
 
-impl Chunker {
+impl Gatherer {
     fn push(&mut self, op: Op) {
-        let line = match op {
+        let c = &mut self.chunk;
+        match op {
             Op::Output(t, bytes) => {
-                let text = self.text.push(&bytes);
-                if text.is_empty() {
-                    return;
+                let text = self.text.take(bytes);
+                if !text.is_empty() {
+                    cast::event_into(c, t, "o", &text);
                 }
-                cast::event(t, "o", &text)
             }
-            Op::Notice(t, text) => cast::event(t, "o", &text),
-            Op::Input(t, bytes) => cast::event(t, "i", &String::from_utf8_lossy(&bytes)),
-            Op::Resize(t, c, r) => cast::event(t, "r", &format!("{c}x{r}")),
-        };
-        if self.broken.is_none() {
-            self.chunk.extend(line);
+            Op::Notice(t, text) => cast::event_into(c, t, "o", &text),
+            Op::Input(t, bytes) => cast::event_into(c, t, "i", &String::from_utf8_lossy(&bytes)),
+            Op::Resize(t, cols, rows) => cast::event_into(c, t, "r", &format!("{cols}x{rows}")),
         }
     }
 
-    /// Writes and logs the chunk gathered so far. Err: why the recording
-    /// can no longer be written.
-    async fn flush(&mut self, last: bool) -> Result<(), String> {
-        if self.broken.is_some() || (self.chunk.is_empty() && !last) {
-            return Ok(());
-        }
+    /// The chunk so far, for the flusher.
+    fn take(&mut self, last: bool) -> Chunk {
+        let chunk = Chunk {
+            bytes: std::mem::take(&mut self.chunk),
+            written: self.written,
+            last,
+        };
+        self.written = 0;
+        chunk
+    }
+}
+
+/// A chunk handed to the flusher.
+struct Chunk {
+    bytes: Vec<u8>,
+    written: usize,
+    last: bool,
+}
+
+/// Writes chunks one after the other: each is made durable, chained and
+/// logged before the next; the gatherer goes on meanwhile.
+struct Flusher {
+    recordings: Arc<Recordings>,
+    live: Arc<Live>,
+    path: PathBuf,
+    index: u64,
+    offset: u64,
+    hash: String,
+}
+
+impl Flusher {
+    /// Writes and logs one chunk. Err: why the recording can no longer be
+    /// written.
+    async fn flush(&mut self, c: Chunk) -> Result<(), String> {
         let settings = self.recordings.settings();
-        let new = (self.chunk.len() - self.written) as u64;
-        let size = self.offset + self.chunk.len() as u64;
+        let new = (c.bytes.len() - c.written) as u64;
+        let size = self.offset + c.bytes.len() as u64;
         if size > settings.max_session_bytes {
             return Err(format!(
                 "the recording reached recording.max_session_bytes ({} bytes)",
@@ -221,23 +240,29 @@ impl Chunker {
         let principal = self.live.meta().principal;
         self.recordings.reserve(&principal, new)?;
         let path = self.path.clone();
-        let tail = self.chunk[self.written..].to_vec();
-        let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        // The chain hash is taken on the blocking thread too, over exactly
+        // the bytes made durable.
+        let prev = self.hash.clone();
+        let written = c.written;
+        let bytes = c.bytes;
+        let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
             use std::io::Write;
             let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
-            f.write_all(&tail)?;
-            f.sync_data()
+            f.write_all(&bytes[written..])?;
+            f.sync_data()?;
+            Ok((chain(&prev, &bytes), bytes.len() as u64))
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = wrote {
-            self.recordings.release(&principal, new);
-            return Err(format!("writing {}: {e}", self.path.display()));
-        }
+        let (hash, length) = match wrote {
+            Ok(x) => x,
+            Err(e) => {
+                self.recordings.release(&principal, new);
+                return Err(format!("writing {}: {e}", self.path.display()));
+            }
+        };
         self.recordings.check_threshold().await;
-        let hash = chain(&self.hash, &self.chunk);
-        let length = self.chunk.len() as u64;
         let (who, source, session) = {
             let m = self.live.meta();
             (m.principal.clone(), m.source.clone(), m.session)
@@ -253,7 +278,7 @@ impl Chunker {
             .detail("length", length)
             .detail("hash", &hash)
             .detail("prev", &self.hash)
-            .detail("last", last);
+            .detail("last", c.last);
         // Not vouched for by the log: the recording cannot be trusted on.
         let Some(seq) = self.recordings.guard.record(ev).await else {
             return Err("its chunk could not be logged in the audit log".into());
@@ -261,8 +286,6 @@ impl Chunker {
         self.hash = hash;
         self.offset += length;
         self.index += 1;
-        self.chunk.clear();
-        self.written = 0;
         self.live.update(|m| {
             m.bytes = self.offset;
             m.chunks = self.index;
@@ -271,6 +294,25 @@ impl Chunker {
         });
         Ok(())
     }
+}
+
+/// The flusher's loop: chunks until the gatherer is done, or the first
+/// failure (then the rest is dropped). True if every chunk was written.
+async fn flushing(
+    mut f: Flusher,
+    mut chunks: mpsc::Receiver<Chunk>,
+    failed: watch::Sender<Option<String>>,
+) -> bool {
+    while let Some(c) = chunks.recv().await {
+        if let Err(why) = f.flush(c).await {
+            let _ = failed.send(Some(why.clone()));
+            f.recordings.failed(&f.live, &why).await;
+            // What follows is not written; the gatherer sees the failure.
+            while chunks.recv().await.is_some() {}
+            return false;
+        }
+    }
+    true
 }
 
 async fn run(
@@ -286,44 +328,49 @@ async fn run(
         .checkpoint
         .0
         .max(Duration::from_secs(1));
-    let mut c = Chunker {
+    let broken = failed.subscribe();
+    let mut g = Gatherer {
         written: header.len(),
         chunk: header,
+        text: Utf8Carry::default(),
+    };
+    // One chunk is written while the next is gathered.
+    let (to_flusher, chunks) = mpsc::channel(1);
+    let flusher = Flusher {
         recordings: recordings.clone(),
         live: live.clone(),
         path,
         index: 0,
         offset: 0,
         hash: GENESIS.to_string(),
-        text: Utf8Carry::default(),
-        broken: None,
     };
+    let flushed = tokio::spawn(flushing(flusher, chunks, failed));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let outcome = tokio::select! {
+        let due = tokio::select! {
             op = rx.recv() => match op {
                 Some(op) => {
-                    c.push(op);
-                    if c.chunk.len() >= CHUNK_MAX { c.flush(false).await } else { Ok(()) }
+                    if broken.borrow().is_some() {
+                        continue;
+                    }
+                    g.push(op);
+                    g.chunk.len() >= CHUNK_MAX
                 }
                 None => break,
             },
-            _ = tick.tick() => c.flush(false).await,
+            _ = tick.tick() => !g.chunk.is_empty(),
         };
-        if let Err(why) = outcome {
-            c.broken = Some(why.clone());
-            c.chunk.clear();
-            let _ = failed.send(Some(why.clone()));
-            recordings.failed(&live, &why).await;
+        if due && broken.borrow().is_none() {
+            let _ = to_flusher.send(g.take(false)).await;
         }
     }
-    let end = c.flush(true).await;
-    if let Err(why) = &end {
-        let _ = failed.send(Some(why.clone()));
-        recordings.failed(&live, why).await;
+    if broken.borrow().is_none() {
+        let _ = to_flusher.send(g.take(true)).await;
     }
-    recordings.finished(&live, c.broken.is_none() && end.is_ok());
+    drop(to_flusher);
+    let ok = flushed.await.unwrap_or(false);
+    recordings.finished(&live, ok && broken.borrow().is_none());
 }
 
 /// A live recording's output, for one watcher.

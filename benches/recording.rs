@@ -1,0 +1,64 @@
+//! What recording a MiB of console output costs the gateway (issue 18):
+//! each step a chunk goes through, on 1 MiB of a meter's log dump as the
+//! console sends it (32 KiB messages, `\r\n` line ends): text from bytes,
+//! asciicast lines (JSON-escaped), and the chunk's chained SHA-256.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use metergate::recording::cast::{Utf8Carry, event_into};
+use metergate::recording::verify::chain;
+
+fn dump() -> Vec<Vec<u8>> {
+    let mut all = Vec::with_capacity(1 << 20);
+    let mut i = 0u64;
+    while all.len() < 1 << 20 {
+        all.extend_from_slice(
+            format!("{i:08} 2026-12-02T12:00:00Z event ok voltage 230.1 V load 12.4\r\n")
+                .as_bytes(),
+        );
+        i += 1;
+    }
+    all.truncate(1 << 20);
+    all.chunks(32 * 1024).map(<[u8]>::to_vec).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let messages = dump();
+    let mut g = c.benchmark_group("recording_1mib");
+    g.throughput(Throughput::Bytes(1 << 20));
+    g.bench_function("text", |b| {
+        b.iter(|| {
+            let mut carry = Utf8Carry::default();
+            messages
+                .iter()
+                .map(|m| carry.take(m.clone()).len())
+                .sum::<usize>()
+        })
+    });
+    let texts: Vec<String> = {
+        let mut carry = Utf8Carry::default();
+        messages.iter().map(|m| carry.take(m.clone())).collect()
+    };
+    g.bench_function("asciicast_lines", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(5 << 20);
+            for (i, t) in texts.iter().enumerate() {
+                event_into(&mut out, i as f64 * 0.001, "o", t);
+            }
+            out.len()
+        })
+    });
+    let chunk: Vec<u8> = {
+        let mut out = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            event_into(&mut out, i as f64 * 0.001, "o", t);
+        }
+        out
+    };
+    g.bench_function("chain_sha256", |b| {
+        b.iter(|| chain(metergate::recording::verify::GENESIS, &chunk))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
