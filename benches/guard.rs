@@ -64,6 +64,7 @@ fn world(policies: usize, dir: &Path) -> Guard {
                 roles: vec![],
                 meters: vec![MeterSelector::parse(&format!("m-{:03}*", p % 100)).unwrap()],
                 require_mfa: false,
+                require_recording: false,
             },
             Statement {
                 effect: Effect::Deny,
@@ -71,6 +72,7 @@ fn world(policies: usize, dir: &Path) -> Guard {
                 roles: vec![],
                 meters: vec![MeterSelector::parse(&format!("m-{:05}", (p * 7) % METERS)).unwrap()],
                 require_mfa: false,
+                require_recording: false,
             },
         ];
         ops.push(Op::Put(

@@ -172,7 +172,13 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
     let sessions = guard.sessions().clone();
     let maps = unit_maps(&config);
     let shared_maps = Arc::new(ArcSwap::from_pointee(maps.clone()));
-    let recordings = crate::recording::Recordings::open(guard.clone(), sessions.clone(), &config)?;
+    let recordings = crate::recording::Recordings::open(
+        guard.clone(),
+        sessions.clone(),
+        &config.state_dir,
+        config.recording.clone(),
+        config.audit.forward.is_some(),
+    )?;
     let ctx = Arc::new(Gateway {
         guard: guard.clone(),
         sessions: sessions.clone(),

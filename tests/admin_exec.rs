@@ -120,6 +120,7 @@ async fn a_policy_edit_confers_only_what_the_editor_holds() {
             roles: vec![],
             meters: vec![MeterSelector::All],
             require_mfa: false,
+            require_recording: false,
         }],
     ))]);
     let edit = Input {

@@ -193,9 +193,11 @@ impl Recordings {
     pub fn open(
         guard: Arc<Guard>,
         sessions: Arc<Sessions>,
-        config: &Config,
+        state_dir: &Path,
+        settings: RecordingConfig,
+        forwarding: bool,
     ) -> Result<Arc<Recordings>, RecordingError> {
-        let dir = config.state_dir.join(DIR);
+        let dir = state_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         // What people typed on meters' consoles: only the gateway reads it.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
@@ -229,8 +231,8 @@ impl Recordings {
             dir,
             guard,
             sessions,
-            settings: ArcSwap::from_pointee(config.recording.clone()),
-            forwarding: AtomicBool::new(config.audit.forward.is_some()),
+            settings: ArcSwap::from_pointee(settings),
+            forwarding: AtomicBool::new(forwarding),
             used: AtomicU64::new(used),
             by_principal: Mutex::new(by_principal),
             warned: AtomicBool::new(false),

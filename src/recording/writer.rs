@@ -89,9 +89,8 @@ impl Recorder {
         let op = Op::Input(self.at(), bytes.to_vec());
         if let Ok(mut b) = self.backlog.lock() {
             if b.is_empty() {
-                match self.tx.try_send(op) {
-                    Err(mpsc::error::TrySendError::Full(op)) => b.push(op),
-                    _ => {}
+                if let Err(mpsc::error::TrySendError::Full(op)) = self.tx.try_send(op) {
+                    b.push(op);
                 }
             } else {
                 b.push(op);

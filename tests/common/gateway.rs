@@ -39,6 +39,14 @@ pub fn gateway(f: &Fixture) -> Gateway {
         passwords: Arc::new(Default::default()),
         consoles: Default::default(),
         mfa_issuer: "metergate".into(),
+        recordings: metergate::recording::Recordings::open(
+            f.guard.clone(),
+            f.guard.sessions().clone(),
+            f.guard.store().state_dir(),
+            Default::default(),
+            false,
+        )
+        .expect("the recordings open"),
     }
 }
 

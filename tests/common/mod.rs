@@ -96,6 +96,7 @@ pub fn statement(
             .map(|m| MeterSelector::parse(m).unwrap())
             .collect(),
         require_mfa: false,
+        require_recording: false,
     }
 }
 
