@@ -96,6 +96,7 @@ fn the_core_guard_fleet_store_and_model_import_no_door() {
         "fleet",
         "store",
         "model",
+        "recording",
         "mbap.rs",
         "sessions.rs",
         "sshkeys.rs",
