@@ -718,3 +718,105 @@ fn the_audit_page_check_and_review() {
             .clone();
     assert!(acked.contains("review acknowledged"), "{acked}");
 }
+
+#[test]
+fn a_recording_plays_in_the_browser_for_security_logs_access_only() {
+    let g = demo();
+    // crew's exec session, recorded.
+    let key = ssh::keygen(g.d.dir.path(), "crew");
+    g.d.mg(&["user", "add-key", "crew", &ssh::public_line(&key)])
+        .ok();
+    let r = ssh::ssh(g.ssh, &key, "crew", &[], "whoami");
+    assert_eq!(r.code, 0, "{r:?}");
+    let id = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out =
+                g.d.mg(&["--json", "session", "recordings"])
+                    .ok()
+                    .stdout
+                    .clone();
+            let all: Vec<Value> = serde_json::from_str(out.trim()).unwrap();
+            if let Some(r) = all
+                .iter()
+                .find(|r| r["principal"] == "user:crew" && r["state"] == "ended")
+            {
+                break r["id"].as_str().unwrap().to_string();
+            }
+            assert!(std::time::Instant::now() < deadline, "{all:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let player = format!("/recordings/{id}");
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            login("admin", &g.d.demo_password("admin")),
+            vec![
+                json!({"go": "/recordings"}),
+                json!({"see": "user:crew"}),
+                json!({"shot": "recordings"}),
+                json!({"click": "Play"}),
+                // The vendored player draws the terminal and plays it.
+                json!({"element": ".ap-player"}),
+                json!({"see": "principal:  user:crew"}),
+                json!({"shot": "player"}),
+                json!({"console_errors": true}),
+                json!({"headers": player}),
+                json!({"fetch": format!("{player}/cast")}),
+            ],
+            vec![json!({"browser": "viewer"})],
+            login("viewer", &g.d.demo_password("viewer")),
+            vec![
+                json!({"not_see": "Recordings"}),
+                json!({"go": "/recordings"}),
+                json!({"see": "DENY"}),
+                json!({"fetch": format!("{player}/cast")}),
+            ],
+        ]),
+    );
+    ok(&r);
+    let records = r["records"].as_array().unwrap();
+    // No script refused, nothing failed to load (Chromium's own favicon
+    // probe aside).
+    let errors: Vec<&Value> = records[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e.as_str().unwrap_or("").contains("/favicon.ico"))
+        .collect();
+    assert!(errors.is_empty(), "{records:?}");
+    let csp = records[1]["values"]["content-security-policy"]
+        .as_str()
+        .unwrap();
+    assert!(
+        csp.contains("script-src 'self' 'wasm-unsafe-eval'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(records[2]["status"], 200, "{records:?}");
+    assert!(
+        records[2]["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("{\"version\":2"),
+        "{records:?}"
+    );
+    // The viewer (no Security Logs Access) gets neither page nor file.
+    assert_eq!(records[3]["status"], 403, "{records:?}");
+    // The admin's read is an event of door web.
+    let reads =
+        g.d.mg(&[
+            "audit",
+            "query",
+            "--code",
+            "recording.read",
+            "--door",
+            "web",
+        ])
+        .ok()
+        .stdout
+        .clone();
+    assert!(reads.contains("user:admin"), "{reads}");
+}

@@ -374,6 +374,7 @@ impl Recordings {
             path,
             header,
             settings.input,
+            s.term.is_none(),
         ))
     }
 

@@ -148,6 +148,7 @@ pub(super) fn spawn(
     path: PathBuf,
     header: Vec<u8>,
     input: bool,
+    onlcr: bool,
 ) -> Recorder {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (fail_tx, failed) = watch::channel(None);
@@ -156,7 +157,15 @@ pub(super) fn spawn(
         *n = Some((notice_tx, tx.downgrade()));
     }
     let id = live.id.clone();
-    tokio::spawn(run(recordings, live.clone(), path, header, rx, fail_tx));
+    tokio::spawn(run(
+        recordings,
+        live.clone(),
+        path,
+        header,
+        rx,
+        fail_tx,
+        onlcr,
+    ));
     Recorder {
         id,
         tx,
@@ -175,6 +184,9 @@ struct Gatherer {
     chunk: Vec<u8>,
     written: usize,
     text: Utf8Carry,
+    /// No pty: the client's own terminal turned each `\n` into a new line
+    /// (onlcr), so the recording does too, as the person saw it.
+    onlcr: bool,
 }
 
 impl Gatherer {
@@ -182,7 +194,10 @@ impl Gatherer {
         let c = &mut self.chunk;
         match op {
             Op::Output(t, bytes) => {
-                let text = self.text.take(bytes);
+                let mut text = self.text.take(bytes);
+                if self.onlcr && text.contains('\n') {
+                    text = text.replace("\r\n", "\n").replace('\n', "\r\n");
+                }
                 if !text.is_empty() {
                     cast::event_into(c, t, "o", &text);
                 }
@@ -321,6 +336,7 @@ async fn run(
     header: Vec<u8>,
     mut rx: mpsc::Receiver<Op>,
     failed: watch::Sender<Option<String>>,
+    onlcr: bool,
 ) {
     let every = recordings
         .settings()
@@ -332,6 +348,7 @@ async fn run(
         written: header.len(),
         chunk: header,
         text: Utf8Carry::default(),
+        onlcr,
     };
     // One chunk is written while the next is gathered.
     let (to_flusher, chunks) = mpsc::channel(1);

@@ -34,6 +34,9 @@ usage: console.py BASE_URL CA_FILE SHOTS_DIR STEPS_JSON
                                          N logins by fresh clients (no browser);
                                          records each answer's status and body
     {"away": "/path"}                    waits (15 s) until the page is another
+    {"element": "css selector"}          waits (15 s) until the page has one
+    {"console_errors": true}             records the browser console's errors
+                                         (a script refused by the CSP, a failed load)
 result: {"ok": true, "kept": {...}, "records": [...]}
       | {"ok": false, "step": N, "error": "...", "page": "...", "records": [...]}
 """
@@ -64,6 +67,7 @@ def browser(profile):
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               "--ignore-certificate-errors", f"--user-data-dir={profile}", "--window-size=1280,900"]:
         o.add_argument(a)
+    o.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=o)
 
 
@@ -118,6 +122,10 @@ def main():
             elif "click_in_row" in st:
                 row, t = st["click_in_row"]
                 d.find_element(By.XPATH, f"//tr[td[contains(., '{row}')]]//button[normalize-space()='{t}']").click()
+            elif "element" in st:
+                WebDriverWait(d, 15).until(lambda _: d.find_elements(By.CSS_SELECTOR, st["element"]))
+            elif "console_errors" in st:
+                records.append([e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"])
             elif "see" in st:
                 WebDriverWait(d, 15).until(lambda _: st["see"] in body())
             elif "not_see" in st:

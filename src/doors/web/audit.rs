@@ -238,7 +238,7 @@ pub async fn export(
 }
 
 /// The first text, then every chunk the producer sends, as a body stream.
-fn futures_stream(
+pub(super) fn futures_stream(
     first: String,
     rx: tokio::sync::mpsc::Receiver<String>,
 ) -> impl futures_core::Stream<Item = Result<String, std::io::Error>> {

@@ -1,12 +1,14 @@
 //! The web console: pages rendered on the server (askama) on the API's HTTPS
 //! listener, for people. It translates forms into the core's commands, run
 //! as `user:NAME` on door `web`; the guard decides and logs every one.
-//! Nothing is loaded from outside the gateway and no script runs.
+//! Nothing is loaded from outside the gateway; the one script is the
+//! vendored recording player, on its page alone.
 
 mod audit;
 mod login;
 mod pages;
 mod profile;
+mod recordings;
 pub mod session;
 
 use std::collections::HashMap;
@@ -80,6 +82,18 @@ pub fn router(gw: Arc<Gateway>, idle: Duration, max: Duration, per_principal: us
         .route("/review/ack", post(audit::acknowledge))
         .route("/sessions", get(pages::sessions))
         .route("/sessions/{id}/kill", post(pages::kill))
+        .route("/recordings", get(recordings::list))
+        .route("/recordings/{id}", get(recordings::player))
+        .route("/recordings/{id}/cast", get(recordings::cast))
+        .route(
+            "/assets/vendor/asciinema-player.min.js",
+            get(recordings::player_script),
+        )
+        .route(
+            "/assets/vendor/asciinema-player.css",
+            get(recordings::player_css),
+        )
+        .route("/assets/player.js", get(recordings::player_init))
         .route("/profile", get(profile::profile).post(profile::save_names))
         .route("/profile/password", post(profile::change_password))
         .route("/profile/mfa/enroll", post(profile::enrol))
@@ -101,8 +115,14 @@ pub fn router(gw: Arc<Gateway>, idle: Duration, max: Duration, per_principal: us
 async fn headers(req: Request, next: Next) -> Response {
     let mut response = next.run(req).await;
     let h = response.headers_mut();
+    // A page that needs its own policy (the player) set it already.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+    }
     for (name, value) in [
-        (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -124,7 +144,7 @@ async fn stylesheet() -> Response {
         .into_response()
 }
 
-async fn not_found() -> Response {
+pub(super) async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         Html(
