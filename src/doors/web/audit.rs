@@ -207,11 +207,32 @@ pub async fn export(
         time::OffsetDateTime::now_utc(),
     )
     .await;
+    let mut r = streamed(&web, &s, outcome, "text/plain; charset=utf-8");
+    if !r.status().is_success() {
+        return r;
+    }
+    let h = r.headers_mut();
+    let ext = if format == "jsonl" { "jsonl" } else { format };
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"metergate-audit.{ext}\""))
+    {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+/// A streamed answer of the core (an export) as the response body, of
+/// `content_type`; an outcome that is not done, as the denied page.
+pub(super) fn streamed(
+    web: &Web,
+    s: &WebSession,
+    outcome: Outcome,
+    content_type: &'static str,
+) -> Response {
     let (first, stream) = match outcome {
         Outcome::Done { stdout, stream } => (stdout, stream),
         other => {
             let e = outcome_error(other).err().unwrap_or_default();
-            return super::pages::denied(&web, &s, e);
+            return super::pages::denied(web, s, e);
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(4);
@@ -222,23 +243,14 @@ pub async fn export(
             tx,
         ));
     }
-    let chunks = futures_stream(first, rx);
-    let mut r = Response::new(Body::from_stream(chunks));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    let ext = if format == "jsonl" { "jsonl" } else { format };
-    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"metergate-audit.{ext}\""))
-    {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
+    let mut r = Response::new(Body::from_stream(futures_stream(first, rx)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 /// The first text, then every chunk the producer sends, as a body stream.
-pub(super) fn futures_stream(
+fn futures_stream(
     first: String,
     rx: tokio::sync::mpsc::Receiver<String>,
 ) -> impl futures_core::Stream<Item = Result<String, std::io::Error>> {

@@ -5,14 +5,12 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::{Frame, Web, outcome_error, page, run, signed_in, to_login};
-use crate::commands::Outcome;
 
 /// The player page's policy: the console's, with the gateway's own scripts
 /// and WebAssembly (the player's terminal) allowed; still nothing from
@@ -151,27 +149,7 @@ pub async fn cast(
         return to_login();
     };
     let outcome = run(&web, &s, vec!["session".into(), "export".into(), id]).await;
-    let (first, stream) = match outcome {
-        Outcome::Done { stdout, stream } => (stdout, stream),
-        other => {
-            let e = outcome_error(other).err().unwrap_or_default();
-            return super::pages::denied(&web, &s, e);
-        }
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(4);
-    if let Some(stream) = stream {
-        tokio::spawn(crate::commands::stream::produce(
-            web.gw.guard.clone(),
-            stream,
-            tx,
-        ));
-    }
-    let mut r = Response::new(Body::from_stream(super::audit::futures_stream(first, rx)));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-asciicast"),
-    );
-    r
+    super::audit::streamed(&web, &s, outcome, "application/x-asciicast")
 }
 
 pub async fn player_script() -> Response {
