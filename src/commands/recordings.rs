@@ -89,8 +89,9 @@ pub(super) async fn recording(
             ))
         }
         SessionCommand::Watch { id } => {
-            let id = live_id(ctx, id)?;
-            if caller.session != 0 && find(ctx, &id)?.session == caller.session {
+            let found = find(ctx, id)?;
+            let id = found.id;
+            if caller.session != 0 && found.session == caller.session {
                 return refused("a session cannot watch itself (its output would echo forever)");
             }
             let watcher = caller.who.to_string();
@@ -175,12 +176,6 @@ fn find(ctx: &Gateway, id: &str) -> Result<Meta, CommandError> {
             "no recording {id}: `session recordings` lists them"
         ))
     })
-}
-
-/// `watch` takes a session id as well: its live recording.
-fn live_id(ctx: &Gateway, id: &str) -> Result<String, CommandError> {
-    let m = find(ctx, id)?;
-    Ok(m.id)
 }
 
 fn file_of(ctx: &Gateway, m: &Meta) -> Result<std::path::PathBuf, CommandError> {

@@ -44,9 +44,8 @@ pub fn header(width: u32, height: u32, started_secs: i64, term: &str, title: &st
 
 /// One event line, newline included: `[1.234567, "o", "text"]`.
 pub fn event(time: f64, kind: &str, data: &str) -> Vec<u8> {
-    let mut line = format!("[{time:.6}, \"{kind}\", ").into_bytes();
-    line.extend(serde_json::to_vec(data).unwrap_or_default());
-    line.extend_from_slice(b"]\n");
+    let mut line = Vec::new();
+    event_into(&mut line, time, kind, data);
     line
 }
 
