@@ -1,7 +1,8 @@
 //! What recording a MiB of console output costs the gateway (issue 18):
 //! each step a chunk goes through, on 1 MiB of a meter's log dump as the
 //! console sends it (32 KiB messages, `\r\n` line ends): text from bytes,
-//! asciicast lines (JSON-escaped), and the chunk's chained SHA-256.
+//! asciicast lines (JSON-escaped, with serde_json's escaping beside for
+//! comparison), and the chunk's chained SHA-256.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use metergate::recording::cast::{Utf8Carry, event_into};
@@ -43,6 +44,20 @@ fn bench(c: &mut Criterion) {
             let mut out = Vec::with_capacity(5 << 20);
             for (i, t) in texts.iter().enumerate() {
                 event_into(&mut out, i as f64 * 0.001, "o", t);
+            }
+            out.len()
+        })
+    });
+    // What the lines cost with serde_json's escaping (before issue 18's
+    // json-escape-simd), side by side in the same run.
+    g.bench_function("asciicast_lines_serde_json", |b| {
+        b.iter(|| {
+            use std::io::Write;
+            let mut out = Vec::with_capacity(5 << 20);
+            for (i, t) in texts.iter().enumerate() {
+                let _ = write!(out, "[{:.6}, \"o\", ", i as f64 * 0.001);
+                let _ = serde_json::to_writer(&mut out, t);
+                out.extend_from_slice(b"]\n");
             }
             out.len()
         })

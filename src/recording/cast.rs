@@ -50,10 +50,14 @@ pub fn event(time: f64, kind: &str, data: &str) -> Vec<u8> {
 }
 
 /// Appends one event line to `out`, JSON-escaping `data` straight into it.
+/// The escaping is json-escape-simd's (sonic-rs' kernel): serde_json's
+/// byte-at-a-time loop was the largest part of what recording a busy
+/// console cost. Its lines are checked to read back with serde_json (unit
+/// test and the `cast_line` fuzz target).
 pub fn event_into(out: &mut Vec<u8>, time: f64, kind: &str, data: &str) {
     use std::io::Write;
     let _ = write!(out, "[{time:.6}, \"{kind}\", ");
-    let _ = serde_json::to_writer(&mut *out, data);
+    json_escape_simd::escape_into(data, out);
     out.extend_from_slice(b"]\n");
 }
 
@@ -171,6 +175,22 @@ mod tests {
         assert_eq!(s.time, 1.5);
         assert_eq!(s.text, "hi\x1b[0m\r\n");
         assert_eq!(shown("[1.0, \"i\", \"x\"]"), None);
+    }
+
+    #[test]
+    fn every_character_reads_back_as_it_was_shown() {
+        // Each ASCII byte (controls, quote, backslash, DEL), multi-byte
+        // characters, and runs long enough for the SIMD kernel's blocks.
+        let mut text: String = (0u8..=0x7f).map(char::from).collect();
+        text.push_str("€ü😀\u{2028}\u{fffd}");
+        let long = text.repeat(40);
+        for data in [text.as_str(), long.as_str(), "", "\"\\", "plain"] {
+            let line = event(0.5, "o", data);
+            let line = std::str::from_utf8(&line).unwrap();
+            assert_eq!(shown(line.trim_end()).unwrap().text, data);
+            // A line is one line: every control byte was escaped.
+            assert!(!line.trim_end().bytes().any(|b| b < 0x20));
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One recording being written: the door's [`Recorder`] hands output,
 //! input and resizes to a task that owns the file. The task writes chunks
-//! (at `recording.checkpoint` or 1 MiB), makes each durable, chains its
+//! (at `recording.checkpoint` or 4 MiB), makes each durable, chains its
 //! hash and logs it; the log vouches only for what is on disk.
 
 use std::path::PathBuf;
@@ -187,6 +187,9 @@ struct Gatherer {
     /// No pty: the client's own terminal turned each `\n` into a new line
     /// (onlcr), so the recording does too, as the person saw it.
     onlcr: bool,
+    /// Buffers of written chunks, back from the flusher: a busy recording
+    /// reuses two buffers instead of growing a new one per chunk.
+    spare: mpsc::Receiver<Vec<u8>>,
 }
 
 impl Gatherer {
@@ -210,8 +213,9 @@ impl Gatherer {
 
     /// The chunk so far, for the flusher.
     fn take(&mut self, last: bool) -> Chunk {
+        let next = self.spare.try_recv().unwrap_or_default();
         let chunk = Chunk {
-            bytes: std::mem::take(&mut self.chunk),
+            bytes: std::mem::replace(&mut self.chunk, next),
             written: self.written,
             last,
         };
@@ -236,6 +240,7 @@ struct Flusher {
     index: u64,
     offset: u64,
     hash: String,
+    spare: mpsc::Sender<Vec<u8>>,
 }
 
 impl Flusher {
@@ -259,18 +264,32 @@ impl Flusher {
         let prev = self.hash.clone();
         let written = c.written;
         let bytes = c.bytes;
-        let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64)> {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
-            f.write_all(&bytes[written..])?;
-            f.sync_data()?;
-            Ok((chain(&prev, &bytes), bytes.len() as u64))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        let wrote =
+            tokio::task::spawn_blocking(move || -> std::io::Result<(String, u64, Vec<u8>)> {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+                f.write_all(&bytes[written..])?;
+                f.sync_data()?;
+                // Durable now, and seldom read again: its pages leave the page
+                // cache at once (they would push out the log's, and a full
+                // page cache makes every later write slower).
+                let _ = nix::fcntl::posix_fadvise(
+                    &f,
+                    0,
+                    0,
+                    nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                );
+                Ok((chain(&prev, &bytes), bytes.len() as u64, bytes))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         let (hash, length) = match wrote {
-            Ok(x) => x,
+            Ok((hash, length, mut buffer)) => {
+                buffer.clear();
+                let _ = self.spare.try_send(buffer);
+                (hash, length)
+            }
             Err(e) => {
                 self.recordings.release(&principal, new);
                 return Err(format!("writing {}: {e}", self.path.display()));
@@ -344,11 +363,13 @@ async fn run(
         .0
         .max(Duration::from_secs(1));
     let broken = failed.subscribe();
+    let (spare, spares) = mpsc::channel(2);
     let mut g = Gatherer {
         written: header.len(),
         chunk: header,
         text: Utf8Carry::default(),
         onlcr,
+        spare: spares,
     };
     // One chunk is written while the next is gathered.
     let (to_flusher, chunks) = mpsc::channel(1);
@@ -359,6 +380,7 @@ async fn run(
         index: 0,
         offset: 0,
         hash: GENESIS.to_string(),
+        spare,
     };
     let flushed = tokio::spawn(flushing(flusher, chunks, failed));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
