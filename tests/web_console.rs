@@ -12,91 +12,14 @@ mod daemon;
 #[path = "common/ssh.rs"]
 mod ssh;
 
+#[path = "common/console.rs"]
+mod console;
+
 use std::process::Command;
 
-use daemon::{Daemon, free_port};
+use console::{browse, demo, login, ok, steps, with_temporary};
+use daemon::free_port;
 use serde_json::{Value, json};
-
-/// Runs tests/peers/console.py with these steps.
-fn browse(port: u16, ca: &std::path::Path, steps: Value) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/console.py");
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(format!("https://127.0.0.1:{port}"))
-        .arg(ca)
-        .arg(&shots)
-        .arg(steps.to_string())
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {text}{}",
-            String::from_utf8_lossy(&out.stderr) // names what to install
-        )
-    })
-}
-
-fn ok(r: &Value) {
-    assert_eq!(
-        r["ok"],
-        true,
-        "{}",
-        serde_json::to_string_pretty(r).unwrap()
-    );
-}
-
-struct Demo {
-    d: Daemon,
-    port: u16,
-    ssh: u16,
-    ca: std::path::PathBuf,
-}
-
-fn demo() -> Demo {
-    let (d, ports) = Daemon::start_demo();
-    let ca = d.config.with_file_name("certs").join("ca.crt");
-    Demo {
-        port: ports.api,
-        ssh: ports.ssh,
-        ca,
-        d,
-    }
-}
-
-fn login(user: &str, password: &str) -> Vec<Value> {
-    vec![
-        json!({"go": "/login"}),
-        json!({"fill": {"user": user, "password": password}}),
-        json!({"click": "Log in"}),
-        json!({"away": "/login"}),
-    ]
-}
-
-/// A new user through the control socket, and the temporary password a
-/// resend gives them.
-fn with_temporary(d: &Daemon, name: &str) -> String {
-    d.mg(&[
-        "user",
-        "add",
-        name,
-        "--email",
-        &format!("{name}@example.org"),
-    ])
-    .ok();
-    let sent = d.mg(&["user", "resend-password", name]).ok().stdout.clone();
-    sent.lines()
-        .find_map(|l| l.strip_prefix("temporary password: "))
-        .expect("the temporary password")
-        .trim()
-        .to_string()
-}
-
-fn steps(parts: Vec<Vec<Value>>) -> Value {
-    Value::Array(parts.into_iter().flatten().collect())
-}
 
 #[test]
 fn an_administrator_adds_a_user_who_sets_a_password_at_first_login() {

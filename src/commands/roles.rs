@@ -30,7 +30,7 @@ pub(super) async fn role(
     match cmd {
         RoleCommand::List => {
             if json_out {
-                let list: Vec<_> = dir.roles.values().map(|r| json!({"name": r.name, "permissions": r.permissions, "description": r.description})).collect();
+                let list: Vec<_> = dir.roles.values().map(|r| json!({"name": r.name, "permissions": r.permissions, "description": r.description, "etag": entity_tag(r.version, r.created.at)})).collect();
                 return Ok(Done::show(to_json(&list)));
             }
             let rows: Vec<Vec<String>> = dir

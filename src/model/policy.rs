@@ -250,6 +250,13 @@ impl PolicyDocument {
                 doc.name
             )));
         }
+        // As every other description: one line a terminal shows as it is.
+        if doc.description.chars().count() > 256 {
+            return Err(at("description: longer than 256 characters".into()));
+        }
+        if doc.description.chars().any(char::is_control) {
+            return Err(at("description: contains control characters".into()));
+        }
         if doc.statements.is_empty() {
             return Err(at("a policy needs at least one [[statement]]".into()));
         }
@@ -378,5 +385,22 @@ meters = ["*"]
         )
         .unwrap_err();
         assert!(e.message.contains("managed"), "{e}");
+    }
+
+    #[test]
+    fn a_description_is_one_short_line() {
+        let with = |d: &str| {
+            let doc = format!(
+                "name = \"x\"\ndescription = {}\n[[statement]]\neffect = \"allow\"\nroles = [\"a\"]\n",
+                toml::Value::String(d.into())
+            );
+            PolicyDocument::parse("p.toml", &doc)
+        };
+        assert!(with("north, read only").is_ok());
+        // An escape sequence would drive the terminal `policy show` prints to.
+        let e = with("\u{1b}[2J\u{1b}[31mall is well").unwrap_err();
+        assert!(e.message.contains("control characters"), "{e}");
+        let e = with(&"x".repeat(257)).unwrap_err();
+        assert!(e.message.contains("256"), "{e}");
     }
 }

@@ -35,6 +35,10 @@ usage: console.py BASE_URL CA_FILE SHOTS_DIR STEPS_JSON
                                          records each answer's status and body
     {"away": "/path"}                    waits (15 s) until the page is another
     {"element": "css selector"}          waits (15 s) until the page has one
+    {"tick": "css selector"}             clicks the element (ticks or unticks a box)
+    {"wait_in": ["css selector", "text"]} waits (15 s) until the element's text contains it
+    {"run": ["argv", ...]}               runs a program meanwhile (another peer); records its output
+    {"attr": ["css selector", "name"]}   records an attribute of the element
     {"console_errors": true}             records the browser console's errors
                                          (a script refused by the CSP, a failed load)
 result: {"ok": true, "kept": {...}, "records": [...]}
@@ -42,6 +46,7 @@ result: {"ok": true, "kept": {...}, "records": [...]}
 """
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,6 +129,18 @@ def main():
                 d.find_element(By.XPATH, f"//tr[td[contains(., '{row}')]]//button[normalize-space()='{t}']").click()
             elif "element" in st:
                 WebDriverWait(d, 15).until(lambda _: d.find_elements(By.CSS_SELECTOR, st["element"]))
+            elif "wait_in" in st:
+                sel, want = st["wait_in"]
+                WebDriverWait(d, 15).until(lambda _: want in d.find_element(By.CSS_SELECTOR, sel).text)
+            elif "run" in st:
+                p = subprocess.run(st["run"], capture_output=True, text=True, timeout=60)
+                records.append({"run": st["run"][:2], "code": p.returncode, "stdout": p.stdout[:2000],
+                                "stderr": p.stderr[:2000]})
+            elif "tick" in st:
+                d.find_element(By.CSS_SELECTOR, st["tick"]).click()
+            elif "attr" in st:
+                sel, name = st["attr"]
+                records.append({"attr": name, "value": d.find_element(By.CSS_SELECTOR, sel).get_attribute(name)})
             elif "console_errors" in st:
                 records.append([e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"])
             elif "see" in st:

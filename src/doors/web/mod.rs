@@ -4,9 +4,12 @@
 //! Nothing is loaded from outside the gateway; the one script is the
 //! vendored recording player, on its page alone.
 
+mod access;
 mod audit;
+mod live;
 mod login;
 mod pages;
+mod policies;
 mod profile;
 mod recordings;
 pub mod session;
@@ -75,7 +78,43 @@ pub fn router(gw: Arc<Gateway>, idle: Duration, max: Duration, per_principal: us
             get(pages::detach_confirm).post(pages::detach),
         )
         .route("/users/{name}/{action}", post(pages::user_action))
+        .route("/groups", get(access::groups).post(access::add_group))
+        .route("/groups/{name}", get(access::group))
+        .route(
+            "/groups/{name}/{action}",
+            get(access::group_confirm).post(access::group_action),
+        )
+        .route(
+            "/service-users",
+            get(access::service_users).post(access::add_service_user),
+        )
+        .route("/service-users/{name}", get(access::service_user))
+        .route(
+            "/service-users/{name}/{action}",
+            get(access::service_user_confirm).post(access::service_user_action),
+        )
+        .route("/roles", get(access::roles).post(access::add_role))
+        .route("/roles/{name}", post(access::edit_role))
+        .route("/support", get(access::support))
+        .route(
+            "/support/{action}",
+            get(access::support_confirm).post(access::support_action),
+        )
+        .route("/policies", get(policies::list).post(policies::create))
+        .route("/new-policy", get(policies::new))
+        .route("/policies/{name}", get(policies::show))
+        .route(
+            "/policies/{name}/edit",
+            get(policies::edit_form).post(policies::edit),
+        )
+        .route(
+            "/policies/{name}/delete",
+            get(policies::delete_confirm).post(policies::delete),
+        )
         .route("/audit", get(audit::audit))
+        .route("/audit/live", get(live::live))
+        .route("/audit/stream", get(live::stream))
+        .route("/assets/tail.js", get(live::script))
         .route("/audit/export", get(audit::export))
         .route("/check", get(audit::check))
         .route("/review", get(audit::review))
@@ -284,13 +323,13 @@ async fn run(web: &Web, s: &WebSession, argv: Vec<String>) -> Outcome {
         json: true,
         ..Default::default()
     };
-    execute(
-        &web.gw,
-        &s.caller(),
-        &input,
-        time::OffsetDateTime::now_utc(),
-    )
-    .await
+    run_input(web, s, &input).await
+}
+
+/// Runs one command of the core as this session, with its files and
+/// precondition.
+async fn run_input(web: &Web, s: &WebSession, input: &Input) -> Outcome {
+    execute(&web.gw, &s.caller(), input, time::OffsetDateTime::now_utc()).await
 }
 
 /// A POST's CSRF token is the session's, or the request is refused (and

@@ -20,17 +20,17 @@ use crate::guard::AdminOp;
 /// Users a page shows at most.
 const PAGE: usize = 50;
 
-fn words(ws: &[&str]) -> Vec<String> {
+pub(super) fn words(ws: &[&str]) -> Vec<String> {
     ws.iter().map(|w| w.to_string()).collect()
 }
 
 /// A command's JSON answer, or the error words.
-async fn json_of(web: &Web, s: &WebSession, argv: Vec<String>) -> Result<Value, String> {
+pub(super) async fn json_of(web: &Web, s: &WebSession, argv: Vec<String>) -> Result<Value, String> {
     let text = outcome_error(run(web, s, argv).await)?;
     serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))
 }
 
-fn text(v: &Value, key: &str) -> String {
+pub(super) fn text(v: &Value, key: &str) -> String {
     match &v[key] {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -154,14 +154,15 @@ pub struct NewUser {
     last: String,
 }
 
+/// A secret shown once (a temporary password, an access key's secret).
 #[derive(Template)]
 #[template(path = "secret.html")]
-struct SecretPage {
-    frame: Frame,
-    title: String,
-    text: String,
-    secret: String,
-    back: String,
+pub(super) struct SecretPage {
+    pub frame: Frame,
+    pub title: String,
+    pub text: String,
+    pub secret: String,
+    pub back: String,
 }
 
 pub async fn add_user(
@@ -233,7 +234,7 @@ struct UserPage {
     can_resend: bool,
 }
 
-fn names(v: &Value, key: &str) -> Vec<String> {
+pub(super) fn names(v: &Value, key: &str) -> Vec<String> {
     v[key]
         .as_array()
         .map(|a| {
@@ -290,15 +291,16 @@ pub async fn user(
     })
 }
 
+/// "Are you sure?" before a delete: the form posts to `action`.
 #[derive(Template)]
 #[template(path = "confirm.html")]
-struct ConfirmPage {
-    frame: Frame,
-    action: String,
-    fields: Vec<(String, String)>,
-    question: String,
-    button: String,
-    back: String,
+pub(super) struct ConfirmPage {
+    pub frame: Frame,
+    pub action: String,
+    pub fields: Vec<(String, String)>,
+    pub question: String,
+    pub button: String,
+    pub back: String,
 }
 
 #[derive(Deserialize)]
@@ -383,20 +385,40 @@ pub async fn user_action(
         }
         _ => return super::not_found().await,
     };
-    let back = format!("/users/{}", urlencode(&name));
-    match outcome_error(run(&web, &s, argv).await) {
+    apply(&web, &s, argv, &format!("/users/{}", urlencode(&name))).await
+}
+
+/// Runs one change as this session, then back to `back` with what it did
+/// (or why not); a denial is the guard's page.
+pub(super) async fn apply(web: &Web, s: &WebSession, argv: Vec<String>, back: &str) -> Response {
+    let input = crate::commands::Input {
+        argv,
+        json: true,
+        ..Default::default()
+    };
+    apply_input(web, s, &input, back).await
+}
+
+/// As [`apply`], with the command's precondition and files.
+pub(super) async fn apply_input(
+    web: &Web,
+    s: &WebSession,
+    input: &crate::commands::Input,
+    back: &str,
+) -> Response {
+    match outcome_error(super::run_input(web, s, input).await) {
         Ok(out) => {
             let said = serde_json::from_str::<Value>(&out)
                 .ok()
                 .and_then(|v| v["message"].as_str().map(String::from))
                 .unwrap_or_else(|| out.trim().to_string());
             s.set_flash(said);
-            Redirect::to(&back).into_response()
+            Redirect::to(back).into_response()
         }
-        Err(e) if e.starts_with("DENY") => denied(&web, &s, e),
+        Err(e) if e.starts_with("DENY") => denied(web, s, e),
         Err(e) => {
             s.set_flash(format!("error: {e}"));
-            Redirect::to(&back).into_response()
+            Redirect::to(back).into_response()
         }
     }
 }

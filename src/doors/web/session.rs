@@ -61,6 +61,9 @@ pub struct WebSession {
     end: Notify,
     /// One message for the next page (what a change did).
     flash: Mutex<Option<String>>,
+    /// Set once the session has ended, for what it started that is still
+    /// running (a live tail).
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl WebSession {
@@ -90,6 +93,11 @@ impl WebSession {
     /// Ends the session (logout).
     pub fn end(&self) {
         self.end.notify_one();
+    }
+
+    /// Whether the session has ended (then nothing it started may go on).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -216,6 +224,9 @@ impl WebSessions {
                     }
                 }
             };
+            session
+                .closed
+                .store(true, std::sync::atomic::Ordering::Release);
             if let Ok(mut live) = this.live.lock() {
                 live.remove(&key);
             }
@@ -262,6 +273,7 @@ impl WebSessions {
             started: now,
             end: Notify::new(),
             flash: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         self.registry.set_factor(id, session.factor.clone());
         self.live
