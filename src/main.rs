@@ -373,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     checkpoint,
                     public_key,
                     from,
+                    ..
                 },
         }) => match checkpoint {
             None => verify_stopped(&dir, from, cli.json),

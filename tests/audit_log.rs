@@ -555,3 +555,56 @@ fn a_checkpoint_exposes_a_rewritten_chain_and_a_truncated_log() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("signed by another key"), "{out}");
 }
+
+#[test]
+fn an_incremental_check_walks_what_came_after_a_verified_head() {
+    let hash_of = |dir: &Path, seq: u64| {
+        let db = open_raw(dir).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&tree.get(key(seq)).unwrap().unwrap()).unwrap();
+        v["hash"].as_str().unwrap().to_string()
+    };
+    let check = |dir: &Path, seq: u64, hash: &str| {
+        let db = open_raw(dir).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        metergate::store::verify_after(&tree, seq, hash)
+    };
+    let modify = |seq: u64| {
+        move |t: &sled::Tree| {
+            let v = t.get(key(seq)).unwrap().unwrap();
+            let text = String::from_utf8(v.to_vec())
+                .unwrap()
+                .replace(&format!("event number {}", seq - 1), "event number 999");
+            t.insert(key(seq), text.as_bytes()).unwrap();
+        }
+    };
+    // (what, tampered seq, the first bad seq the check names)
+    let cases: Vec<(&str, Option<u64>, Option<u64>)> = vec![
+        ("untouched", None, None),
+        ("changed after the head", Some(35), Some(35)),
+        ("the head itself changed", Some(30), Some(30)),
+        // Before the head: not walked again; the whole walk finds it.
+        ("changed before the head", Some(20), None),
+    ];
+    for (what, tampered, bad) in cases {
+        let dir = store_with_events(40);
+        let head = hash_of(dir.path(), 30);
+        if let Some(seq) = tampered {
+            tamper(dir.path(), modify(seq));
+        }
+        let r = check(dir.path(), 30, &head);
+        assert_eq!(r.problem.as_ref().map(|p| p.0), bad, "{what}: {r:?}");
+        if bad.is_none() {
+            assert_eq!((r.events, r.last_seq), (10, Some(40)), "{what}: {r:?}");
+        }
+        if tampered == Some(20) {
+            let whole = verify_stopped(dir.path(), None).unwrap();
+            assert_eq!(whole.problem.map(|p| p.0), Some(20), "{what}");
+        }
+    }
+    // A head that was never the log's is refused at once.
+    let dir = store_with_events(40);
+    let r = check(dir.path(), 30, &"0".repeat(64));
+    assert_eq!(r.problem.map(|p| p.0), Some(30));
+}

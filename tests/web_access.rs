@@ -52,6 +52,9 @@ fn support_access_is_granted_until_tomorrow_with_administrator_then_revoked() {
                 json!({"click": "Revoke"}),
                 json!({"see": "Support access is not granted"}),
                 json!({"keep": "revoked", "id": "support-status"}),
+                // The Audit page shows the change.
+                json!({"go": "/audit?door=web&code=admin.change"}),
+                json!({"see": format!("granted support access until {day} with Administrator")}),
             ],
         ]),
     );
@@ -96,9 +99,10 @@ fn groups_service_users_roles_and_a_policy_from_the_statement_editor() {
                 json!({"see": "User group ops-north"}),
                 json!({"fill": {"user": "crew"}}),
                 json!({"click": "Add member"}),
+                json!({"see": "added to group ops-north"}),
                 json!({"select": {"policy": "ReadOnly"}}),
                 json!({"click": "Add"}),
-                json!({"see": "ReadOnly"}),
+                json!({"see": "attached"}),
                 json!({"shot": "group"}),
                 json!({"fill": {"new_name": "ops-south"}}),
                 json!({"click": "Rename"}),
@@ -129,6 +133,7 @@ fn groups_service_users_roles_and_a_policy_from_the_statement_editor() {
                 json!({"tick": "form[action='/roles/Reader'] input[name='Data_View']"}),
                 json!({"tick": "form[action='/roles/Reader'] input[name='Time_Synchronization']"}),
                 json!({"click": "Save Reader"}),
+                json!({"see": "role Reader updated"}),
                 json!({"shot": "roles"}),
                 // Changed meanwhile elsewhere: this page is stale, and its
                 // save must not undo that change.
@@ -143,6 +148,7 @@ fn groups_service_users_roles_and_a_policy_from_the_statement_editor() {
                 json!({"go": "/policies"}),
                 json!({"see": "Administrator"}),
                 json!({"click": "Create custom policy"}),
+                json!({"element": "form.editor"}),
                 json!({"fill": {"name": "north-readers", "description": "north, read only"}}),
                 json!({"select": {"s0.effect": "allow"}}),
                 json!({"click": "Save policy"}),
@@ -156,6 +162,7 @@ fn groups_service_users_roles_and_a_policy_from_the_statement_editor() {
                 json!({"see": "policy north-readers created"}),
                 json!({"see": "meter-1 meter-2"}),
                 json!({"click": "Edit"}),
+                json!({"element": "form.editor"}),
                 json!({"select": {"s1.effect": "deny"}}),
                 json!({"tick": "input[name='s1.permission'][value='Time Synchronization']"}),
                 // Meters left blank: refused, never "every meter".
@@ -215,10 +222,13 @@ fn groups_service_users_roles_and_a_policy_from_the_statement_editor() {
                 json!({"click": "Delete user group"}),
                 json!({"see": "Are you sure?"}),
                 json!({"click": "Delete"}),
+                // Each deletion lands before the next page is asked for.
+                json!({"see": "group ops-south deleted"}),
                 json!({"go": "/service-users/meter-reader"}),
                 json!({"click": "Delete service user"}),
                 json!({"see": "Are you sure?"}),
                 json!({"click": "Delete"}),
+                json!({"see": "service user meter-reader deleted"}),
                 json!({"go": "/policies/north-readers"}),
                 json!({"click": "Delete policy"}),
                 json!({"see": "Are you sure?"}),
@@ -312,4 +322,38 @@ fn an_auditor_is_offered_no_change_and_forged_ones_are_refused_by_the_guard() {
     ] {
         assert!(denied.contains(what), "{what}: {denied}");
     }
+}
+
+#[test]
+fn the_access_lists_search_and_page_by_name() {
+    let g = demo();
+    for i in 0..55 {
+        g.d.mg(&["group", "add", &format!("g{i:02}")]).ok();
+    }
+    let admin = g.d.demo_password("admin");
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            login("admin", &admin),
+            vec![
+                json!({"go": "/groups"}),
+                json!({"see": "50 of 55 user groups"}),
+                json!({"not_see": "g50"}),
+                json!({"click": "Next page"}),
+                json!({"see": "5 of 55 user groups"}),
+                json!({"see": "g54"}),
+                json!({"not_see": "g49"}),
+                json!({"go": "/groups"}),
+                json!({"fill": {"q": "g1"}}),
+                json!({"click": "Search"}),
+                json!({"see": "10 of 10 user groups"}),
+                json!({"go": "/policies?q=admin"}),
+                json!({"see": "1 of 1 policies"}),
+                json!({"go": "/service-users?q=scada"}),
+                json!({"see": "2 of 2 service users"}),
+            ],
+        ]),
+    );
+    ok(&r);
 }

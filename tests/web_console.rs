@@ -106,6 +106,12 @@ fn a_policy_is_added_then_deleted_with_a_confirmation_and_each_change_is_an_even
             vec![
                 json!({"go": "/users/crew"}),
                 json!({"see": "Unique ID"}),
+                // The copy button: shown by our script (CSP `script-src
+                // 'self'`), which copies or, if the clipboard is refused,
+                // selects the id.
+                json!({"click": "Copy"}),
+                json!({"wait_in": ["#copy-unique-id", "e"]}),
+                json!({"keep": "copy", "id": "copy-unique-id"}),
                 json!({"select": {"policy": "ReadOnly"}}),
                 json!({"click": "Add"}),
                 json!({"see": "policy ReadOnly attached"}),
@@ -119,6 +125,8 @@ fn a_policy_is_added_then_deleted_with_a_confirmation_and_each_change_is_an_even
         ]),
     );
     ok(&r);
+    let copy = r["kept"]["copy"].as_str().unwrap();
+    assert!(copy == "Copied" || copy.starts_with("Selected"), "{copy}");
     let changes =
         g.d.mg(&["audit", "query", "--code", "admin.change", "--door", "web"])
             .ok()
@@ -316,6 +324,12 @@ fn a_second_factor_at_login_headers_cookies_and_a_killed_session() {
                 json!({"headers": "/sessions"}),
                 json!({"headers": "/profile"}),
                 json!({"headers": "/users/crew"}),
+                json!({"headers": "/groups"}),
+                json!({"headers": "/service-users"}),
+                json!({"headers": "/policies"}),
+                json!({"headers": "/roles"}),
+                json!({"headers": "/support"}),
+                json!({"headers": "/audit/live"}),
                 // `session kill` from the Sessions page: crew's next click
                 // lands on the login page.
                 json!({"go": "/sessions"}),
@@ -600,6 +614,12 @@ fn the_audit_page_check_and_review() {
             vec![
                 json!({"go": "/audit"}),
                 json!({"see": "Chain: ok:"}),
+                // The next load checks only what came since, continuing
+                // from the head the first walked to.
+                json!({"go": "/audit"}),
+                json!({"see": "continued from seq"}),
+                json!({"click": "Verify the whole chain and the recordings now"}),
+                json!({"see": "events verified (seq 1.."}),
                 json!({"fill": {"code": "admin.change"}}),
                 json!({"click": "Filter"}),
                 json!({"see": "deactivated user viewer"}),

@@ -16,6 +16,7 @@ pub(super) async fn audit(
             state_dir: None,
             checkpoint: None,
             from: None,
+            incremental: false,
             ..
         }
     );
@@ -137,6 +138,11 @@ fn audit_now(guard: &Guard, cmd: &AuditCommand, req: &Input) -> Result<Done, Com
         ),
         AuditCommand::Verify {
             state_dir: None,
+            incremental: true,
+            ..
+        } => incremental_text(guard.store()),
+        AuditCommand::Verify {
+            state_dir: None,
             checkpoint: None,
             from,
             ..
@@ -242,6 +248,30 @@ pub(super) fn verify_text(
             "FAILED: first bad seq {seq}: {why}"
         ))),
     }
+}
+
+/// `audit verify --incremental`: what was logged since the last whole walk.
+fn incremental_text(store: &crate::store::Store) -> Result<Done, CommandError> {
+    let (r, last) = store.verify_incremental();
+    if let Some((seq, why)) = &r.problem {
+        return Err(CommandError::Failed(format!(
+            "FAILED: first bad seq {seq}: {why}"
+        )));
+    }
+    let mut text = if r.events == 0 {
+        format!("ok: nothing logged since, head hash {}", r.head_hash)
+    } else {
+        format!("ok: {}", r.summary())
+    };
+    if let Some(l) = last {
+        text += &format!(
+            "; continued from seq {} (walked whole at {}, and as logged since)",
+            l.seq,
+            crate::model::rfc3339(l.whole_at)
+        );
+    }
+    text.push('\n');
+    Ok(Done::show(text))
 }
 
 /// `audit status`: capacity, failures, forwarding, the chain check at start.

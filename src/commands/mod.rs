@@ -581,6 +581,9 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
                 }
                 AuditCommand::Status => "status".into(),
                 AuditCommand::Verify { from: Some(f), .. } => format!("verify --from {f}"),
+                AuditCommand::Verify {
+                    incremental: true, ..
+                } => "verify --incremental".into(),
                 AuditCommand::Verify { .. } => "verify".into(),
                 AuditCommand::Checkpoint => "checkpoint".into(),
                 AuditCommand::PublicKey => "public-key".into(),

@@ -480,6 +480,11 @@ pub enum AuditCommand {
         /// partial check of recent events; the full walk proves more).
         #[arg(long, conflicts_with = "checkpoint")]
         from: Option<u64>,
+        /// Only what was logged since this daemon's last whole walk (which
+        /// must still hold at its end); the whole log the first time. Quick
+        /// enough for every look at the log; the whole walk proves more.
+        #[arg(long, conflicts_with_all = ["checkpoint", "from", "state_dir"])]
+        incremental: bool,
     },
     /// Print a checkpoint of the log's head (seq, hash, time) signed with the
     /// audit-signing key; keep it off this machine.

@@ -24,7 +24,9 @@ use crate::model::{
     User, example_roles, micros,
 };
 pub use crate::model::{administrators, granted_without_administrator, sod_conflicts};
-pub use log::{AuditError, AuditLog, Category, EventDraft, Outcome, SecurityEvent, VerifyReport};
+pub use log::{
+    AuditError, AuditLog, Category, EventDraft, Outcome, SecurityEvent, VerifyReport, verify_after,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -263,6 +265,19 @@ pub struct Store {
     directory: RwLock<Arc<Directory>>,
     changes: Mutex<()>,
     fail_after: AtomicUsize,
+    /// Where this daemon's last whole verification of the log ended, for
+    /// [`Store::verify_incremental`].
+    verified: Mutex<Option<Verified>>,
+}
+
+/// A head of the log that a verification reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub seq: u64,
+    pub hash: String,
+    /// When the last whole walk was (µs); what was logged after it has
+    /// been walked since, as it came.
+    pub whole_at: i64,
 }
 
 const SLED_DIR: &str = "store";
@@ -323,6 +338,7 @@ impl Store {
             forward,
             changes: Mutex::new(()),
             fail_after: AtomicUsize::new(usize::MAX),
+            verified: Mutex::new(None),
         };
         if store.directory_tree.is_empty() {
             store.seed()?;
@@ -388,7 +404,45 @@ impl Store {
     /// Walks the live log's chain (cut markers checked against this
     /// store's audit-signing key).
     pub fn verify(&self, from: Option<u64>) -> VerifyReport {
-        self.log.verify(Some(&self.signing_public_key()), from)
+        let report = self.log.verify(Some(&self.signing_public_key()), from);
+        if from.is_none()
+            && report.ok()
+            && let Some(seq) = report.last_seq
+            && let Ok(mut v) = self.verified.lock()
+        {
+            *v = Some(Verified {
+                seq,
+                hash: report.head_hash.clone(),
+                whole_at: crate::model::micros(OffsetDateTime::now_utc()),
+            });
+        }
+        report
+    }
+
+    /// Verifies only what was logged since this daemon's last whole
+    /// verification (which must still hold at its end), or the whole log
+    /// when there was none or drop-oldest removed its end: quick enough for
+    /// every page load. Also returns the head it continued from (None: it
+    /// walked the whole log).
+    pub fn verify_incremental(&self) -> (VerifyReport, Option<Verified>) {
+        let last = self.verified.lock().ok().and_then(|v| v.clone());
+        let Some(last) = last.filter(|l| l.seq >= self.log.first_seq()) else {
+            return (self.verify(None), None);
+        };
+        let report = log::verify_after(self.log.tree(), last.seq, &last.hash);
+        if report.ok()
+            && report.events > 0
+            && let (Some(seq), Ok(mut v)) = (report.last_seq, self.verified.lock())
+        {
+            // The next check continues from here; the whole walk's time
+            // stays the one it was.
+            *v = Some(Verified {
+                seq,
+                hash: report.head_hash.clone(),
+                whole_at: last.whole_at,
+            });
+        }
+        (report, Some(last))
     }
 
     /// The audit-signing key's public half, hex.

@@ -29,6 +29,51 @@ async fn listed(web: &Web, s: &WebSession, what: &str) -> Vec<String> {
     }
 }
 
+/// Rows a list page shows at most.
+const PAGE: usize = 50;
+
+/// A list's search (`q`, in the name) and page (`after`: the last name of
+/// the page before), as on the Users page.
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub q: String,
+    #[serde(default)]
+    pub after: String,
+}
+
+/// One page of a list: the rows, how many match, the next page's cursor.
+pub struct Paged<T> {
+    pub rows: Vec<T>,
+    pub total: usize,
+    pub next: Option<String>,
+    pub q: String,
+}
+
+/// Sorts `rows` by name, filters them by the search and cuts one page.
+pub fn paged<T>(mut rows: Vec<T>, name: impl Fn(&T) -> &str, query: &ListQuery) -> Paged<T> {
+    rows.sort_by(|a, b| name(a).cmp(name(b)));
+    let q = query.q.trim().to_lowercase();
+    let matching: Vec<T> = rows
+        .into_iter()
+        .filter(|r| q.is_empty() || name(r).to_lowercase().contains(&q))
+        .collect();
+    let total = matching.len();
+    let mut rows: Vec<T> = matching
+        .into_iter()
+        .filter(|r| query.after.is_empty() || name(r) > query.after.as_str())
+        .take(PAGE + 1)
+        .collect();
+    let next = (rows.len() > PAGE).then(|| name(&rows[PAGE - 1]).to_string());
+    rows.truncate(PAGE);
+    Paged {
+        rows,
+        total,
+        next,
+        q: query.q.clone(),
+    }
+}
+
 /// A form's fields; each may be left out.
 #[derive(Deserialize, Default)]
 pub struct Fields {
@@ -60,11 +105,15 @@ pub struct GroupRow {
 #[template(path = "groups.html")]
 struct GroupsPage {
     frame: Frame,
-    groups: Vec<GroupRow>,
+    list: Paged<GroupRow>,
     can_change: bool,
 }
 
-pub async fn groups(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+pub async fn groups(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
+) -> Response {
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
@@ -83,7 +132,7 @@ pub async fn groups(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response
         .collect();
     super::page(GroupsPage {
         frame: Frame::of(&web, &s),
-        groups,
+        list: paged(groups, |g: &GroupRow| &g.name, &query),
         can_change: may(&web, &s, AdminOp::Change),
     })
 }
@@ -231,11 +280,15 @@ pub struct ServiceUserRow {
 #[template(path = "service_users.html")]
 struct ServiceUsersPage {
     frame: Frame,
-    service_users: Vec<ServiceUserRow>,
+    list: Paged<ServiceUserRow>,
     can_change: bool,
 }
 
-pub async fn service_users(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+pub async fn service_users(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
+) -> Response {
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
@@ -255,7 +308,7 @@ pub async fn service_users(State(web): State<Arc<Web>>, headers: HeaderMap) -> R
         .collect();
     super::page(ServiceUsersPage {
         frame: Frame::of(&web, &s),
-        service_users,
+        list: paged(service_users, |u: &ServiceUserRow| &u.name, &query),
         can_change: may(&web, &s, AdminOp::Change),
     })
 }

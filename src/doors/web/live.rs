@@ -21,12 +21,6 @@ use super::session::WebSession;
 use super::{Frame, Web, may_read_log, outcome_error, page, run, signed_in, to_login};
 use crate::commands::Outcome;
 
-/// The live page runs one script of ours (assets/tail.js) and connects
-/// back for its events; still nothing from elsewhere, no inline script.
-const TAIL_CSP: &str = "default-src 'self'; script-src 'self'; object-src 'none'; \
-                        base-uri 'none'; form-action 'self'; frame-ancestors 'none'; \
-                        img-src 'self' data:";
-
 /// Events shown before the tail starts.
 const BACKLOG: &str = "20";
 
@@ -51,7 +45,7 @@ pub async fn live(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     });
     r.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(TAIL_CSP),
+        HeaderValue::from_static(super::OWN_SCRIPT_CSP),
     );
     r
 }

@@ -37,6 +37,13 @@ pub const DOOR: &str = "web";
 const CSP: &str = "default-src 'self'; script-src 'none'; object-src 'none'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'; img-src 'self' data:";
 
+/// A page that runs a script of ours (the live tail, the copy button):
+/// `script-src 'self'` and it connects back; still nothing from
+/// elsewhere, no inline script.
+const OWN_SCRIPT_CSP: &str = "default-src 'self'; script-src 'self'; object-src 'none'; \
+                              base-uri 'none'; form-action 'self'; frame-ancestors 'none'; \
+                              img-src 'self' data:";
+
 /// What every handler shares.
 pub struct Web {
     gw: Arc<Gateway>,
@@ -115,6 +122,7 @@ pub fn router(gw: Arc<Gateway>, idle: Duration, max: Duration, per_principal: us
         .route("/audit/live", get(live::live))
         .route("/audit/stream", get(live::stream))
         .route("/assets/tail.js", get(live::script))
+        .route("/assets/copy.js", get(pages::copy_script))
         .route("/audit/export", get(audit::export))
         .route("/check", get(audit::check))
         .route("/review", get(audit::review))

@@ -267,7 +267,7 @@ pub async fn user(
             all_groups = a.iter().map(|g| text(g, "name")).collect();
         }
     }
-    page(UserPage {
+    let mut r = page(UserPage {
         frame: Frame::of(&web, &s),
         unique_id: text(&v, "unique_id"),
         email: text(&v, "email"),
@@ -288,7 +288,24 @@ pub async fn user(
         can_change,
         can_resend: can_change && may(&web, &s, AdminOp::ResendPassword),
         name,
-    })
+    });
+    // The copy button's script (ours, from the gateway).
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(super::OWN_SCRIPT_CSP),
+    );
+    r
+}
+
+pub async fn copy_script() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../../../assets/copy.js"),
+    )
+        .into_response()
 }
 
 /// "Are you sure?" before a delete: the form posts to `action`.

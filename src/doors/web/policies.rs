@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::access::{ListQuery, Paged, paged};
 use super::pages::{ConfirmPage, apply, denied, json_of, names, text, urlencode, words};
 use super::session::WebSession;
 use super::{Frame, Web, may, outcome_error, posted, run_input, signed_in, to_login};
@@ -32,11 +33,15 @@ pub struct PolicyRow {
 #[template(path = "policies.html")]
 struct PoliciesPage {
     frame: Frame,
-    policies: Vec<PolicyRow>,
+    list: Paged<PolicyRow>,
     can_change: bool,
 }
 
-pub async fn list(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+pub async fn list(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
+) -> Response {
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
@@ -56,7 +61,7 @@ pub async fn list(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
         .collect();
     super::page(PoliciesPage {
         frame: Frame::of(&web, &s),
-        policies,
+        list: paged(policies, |p: &PolicyRow| &p.name, &query),
         can_change: may(&web, &s, AdminOp::Change),
     })
 }

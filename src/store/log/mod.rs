@@ -23,7 +23,7 @@ use super::index::Query;
 
 pub use capacity::{Capacity, WhenFull};
 pub use event::{Category, EVENT_VERSION, EventDraft, GENESIS_HASH, Outcome, SecurityEvent};
-pub use verify::{VerifyReport, verify_chain, verify_tree};
+pub use verify::{VerifyReport, verify_after, verify_chain, verify_tree};
 
 use capacity::{Quota, remove_before};
 use writer::{Head, Job, Writer};

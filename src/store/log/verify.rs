@@ -88,7 +88,7 @@ pub fn verify_chain(
             return report;
         }
     };
-    let (start, mut prev) = match from {
+    let (start, prev) = match from {
         Some(f) if f >= oldest => match tree.get(f.to_be_bytes()) {
             Ok(Some(v)) => match serde_json::from_slice::<SecurityEvent>(&v) {
                 Ok(ev) => {
@@ -135,6 +135,44 @@ pub fn verify_chain(
             }
         },
     };
+    walk(tree, start, prev, report)
+}
+
+/// Continues a verification that ended at event `seq` with head `hash`:
+/// that event must still be the one verified (same hash, content matching
+/// it), and every event after it must follow. What lies before `seq` is not
+/// walked again: the full walk (`verify_chain`) proves it.
+pub fn verify_after(tree: &sled::Tree, seq: u64, hash: &str) -> VerifyReport {
+    let report = VerifyReport {
+        events: 0,
+        first_seq: None,
+        last_seq: Some(seq),
+        head_hash: hash.to_string(),
+        problem: None,
+        cut: None,
+        from: None,
+    };
+    let anchor = match tree.get(seq.to_be_bytes()) {
+        Ok(Some(v)) => serde_json::from_slice::<SecurityEvent>(&v).ok(),
+        _ => None,
+    };
+    match anchor {
+        Some(ev) if ev.seq == seq && ev.hash == hash && ev.compute_hash() == hash => {}
+        _ => {
+            return VerifyReport {
+                problem: Some((
+                    seq,
+                    format!("event {seq} is no longer the event verified before (hash {hash})"),
+                )),
+                ..report
+            };
+        }
+    }
+    walk(tree, seq + 1, hash.to_string(), report)
+}
+
+/// Walks the events from `start`, each following `prev`, into `report`.
+fn walk(tree: &sled::Tree, start: u64, mut prev: String, mut report: VerifyReport) -> VerifyReport {
     for (expected, item) in (start..).zip(tree.range(start.to_be_bytes()..)) {
         let (k, v) = match item {
             Ok(kv) => kv,
