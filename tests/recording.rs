@@ -747,3 +747,93 @@ fn secrets_shown_once_and_typed_secrets_never_reach_a_recording() {
     assert!(cast.contains("\"i\", \"passwd\\r\""), "{cast}");
     assert!(!cast.contains("typed-secret-1"), "{cast}");
 }
+
+/// The gateway's metrics, as prometheus-client's parser reads them.
+fn scrape(port: u16) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/scrape.py"
+        ))
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_recording_metrics_show_use_the_warning_and_the_alarm() {
+    let (port, metrics) = (daemon::free_port(), daemon::free_port());
+    let d = daemon::Daemon::start_text(|s| {
+        daemon::gateway_config(
+            s,
+            &format!(
+                "[ssh]\nlisten = [\"127.0.0.1:{port}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+                 [recording]\ncapacity_bytes = 1048576\nmax_session_bytes = 65536\nwarn_at_percent = 50\n"
+            ),
+        )
+    });
+    let key = ssh::keygen(d.dir.path(), "ada");
+    d.mg(&["user", "add", "ada", "--email", "ada@example.org"])
+        .ok();
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    d.mg(&["user", "add-key", "ada", public.trim()]).ok();
+    let value =
+        |m: &serde_json::Value, k: &str| m[k].as_f64().unwrap_or_else(|| panic!("no {k} in {m}"));
+    let m = scrape(metrics);
+    assert_eq!(value(&m, "metergate_recording_capacity_bytes"), 1048576.0);
+    for k in [
+        "metergate_recording_bytes",
+        "metergate_recording_capacity_warning",
+        "metergate_recording_alarm",
+        "metergate_recording_failures_total",
+        "metergate_recordings_live",
+    ] {
+        assert_eq!(value(&m, k), 0.0, "{k} before any session: {m}");
+    }
+    // One recorded session: its bytes are counted, far below the warning.
+    let run = ssh::ssh(port, &key, "ada", &[], "whoami");
+    assert_eq!(run.code, 0, "{run:?}");
+    let m = scrape(metrics);
+    let one = value(&m, "metergate_recording_bytes");
+    assert!(one > 0.0 && one < 65536.0, "{m}");
+    assert_eq!(
+        value(&m, "metergate_recording_capacity_warning"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(value(&m, "metergate_recordings_live"), 0.0, "{m}");
+    // Something else fills the disk past the warning (60%): the next
+    // session still fits, and the warning is up.
+    let dir = d.state_dir().join("recordings");
+    std::fs::write(dir.join("filler-1"), vec![0u8; 600 * 1024]).unwrap();
+    d.reload_with(|t| t);
+    let run = ssh::ssh(port, &key, "ada", &[], "whoami");
+    assert_eq!(run.code, 0, "{run:?}");
+    let m = scrape(metrics);
+    assert!(
+        value(&m, "metergate_recording_bytes") > 600.0 * 1024.0,
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "metergate_recording_capacity_warning"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(value(&m, "metergate_recording_alarm"), 0.0, "{m}");
+    // Full: fail-closed refuses the next session, and the alarm is up.
+    std::fs::write(dir.join("filler-2"), vec![0u8; 500 * 1024]).unwrap();
+    d.reload_with(|t| t);
+    let run = ssh::ssh(port, &key, "ada", &[], "whoami");
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("cannot be recorded"), "{run:?}");
+    let m = scrape(metrics);
+    assert_eq!(value(&m, "metergate_recording_alarm"), 1.0, "{m}");
+    assert_eq!(value(&m, "metergate_recording_failures_total"), 1.0, "{m}");
+    assert_eq!(value(&m, "metergate_recordings_live"), 0.0, "{m}");
+}

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::pages::{
-    ConfirmPage, SecretPage, apply, apply_input, denied, json_of, names, text, urlencode, words,
+    ConfirmPage, SecretPage, apply, apply_input, denied, json_of, list_of, names, text, urlencode,
+    words,
 };
 use super::session::WebSession;
 use super::{Frame, Web, may, posted, signed_in, to_login};
@@ -117,10 +118,9 @@ pub async fn groups(
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
-    let list = match json_of(&web, &s, words(&["group", "list"])).await {
-        Ok(Value::Array(a)) => a,
-        Ok(_) => Vec::new(),
-        Err(e) => return denied(&web, &s, e),
+    let list = match list_of(&web, &s, words(&["group", "list"])).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     let groups = list
         .iter()
@@ -292,10 +292,9 @@ pub async fn service_users(
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
-    let list = match json_of(&web, &s, words(&["service-user", "list"])).await {
-        Ok(Value::Array(a)) => a,
-        Ok(_) => Vec::new(),
-        Err(e) => return denied(&web, &s, e),
+    let list = match list_of(&web, &s, words(&["service-user", "list"])).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     let service_users = list
         .iter()
@@ -536,10 +535,9 @@ pub async fn roles(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response 
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
-    let list = match json_of(&web, &s, words(&["role", "list"])).await {
-        Ok(Value::Array(a)) => a,
-        Ok(_) => Vec::new(),
-        Err(e) => return denied(&web, &s, e),
+    let list = match list_of(&web, &s, words(&["role", "list"])).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     let roles = list
         .iter()

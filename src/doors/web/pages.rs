@@ -24,6 +24,19 @@ pub(super) fn words(ws: &[&str]) -> Vec<String> {
     ws.iter().map(|w| w.to_string()).collect()
 }
 
+/// A list command's rows, or the page saying why not.
+pub(super) async fn list_of(
+    web: &Web,
+    s: &WebSession,
+    argv: Vec<String>,
+) -> Result<Vec<Value>, Response> {
+    match json_of(web, s, argv).await {
+        Ok(Value::Array(a)) => Ok(a),
+        Ok(_) => Ok(Vec::new()),
+        Err(e) => Err(denied(web, s, e)),
+    }
+}
+
 /// A command's JSON answer, or the error words.
 pub(super) async fn json_of(web: &Web, s: &WebSession, argv: Vec<String>) -> Result<Value, String> {
     let text = outcome_error(run(web, s, argv).await)?;
@@ -101,10 +114,9 @@ pub async fn users(
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
-    let list = match json_of(&web, &s, words(&["user", "list"])).await {
-        Ok(Value::Array(a)) => a,
-        Ok(_) => Vec::new(),
-        Err(e) => return denied(&web, &s, e),
+    let list = match list_of(&web, &s, words(&["user", "list"])).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     let q = query.q.trim().to_lowercase();
     let matching: Vec<&Value> = list
@@ -460,10 +472,9 @@ pub async fn sessions(State(web): State<Arc<Web>>, headers: HeaderMap) -> Respon
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
-    let list = match json_of(&web, &s, words(&["session", "list"])).await {
-        Ok(Value::Array(a)) => a,
-        Ok(_) => Vec::new(),
-        Err(e) => return denied(&web, &s, e),
+    let list = match list_of(&web, &s, words(&["session", "list"])).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     let sessions = list
         .iter()

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::access::{ListQuery, Paged, paged};
-use super::pages::{ConfirmPage, apply, denied, json_of, names, text, urlencode, words};
+use super::pages::{ConfirmPage, apply, denied, json_of, list_of, names, text, urlencode, words};
 use super::session::WebSession;
 use super::{Frame, Web, may, outcome_error, posted, run_input, signed_in, to_login};
 use crate::commands::{Input, Precondition, Resource};
@@ -45,10 +45,9 @@ pub async fn list(
     let Some(s) = signed_in(&web, &headers) else {
         return to_login();
     };
-    let list = match json_of(&web, &s, words(&["policy", "list"])).await {
-        Ok(Value::Array(a)) => a,
-        Ok(_) => Vec::new(),
-        Err(e) => return denied(&web, &s, e),
+    let list = match list_of(&web, &s, words(&["policy", "list"])).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     let policies = list
         .iter()
