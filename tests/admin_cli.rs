@@ -1390,3 +1390,161 @@ fn a_policy_is_edited_in_place_and_a_stale_version_is_refused() {
     assert!(!group.contains("north"), "{group}");
     assert!(d.mg(&check).ok().stdout.starts_with("DENY"));
 }
+
+#[test]
+fn effective_access_and_who_can_through_the_socket() {
+    let d = Daemon::start();
+    let dir = d.dir.path();
+    let policy = |name: &str, statements: &str| {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, format!("name = \"{name}\"\n{statements}")).unwrap();
+        d.mg(&["policy", "create", "--file", path.to_str().unwrap()])
+            .ok();
+    };
+    policy(
+        "north-ops",
+        "[[statement]]\neffect = \"allow\"\nroles = [\"Operator\"]\nmeters = [\"site=north\"]\n",
+    );
+    policy(
+        "no-reset-2",
+        "[[statement]]\neffect = \"deny\"\npermissions = [\"Peak Demand Reset\"]\nmeters = [\"meter-2\"]\n",
+    );
+    policy(
+        "south-view",
+        "[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\nmeters = [\"site=south\"]\nrequire_mfa = true\n",
+    );
+    d.mg(&["user", "add", "kim", "--email", "kim@example.net"])
+        .ok();
+    d.mg(&["user", "attach", "kim", "north-ops"]).ok();
+    d.mg(&["user", "attach", "kim", "no-reset-2"]).ok();
+    d.mg(&["group", "add", "crew"]).ok();
+    d.mg(&["group", "attach", "crew", "south-view"]).ok();
+    d.mg(&["group", "add-member", "crew", "kim"]).ok();
+
+    let kim = d.mg(&["user", "permissions", "kim"]);
+    kim.ok();
+    let section = |name: &str| -> String {
+        let start = kim
+            .stdout
+            .find(name)
+            .unwrap_or_else(|| panic!("{name}: {}", kim.stdout));
+        let rest = &kim.stdout[start + name.len()..];
+        rest[..rest.find("\non ").unwrap_or(rest.len())].to_string()
+    };
+    // (meter, permission) → the line's words
+    let table = [
+        (
+            "on meter meter-1:",
+            "Peak Demand Reset",
+            "ALLOW allowed by policy `north-ops` statement 1 via role Operator",
+        ),
+        (
+            "on meter meter-2:",
+            "Peak Demand Reset",
+            "DENY  denied by policy `no-reset-2` statement 1",
+        ),
+        (
+            "on meter meter-2:",
+            "Peak Demand Reset",
+            "takes away what is allowed by policy `north-ops` statement 1 via role Operator",
+        ),
+        (
+            "on meter meter-2:",
+            "Data View",
+            "ALLOW allowed by policy `north-ops`",
+        ),
+        (
+            "on meter meter-3:",
+            "Data View",
+            "ALLOW allowed by policy `south-view` statement 1; needs a second factor",
+        ),
+    ];
+    for (meter, permission, words) in table {
+        let s = section(meter);
+        let line = s
+            .lines()
+            .find(|l| l.trim_start().starts_with(permission))
+            .unwrap_or_else(|| panic!("{meter} {permission}: {}", kim.stdout));
+        assert!(line.contains(words), "{meter} {permission}: {line}");
+    }
+    assert!(
+        !section("on meter meter-3:").contains("Peak Demand Reset"),
+        "{}",
+        kim.stdout
+    );
+
+    let one = d.mg(&["user", "permissions", "kim", "--meter", "meter-3"]);
+    assert!(one.ok().stdout.contains("on meter meter-3:"), "{one:?}");
+    assert!(!one.stdout.contains("meter-1"), "{one:?}");
+
+    let json = d.mg(&["--json", "user", "permissions", "kim", "--meter", "meter-2"]);
+    let v: serde_json::Value = serde_json::from_str(&json.ok().stdout).unwrap();
+    let reset = v["meter_groups"][0]["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["permission"] == "Peak Demand Reset")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(reset["allowed"], false, "{v}");
+
+    let group = d.mg(&["group", "permissions", "crew"]);
+    assert!(group.ok().stdout.contains("on meter meter-3:"), "{group:?}");
+    assert!(!group.stdout.contains("north-ops"), "{group:?}");
+
+    // who-can answers as check does.
+    let who = |meter: &str| {
+        d.mg(&[
+            "who-can",
+            "--permission",
+            "Peak Demand Reset",
+            "--meter",
+            meter,
+        ])
+    };
+    assert!(who("meter-1").ok().stdout.contains("user:kim"));
+    assert!(!who("meter-2").ok().stdout.contains("user:kim"));
+
+    // A date ahead: after kim's end date, nothing.
+    d.mg(&["user", "set-end-date", "kim", "2027-01-01"]).ok();
+    let later = d.mg(&["user", "permissions", "kim", "--as-of", "2027-01-01"]);
+    assert!(
+        later
+            .ok()
+            .stdout
+            .contains("nothing: every request is denied (access ended at 2027-01-01"),
+        "{later:?}"
+    );
+    let later = d.mg(&[
+        "who-can",
+        "--permission",
+        "Data View",
+        "--meter",
+        "meter-1",
+        "--as-of",
+        "2027-01-02",
+    ]);
+    assert!(!later.ok().stdout.contains("user:kim"), "{later:?}");
+
+    // Bad input: a clear error, exit 2.
+    // (words) → the error's words
+    let bad: [(Vec<&str>, &str); 4] = [
+        (vec!["user", "permissions", "nobody"], "no user:nobody"),
+        (
+            vec!["user", "permissions", "kim", "--meter", "meter-9"],
+            "no meter `meter-9`",
+        ),
+        (
+            vec!["who-can", "--permission", "Peak Demand Reset"],
+            "give --meter METER",
+        ),
+        (
+            vec!["user", "permissions", "kim", "--as-of", "soon"],
+            "--as-of `soon`",
+        ),
+    ];
+    for (words, says) in bad {
+        let r = d.mg(&words);
+        assert_eq!(r.code, 2, "{words:?}: {r:?}");
+        assert!(r.stderr.contains(says), "{words:?}: {r:?}");
+    }
+}

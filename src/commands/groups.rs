@@ -12,6 +12,15 @@ pub(super) async fn group(
     let who = &caller.who;
     let dir = ctx.guard.directory();
     match cmd {
+        GroupCommand::Permissions { name: n, meter } => effective::permissions(
+            ctx,
+            crate::guard::Holder::Group(n),
+            &format!("group {n}"),
+            meter.as_deref(),
+            None,
+            json_out,
+            now,
+        ),
         GroupCommand::Add { name: n } => {
             apply(
                 ctx,

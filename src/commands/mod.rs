@@ -6,6 +6,7 @@
 pub mod access;
 mod audit;
 mod certificates;
+mod effective;
 mod groups;
 mod helpers;
 pub mod meter;
@@ -511,10 +512,13 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
     use AdminCommand as A;
     let op = match cmd {
         A::User {
-            command: UserCommand::List | UserCommand::Show { .. },
+            command: UserCommand::List | UserCommand::Show { .. } | UserCommand::Permissions { .. },
         }
         | A::ServiceUser {
-            command: ServiceUserCommand::List | ServiceUserCommand::Show { .. },
+            command:
+                ServiceUserCommand::List
+                | ServiceUserCommand::Show { .. }
+                | ServiceUserCommand::Permissions { .. },
         }
         | A::ServiceUser {
             command:
@@ -523,7 +527,8 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
                 },
         }
         | A::Group {
-            command: GroupCommand::List | GroupCommand::Show { .. },
+            command:
+                GroupCommand::List | GroupCommand::Show { .. } | GroupCommand::Permissions { .. },
         }
         | A::Role {
             command: RoleCommand::List | RoleCommand::Show { .. },
@@ -532,12 +537,13 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
             command: PolicyCommand::List | PolicyCommand::Show { .. },
         }
         | A::Support {
-            command: SupportCommand::Show,
+            command: SupportCommand::Show | SupportCommand::Permissions { .. },
         }
         | A::Session {
             command: SessionCommand::List,
         }
         | A::Check(_)
+        | A::WhoCan(_)
         | A::Review { .. } => AdminOp::View,
         A::User {
             command: UserCommand::ResendPassword { .. },
@@ -619,6 +625,7 @@ async fn run(
         AdminCommand::Audit { command } => audit(ctx, command, req).await,
         AdminCommand::Mfa { code } => step_up(ctx, caller, code).await,
         AdminCommand::Check(c) => check(ctx, c, req.json, now),
+        AdminCommand::WhoCan(c) => effective::who_can(ctx, c, req.json, now),
         AdminCommand::Review { ack } => review(ctx, who, *ack, req.json, now),
         AdminCommand::CertificateReport(r) => certificate_report(ctx, caller, r).await,
     }

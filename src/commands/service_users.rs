@@ -12,6 +12,22 @@ pub(super) async fn service_user(
     let who = &caller.who;
     let dir = ctx.guard.directory();
     match cmd {
+        ServiceUserCommand::Permissions {
+            name: n,
+            meter,
+            as_of,
+        } => {
+            let id = PrincipalId::Service(n.clone());
+            effective::permissions(
+                ctx,
+                crate::guard::Holder::Principal(&id),
+                &format!("svc:{n}"),
+                meter.as_deref(),
+                as_of.as_deref(),
+                json_out,
+                now,
+            )
+        }
         ServiceUserCommand::Add {
             name: n,
             description,

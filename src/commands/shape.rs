@@ -55,6 +55,8 @@ pub enum AdminCommand {
     Mfa { code: String },
     /// What the guard would decide for a principal, with the reason.
     Check(CheckArgs),
+    /// Every principal allowed a permission (on a meter), and through what.
+    WhoCan(WhoCanArgs),
     /// Who can do what where, and what needs attention.
     Review {
         /// Record that a review was done (who, when).
@@ -127,8 +129,31 @@ pub struct CheckArgs {
     pub meter: Option<String>,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct WhoCanArgs {
+    /// As in the product documents ("Peak Demand Reset") or kebab form.
+    #[arg(long)]
+    pub permission: String,
+    /// Meter id (needed for meter permissions).
+    #[arg(long)]
+    pub meter: Option<String>,
+    /// Decide at another time (end dates, support access): a date or RFC 3339.
+    #[arg(long)]
+    pub as_of: Option<String>,
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum UserCommand {
+    /// Effective access: every permission allowed or explicitly denied, per
+    /// group of meters decided alike, with the statement behind each.
+    Permissions {
+        name: String,
+        #[arg(long)]
+        meter: Option<String>,
+        /// Decide at another time (end dates, support access): a date or RFC 3339.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
     /// Create a user; prints the temporary password once.
     Add {
         name: String,
@@ -227,6 +252,16 @@ pub enum MfaCommand {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum ServiceUserCommand {
+    /// Effective access: every permission allowed or explicitly denied, per
+    /// group of meters decided alike, with the statement behind each.
+    Permissions {
+        name: String,
+        #[arg(long)]
+        meter: Option<String>,
+        /// Decide at another time (end dates, support access): a date or RFC 3339.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
     Add {
         name: String,
         #[arg(long, default_value = "")]
@@ -276,6 +311,12 @@ pub enum KeyCommand {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum GroupCommand {
+    /// What the group's policies give its members, per group of meters.
+    Permissions {
+        name: String,
+        #[arg(long)]
+        meter: Option<String>,
+    },
     Add {
         name: String,
     },
@@ -370,6 +411,14 @@ pub enum PolicyCommand {
 #[derive(Subcommand, Debug, Clone)]
 pub enum SupportCommand {
     Show,
+    /// Effective access of support staff (within the config's boundary).
+    Permissions {
+        #[arg(long)]
+        meter: Option<String>,
+        /// Decide at another time: a date or RFC 3339.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
     /// Grant access until a date (earliest: tomorrow); Administrator by default.
     Grant {
         #[arg(long)]

@@ -21,6 +21,15 @@ pub(super) async fn support(
         Op::Put(Entity::Support(s), Expect::Version(v))
     };
     match cmd {
+        SupportCommand::Permissions { meter, as_of } => effective::permissions(
+            ctx,
+            crate::guard::Holder::Principal(&PrincipalId::Support),
+            "support",
+            meter.as_deref(),
+            as_of.as_deref(),
+            json_out,
+            now,
+        ),
         SupportCommand::Show => {
             let view = match &dir.support {
                 None => json!({"granted": false}),

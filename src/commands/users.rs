@@ -50,6 +50,22 @@ pub(super) async fn user(
     let who = &caller.who;
     let dir = ctx.guard.directory();
     match cmd {
+        UserCommand::Permissions {
+            name: n,
+            meter,
+            as_of,
+        } => {
+            let id = PrincipalId::User(n.clone());
+            effective::permissions(
+                ctx,
+                crate::guard::Holder::Principal(&id),
+                &format!("user:{n}"),
+                meter.as_deref(),
+                as_of.as_deref(),
+                req.json,
+                now,
+            )
+        }
         UserCommand::Add {
             name: n,
             email: e,

@@ -162,6 +162,9 @@ pub(crate) struct Snapshot {
     pub local: CompiledPrincipal,
     /// The role table (a client certificate names one of these).
     pub roles: FxHashMap<String, PermissionSet>,
+    /// What each user group's policies give its members (effective access
+    /// of a group; decisions read the members' own lists).
+    pub groups: FxHashMap<String, CompiledPrincipal>,
 }
 
 impl Snapshot {
@@ -400,6 +403,22 @@ impl Snapshot {
         for (id, gate, admin, idx) in inline_of {
             principals.insert(id, principal(gate, admin, &idx, &policies, &sources));
         }
+        let groups = dir
+            .groups
+            .values()
+            .map(|g| {
+                let idx: Vec<u32> = g
+                    .policies
+                    .iter()
+                    .filter_map(|n| by_name.get(n).copied())
+                    .collect();
+                let admin = g.policies.iter().any(|n| n == ADMINISTRATOR);
+                (
+                    g.name.clone(),
+                    principal(Gate::Local, admin, &idx, &policies, &sources),
+                )
+            })
+            .collect();
         let administrator = by_name.get(ADMINISTRATOR).copied().unwrap_or(0);
         let local = principal(Gate::Local, true, &[administrator], &policies, &sources);
         Snapshot {
@@ -413,6 +432,7 @@ impl Snapshot {
                 .iter()
                 .map(|(name, r)| (name.clone(), r.permissions))
                 .collect(),
+            groups,
         }
     }
 }

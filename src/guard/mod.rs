@@ -7,6 +7,7 @@ pub mod api;
 mod compiled;
 mod confer;
 pub mod decision;
+mod effective;
 mod login;
 pub mod mfa;
 mod state;
@@ -31,6 +32,7 @@ pub use action::{Action, AdminOp, CertificateClaim, Request, WriteValues};
 use compiled::{CompiledPrincipal, MeterRef, Snapshot};
 pub use confer::Conferral;
 pub use decision::{Decision, Label, Reason};
+pub use effective::{Effective, Grant, Holder, MeterGroup};
 pub use login::{Attempt, Credential, PasswordCheck, PasswordGate, Proof, Verdict, shown_key_id};
 pub use state::SourceGate;
 
