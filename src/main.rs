@@ -851,9 +851,12 @@ fn command_words() -> Result<(Vec<String>, BTreeMap<String, String>), ExitCode> 
         let path = match a
             .strip_prefix("--file=")
             .or_else(|| a.strip_prefix("--checkpoint="))
+            .or_else(|| a.strip_prefix("--with-policy="))
         {
             Some(p) => Some(p),
-            None if a == "--file" || a == "--checkpoint" => argv.get(i + 1).map(|s| s.as_str()),
+            None if a == "--file" || a == "--checkpoint" || a == "--with-policy" => {
+                argv.get(i + 1).map(|s| s.as_str())
+            }
             None => a.strip_prefix('@'),
         };
         if let Some(p) = path

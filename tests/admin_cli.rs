@@ -1548,3 +1548,73 @@ fn effective_access_and_who_can_through_the_socket() {
         assert!(r.stderr.contains(says), "{words:?}: {r:?}");
     }
 }
+
+#[test]
+fn policy_history_keeps_every_version_with_who_and_when_across_a_restart() {
+    let mut d = Daemon::start();
+    let dir = d.dir.path().to_path_buf();
+    let version = |n: u32, meters: &str| {
+        let path = dir.join(format!("v{n}.toml"));
+        std::fs::write(
+            &path,
+            format!("name = \"north\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\nmeters = [\"{meters}\"]\n"),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    d.mg(&["policy", "create", "--file", &version(1, "meter-1")])
+        .ok();
+    d.mg(&["user", "add", "kim", "--email", "kim@example.net"])
+        .ok();
+    d.mg(&["user", "attach", "kim", "north"]).ok();
+    d.mg(&["policy", "edit", "north", "--file", &version(2, "meter-2")])
+        .ok();
+    d.mg(&[
+        "policy",
+        "edit",
+        "north",
+        "--file",
+        &version(3, "site=north"),
+    ])
+    .ok();
+    d.restart(None);
+    let h = d.mg(&["policy", "history", "north"]);
+    let text = &h.ok().stdout;
+    // (line that starts a version) → the statement shown under it
+    for (head, statement) in [
+        ("version 1: made ", "on meters meter-1"),
+        ("version 2: made ", "on meters meter-2"),
+        ("version 3 (current): made ", "on meters site=north"),
+    ] {
+        let at = text.find(head).unwrap_or_else(|| panic!("{head}: {text}"));
+        let block: String = text[at..].lines().take(2).collect::<Vec<_>>().join("\n");
+        assert!(block.contains(statement), "{head}: {block}");
+        assert!(block.contains(" by local:"), "{head}: {block}");
+    }
+    assert!(text.contains("replaced "), "{text}");
+    assert!(text.contains("attached to user:kim"), "{text}");
+    let json = d.mg(&["--json", "policy", "history", "north"]);
+    let v: serde_json::Value = serde_json::from_str(&json.ok().stdout).unwrap();
+    let versions = v["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 3, "{v}");
+    assert_eq!(versions[0]["version"], 1);
+    assert_eq!(versions[2]["current"], true);
+
+    // Deleted: the history stays, and the event says what was deleted.
+    d.mg(&["policy", "delete", "north", "--detach"]).ok();
+    let h = d.mg(&["policy", "history", "north"]);
+    assert!(h.ok().stdout.contains("version 3: made "), "{h:?}");
+    assert!(h.stdout.contains("; deleted "), "{h:?}");
+    assert!(h.stdout.contains("(deleted: no current version)"), "{h:?}");
+    let events = d.mg(&["audit", "query", "--code", "admin.change", "--limit", "50"]);
+    assert!(
+        events
+            .ok()
+            .stdout
+            .contains("deleted policy north (version 3; statements were [allow \"Data View\" on meters site=north])"),
+        "{events:?}"
+    );
+    let none = d.mg(&["policy", "history", "south"]);
+    assert_eq!(none.code, 2, "{none:?}");
+    assert!(none.stderr.contains("none ever was"), "{none:?}");
+}

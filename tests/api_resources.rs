@@ -329,12 +329,36 @@ fn custom_policies_and_roles_are_managed_through_the_api_and_managed_policies_re
             409,
         ),
         ("DELETE", "/api/v1/permission-policies/nothing", None, 404),
-        ("DELETE", "/api/v1/permission-policies/north", None, 200),
+        // Attached to kim: refused unless detached in the same change.
+        ("DELETE", "/api/v1/permission-policies/north", None, 409),
+        (
+            "DELETE",
+            "/api/v1/permission-policies/north?detach=maybe",
+            None,
+            400,
+        ),
+        (
+            "DELETE",
+            "/api/v1/permission-policies/north?detach=true",
+            None,
+            200,
+        ),
     ];
+    a.d.mg(&["user", "add", "kim", "--email", "kim@example.net"])
+        .ok();
+    a.d.mg(&["user", "attach", "kim", "north"]).ok();
     for (method, path, body, want) in table {
         let (status, text) = a.call(&t, method, path, body);
         assert_eq!(status, want, "{method} {path}: {text}");
+        if want == 409 && method == "DELETE" {
+            assert!(
+                text.contains("user:kim") && text.contains("detach"),
+                "{text}"
+            );
+        }
     }
+    let kim = a.d.mg(&["user", "show", "kim"]);
+    assert!(!kim.ok().stdout.contains("north"), "{kim:?}");
     // Roles: create, change, show with its version, delete.
     let (status, body) = a.call(
         &t,
@@ -426,4 +450,82 @@ fn the_audit_log_is_exported_in_chunks_verified_and_checkpointed() {
     let (status, body) = a.call(&t, "POST", "/api/v1/audit/verify", Some(&wrong.to_string()));
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["ok"], false, "{body}");
+}
+
+#[test]
+fn effective_access_who_can_and_concrete_checks_through_the_api() {
+    let mut meters = String::new();
+    for (id, site) in [
+        ("meter-1", "north"),
+        ("meter-2", "north"),
+        ("meter-3", "south"),
+    ] {
+        meters += &format!(
+            "\n[[meters]]\nid = \"{id}\"\nprofile = \"ion-sim\"\ntags = {{ site = \"{site}\" }}\n"
+        );
+    }
+    let a = harness::api_with(&meters);
+    let t = token(&a);
+    let policy = r#"{"name": "north-reads", "statement": [{"effect": "allow", "permissions": ["Data View"], "meters": ["site=north"]}]}"#;
+    let (status, body) = a.call(&t, "POST", "/api/v1/permission-policies", Some(policy));
+    assert_eq!(status, 201, "{body}");
+    a.d.mg(&["user", "add", "kim", "--email", "kim@example.net"])
+        .ok();
+    a.d.mg(&["user", "attach", "kim", "north-reads"]).ok();
+    let get = |path: &str| {
+        let (status, body) = a.call(&t, "GET", path, None);
+        (status, json(&body))
+    };
+    // (path) → status, and what the answer holds
+    let (status, v) = get("/api/v1/users/kim/permissions");
+    assert_eq!(status, 200, "{v}");
+    let groups = v["meter_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "{v}");
+    assert_eq!(
+        groups[0]["meters"],
+        serde_json::json!(["meter-1", "meter-2"])
+    );
+    assert_eq!(groups[0]["permissions"][0]["permission"], "Data View");
+    let (status, v) = get("/api/v1/users/kim/permissions?meter=meter-3");
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["meter_groups"], serde_json::json!([]), "{v}");
+    let (status, v) = get("/api/v1/who-can?permission=Data%20View&meter=meter-1");
+    assert_eq!(status, 200, "{v}");
+    let who: Vec<&str> = v["allowed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["principal"].as_str())
+        .collect();
+    assert!(who.contains(&"user:kim"), "{v}");
+    let (status, v) = get("/api/v1/users/nobody/permissions");
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = get("/api/v1/service-users/provisioner/permissions?as_of=2027-01-01");
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["as_of"]
+            .as_str()
+            .unwrap()
+            .starts_with("2027-01-01T00:00:00"),
+        "{v}"
+    );
+    // A concrete Modbus read, allowed on meter-1 and refused on meter-3.
+    for (meter, allowed) in [("meter-1", true), ("meter-3", false)] {
+        let (status, v) = get(&format!(
+            "/api/v1/check?principal=kim&meter={meter}&function=3&register=3000&count=10"
+        ));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["allowed"], allowed, "{meter}: {v}");
+        assert_eq!(v["permission"], "Data View", "{v}");
+    }
+    // A draft policy: answered as if attached, and not created.
+    let draft = r#"{"principal": "kim", "permission": "Data View", "meter": "meter-1",
+        "with_policy": {"name": "no-reads-1", "statement": [{"effect": "deny", "permissions": ["Data View"], "meters": ["meter-1"]}]}}"#;
+    let (status, body) = a.call(&t, "POST", "/api/v1/check", Some(draft));
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["allowed"], false, "{v}");
+    assert_eq!(v["with_policy"], "no-reads-1", "{v}");
+    let (status, _) = get("/api/v1/permission-policies/no-reads-1");
+    assert_eq!(status, 404);
 }

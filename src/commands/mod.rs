@@ -534,7 +534,8 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
             command: RoleCommand::List | RoleCommand::Show { .. },
         }
         | A::Policy {
-            command: PolicyCommand::List | PolicyCommand::Show { .. },
+            command:
+                PolicyCommand::List | PolicyCommand::Show { .. } | PolicyCommand::History { .. },
         }
         | A::Support {
             command: SupportCommand::Show | SupportCommand::Permissions { .. },
@@ -624,7 +625,7 @@ async fn run(
         AdminCommand::Session { command } => session(ctx, caller, command, req.json, now).await,
         AdminCommand::Audit { command } => audit(ctx, command, req).await,
         AdminCommand::Mfa { code } => step_up(ctx, caller, code).await,
-        AdminCommand::Check(c) => check(ctx, c, req.json, now),
+        AdminCommand::Check(c) => check(ctx, c, req, now),
         AdminCommand::WhoCan(c) => effective::who_can(ctx, c, req.json, now),
         AdminCommand::Review { ack } => review(ctx, who, *ack, req.json, now),
         AdminCommand::CertificateReport(r) => certificate_report(ctx, caller, r).await,

@@ -31,6 +31,92 @@ pub(super) fn attached_to(dir: &Directory, p: &str) -> Vec<String> {
     out
 }
 
+/// Statements in one line, for events.
+fn statements_text(sts: &[Statement]) -> String {
+    sts.iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `policy history NAME`: earlier versions, oldest first, then the current one.
+fn history(ctx: &Gateway, dir: &Directory, n: &str, json_out: bool) -> Result<Done, CommandError> {
+    if is_managed(n) {
+        return refused(format!(
+            "`{n}` is a managed policy: it has one version, never changed"
+        ));
+    }
+    let earlier = ctx.guard.store().policy_history(n)?;
+    let current = dir.policies.get(n);
+    if earlier.is_empty() && current.is_none() {
+        return Err(CommandError::NotFound(format!(
+            "no policy `{n}`, and none ever was"
+        )));
+    }
+    if json_out {
+        let mut versions: Vec<serde_json::Value> = earlier
+            .iter()
+            .map(|v| {
+                json!({
+                    "version": v.policy.version,
+                    "made_at": rfc3339(v.policy.modified.at), "made_by": v.policy.modified.by,
+                    "replaced_at": rfc3339(v.replaced.at), "replaced_by": v.replaced.by,
+                    "deleted": v.deleted,
+                    "description": v.policy.description,
+                    "statements": v.policy.statements,
+                })
+            })
+            .collect();
+        if let Some(p) = current {
+            versions.push(json!({
+                "version": p.version, "current": true,
+                "made_at": rfc3339(p.modified.at), "made_by": p.modified.by,
+                "description": p.description, "statements": p.statements,
+            }));
+        }
+        return Ok(Done::show(to_json(
+            &json!({"name": n, "versions": versions}),
+        )));
+    }
+    let mut out = String::new();
+    let listed = |out: &mut String, p: &Policy| {
+        for (i, st) in p.statements.iter().enumerate() {
+            let _ = writeln!(out, "    {}. {st}", i + 1);
+        }
+    };
+    for v in &earlier {
+        let _ = writeln!(
+            out,
+            "version {}: made {} by {}; {} {} by {}",
+            v.policy.version,
+            rfc3339(v.policy.modified.at),
+            v.policy.modified.by,
+            if v.deleted { "deleted" } else { "replaced" },
+            rfc3339(v.replaced.at),
+            v.replaced.by
+        );
+        listed(&mut out, &v.policy);
+    }
+    match current {
+        Some(p) => {
+            let _ = writeln!(
+                out,
+                "version {} (current): made {} by {}; attached to {}",
+                p.version,
+                rfc3339(p.modified.at),
+                p.modified.by,
+                match attached_to(dir, n) {
+                    a if a.is_empty() => "nothing".to_string(),
+                    a => a.join(", "),
+                }
+            );
+            listed(&mut out, p);
+        }
+        None => out += "(deleted: no current version)\n",
+    }
+    Ok(Done::show(out))
+}
+
 pub(super) async fn policy(
     ctx: &Gateway,
     caller: &Caller,
@@ -161,19 +247,13 @@ pub(super) async fn policy(
             if doc.name != *n {
                 return refused(format!("{path} names policy `{}`, not `{n}`", doc.name));
             }
-            let statements = |sts: &[Statement]| {
-                sts.iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            };
             // Everyone holding the policy gets its new allows, and loses
             // its old denies: the caller must hold all of that (no one
             // grants what they do not hold).
             confer(ctx, caller, Conferral::Statements(&doc.statements), now).await?;
             confer(ctx, caller, Conferral::Lifting(old.statements.clone()), now).await?;
-            let before = statements(&old.statements);
-            let after = statements(&doc.statements);
+            let before = statements_text(&old.statements);
+            let after = statements_text(&doc.statements);
             let mut new = old.clone();
             new.description = doc.description;
             new.statements = doc.statements;
@@ -189,6 +269,7 @@ pub(super) async fn policy(
                 format!("edited policy {n}: statements were [{before}], are [{after}]"),
             ))
         }
+        PolicyCommand::History { name: n } => history(ctx, &dir, n, req.json),
         PolicyCommand::Delete { name: n, detach } => {
             if is_managed(n) {
                 return Err(CommandError::Protected(format!(
@@ -242,16 +323,23 @@ pub(super) async fn policy(
             }
             ops.push(Op::Delete(Kind::Policy, n.clone(), p.version));
             apply(ctx, who, now, ops)?;
+            let were = statements_text(&p.statements);
             if holders.is_empty() {
                 return Ok(Done::changed(
                     format!("policy {n} deleted\n"),
-                    format!("deleted policy {n}"),
+                    format!(
+                        "deleted policy {n} (version {}; statements were [{were}])",
+                        p.version
+                    ),
                 ));
             }
             let lost = holders.join(", ");
             Ok(Done::changed(
                 format!("policy {n} deleted; detached from {lost}\n"),
-                format!("deleted policy {n}, detached from {lost}"),
+                format!(
+                    "deleted policy {n} (version {}; statements were [{were}]), detached from {lost}",
+                    p.version
+                ),
             ))
         }
     }

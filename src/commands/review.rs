@@ -2,35 +2,218 @@
 //! where.
 
 use super::*;
+use crate::guard::WriteValues;
+
+/// What `check` is asked: a permission, or a concrete request.
+enum Question {
+    Permission(Permission),
+    Request(Action),
+}
+
+fn file_op(word: &str) -> Result<FileOp, CommandError> {
+    Ok(match word {
+        "list" => FileOp::List,
+        "stat" => FileOp::Stat,
+        "read" => FileOp::Read,
+        "write" => FileOp::Write,
+        "create" => FileOp::Create,
+        "rename" => FileOp::Rename,
+        "remove" => FileOp::Remove,
+        "mkdir" => FileOp::Mkdir,
+        "rmdir" => FileOp::Rmdir,
+        "setstat" => FileOp::SetStat,
+        other => {
+            return refused(format!(
+                "--op `{other}`: give list, stat, read, write, create, rename, remove, mkdir, rmdir or setstat"
+            ));
+        }
+    })
+}
+
+/// The question `check`'s flags ask; exactly one of them.
+fn question(c: &CheckArgs) -> Result<Question, CommandError> {
+    let asked = [
+        c.permission.is_some(),
+        c.function.is_some(),
+        c.path.is_some(),
+        c.console,
+    ];
+    if asked.iter().filter(|a| **a).count() != 1 {
+        return refused(
+            "give one of --permission P, --function F --register R, --path P --op OP or --console",
+        );
+    }
+    let meter = || {
+        c.meter
+            .clone()
+            .ok_or_else(|| CommandError::Refused("give --meter METER".into()))
+    };
+    if let Some(p) = &c.permission {
+        let permission = Permission::parse(p).map_err(|e| CommandError::Refused(e.to_string()))?;
+        if !permission.is_global() && c.meter.is_none() {
+            return refused(format!(
+                "\"{permission}\" is about meters: give --meter METER"
+            ));
+        }
+        return Ok(Question::Permission(permission));
+    }
+    if c.console {
+        return Ok(Question::Request(Action::Terminal { meter: meter()? }));
+    }
+    if let Some(path) = &c.path {
+        let op = file_op(c.op.as_deref().ok_or_else(|| {
+            CommandError::Refused("--path needs --op (read, write, list…)".into())
+        })?)?;
+        // As SFTP shows it: /METER/rest (or, with --meter, relative to it).
+        let mut parts = path.split('/').filter(|p| !p.is_empty());
+        let (meter, rest): (String, Vec<&str>) = match &c.meter {
+            Some(m) => {
+                let all: Vec<&str> = parts.collect();
+                let rest = if all.first() == Some(&m.as_str()) {
+                    all[1..].to_vec()
+                } else {
+                    all
+                };
+                (m.clone(), rest)
+            }
+            None => match parts.next() {
+                Some(m) => (m.to_string(), parts.collect()),
+                None => return refused("--path names no meter: give /METER/… or --meter"),
+            },
+        };
+        if rest.iter().any(|p| *p == "." || *p == "..") {
+            return refused(format!("--path `{path}`: no . or .. components"));
+        }
+        return Ok(Question::Request(Action::File {
+            meter,
+            op,
+            path: rest.join("/"),
+        }));
+    }
+    let function = c.function.unwrap_or_default();
+    let start = c
+        .register
+        .ok_or_else(|| CommandError::Refused("--function needs --register R".into()))?;
+    let meter = meter()?;
+    let values = |n: Option<usize>| -> Result<WriteValues, CommandError> {
+        match n {
+            Some(n) if c.values.len() != n => refused(format!(
+                "FC {function} writes {n} value: give --value V once"
+            )),
+            _ if c.values.is_empty() => refused(format!(
+                "FC {function} writes: give --value V (once per register)"
+            )),
+            _ => Ok(WriteValues::Known(c.values.clone())),
+        }
+    };
+    Ok(Question::Request(match function {
+        3 | 4 => {
+            if !c.values.is_empty() {
+                return refused(format!("FC {function} reads: --value is for writes"));
+            }
+            Action::ReadRegisters {
+                meter,
+                function,
+                start,
+                count: c.count.unwrap_or(1),
+            }
+        }
+        6 => Action::WriteRegisters {
+            meter,
+            function,
+            start,
+            values: values(Some(1))?,
+            read: None,
+        },
+        16 => Action::WriteRegisters {
+            meter,
+            function,
+            start,
+            values: values(None)?,
+            read: None,
+        },
+        8 => Action::Diagnostics {
+            meter,
+            sub_function: start,
+        },
+        other => {
+            return refused(format!(
+                "--function {other}: check knows FC 3, 4 (reads), 6, 16 (writes) and 8 (diagnostics)"
+            ));
+        }
+    }))
+}
 
 pub(super) fn check(
     ctx: &Gateway,
     c: &CheckArgs,
-    json_out: bool,
+    req: &Input,
     now: OffsetDateTime,
 ) -> Result<Done, CommandError> {
     let who = PrincipalId::parse(&c.principal)?;
-    let permission =
-        Permission::parse(&c.permission).map_err(|e| CommandError::Refused(e.to_string()))?;
-    if !permission.is_global() && c.meter.is_none() {
-        return refused(format!(
-            "\"{permission}\" is about meters: give --meter METER"
-        ));
-    }
+    let asked = question(c)?;
+    let at = super::effective::as_of(c.as_of.as_deref(), now)?;
+    let draft = match &c.with_policy {
+        None => None,
+        Some(path) => {
+            let path = path.display().to_string();
+            let doc = PolicyDocument::parse(&path, file(req, &path)?)
+                .map_err(|e| CommandError::Refused(e.to_string()))?;
+            if is_managed(&doc.name) {
+                return refused(format!(
+                    "`{}` is a managed policy: attach it, it needs no draft",
+                    doc.name
+                ));
+            }
+            let name = doc.name.clone();
+            let draft = ctx
+                .guard
+                .draft(&who, Policy::from_document(doc, Stamp::default()))
+                .map_err(|e| CommandError::Refused(format!("--with-policy {path}: {e}")))?;
+            Some((name, draft))
+        }
+    };
+    let d_ = draft.as_ref().map(|(_, d)| d);
     // As a session without a second factor sees it; and when that is the
     // only thing missing, what one with a factor gets.
-    let d = ctx
-        .guard
-        .decide_permission(&who, permission, c.meter.as_deref(), false, now);
-    let with_factor =
-        matches!(d.reason, crate::guard::Reason::NeedsSecondFactor { .. }).then(|| {
+    let decide = |second_factor: bool| match &asked {
+        Question::Permission(p) => {
             ctx.guard
-                .decide_permission(&who, permission, c.meter.as_deref(), true, now)
-        });
-    if json_out {
-        let mut answer = json!({"allowed": d.allowed, "permission": permission.name(), "principal": who.to_string(), "meter": c.meter, "reason": d.reason.to_string()});
+                .decide_permission_with(d_, &who, *p, c.meter.as_deref(), second_factor, at)
+        }
+        Question::Request(action) => ctx.guard.decide_with(
+            d_,
+            &GuardRequest {
+                principal: who.clone(),
+                source: None,
+                door: "check",
+                action: action.clone(),
+                read_only: false,
+                certificate: None,
+                second_factor,
+                // As `check` on a permission: a recorded session.
+                recorded: true,
+            },
+            at,
+        ),
+    };
+    let d = decide(false);
+    let with_factor =
+        matches!(d.reason, crate::guard::Reason::NeedsSecondFactor { .. }).then(|| decide(true));
+    if req.json {
+        let mut answer = json!({"allowed": d.allowed, "permission": d.permission.map(|p| p.name()), "principal": who.to_string(), "meter": c.meter, "reason": d.reason.to_string()});
         if let Some(w) = &with_factor {
             answer["allowed_with_second_factor"] = json!(w.allowed);
+        }
+        if let Question::Request(a) = &asked {
+            answer["request"] = json!(a.to_string());
+            answer["meter"] = json!(a.meter());
+        }
+        if let Some((name, _)) = &draft {
+            answer["with_policy"] = json!(name);
+        }
+        if at != now {
+            answer["as_of"] = json!(rfc3339(micros(at)));
         }
         return Ok(Done::show(to_json(&answer)));
     }
@@ -38,8 +221,16 @@ pub(super) fn check(
     if let Some(w) = with_factor {
         line += &format!("; with a second factor: {w}");
     }
-    if !permission.enforceable_at_gateway() {
+    if let Some(p) = d.permission
+        && !p.enforceable_at_gateway()
+    {
         line += " (this permission is physical: not enforceable at the gateway)";
+    }
+    if let Some((name, _)) = &draft {
+        let _ = write!(line, " (as if policy `{name}` were attached; it is not)");
+    }
+    if at != now {
+        let _ = write!(line, " (as of {})", rfc3339(micros(at)));
     }
     Ok(Done::show(line + "\n"))
 }

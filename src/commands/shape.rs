@@ -123,10 +123,37 @@ pub struct CheckArgs {
     pub principal: String,
     /// As in the product documents ("Peak Demand Reset") or kebab form.
     #[arg(long)]
-    pub permission: String,
-    /// Meter id (needed for meter permissions).
+    pub permission: Option<String>,
+    /// Meter id (needed for meter permissions and Modbus requests).
     #[arg(long)]
     pub meter: Option<String>,
+    /// A concrete Modbus request: the function code (3, 4, 6, 8 or 16)…
+    #[arg(long)]
+    pub function: Option<u8>,
+    /// …its first register…
+    #[arg(long)]
+    pub register: Option<u16>,
+    /// …the value written (FC 6: one; FC 16: one per register)…
+    #[arg(long = "value")]
+    pub values: Vec<u16>,
+    /// …or how many registers are read (FC 3 and 4; default 1).
+    #[arg(long)]
+    pub count: Option<u16>,
+    /// A concrete file operation: the path as SFTP shows it (/METER/…).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// With --path: list, stat, read, write, create, rename, remove, mkdir, rmdir or setstat.
+    #[arg(long)]
+    pub op: Option<String>,
+    /// A console session on --meter.
+    #[arg(long)]
+    pub console: bool,
+    /// Decide as if this policy file were attached to the principal (nothing is created).
+    #[arg(long)]
+    pub with_policy: Option<PathBuf>,
+    /// Decide at another time (end dates, support access): a date or RFC 3339.
+    #[arg(long)]
+    pub as_of: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -398,6 +425,11 @@ pub enum PolicyCommand {
         /// Only if the policy is still at this version (`policy show`).
         #[arg(long)]
         if_version: Option<u64>,
+    },
+    /// Every earlier version: its statements, who made it and when, who
+    /// replaced it and when.
+    History {
+        name: String,
     },
     /// Refused while attached, unless `--detach`: then detached from every
     /// holder in the same change, and the answer names them.

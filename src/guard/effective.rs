@@ -6,6 +6,7 @@
 use rustc_hash::FxHashMap;
 
 use super::*;
+use crate::model::Policy;
 
 /// One permission's answer on a set of meters (or, for a global
 /// permission, anywhere), for a session that proved a second factor and is
@@ -250,6 +251,70 @@ impl Ctx<'_> {
             policy,
             statement,
             role,
+        })
+    }
+}
+
+/// A draft policy compiled as if attached to one principal (`check
+/// --with-policy`): nothing is created, nothing is logged.
+pub struct Draft {
+    pub(super) snapshot: Snapshot,
+}
+
+impl Guard {
+    /// The principal's part of the directory, with `policy` attached to it
+    /// (a policy of the same name is replaced, as an edit would), compiled.
+    pub fn draft(&self, who: &PrincipalId, policy: Policy) -> Result<Draft, String> {
+        let dir = self.directory();
+        let name = policy.name.clone();
+        let mut mini = Directory {
+            roles: dir.roles.clone(),
+            policies: dir.policies.clone(),
+            ..Directory::default()
+        };
+        mini.policies.insert(name.clone(), policy);
+        let attach = |list: &mut Vec<String>| {
+            if !list.contains(&name) {
+                list.push(name.clone());
+            }
+        };
+        match who {
+            PrincipalId::User(n) => {
+                let mut u = dir.users.get(n).cloned().ok_or(format!("no user `{n}`"))?;
+                attach(&mut u.policies);
+                for g in dir.groups_of(n) {
+                    // Only this member: the others are not in the draft.
+                    let mut g = g.clone();
+                    g.members = vec![n.clone()];
+                    mini.groups.insert(g.name.clone(), g);
+                }
+                mini.users.insert(n.clone(), u);
+            }
+            PrincipalId::Service(n) => {
+                let mut s = dir
+                    .service_users
+                    .get(n)
+                    .cloned()
+                    .ok_or(format!("no service user `{n}`"))?;
+                attach(&mut s.policies);
+                mini.service_users.insert(n.clone(), s);
+            }
+            PrincipalId::Support => {
+                let mut s = dir
+                    .support
+                    .clone()
+                    .ok_or("support access is not granted".to_string())?;
+                attach(&mut s.policies);
+                mini.support = Some(s);
+            }
+            PrincipalId::Local(_) => {
+                return Err("a local: caller holds Administrator; a draft changes nothing".into());
+            }
+        }
+        mini.validate().map_err(|e| e.to_string())?;
+        let fleet = self.fleet();
+        Ok(Draft {
+            snapshot: Snapshot::compile(&mini, &fleet.0, &fleet.1),
         })
     }
 }

@@ -32,7 +32,7 @@ pub use action::{Action, AdminOp, CertificateClaim, Request, WriteValues};
 use compiled::{CompiledPrincipal, MeterRef, Snapshot};
 pub use confer::Conferral;
 pub use decision::{Decision, Label, Reason};
-pub use effective::{Effective, Grant, Holder, MeterGroup};
+pub use effective::{Draft, Effective, Grant, Holder, MeterGroup};
 pub use login::{Attempt, Credential, PasswordCheck, PasswordGate, Proof, Verdict, shown_key_id};
 pub use state::SourceGate;
 
@@ -251,8 +251,25 @@ impl Guard {
     /// What the guard would decide, with the reason; no state changes, no
     /// event. Doors call [`Guard::authorize`]; `check` and benchmarks call this.
     pub fn decide(&self, req: &Request, now: OffsetDateTime) -> Decision {
-        let snap = self.snapshot.load();
-        let principal = match lookup(&snap, &req.principal) {
+        self.decide_in(&self.snapshot.load(), req, now)
+    }
+
+    /// As [`Guard::decide`], as if a draft policy were attached (`check
+    /// --with-policy`); the live snapshot without one.
+    pub fn decide_with(
+        &self,
+        draft: Option<&Draft>,
+        req: &Request,
+        now: OffsetDateTime,
+    ) -> Decision {
+        match draft {
+            Some(d) => self.decide_in(&d.snapshot, req, now),
+            None => self.decide(req, now),
+        }
+    }
+
+    fn decide_in(&self, snap: &Snapshot, req: &Request, now: OffsetDateTime) -> Decision {
+        let principal = match lookup(snap, &req.principal) {
             Ok(p) => p,
             Err(reason) => return Decision::deny(None, reason),
         };
@@ -280,7 +297,7 @@ impl Guard {
         };
         let ctx = Ctx {
             guard: self,
-            snap: &snap,
+            snap,
             who: &req.principal,
             principal,
             limit,
@@ -438,8 +455,28 @@ impl Guard {
         second_factor: bool,
         now: OffsetDateTime,
     ) -> Decision {
-        let snap = self.snapshot.load();
-        let principal = match lookup(&snap, who) {
+        self.decide_permission_with(None, who, permission, meter, second_factor, now)
+    }
+
+    /// As [`Guard::decide_permission`], as if a draft policy were attached.
+    pub fn decide_permission_with(
+        &self,
+        draft: Option<&Draft>,
+        who: &PrincipalId,
+        permission: Permission,
+        meter: Option<&str>,
+        second_factor: bool,
+        now: OffsetDateTime,
+    ) -> Decision {
+        let live;
+        let snap: &Snapshot = match draft {
+            Some(d) => &d.snapshot,
+            None => {
+                live = self.snapshot.load();
+                &live
+            }
+        };
+        let principal = match lookup(snap, who) {
             Ok(p) => p,
             Err(reason) => return Decision::deny(Some(permission), reason),
         };
@@ -448,7 +485,7 @@ impl Guard {
         }
         let ctx = Ctx {
             guard: self,
-            snap: &snap,
+            snap,
             who,
             principal,
             limit: None,

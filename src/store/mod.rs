@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use time::OffsetDateTime;
 
@@ -207,6 +208,44 @@ fn created_of(dir: &Directory, kind: Kind, name: &str) -> Option<Stamp> {
         Kind::Policy => dir.policies.get(name).map(|x| x.created.clone()),
         Kind::Support => dir.support.as_ref().map(|x| x.created.clone()),
     }
+}
+
+/// An earlier version of a policy: as it was (its `modified` says who made
+/// it and when), and who replaced or deleted it, when.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyVersion {
+    pub policy: Policy,
+    pub replaced: Stamp,
+    pub deleted: bool,
+}
+
+fn policy_of(dir: &Directory, kind: Kind, name: &str) -> Option<Policy> {
+    match kind {
+        Kind::Policy => dir.policies.get(name).cloned(),
+        _ => None,
+    }
+}
+
+fn history_prefix(name: &str) -> String {
+    format!("history/policy/{name}\0")
+}
+
+fn history_record(policy: Policy, replaced: &Stamp, deleted: bool) -> (Vec<u8>, Option<Vec<u8>>) {
+    let key = format!(
+        "{}{:020}\0{:010}",
+        history_prefix(&policy.name),
+        replaced.at.max(0),
+        policy.version
+    );
+    let record = PolicyVersion {
+        policy,
+        replaced: replaced.clone(),
+        deleted,
+    };
+    (
+        key.into_bytes(),
+        Some(serde_json::to_vec(&record).unwrap_or_default()),
+    )
 }
 
 fn put(dir: &mut Directory, e: Entity) {
@@ -458,6 +497,20 @@ impl Store {
         &self.guard_tree
     }
 
+    /// Every earlier version of policy `name`, oldest first (a policy
+    /// deleted and made again under the name keeps the older history).
+    pub fn policy_history(&self, name: &str) -> Result<Vec<PolicyVersion>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.directory_tree.scan_prefix(history_prefix(name)) {
+            let (k, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).to_string(),
+                error: e.to_string(),
+            })?);
+        }
+        Ok(out)
+    }
+
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
@@ -520,6 +573,10 @@ impl Store {
                         }
                         (Expect::Version(v), Some(_)) => v + 1,
                     };
+                    // An earlier version of a policy is kept (`policy history`).
+                    if let Some(old) = policy_of(&next, kind, &name) {
+                        writes.push(history_record(old, &stamp, false));
+                    }
                     let created = created_of(&next, kind, &name).unwrap_or_else(|| stamp.clone());
                     let (v, c, m) = entity.stamps();
                     *v = version;
@@ -548,6 +605,9 @@ impl Store {
                             });
                         }
                         Some(_) => {}
+                    }
+                    if let Some(old) = policy_of(&next, kind, &name) {
+                        writes.push(history_record(old, &stamp, true));
                     }
                     writes.push((format!("{}{}", kind.prefix(), name).into_bytes(), None));
                     remove(&mut next, kind, &name);
@@ -650,6 +710,8 @@ fn load_directory(tree: &sled::Tree) -> Result<Directory, StoreError> {
             Some(("role", _)) => Entity::Role(serde_json::from_slice(&v).map_err(corrupt)?),
             Some(("policy", _)) => Entity::Policy(serde_json::from_slice(&v).map_err(corrupt)?),
             Some(("support", _)) => Entity::Support(serde_json::from_slice(&v).map_err(corrupt)?),
+            // Earlier versions of policies: read by `policy history` only.
+            Some(("history", _)) => continue,
             _ => {
                 return Err(StoreError::Corrupt {
                     key,

@@ -11,6 +11,8 @@ use super::ssh::{keygen, public_line, ssh};
 pub struct Site {
     pub d: Daemon,
     pub port: u16,
+    /// The demo's plain Modbus listener.
+    pub modbus: u16,
     pub keys: tempfile::TempDir,
 }
 
@@ -30,6 +32,7 @@ impl Site {
         Site {
             d,
             port: ports.ssh,
+            modbus: ports.modbus,
             keys,
         }
     }

@@ -576,14 +576,36 @@ one!(
     false,
     ["policy", "show"]
 );
-one!(
-    #[utoipa::path(delete, path = "/api/v1/permission-policies/{name}", tag = "permission-policies", summary = "Delete a custom policy (a managed one: 403)",
-        params(("name" = String, Path)), responses((status = 200, body = super::openapi::Message)))]
-    policy_delete,
-    Resource::Policy,
-    false,
-    ["policy", "delete"]
-);
+/// `?detach=true`: detach an attached policy from every holder first.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeletePolicy {
+    /// Detach it from every holder in the same change (the answer names
+    /// them); without it an attached policy is refused (409).
+    #[serde(default)]
+    detach: bool,
+}
+
+#[utoipa::path(delete, path = "/api/v1/permission-policies/{name}", tag = "permission-policies", summary = "Delete a custom policy (a managed one: 403; an attached one: 409 unless ?detach=true)",
+    params(("name" = String, Path), DeletePolicy), responses((status = 200, body = super::openapi::Message)))]
+pub async fn policy_delete(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Response {
+    let q: DeletePolicy = or_problem!(super::render::query(raw.as_deref()));
+    let pre = or_problem!(if_match(&headers, Resource::Policy, &name));
+    let mut words = argv(&["policy", "delete"], &[]);
+    if q.detach {
+        words.push("--detach".into());
+    }
+    words.push("--".into());
+    words.push(name);
+    run(&api, &c, words, pre, false).await
+}
 
 /// A statement of a policy, as in a policy file (DESIGN §3).
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -628,7 +650,7 @@ pub async fn policy_create(
 ) -> Response {
     let p = or_problem!(body::<NewPolicy>(&bytes));
     let words = vec!["policy".into(), "create".into()];
-    policy_file(&api, &c, &p, words, None, true).await
+    policy_file(&api, &c, &p, words, None, true, "file").await
 }
 
 #[utoipa::path(put, path = "/api/v1/permission-policies/{name}", tag = "permission-policies",
@@ -644,19 +666,20 @@ pub async fn policy_edit(
     let pre = or_problem!(if_match(&headers, Resource::Policy, &name));
     let p = or_problem!(body::<NewPolicy>(&bytes));
     let words = vec!["policy".into(), "edit".into(), "--".into(), name];
-    policy_file(&api, &c, &p, words, pre, false).await
+    policy_file(&api, &c, &p, words, pre, false, "file").await
 }
 
-/// `WORDS --file=F` with the policy written as the file F: the core reads
+/// `WORDS --FLAG=F` with the policy written as the file F: the core reads
 /// policies in the file format, so the checks and errors are those of
 /// `policy create --file`.
-async fn policy_file(
+pub(super) async fn policy_file(
     api: &Api,
     c: &Caller,
     p: &NewPolicy,
     mut words: Vec<String>,
     precondition: Option<crate::commands::Precondition>,
     created: bool,
+    flag: &str,
 ) -> Response {
     let text = or_problem!(toml::to_string(p).map_err(|e| {
         super::problem::Problem::new(
@@ -667,7 +690,7 @@ async fn policy_file(
     let file = "request-body.toml";
     // Options before `--`: the name (edit) stays last.
     let at = words.iter().position(|w| w == "--").unwrap_or(words.len());
-    words.insert(at, opt("file", file));
+    words.insert(at, opt(flag, file));
     let input = crate::commands::Input {
         argv: words,
         json: true,

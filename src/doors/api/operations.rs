@@ -49,7 +49,9 @@ pub async fn session_kill(
     run(&api, &c, words, None, false).await
 }
 
-/// `check`'s question: may PRINCIPAL use PERMISSION (on METER)?
+/// `check`'s question: may PRINCIPAL use PERMISSION (on METER), or make
+/// this concrete request (a Modbus function on a register, a file
+/// operation, a console)?
 #[derive(Deserialize, ToSchema, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -57,18 +59,57 @@ pub struct CheckQuestion {
     /// A typed principal id (user:alice, svc:scada-1) or a user name.
     principal: String,
     /// A permission name, e.g. "Master Reset".
-    permission: String,
+    permission: Option<String>,
     meter: Option<String>,
+    /// A Modbus function code: 3, 4, 6, 8 or 16.
+    function: Option<u8>,
+    register: Option<u16>,
+    /// The values written, comma-separated (FC 6: one).
+    value: Option<String>,
+    /// Registers read (FC 3 and 4).
+    count: Option<u16>,
+    /// A file path as SFTP shows it (/METER/…).
+    path: Option<String>,
+    /// list, stat, read, write, create, rename, remove, mkdir, rmdir or setstat.
+    op: Option<String>,
+    /// A console session on the meter.
+    #[serde(default)]
+    console: bool,
+    /// Decide at another time: a date or RFC 3339.
+    as_of: Option<String>,
+    /// POST only: decide as if this draft policy were attached.
+    #[param(ignore)]
+    with_policy: Option<super::directory::NewPolicy>,
 }
 
 async fn ask(api: &Api, c: &Caller, q: CheckQuestion) -> Response {
     let mut words = argv(&["check"], &[]);
     words.push(opt("principal", &q.principal));
-    words.push(opt("permission", &q.permission));
-    if let Some(m) = &q.meter {
-        words.push(opt("meter", m));
+    let mut text = |name: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            words.push(opt(name, v));
+        }
+    };
+    text("permission", &q.permission);
+    text("meter", &q.meter);
+    text("function", &q.function.map(|f| f.to_string()));
+    text("register", &q.register.map(|r| r.to_string()));
+    text("count", &q.count.map(|n| n.to_string()));
+    text("path", &q.path);
+    text("op", &q.op);
+    text("as-of", &q.as_of);
+    for v in q.value.iter().flat_map(|v| v.split(',')) {
+        words.push(opt("value", v.trim()));
     }
-    run(api, c, words, None, false).await
+    if q.console {
+        words.push("--console".into());
+    }
+    match &q.with_policy {
+        Some(p) => {
+            super::directory::policy_file(api, c, p, words, None, false, "with-policy").await
+        }
+        None => run(api, c, words, None, false).await,
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/check", tag = "decisions", summary = "What the guard would decide, with the reason",
@@ -219,4 +260,131 @@ pub async fn command(
         r.extensions_mut().insert(super::calls::Denied);
     }
     r
+}
+
+/// Effective access, on every meter or one, now or at another time.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AccessQuestion {
+    meter: Option<String>,
+    /// A date (its 00:00 UTC) or RFC 3339; not for groups.
+    as_of: Option<String>,
+}
+
+async fn permissions(
+    api: &Api,
+    c: &Caller,
+    words: &[&str],
+    name: Option<&str>,
+    raw: Option<&str>,
+) -> Response {
+    let q: AccessQuestion = match query(raw) {
+        Ok(q) => q,
+        Err(p) => return p.into_response(),
+    };
+    let mut line = argv(words, &[]);
+    if let Some(m) = &q.meter {
+        line.push(opt("meter", m));
+    }
+    if let Some(t) = &q.as_of {
+        line.push(opt("as-of", t));
+    }
+    if let Some(n) = name {
+        line.push("--".into());
+        line.push(n.into());
+    }
+    run(api, c, line, None, false).await
+}
+
+#[utoipa::path(get, path = "/api/v1/users/{name}/permissions", tag = "decisions", summary = "Effective access of a user: every permission allowed or explicitly denied, per group of meters, and why",
+    params(("name" = String, Path), AccessQuestion), responses((status = 200, body = super::openapi::Object)))]
+pub async fn user_permissions(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    permissions(
+        &api,
+        &c,
+        &["user", "permissions"],
+        Some(&name),
+        raw.as_deref(),
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/service-users/{name}/permissions", tag = "decisions", summary = "Effective access of a service user",
+    params(("name" = String, Path), AccessQuestion), responses((status = 200, body = super::openapi::Object)))]
+pub async fn service_user_permissions(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let words = ["service-user", "permissions"];
+    permissions(&api, &c, &words, Some(&name), raw.as_deref()).await
+}
+
+#[utoipa::path(get, path = "/api/v1/user-groups/{name}/permissions", tag = "decisions", summary = "What a user group's policies give its members",
+    params(("name" = String, Path), AccessQuestion), responses((status = 200, body = super::openapi::Object)))]
+pub async fn group_permissions(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    permissions(
+        &api,
+        &c,
+        &["group", "permissions"],
+        Some(&name),
+        raw.as_deref(),
+    )
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/support-access/permissions", tag = "decisions", summary = "Effective access of support staff",
+    params(AccessQuestion), responses((status = 200, body = super::openapi::Object)))]
+pub async fn support_permissions(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    permissions(&api, &c, &["support", "permissions"], None, raw.as_deref()).await
+}
+
+/// `who-can`'s question.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WhoCanQuestion {
+    /// A permission name, e.g. "Peak Demand Reset".
+    permission: String,
+    meter: Option<String>,
+    /// A date (its 00:00 UTC) or RFC 3339.
+    as_of: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/who-can", tag = "decisions", summary = "Every principal allowed a permission (on a meter), and through what",
+    params(WhoCanQuestion), responses((status = 200, body = super::openapi::Object)))]
+pub async fn who_can(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q: WhoCanQuestion = match query(raw.as_deref()) {
+        Ok(q) => q,
+        Err(p) => return p.into_response(),
+    };
+    let mut words = argv(&["who-can"], &[]);
+    words.push(opt("permission", &q.permission));
+    if let Some(m) = &q.meter {
+        words.push(opt("meter", m));
+    }
+    if let Some(t) = &q.as_of {
+        words.push(opt("as-of", t));
+    }
+    run(&api, &c, words, None, false).await
 }
