@@ -45,6 +45,8 @@ pub enum DaemonError {
     Api(#[from] crate::doors::api::ApiError),
     #[error("session recordings: {0}")]
     Recordings(#[from] crate::recording::RecordingError),
+    #[error("mail: {0}")]
+    Mail(#[from] crate::mail::MailError),
     #[error("listener {address}: {error}")]
     Listen {
         address: String,
@@ -179,7 +181,12 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         config.recording.clone(),
         config.audit.forward.is_some(),
     )?;
+    let mail = match &config.mail {
+        Some(m) => Some(Arc::new(crate::mail::Mailer::new(m)?)),
+        None => None,
+    };
     let ctx = Arc::new(Gateway {
+        mail,
         guard: guard.clone(),
         sessions: sessions.clone(),
         hashes: guard.hashes().clone(),
@@ -471,6 +478,7 @@ impl Live {
             ("control", new.control != old.control),
             ("daemon", new.daemon != old.daemon),
             ("passwords", new.passwords != old.passwords),
+            ("mail", new.mail != old.mail),
             ("audit.forward", new.audit.forward != old.audit.forward),
             ("ssh", new.ssh != old.ssh),
             (

@@ -160,6 +160,16 @@ meter_credentials = "meter-credentials.toml"
 listen = "127.0.0.1:{api}"
 certificate = "certs/server.crt"
 key = "certs/server.key"
+
+# Mail: with no SMTP relay, each message that carries a temporary password
+# (user add, user resend-password) is written to mail/ as a .eml file, so a
+# newcomer sees what a user would get.
+[mail]
+directory = "mail"
+from = "metergate demo <gateway@demo.invalid>"
+login_url = "https://127.0.0.1:{api}/"
+# The demo prints the password as well: its walkthrough needs no mailbox.
+print_temporary_password = true
 "#,
         api = base_port as u32 + DEMO_API_ABOVE as u32,
         c1 = base_port as u32 + DEMO_CONSOLE_ABOVE as u32,
@@ -425,6 +435,7 @@ pub fn instructions(demo: &Demo) -> String {
          \x20 {mg} check --principal crew --permission \"Master Reset\" --meter meter-1\n\
          \x20 {mg} review\n\
          \x20 {mg} audit tail\n\
+         \x20 {mg} user add ada --email ada@example.org   # the welcome mail lands in {dir}/mail/\n\
          \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 3000 -c 10 -1 127.0.0.1     # Data View, as scada-operator\n\
          \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 5000 -1 127.0.0.1 21212     # Peak Demand Reset (once per 15 min)\n\
          \x20 mbpoll -m tcp -p {port} -a 1 -0 -r 5000 -1 127.0.0.1 1115      # Master Reset: refused (exception 01)\n\

@@ -9,6 +9,7 @@ pub mod doors;
 pub mod fleet;
 pub mod guard;
 pub mod listen;
+pub mod mail;
 pub mod mbap;
 pub mod metrics;
 pub mod model;

@@ -86,6 +86,8 @@ pub struct Gateway {
     pub mfa_issuer: String,
     /// Session recordings (interactive SSH).
     pub recordings: Arc<crate::recording::Recordings>,
+    /// Where temporary passwords are sent (`[mail]`); None: printed.
+    pub mail: Option<Arc<crate::mail::Mailer>>,
 }
 
 /// When a review is due, and when an account counts as unused.

@@ -1,6 +1,7 @@
 //! `user …`: people, their passwords, keys, end dates, roles and policies.
 
 use super::*;
+use crate::mail::{Occasion, Recipient};
 
 pub(super) async fn temporary_password(
     ctx: &Gateway,
@@ -38,6 +39,65 @@ pub(super) fn temporary_json(name: &str, secret: &Secret, record: &PasswordRecor
         "expires_at": when(record.expires_at()),
         "must_change_at_first_login": true,
     }))
+}
+
+fn recipient(u: &User) -> Recipient<'_> {
+    Recipient {
+        user: &u.name,
+        email: &u.email,
+        first_name: &u.first_name,
+        last_name: &u.last_name,
+    }
+}
+
+/// `mail.sent` or `mail.failed`: to whom, never what.
+async fn mail_event(ctx: &Gateway, caller: &Caller, code: &str, user: &str, to: &str, why: &str) {
+    let outcome = if code == "mail.sent" {
+        EventOutcome::Success
+    } else {
+        EventOutcome::Failure
+    };
+    let ev = EventDraft::new(code, Category::Admin, outcome)
+        .principal(&caller.who)
+        .source(&caller.source)
+        .door(caller.door)
+        .reason(why)
+        .detail("user", user)
+        .detail("to", to);
+    ctx.guard.record(ev).await;
+}
+
+/// The answer once the password went by mail: where, until when, and the
+/// password itself only when `mail.print_temporary_password` says so.
+fn mailed(
+    n: &str,
+    email: &str,
+    secret: &Secret,
+    record: &PasswordRecord,
+    mailer: &crate::mail::Mailer,
+    json_out: bool,
+    done: &str,
+) -> String {
+    let expires = when(record.expires_at());
+    if json_out {
+        let mut v = json!({
+            "name": n,
+            "mailed_to": email,
+            "expires_at": expires,
+            "must_change_at_first_login": true,
+        });
+        if mailer.print_temporary_password {
+            v["temporary_password"] = json!(secret.expose());
+        }
+        return to_json(&v);
+    }
+    let mut text = format!(
+        "user {n}: temporary password {done} and sent by mail to {email}\nit expires at {expires} and must be changed at first login\n"
+    );
+    if mailer.print_temporary_password {
+        let _ = writeln!(text, "temporary password: {}", secret.expose());
+    }
+    text
 }
 
 pub(super) async fn user(
@@ -83,7 +143,55 @@ pub(super) async fn user(
             }
             let (secret, record) = temporary_password(ctx, now).await?;
             u.password = Some(record.clone());
-            apply(ctx, who, now, vec![Op::Put(Entity::User(u), Expect::New)])?;
+            apply(
+                ctx,
+                who,
+                now,
+                vec![Op::Put(Entity::User(u.clone()), Expect::New)],
+            )?;
+            if let Some(mailer) = &ctx.mail {
+                let sent = mailer
+                    .send_password(
+                        Occasion::Welcome,
+                        &recipient(&u),
+                        &secret,
+                        &when(record.expires_at()),
+                    )
+                    .await;
+                if let Err(why) = sent {
+                    // No account whose password nobody was told.
+                    let undone = apply(ctx, who, now, vec![Op::Delete(Kind::User, n.clone(), 1)]);
+                    let outcome = match undone {
+                        Ok(_) => format!("user {n} was not created"),
+                        Err(e) => format!(
+                            "user {n} was created but could not be removed again ({e}); delete it"
+                        ),
+                    };
+                    let message = format!(
+                        "the welcome mail to {} could not be sent ({why}): {outcome}",
+                        u.email
+                    );
+                    mail_event(ctx, caller, "mail.failed", n, &u.email, &message).await;
+                    return Err(CommandError::Failed(message));
+                }
+                mail_event(
+                    ctx,
+                    caller,
+                    "mail.sent",
+                    n,
+                    &u.email,
+                    &format!(
+                        "the welcome mail with the temporary password went to {} through {}",
+                        u.email, mailer.destination
+                    ),
+                )
+                .await;
+                let text = mailed(n, &u.email, &secret, &record, mailer, req.json, "created");
+                return Ok(Done::changed(
+                    text,
+                    format!("created user {n} ({e}), temporary password mailed"),
+                ));
+            }
             let text = if req.json {
                 temporary_json(n, &secret, &record)
             } else {
@@ -262,8 +370,61 @@ pub(super) async fn user(
         UserCommand::ResendPassword { name: n } => {
             let mut u = get_user(&dir, n)?;
             let (secret, record) = temporary_password(ctx, now).await?;
-            u.password = Some(record.clone());
-            apply(ctx, who, now, vec![put_user(u)])?;
+            let before = u.password.replace(record.clone());
+            let next = apply(ctx, who, now, vec![put_user(u.clone())])?;
+            if let Some(mailer) = &ctx.mail {
+                let sent = mailer
+                    .send_password(
+                        Occasion::Resend,
+                        &recipient(&u),
+                        &secret,
+                        &when(record.expires_at()),
+                    )
+                    .await;
+                if let Err(why) = sent {
+                    // The new password is revoked: the one before stands.
+                    let undone = match next.users.get(n) {
+                        Some(now_user) => {
+                            let mut back = now_user.clone();
+                            back.password = before;
+                            apply(ctx, who, now, vec![put_user(back)]).map(|_| ())
+                        }
+                        None => Ok(()),
+                    };
+                    let outcome = match undone {
+                        Ok(()) => {
+                            "the new temporary password was revoked; the password before it stands"
+                                .to_string()
+                        }
+                        Err(e) => format!(
+                            "the new temporary password could not be revoked ({e}): resend again"
+                        ),
+                    };
+                    let message = format!(
+                        "the mail to {} could not be sent ({why}): {outcome}",
+                        u.email
+                    );
+                    mail_event(ctx, caller, "mail.failed", n, &u.email, &message).await;
+                    return Err(CommandError::Failed(message));
+                }
+                mail_event(
+                    ctx,
+                    caller,
+                    "mail.sent",
+                    n,
+                    &u.email,
+                    &format!(
+                        "a new temporary password went to {} through {}",
+                        u.email, mailer.destination
+                    ),
+                )
+                .await;
+                let text = mailed(n, &u.email, &secret, &record, mailer, req.json, "re-issued");
+                return Ok(Done::changed(
+                    text,
+                    format!("re-issued temporary password of {n}, mailed"),
+                ));
+            }
             let text = if req.json {
                 temporary_json(n, &secret, &record)
             } else {

@@ -8,6 +8,7 @@ mod daemon;
 mod errors;
 mod interval;
 mod lockout;
+mod mail;
 mod mbaps;
 mod meters;
 mod mfa;
@@ -29,6 +30,7 @@ pub use daemon::{ControlConfig, DaemonConfig};
 pub use errors::{ConfigError, ConfigWarning};
 pub use interval::Interval;
 pub use lockout::{Limits, Lockout};
+pub use mail::{MailConfig, MailTls, MailTransport};
 pub use mbaps::MbapsConfig;
 pub use meters::{ConsoleConfig, MeterConfig};
 pub use mfa::{MfaConfig, MfaRequired};
@@ -69,6 +71,8 @@ pub struct Config {
     /// None when `[api]` has no listener.
     pub api: Option<ApiConfig>,
     pub recording: RecordingConfig,
+    /// How temporary passwords reach users; None: printed to the administrator.
+    pub mail: Option<MailConfig>,
 }
 
 #[derive(Deserialize)]
@@ -111,6 +115,8 @@ struct RawConfig {
     api: Option<api::RawApi>,
     #[serde(default)]
     recording: RecordingConfig,
+    #[serde(default)]
+    mail: Option<mail::RawMail>,
 }
 
 impl Config {
@@ -168,6 +174,7 @@ impl Config {
         passwords::check(&raw.passwords, &src)?;
         mfa::check(&raw.mfa, &src)?;
         recording::check(&raw.recording, &src)?;
+        let mail = mail::mail(&raw.mail, base, &src)?;
         let mut audit = raw.audit;
         audit::check(&mut audit, base, &src)?;
 
@@ -195,6 +202,7 @@ impl Config {
                 ssh,
                 api,
                 recording: raw.recording,
+                mail,
             },
             warnings,
         ))

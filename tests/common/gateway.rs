@@ -39,6 +39,7 @@ pub fn gateway(f: &Fixture) -> Gateway {
         passwords: Arc::new(Default::default()),
         consoles: Default::default(),
         mfa_issuer: "metergate".into(),
+        mail: None,
         recordings: metergate::recording::Recordings::open(
             f.guard.clone(),
             f.guard.sessions().clone(),

@@ -48,12 +48,15 @@ pub struct Message {
     message: String,
 }
 
-/// A temporary password, shown only in this answer.
+/// A temporary password, shown only in this answer; with `[mail]` it is
+/// sent to the user instead (`mailed_to`), and shown only when
+/// `mail.print_temporary_password` is on.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct TemporaryPassword {
     name: String,
-    temporary_password: String,
+    temporary_password: Option<String>,
+    mailed_to: Option<String>,
     /// RFC 3339.
     expires_at: String,
     must_change_at_first_login: bool,

@@ -200,6 +200,11 @@ pub async fn add_user(
     }
     argv.extend(["--".to_string(), f.name.trim().to_string()]);
     match json_of(&web, &s, argv).await {
+        Ok(v) if v.get("temporary_password").is_none() => {
+            let back = format!("/users/{}", urlencode(f.name.trim()));
+            mailed_flash(&s, &v, &format!("User {} created", f.name.trim()));
+            Redirect::to(&back).into_response()
+        }
         Ok(v) => page(SecretPage {
             frame: Frame::of(&web, &s),
             title: format!("User {} created", f.name.trim()),
@@ -215,6 +220,15 @@ pub async fn add_user(
             Redirect::to("/users").into_response()
         }
     }
+}
+
+/// The password went by mail: the page says where, never what.
+fn mailed_flash(s: &WebSession, v: &Value, what: &str) {
+    s.set_flash(format!(
+        "{what}: the temporary password was sent by mail to {} (it expires at {} and must be changed at first login)",
+        text(v, "mailed_to"),
+        text(v, "expires_at")
+    ));
 }
 
 pub(super) fn urlencode(s: &str) -> String {
@@ -399,6 +413,10 @@ pub async fn user_action(
         "add-to-group" => words(&["group", "add-member", "--", &f.group, &name]),
         "resend-password" => {
             return match json_of(&web, &s, words(&["user", "resend-password", "--", &name])).await {
+                Ok(v) if v.get("temporary_password").is_none() => {
+                    mailed_flash(&s, &v, &format!("New temporary password for {name}"));
+                    Redirect::to(&format!("/users/{}", urlencode(&name))).into_response()
+                }
                 Ok(v) => page(SecretPage {
                     frame: Frame::of(&web, &s),
                     title: format!("New temporary password for {name}"),
