@@ -1618,3 +1618,49 @@ fn policy_history_keeps_every_version_with_who_and_when_across_a_restart() {
     assert_eq!(none.code, 2, "{none:?}");
     assert!(none.stderr.contains("none ever was"), "{none:?}");
 }
+
+#[test]
+fn every_admin_change_event_carries_the_old_and_new_values() {
+    let d = Daemon::start();
+    let policy = d.dir.path().join("north.toml");
+    std::fs::write(
+        &policy,
+        "name = \"north\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\nmeters = [\"site=north\"]\n",
+    )
+    .unwrap();
+    // (command) → words its admin.change event must carry
+    #[rustfmt::skip]
+    let table: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["user", "add", "kim", "--email", "kim@example.net", "--first", "Kim"], "created user kim: email kim@example.net, first name \"Kim\", last name \"\", end date none"),
+        (vec!["user", "edit", "kim", "--email", "kim@example.org", "--last", "Lee"], "user kim: email kim@example.net → kim@example.org; last name \"\" → \"Lee\""),
+        (vec!["user", "set-end-date", "kim", "2030-01-01"], "user kim: access end date none → 2030-01-01"),
+        (vec!["user", "set-end-date", "kim", "2029-06-30"], "user kim: access end date 2030-01-01 → 2029-06-30"),
+        (vec!["user", "deactivate", "kim"], "deactivated user kim: status ACTIVE → INACTIVE"),
+        (vec!["user", "activate", "kim"], "activated user kim: status INACTIVE → ACTIVE"),
+        (vec!["policy", "create", "--file", policy.to_str().unwrap()], "created policy north (1 statements: [allow \"Data View\" on meters site=north])"),
+        (vec!["user", "attach", "kim", "north"], "policy north attached to user kim: policies [] → [north]"),
+        (vec!["group", "add", "crew"], "created group crew"),
+        (vec!["group", "add-member", "crew", "kim"], "user kim added to group crew: members [] → [kim]"),
+        (vec!["group", "attach", "crew", "ReadOnly"], "policy ReadOnly attached to group crew: policies [] → [ReadOnly]"),
+        (vec!["role", "create", "Reader", "--permission", "Data View"], "created role Reader"),
+        (vec!["role", "edit", "Reader", "--add", "Terminal Access", "--remove", "Data View"], "role Reader: permissions [Data View] → [Terminal Access]"),
+        (vec!["service-user", "add", "poller", "--description", "old"], "created service user poller"),
+        (vec!["service-user", "edit", "poller", "--description", "SCADA poller"], "service user poller: description \"old\" → \"SCADA poller\""),
+        (vec!["service-user", "attach", "poller", "ReadOnly"], "policy ReadOnly attached to service user poller: policies [] → [ReadOnly]"),
+        (vec!["support", "grant", "--until", "2030-01-01", "--policy", "ReadOnly"], "granted support access until 2030-01-01 with ReadOnly"),
+        (vec!["support", "update", "--until", "2030-02-01"], "support access end date 2030-01-01 → 2030-02-01"),
+        (vec!["support", "revoke"], "revoked support access (was: until 2030-02-01, policies [ReadOnly])"),
+        (vec!["group", "delete", "crew"], "deleted group crew (was: members [kim], policies [ReadOnly])"),
+        (vec!["role", "delete", "Reader"], "deleted role Reader (was: permissions [Terminal Access])"),
+        (vec!["user", "delete", "kim"], "deleted user kim (was: email kim@example.org, status ACTIVE, end date 2029-06-30, policies [north], groups [], 0 keys)"),
+    ];
+    for (words, says) in &table {
+        d.mg(words).ok();
+        let last = d.mg(&["audit", "query", "--code", "admin.change", "--limit", "1"]);
+        assert!(
+            last.ok().stdout.contains(says),
+            "{words:?}: {}",
+            last.stdout
+        );
+    }
+}

@@ -225,6 +225,9 @@ async fn access_brought_back_or_a_deny_lifted_is_a_grant_too() {
         (uid("bob"), "user set-end-date gone 2030-01-01", 2, "needs the Administrator policy"),
         (uid("bob"), "service-user activate robot", 2, "needs the Administrator policy"),
         (uid("bob"), "support update --until 2030-01-01", 2, "needs the Administrator policy"),
+        // Where temporary passwords are mailed is a credential: changing an
+        // Administrator's email would take over the next one.
+        (uid("bob"), "user edit root-admin --email thief@example.org", 2, "needs the Administrator policy"),
         (uid("bob"), "group remove-member contractors bob", 2, "would confer Terminal Access on meter-"),
         (uid("bob"), "group delete contractors", 2, "would confer Terminal Access on meter-"),
         (uid("bob"), "group detach contractors no-console", 2, "would confer Terminal Access on meter-"),
@@ -238,6 +241,7 @@ async fn access_brought_back_or_a_deny_lifted_is_a_grant_too() {
         (uid("bob"), "user attach olga no-console", 0, "attached to user olga"),
         // An Administrator holding it all may do each.
         (uid("root-admin"), "user activate sleeper", 0, "user sleeper is ACTIVE"),
+        (uid("root-admin"), "user edit olga --email olga@new.example", 0, "user olga updated"),
         (uid("root-admin"), "user set-end-date gone none", 0, "access end date none"),
         (uid("root-admin"), "support update --until 2030-01-01", 0, "support access now ends"),
         (uid("root-admin"), "group remove-member contractors bob", 0, "removed from group contractors"),

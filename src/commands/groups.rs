@@ -123,7 +123,11 @@ pub(super) async fn group(
             };
             Ok(Done::changed(
                 format!("group {n} deleted{lost}; the users themselves are kept\n"),
-                format!("deleted group {n}{lost}"),
+                format!(
+                    "deleted group {n} (was: members {}, policies {}){lost}",
+                    listed(&g.members),
+                    listed(&g.policies)
+                ),
             ))
         }
         GroupCommand::AddMember { name: n, user: u }
@@ -132,6 +136,7 @@ pub(super) async fn group(
             let mut g = get_group(&dir, n)?;
             get_user(&dir, u)?;
             let has = g.members.contains(u);
+            let were = listed(&g.members);
             match (add, has) {
                 (true, true) => return refused(format!("user {u} is already in group {n}")),
                 (false, false) => return refused(format!("user {u} is not in group {n}")),
@@ -149,23 +154,26 @@ pub(super) async fn group(
                     g.members.retain(|m| m != u)
                 }
             }
+            let are = listed(&g.members);
             apply(ctx, who, now, vec![put_group(g)])?;
             let verb = if add { "added to" } else { "removed from" };
             Ok(Done::changed(
                 format!("user {u} {verb} group {n}\n"),
-                format!("user {u} {verb} group {n}"),
+                format!("user {u} {verb} group {n}: members {were} → {are}"),
             ))
         }
         GroupCommand::Attach { name: n, policy: p }
         | GroupCommand::Detach { name: n, policy: p } => {
             let attach = matches!(cmd, GroupCommand::Attach { .. });
             let mut g = get_group(&dir, n)?;
+            let were = listed(&g.policies);
             let verb = toggle_policy(&dir, &mut g.policies, p, attach, &format!("group {n}"))?;
             confer_toggle(ctx, caller, &dir, p, attach, now).await?;
+            let are = listed(&g.policies);
             apply(ctx, who, now, vec![put_group(g)])?;
             Ok(Done::changed(
                 format!("policy {p} {verb} group {n}\n"),
-                format!("policy {p} {verb} group {n}"),
+                format!("policy {p} {verb} group {n}: policies {were} → {are}"),
             ))
         }
     }

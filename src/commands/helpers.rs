@@ -53,6 +53,21 @@ pub(super) fn end_date(value: &str, now: OffsetDateTime) -> Result<Day, CommandE
     Ok(day)
 }
 
+/// A list as events show old and new values: `[a, b]`.
+pub(super) fn listed(items: &[String]) -> String {
+    format!("[{}]", items.join(", "))
+}
+
+/// Permissions as events show them: `[Data View, Master Reset]`.
+pub(super) fn permissions_listed(set: PermissionSet) -> String {
+    listed(&set.iter().map(|p| p.name().to_string()).collect::<Vec<_>>())
+}
+
+/// An optional value as events show it.
+pub(super) fn or_none(v: Option<impl std::fmt::Display>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "none".into())
+}
+
 pub(super) fn get_user(dir: &Directory, n: &str) -> Result<User, CommandError> {
     dir.users
         .get(n)
@@ -133,7 +148,7 @@ pub(super) fn status_changed(
     if active {
         return Done::changed(
             format!("{kind} {n} is ACTIVE\n"),
-            format!("activated {kind} {n}"),
+            format!("activated {kind} {n}: status INACTIVE → ACTIVE"),
         );
     }
     let ended = ctx
@@ -141,7 +156,7 @@ pub(super) fn status_changed(
         .kill_principal(target, &format!("{kind} deactivated"));
     Done::changed(
         format!("{kind} {n} is INACTIVE ({ended} live sessions ended)\n"),
-        format!("deactivated {kind} {n}, ended {ended} sessions"),
+        format!("deactivated {kind} {n}: status ACTIVE → INACTIVE, ended {ended} sessions"),
     )
 }
 

@@ -212,11 +212,12 @@ pub(super) async fn policy(
                 .map_err(|e| CommandError::Refused(e.to_string()))?;
             let n = doc.name.clone();
             let count = doc.statements.len();
+            let are = statements_text(&doc.statements);
             let p = Policy::from_document(doc, Stamp::default());
             apply(ctx, who, now, vec![Op::Put(Entity::Policy(p), Expect::New)])?;
             Ok(Done::changed(
                 format!("policy {n} created with {count} statements\n"),
-                format!("created policy {n} ({count} statements)"),
+                format!("created policy {n} ({count} statements: [{are}])"),
             ))
         }
         PolicyCommand::Edit {

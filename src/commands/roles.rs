@@ -120,6 +120,8 @@ pub(super) async fn role(
                 now,
             )
             .await?;
+            let were = permissions_listed(r.permissions);
+            let described = r.description.clone();
             for p in add.iter() {
                 r.permissions.insert(p);
             }
@@ -130,16 +132,20 @@ pub(super) async fn role(
                 r.description = text("description", d, 256)?;
             }
             let v = r.version;
+            let mut what = format!(
+                "role {n}: permissions {were} → {}",
+                permissions_listed(r.permissions)
+            );
+            if r.description != described {
+                let _ = write!(what, "; description {described:?} → {:?}", r.description);
+            }
             apply(
                 ctx,
                 who,
                 now,
                 vec![Op::Put(Entity::Role(r), Expect::Version(v))],
             )?;
-            Ok(Done::changed(
-                format!("role {n} updated\n"),
-                format!("role {n}: added {add:?}, removed {remove:?}"),
-            ))
+            Ok(Done::changed(format!("role {n} updated\n"), what))
         }
         RoleCommand::Delete { name: n } => {
             let r = get_role(&dir, n)?;
@@ -151,7 +157,10 @@ pub(super) async fn role(
             )?;
             Ok(Done::changed(
                 format!("role {n} deleted\n"),
-                format!("deleted role {n}"),
+                format!(
+                    "deleted role {n} (was: permissions {})",
+                    permissions_listed(r.permissions)
+                ),
             ))
         }
     }

@@ -125,12 +125,13 @@ pub(super) async fn service_user(
             description,
         } => {
             let mut s = get_service(&dir, n)?;
-            s.description = text("description", description, 256)?;
+            let was = std::mem::replace(&mut s.description, text("description", description, 256)?);
+            let what = format!(
+                "service user {n}: description {was:?} → {:?}",
+                s.description
+            );
             apply(ctx, who, now, vec![put_service(s)])?;
-            Ok(Done::changed(
-                format!("service user {n} updated\n"),
-                format!("service user {n}: changed description"),
-            ))
+            Ok(Done::changed(format!("service user {n} updated\n"), what))
         }
         ServiceUserCommand::Delete { name: n } => {
             let s = get_service(&dir, n)?;
@@ -145,7 +146,12 @@ pub(super) async fn service_user(
                 .kill_principal(&PrincipalId::Service(n.clone()), "service user deleted");
             Ok(Done::changed(
                 format!("service user {n} deleted ({ended} live sessions ended)\n"),
-                format!("deleted service user {n}, ended {ended} sessions"),
+                format!(
+                    "deleted service user {n} (was: status {}, policies {}, {} access keys), ended {ended} sessions",
+                    s.status,
+                    listed(&s.policies),
+                    s.keys.len()
+                ),
             ))
         }
         ServiceUserCommand::Deactivate { name: n } | ServiceUserCommand::Activate { name: n } => {
@@ -171,6 +177,7 @@ pub(super) async fn service_user(
         | ServiceUserCommand::Detach { name: n, policy: p } => {
             let attach = matches!(cmd, ServiceUserCommand::Attach { .. });
             let mut s = get_service(&dir, n)?;
+            let were = listed(&s.policies);
             let verb = toggle_policy(
                 &dir,
                 &mut s.policies,
@@ -179,10 +186,11 @@ pub(super) async fn service_user(
                 &format!("service user {n}"),
             )?;
             confer_toggle(ctx, caller, &dir, p, attach, now).await?;
+            let are = listed(&s.policies);
             apply(ctx, who, now, vec![put_service(s)])?;
             Ok(Done::changed(
                 format!("policy {p} {verb} service user {n}\n"),
-                format!("policy {p} {verb} service user {n}"),
+                format!("policy {p} {verb} service user {n}: policies {were} → {are}"),
             ))
         }
     }

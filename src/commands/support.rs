@@ -105,8 +105,16 @@ pub(super) async fn support(
                     policies.join(", ")
                 ),
                 format!(
-                    "granted support access until {day} with {}",
-                    policies.join(", ")
+                    "granted support access until {day} with {}{}",
+                    policies.join(", "),
+                    match &dir.support {
+                        Some(old) => format!(
+                            " (was: ended {}, policies {})",
+                            old.end_date,
+                            listed(&old.policies)
+                        ),
+                        None => String::new(),
+                    }
                 ),
             ))
         }
@@ -124,22 +132,24 @@ pub(super) async fn support(
                 )
                 .await?;
             }
-            s.end_date = day;
+            let was = std::mem::replace(&mut s.end_date, day);
             apply(ctx, who, now, vec![put(s)])?;
             Ok(Done::changed(
                 format!("support access now ends {}\n", rfc3339(micros(day.start()))),
-                format!("support access until {day}"),
+                format!("support access end date {was} → {day}"),
             ))
         }
         SupportCommand::Attach { policy: p } | SupportCommand::Detach { policy: p } => {
             let attach = matches!(cmd, SupportCommand::Attach { .. });
             let mut s = current()?;
+            let were = listed(&s.policies);
             let verb = toggle_policy(&dir, &mut s.policies, p, attach, "support access")?;
             confer_toggle(ctx, caller, &dir, p, attach, now).await?;
+            let are = listed(&s.policies);
             apply(ctx, who, now, vec![put(s)])?;
             Ok(Done::changed(
                 format!("policy {p} {verb} support access\n"),
-                format!("policy {p} {verb} support access"),
+                format!("policy {p} {verb} support access: policies {were} → {are}"),
             ))
         }
         SupportCommand::Revoke => {
@@ -155,7 +165,11 @@ pub(super) async fn support(
                 .kill_principal(&PrincipalId::Support, "support access revoked");
             Ok(Done::changed(
                 format!("support access revoked ({ended} live sessions ended)\n"),
-                format!("revoked support access, ended {ended} sessions"),
+                format!(
+                    "revoked support access (was: until {}, policies {}), ended {ended} sessions",
+                    s.end_date,
+                    listed(&s.policies)
+                ),
             ))
         }
     }

@@ -197,7 +197,15 @@ pub(super) async fn user(
             } else {
                 format!("user {n} created\n{}", temporary_words(&secret, &record))
             };
-            Ok(Done::changed(text, format!("created user {n} ({e})")))
+            Ok(Done::changed(
+                text,
+                format!(
+                    "created user {n}: email {e}, first name {:?}, last name {:?}, end date {}",
+                    u.first_name,
+                    u.last_name,
+                    or_none(u.end_date)
+                ),
+            ))
         }
         UserCommand::List => {
             let rows: Vec<Vec<String>> = dir
@@ -312,16 +320,25 @@ pub(super) async fn user(
             let mut u = get_user(&dir, n)?;
             let mut what = Vec::new();
             if let Some(e) = e {
-                u.email = email(e)?;
-                what.push("email");
+                let new = email(e)?;
+                // Where temporary passwords go is a credential: changing
+                // someone else's is taking over their next password.
+                let target = PrincipalId::User(n.clone());
+                if *who != target && new != u.email {
+                    confer(ctx, caller, Conferral::CredentialsOf(&target), now).await?;
+                }
+                what.push(format!("email {} → {new}", u.email));
+                u.email = new;
             }
             if let Some(f) = first {
-                u.first_name = text("first name", f, 64)?;
-                what.push("first name");
+                let new = text("first name", f, 64)?;
+                what.push(format!("first name {:?} → {new:?}", u.first_name));
+                u.first_name = new;
             }
             if let Some(l) = last {
-                u.last_name = text("last name", l, 64)?;
-                what.push("last name");
+                let new = text("last name", l, 64)?;
+                what.push(format!("last name {:?} → {new:?}", u.last_name));
+                u.last_name = new;
             }
             if what.is_empty() {
                 return refused("nothing to change: give --email, --first or --last");
@@ -329,11 +346,20 @@ pub(super) async fn user(
             apply(ctx, who, now, vec![put_user(u)])?;
             Ok(Done::changed(
                 format!("user {n} updated\n"),
-                format!("user {n}: changed {}", what.join(", ")),
+                format!("user {n}: {}", what.join("; ")),
             ))
         }
         UserCommand::Delete { name: n } => {
             let u = get_user(&dir, n)?;
+            let gone = format!(
+                "email {}, status {}, end date {}, policies {}, groups {}, {} keys",
+                u.email,
+                u.status,
+                or_none(u.end_date),
+                listed(&u.policies),
+                listed(&dir.groups_of(n).map(|g| g.name.clone()).collect::<Vec<_>>()),
+                u.ssh_keys.len()
+            );
             let mut ops = vec![Op::Delete(Kind::User, n.clone(), u.version)];
             for g in dir.groups_of(n) {
                 let mut g = g.clone();
@@ -346,7 +372,7 @@ pub(super) async fn user(
                 .kill_principal(&PrincipalId::User(n.clone()), "user deleted");
             Ok(Done::changed(
                 format!("user {n} deleted ({ended} live sessions ended); their events are kept\n"),
-                format!("deleted user {n}, ended {ended} sessions"),
+                format!("deleted user {n} (was: {gone}), ended {ended} sessions"),
             ))
         }
         UserCommand::Deactivate { name: n } | UserCommand::Activate { name: n } => {
@@ -446,6 +472,7 @@ pub(super) async fn user(
                 Some(end_date(date, now)?)
             };
             // A later end date, or none, gives access for longer.
+            let was = or_none(u.end_date);
             let longer = match (u.end_date, new) {
                 (Some(_), None) => true,
                 (Some(old), Some(new)) => new > old,
@@ -463,7 +490,7 @@ pub(super) async fn user(
             apply(ctx, who, now, vec![put_user(u)])?;
             Ok(Done::changed(
                 format!("user {n}: access end date {shown}\n"),
-                format!("user {n}: access end date {shown}"),
+                format!("user {n}: access end date {was} → {shown}"),
             ))
         }
         UserCommand::AddKey { name: n, key } => {
@@ -581,12 +608,14 @@ pub(super) async fn user(
         UserCommand::Attach { name: n, policy: p } | UserCommand::Detach { name: n, policy: p } => {
             let attach = matches!(cmd, UserCommand::Attach { .. });
             let mut u = get_user(&dir, n)?;
+            let were = listed(&u.policies);
             let verb = toggle_policy(&dir, &mut u.policies, p, attach, &format!("user {n}"))?;
             confer_toggle(ctx, caller, &dir, p, attach, now).await?;
+            let are = listed(&u.policies);
             apply(ctx, who, now, vec![put_user(u)])?;
             Ok(Done::changed(
                 format!("policy {p} {verb} user {n}\n"),
-                format!("policy {p} {verb} user {n}"),
+                format!("policy {p} {verb} user {n}: policies {were} → {are}"),
             ))
         }
     }
