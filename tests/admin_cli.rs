@@ -1664,3 +1664,139 @@ fn every_admin_change_event_carries_the_old_and_new_values() {
         );
     }
 }
+
+/// The flags of `review --json` as (flag, principal) pairs.
+fn review_flags(d: &Daemon) -> Vec<(String, String, String)> {
+    let r = d.mg(&["--json", "review"]);
+    let v: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    v["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["flag"].as_str().unwrap().to_string(),
+                f["principal"].as_str().unwrap().to_string(),
+                f["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn review_flags_each_thing_that_needs_attention_as_time_passes() {
+    let mut d = Daemon::start_with(Some("2027-01-01 12:00:00"));
+    let pair =
+        "[[separation_of_duties]]\npermissions = [\"User Management\", \"Security Logs Access\"]\n";
+    // A conflict through a group, made while no pair was configured.
+    d.reload_with(|t| t.replace(pair, ""));
+    d.mg(&[
+        "role",
+        "create",
+        "Auditor",
+        "--permission",
+        "Security Logs Access",
+    ])
+    .ok();
+    d.mg(&[
+        "role",
+        "create",
+        "Manager",
+        "--permission",
+        "User Management",
+    ])
+    .ok();
+    for (name, email) in [
+        ("adam", "adam@example.net"),
+        ("tempy", "tempy@example.net"),
+        ("leaver", "leaver@example.net"),
+        ("sleeper", "sleeper@example.net"),
+        ("dual", "dual@example.net"),
+    ] {
+        d.mg(&["user", "add", name, "--email", email]).ok();
+    }
+    d.mg(&["group", "add", "admins"]).ok();
+    d.mg(&["group", "attach", "admins", "Administrator"]).ok();
+    d.mg(&["group", "add-member", "admins", "adam"]).ok();
+    d.mg(&["user", "set-end-date", "leaver", "2027-01-10"]).ok();
+    let key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx3b2FsbGF3bG9hbGxhd2xvYWxsYXdsb2FsbGF3bG9h sleeper";
+    d.mg(&["user", "add-key", "sleeper", key]).ok();
+    d.mg(&["user", "deactivate", "sleeper"]).ok();
+    d.mg(&["service-user", "add", "robot"]).ok();
+    d.mg(&["service-user", "key", "create", "robot"]).ok();
+    d.mg(&["service-user", "deactivate", "robot"]).ok();
+    d.mg(&["user", "grant-role", "dual", "Manager"]).ok();
+    d.mg(&["group", "add", "auditors"]).ok();
+    let p = d.dir.path().join("audit.toml");
+    std::fs::write(
+        &p,
+        "name = \"audit\"\n[[statement]]\neffect = \"allow\"\nroles = [\"Auditor\"]\n",
+    )
+    .unwrap();
+    d.mg(&["policy", "create", "--file", p.to_str().unwrap()])
+        .ok();
+    d.mg(&["group", "attach", "auditors", "audit"]).ok();
+    d.mg(&["group", "add-member", "auditors", "dual"]).ok();
+    d.mg(&[
+        "support",
+        "grant",
+        "--until",
+        "2027-02-01",
+        "--policy",
+        "ReadOnly",
+    ])
+    .ok();
+    d.reload_with(|t| format!("{t}\n{pair}"));
+
+    let has = |flags: &[(String, String, String)], kind: &str, who: &str, words: &str| {
+        flags
+            .iter()
+            .any(|(k, p, detail)| k == kind && p == who && detail.contains(words))
+    };
+    // (flag, principal, words) → flagged on 2027-01-01, and on 2027-04-15
+    #[rustfmt::skip]
+    let table: [(&str, &str, &str, bool, bool); 12] = [
+        ("administrator", "user:adam", "through group admins", true, true),
+        ("temporary-password-unused", "user:tempy", "was never used", true, true),
+        ("temporary-password-unused", "user:tempy", "it expired", false, true),
+        ("end-date-soon", "user:leaver", "2027-01-10", true, false),
+        ("end-date-passed", "user:leaver", "2027-01-10 has passed", false, true),
+        ("keys-of-inactive", "user:sleeper", "1 SSH keys", true, true),
+        ("keys-of-inactive", "svc:robot", "1 active access keys", true, true),
+        ("separation-of-duties", "user:dual", "through group auditors", true, true),
+        ("support-granted", "support", "until 2027-02-01 with [ReadOnly]", true, false),
+        ("unused", "user:tempy", "last login never", false, true),
+        ("unused", "user:sleeper", "", false, false),
+        ("end-date-passed", "support", "2027-02-01 has passed", false, true),
+    ];
+    let now = review_flags(&d);
+    // Who can do what where: from the guard's own view.
+    let text = d.mg(&["review"]).ok().stdout.clone();
+    assert!(text.contains("user:dual (ACTIVE"), "{text}");
+    assert!(
+        text.contains("anywhere: Security Logs Access, User Management"),
+        "{text}"
+    );
+    assert!(text.contains("[separation-of-duties] user:dual"), "{text}");
+    d.restart(Some("2027-04-15 12:00:00"));
+    let later = review_flags(&d);
+    for (kind, who, words, at_first, at_last) in table {
+        assert_eq!(
+            has(&now, kind, who, words),
+            at_first,
+            "{kind} {who} on 2027-01-01: {now:?}"
+        );
+        assert_eq!(
+            has(&later, kind, who, words),
+            at_last,
+            "{kind} {who} on 2027-04-15: {later:?}"
+        );
+    }
+    // After the temporary passwords expired, the view says so.
+    let text = d.mg(&["review"]).ok().stdout.clone();
+    assert!(
+        text.contains("nothing now: temporary password expired"),
+        "{text}"
+    );
+}

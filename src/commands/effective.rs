@@ -21,7 +21,7 @@ pub(super) fn as_of(
     }
 }
 
-fn grant_json(g: &Grant) -> serde_json::Value {
+pub(super) fn grant_json(g: &Grant) -> serde_json::Value {
     let mut v = json!({
         "permission": g.permission.name(),
         "allowed": g.decision.allowed,

@@ -280,6 +280,71 @@ fn wants_factor(dir: &Directory, st: &Statement, mode: crate::config::MfaRequire
     perms.iter().any(|p| mode.requires(p))
 }
 
+/// End dates this close count as soon-passing in `review`.
+const ENDS_SOON: i64 = 14 * 86_400 * 1_000_000;
+
+/// One thing `review` flags: its kind (stable, for tooling), whom, why.
+struct Flag {
+    kind: &'static str,
+    principal: String,
+    detail: String,
+}
+
+/// What a principal may do, in a few lines per group of meters.
+fn access_lines(e: &crate::guard::Effective) -> Vec<String> {
+    let names = |grants: &[crate::guard::Grant], allowed: bool| -> String {
+        grants
+            .iter()
+            .filter(|g| g.decision.allowed == allowed)
+            .map(|g| {
+                let mut n = g.permission.to_string();
+                if g.needs_second_factor {
+                    n += " (second factor)";
+                }
+                if g.needs_recording {
+                    n += " (recorded)";
+                }
+                n
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = Vec::new();
+    if let Some(r) = &e.blocked {
+        out.push(format!("nothing now: {r}"));
+        return out;
+    }
+    let line = |place: String, grants: &[crate::guard::Grant]| {
+        let (yes, no) = (names(grants, true), names(grants, false));
+        let mut l = format!("{place}: {}", if yes.is_empty() { "-" } else { &yes });
+        if !no.is_empty() {
+            l += &format!("; denied: {no}");
+        }
+        l
+    };
+    if !e.global.is_empty() {
+        out.push(line("anywhere".into(), &e.global));
+    }
+    for g in &e.meters {
+        let place = if g.meters.len() == e.considered && e.considered > 1 {
+            "on every meter".to_string()
+        } else {
+            let shown: Vec<&str> = g.meters.iter().take(6).map(|m| m.as_str()).collect();
+            let more = g.meters.len().saturating_sub(6);
+            let mut p = format!("on {}", shown.join(", "));
+            if more > 0 {
+                p += &format!(" and {more} more");
+            }
+            p
+        };
+        out.push(line(place, &g.grants));
+    }
+    if out.is_empty() {
+        out.push("nothing: no statement allows anything".into());
+    }
+    out
+}
+
 pub(super) fn review(
     ctx: &Gateway,
     who: &PrincipalId,
@@ -300,21 +365,28 @@ pub(super) fn review(
     }
     let dir = ctx.guard.store().directory();
     let unused_after = ctx.review.unused_after.as_micros() as i64;
-    let mut flags: Vec<String> = Vec::new();
+    let mut flags: Vec<Flag> = Vec::new();
+    let mut flag = |kind: &'static str, id: &PrincipalId, detail: String| {
+        flags.push(Flag {
+            kind,
+            principal: id.to_string(),
+            detail,
+        })
+    };
     let mut access: Vec<serde_json::Value> = Vec::new();
+    let mut text_access = String::new();
     let settings = ctx.guard.settings();
     let pairs = &settings.separation_of_duties;
     let mfa_mode = settings.mfa;
+    let t = micros(now);
     for id in dir.principals() {
         let (names, inline) = dir.policy_sources(&id);
-        let mut grants: Vec<String> = inline.iter().map(|s| format!("{s} (inline)")).collect();
         let mut needs_factor = inline.iter().any(|st| wants_factor(&dir, st, mfa_mode));
         for n in &names {
             let sts = managed_statements(n)
                 .or_else(|| dir.policies.get(n).map(|p| p.statements.clone()))
                 .unwrap_or_default();
             needs_factor |= sts.iter().any(|st| wants_factor(&dir, st, mfa_mode));
-            grants.extend(sts.iter().map(|s| format!("{s} (policy {n})")));
         }
         if let PrincipalId::User(n) = &id
             && needs_factor
@@ -323,88 +395,192 @@ pub(super) fn review(
                 .get(n)
                 .is_some_and(|u| u.active_factor().is_none())
         {
-            flags.push(format!(
-                "{id} holds permissions that need a second factor but has no second factor (`user mfa enroll {n}`)"
-            ));
+            flag(
+                "second-factor-missing",
+                &id,
+                format!(
+                    "holds permissions that need a second factor but has no second factor (`user mfa enroll {n}`)"
+                ),
+            );
         }
         if names.iter().any(|n| n == ADMINISTRATOR) {
-            flags.push(format!("{id} holds Administrator"));
+            let through: Vec<String> = match &id {
+                PrincipalId::User(n) => dir
+                    .groups_of(n)
+                    .filter(|g| g.policies.iter().any(|p| p == ADMINISTRATOR))
+                    .map(|g| format!("group {}", g.name))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let via = if through.is_empty() {
+                String::new()
+            } else {
+                format!(" (through {})", through.join(", "))
+            };
+            flag("administrator", &id, format!("holds Administrator{via}"));
             for (a, b) in pairs {
-                flags.push(format!("{id} holds both \"{a}\" and \"{b}\" (through Administrator, exempt from enforcement)"));
+                flag(
+                    "separation-of-duties",
+                    &id,
+                    format!(
+                        "holds both \"{a}\" and \"{b}\" (through Administrator, exempt from enforcement)"
+                    ),
+                );
             }
         }
         let (status, end, created, keys_of_inactive) = match &id {
             PrincipalId::User(n) => {
                 let u = &dir.users[n];
+                if let Some(p) = u.password.as_ref().filter(|p| p.temporary) {
+                    let expires = p.expires_at().unwrap_or(i64::MAX);
+                    let state = if expires <= t { "expired" } else { "expires" };
+                    flag(
+                        "temporary-password-unused",
+                        &id,
+                        format!(
+                            "the temporary password issued {} was never used; it {state} {}",
+                            rfc3339(p.issued_at),
+                            rfc3339(expires)
+                        ),
+                    );
+                }
                 (
                     u.status,
                     u.end_date,
                     u.created.at,
-                    u.status == Status::Inactive && !u.ssh_keys.is_empty(),
+                    (u.status == Status::Inactive && !u.ssh_keys.is_empty())
+                        .then(|| format!("{} SSH keys", u.ssh_keys.len())),
                 )
             }
             PrincipalId::Service(n) => {
                 let s = &dir.service_users[n];
+                let live = s.keys.iter().filter(|k| k.status == Status::Active).count();
                 (
                     s.status,
                     s.end_date,
                     s.created.at,
-                    s.status == Status::Inactive
-                        && s.keys.iter().any(|k| k.status == Status::Active),
+                    (s.status == Status::Inactive && live > 0)
+                        .then(|| format!("{live} active access keys")),
                 )
             }
             _ => {
                 let s = dir.support.as_ref();
+                if let Some(s) = s.filter(|s| !s.end_date.has_passed(now)) {
+                    flag(
+                        "support-granted",
+                        &id,
+                        format!(
+                            "support access is granted until {} with {}",
+                            s.end_date,
+                            listed(&s.policies)
+                        ),
+                    );
+                }
                 (
                     Status::Active,
                     s.map(|s| s.end_date),
                     s.map(|s| s.created.at).unwrap_or(0),
-                    false,
+                    None,
                 )
             }
         };
-        if let Some(d) = end.filter(|d| d.has_passed(now)) {
-            flags.push(format!("{id}: access end date {d} has passed"));
+        match end {
+            Some(d) if d.has_passed(now) => flag(
+                "end-date-passed",
+                &id,
+                format!("access end date {d} has passed"),
+            ),
+            Some(d) if micros(d.start()) - t <= ENDS_SOON => flag(
+                "end-date-soon",
+                &id,
+                format!("access ends at {d} 00:00 UTC, within 14 days"),
+            ),
+            _ => {}
         }
-        if keys_of_inactive {
-            flags.push(format!("{id} is INACTIVE but still has keys"));
+        if let Some(keys) = keys_of_inactive {
+            flag(
+                "keys-of-inactive",
+                &id,
+                format!("is INACTIVE but still has {keys}"),
+            );
         }
         let last = ctx.guard.last_login(&id);
-        if status == Status::Active && micros(now) - last.unwrap_or(created) > unused_after {
-            flags.push(format!("{id} is unused (last login {})", when(last)));
+        if status == Status::Active && t - last.unwrap_or(created) > unused_after {
+            flag(
+                "unused",
+                &id,
+                format!(
+                    "no login for longer than review.unused_after (last login {})",
+                    when(last)
+                ),
+            );
         }
-        access.push(json!({"principal": id.to_string(), "status": status.to_string(), "last_login": when(last), "grants": grants}));
+        let e = ctx
+            .guard
+            .effective(crate::guard::Holder::Principal(&id), None, now)
+            .ok();
+        let _ = writeln!(text_access, "{id} ({status}; last login {})", when(last));
+        if let Some(e) = &e {
+            for l in access_lines(e) {
+                let _ = writeln!(text_access, "  {l}");
+            }
+        }
+        access.push(json!({
+            "principal": id.to_string(), "status": status.to_string(), "last_login": when(last),
+            "blocked": e.as_ref().and_then(|e| e.blocked.as_ref().map(|r| r.to_string())),
+            "global": e.as_ref().map(|e| e.global.iter().map(super::effective::grant_json).collect::<Vec<_>>()),
+            "meter_groups": e.as_ref().map(|e| e.meters.iter().map(|g| json!({"meters": g.meters, "permissions": g.grants.iter().map(super::effective::grant_json).collect::<Vec<_>>()})).collect::<Vec<_>>()),
+        }));
     }
     for (id, a, b) in sod_conflicts(&dir, pairs) {
-        flags.push(format!(
-            "{id} holds both \"{a}\" and \"{b}\" (separation of duties)"
-        ));
+        let through: Vec<String> = match &id {
+            PrincipalId::User(n) => dir
+                .groups_of(n)
+                .filter(|g| {
+                    ctx.guard
+                        .effective(crate::guard::Holder::Group(&g.name), None, now)
+                        .is_ok_and(|e| {
+                            e.global
+                                .iter()
+                                .chain(e.meters.iter().flat_map(|m| m.grants.iter()))
+                                .any(|x| {
+                                    x.decision.allowed && (x.permission == a || x.permission == b)
+                                })
+                        })
+                })
+                .map(|g| format!("group {}", g.name))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let via = if through.is_empty() {
+            String::new()
+        } else {
+            format!(", part of it through {}", through.join(", "))
+        };
+        flag(
+            "separation-of-duties",
+            &id,
+            format!("holds both \"{a}\" and \"{b}\" (separation of duties{via})"),
+        );
     }
     let due = review_due(&ctx.guard, &ctx.review, now);
     if json_out {
+        let flags: Vec<_> = flags
+            .iter()
+            .map(|f| json!({"flag": f.kind, "principal": f.principal, "detail": f.detail}))
+            .collect();
         return Ok(Done::show(to_json(
-            &json!({"access": access, "attention": flags, "review_due": due}),
+            &json!({"access": access, "flags": flags, "review_due": due}),
         )));
     }
     let mut out = String::from("WHO CAN DO WHAT WHERE\n");
-    for a in &access {
-        let _ = writeln!(
-            out,
-            "{} ({}; last login {})",
-            a["principal"].as_str().unwrap_or(""),
-            a["status"].as_str().unwrap_or(""),
-            a["last_login"].as_str().unwrap_or("")
-        );
-        for g in a["grants"].as_array().into_iter().flatten() {
-            let _ = writeln!(out, "  {}", g.as_str().unwrap_or(""));
-        }
-    }
+    out += &text_access;
     out += "\nNEEDS ATTENTION\n";
     if flags.is_empty() {
         out += "  nothing\n";
     }
     for f in &flags {
-        let _ = writeln!(out, "  {f}");
+        let _ = writeln!(out, "  [{}] {} {}", f.kind, f.principal, f.detail);
     }
     let _ = writeln!(
         out,
