@@ -103,13 +103,12 @@ fn an_end_date_ends_open_consoles_and_sftp_handles_at_midnight() {
     assert_ne!(again.code, 0, "{again:?}");
 }
 
-#[test]
-fn removing_terminal_access_ends_a_live_console_but_not_the_session() {
-    let s = Site::start();
+/// crew's console on meter-1 goes live; then `withdraw` runs (its stdout
+/// returned). The console ends saying why, the SSH session goes on, and
+/// the next `connect` is denied.
+fn console_withdrawn(s: &Site, withdraw: impl Fn() -> String + Sync) -> String {
     let password = s.d.demo_password("crew");
-    // Once crew's console is live, an administrator takes Terminal Access
-    // away from the Operator role.
-    let socket_user = std::thread::scope(|scope| {
+    let said = std::thread::scope(|scope| {
         let editor = scope.spawn(|| {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
@@ -123,10 +122,7 @@ fn removing_terminal_access_ends_a_live_console_but_not_the_session() {
                 assert!(Instant::now() < deadline, "no console session: {list}");
                 std::thread::sleep(Duration::from_millis(100));
             }
-            s.d.mg(&["role", "edit", "Operator", "--remove", "terminal-access"])
-                .ok()
-                .stdout
-                .clone()
+            withdraw()
         });
         let r = shell(
             s.port,
@@ -149,14 +145,75 @@ fn removing_terminal_access_ends_a_live_console_but_not_the_session() {
         assert_eq!(r["ok"], true, "{r}");
         editor.join().expect("the editor thread")
     });
-    assert!(
-        socket_user.contains("role Operator updated"),
-        "{socket_user}"
-    );
     let ended = s.wait_event("access.ended", &["user:crew", "console"]);
     assert!(
         ended.contains("Terminal Access on meter-1 was withdrawn"),
         "{ended}"
     );
     s.wait_event("console.end", &["Terminal Access on meter-1 was withdrawn"]);
+    said
+}
+
+#[test]
+fn removing_terminal_access_ends_a_live_console_but_not_the_session() {
+    let s = Site::start();
+    // An administrator takes Terminal Access away from the Operator role.
+    let said = console_withdrawn(&s, || {
+        s.d.mg(&["role", "edit", "Operator", "--remove", "terminal-access"])
+            .ok()
+            .stdout
+            .clone()
+    });
+    assert!(said.contains("role Operator updated"), "{said}");
+}
+
+#[test]
+fn a_deny_added_by_policy_edit_decides_next_and_ends_a_live_console() {
+    let s = Site::start();
+    let dir = s.d.dir.path();
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let v1 = write(
+        "v1.toml",
+        "name = \"crew-extra\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\nmeters = [\"meter-1\"]\n",
+    );
+    let v2 = write(
+        "v2.toml",
+        "name = \"crew-extra\"\n[[statement]]\neffect = \"allow\"\npermissions = [\"Data View\"]\nmeters = [\"meter-1\"]\n\
+         [[statement]]\neffect = \"deny\"\npermissions = [\"Terminal Access\"]\nmeters = [\"meter-1\"]\n",
+    );
+    s.d.mg(&["policy", "create", "--file", &v1]).ok();
+    s.d.mg(&["user", "attach", "crew", "crew-extra"]).ok();
+    let said = console_withdrawn(&s, || {
+        s.d.mg(&[
+            "policy",
+            "edit",
+            "crew-extra",
+            "--file",
+            &v2,
+            "--if-version",
+            "1",
+        ])
+        .ok()
+        .stdout
+        .clone()
+    });
+    assert!(said.contains("version 2"), "{said}");
+    let next = s.d.mg(&[
+        "check",
+        "--principal",
+        "crew",
+        "--console",
+        "--meter",
+        "meter-1",
+    ]);
+    assert!(
+        next.ok()
+            .stdout
+            .starts_with("DENY Terminal Access: denied by policy `crew-extra` statement 2"),
+        "{next:?}"
+    );
 }

@@ -6,6 +6,8 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/api.rs"]
+mod harness;
 #[path = "common/ssh.rs"]
 mod ssh;
 
@@ -314,4 +316,33 @@ fn the_demo_writes_its_mail_as_files() {
     assert!(text.contains("To: ada@example.org"), "{text}");
     assert!(text.contains("multipart/alternative"), "{text}");
     assert!(text.contains(&printed), "{text}");
+}
+
+#[test]
+fn through_the_api_the_answer_says_where_the_password_went_not_what_it_is() {
+    let a = harness::api_with(
+        "\n[mail]\ndirectory = \"outbox\"\nfrom = \"metergate <gw@example.org>\"\n",
+    );
+    let (id, secret) = harness::key_of(&a.d, "provisioner");
+    let (status, body) = a.token(&id, &secret);
+    assert_eq!(status, 200, "{body}");
+    let token = harness::json(&body)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let outbox = a.d.config.with_file_name("outbox");
+    let count = || std::fs::read_dir(&outbox).map(|r| r.count()).unwrap_or(0);
+    // (call) → status, and one more message in the outbox
+    for (method, path, body, want) in [
+        ("POST", "/api/v1/users", Some(r#"{"name": "vic", "email": "vic@example.org"}"#), 201),
+        ("POST", "/api/v1/users/vic/resend-temporary-password", None, 200),
+    ] {
+        let before = count();
+        let (status, text) = a.call(&token, method, path, body);
+        assert_eq!(status, want, "{method} {path}: {text}");
+        let v = harness::json(&text);
+        assert_eq!(v["mailed_to"], "vic@example.org", "{v}");
+        assert!(v.get("temporary_password").is_none(), "{v}");
+        assert_eq!(count(), before + 1, "{method} {path}: no message in {outbox:?}");
+    }
 }
