@@ -334,8 +334,18 @@ fn through_the_api_the_answer_says_where_the_password_went_not_what_it_is() {
     let count = || std::fs::read_dir(&outbox).map(|r| r.count()).unwrap_or(0);
     // (call) → status, and one more message in the outbox
     for (method, path, body, want) in [
-        ("POST", "/api/v1/users", Some(r#"{"name": "vic", "email": "vic@example.org"}"#), 201),
-        ("POST", "/api/v1/users/vic/resend-temporary-password", None, 200),
+        (
+            "POST",
+            "/api/v1/users",
+            Some(r#"{"name": "vic", "email": "vic@example.org"}"#),
+            201,
+        ),
+        (
+            "POST",
+            "/api/v1/users/vic/resend-temporary-password",
+            None,
+            200,
+        ),
     ] {
         let before = count();
         let (status, text) = a.call(&token, method, path, body);
@@ -343,6 +353,10 @@ fn through_the_api_the_answer_says_where_the_password_went_not_what_it_is() {
         let v = harness::json(&text);
         assert_eq!(v["mailed_to"], "vic@example.org", "{v}");
         assert!(v.get("temporary_password").is_none(), "{v}");
-        assert_eq!(count(), before + 1, "{method} {path}: no message in {outbox:?}");
+        assert_eq!(
+            count(),
+            before + 1,
+            "{method} {path}: no message in {outbox:?}"
+        );
     }
 }

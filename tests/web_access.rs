@@ -357,3 +357,39 @@ fn the_access_lists_search_and_page_by_name() {
     );
     ok(&r);
 }
+
+/// With `[mail]` and no printing, the console says where the temporary
+/// password went, never what it is; the message is in the outbox.
+#[test]
+fn with_mail_the_console_says_where_the_password_went() {
+    let mut g = demo();
+    let admin = g.d.demo_password("admin");
+    let text = std::fs::read_to_string(&g.d.config).unwrap().replace(
+        "print_temporary_password = true",
+        "print_temporary_password = false",
+    );
+    std::fs::write(&g.d.config, text).unwrap();
+    g.d.restart(None);
+    let outbox = g.d.config.with_file_name("mail");
+    let count = || std::fs::read_dir(&outbox).map(|r| r.count()).unwrap_or(0);
+    let before = count();
+    let r = browse(
+        g.port,
+        &g.ca,
+        steps(vec![
+            login("admin", &admin),
+            vec![
+                json!({"go": "/users"}),
+                json!({"fill": {"name": "mia", "email": "mia@example.org"}}),
+                json!({"click": "Add user"}),
+                json!({"see": "User mia created: the temporary password was sent by mail to mia@example.org"}),
+                json!({"not_see": "It is shown only now"}),
+                json!({"click": "Resend temporary password"}),
+                json!({"see": "New temporary password for mia: the temporary password was sent by mail to mia@example.org"}),
+                json!({"console_errors": true}),
+            ],
+        ]),
+    );
+    ok(&r);
+    assert_eq!(count(), before + 2, "two messages in {outbox:?}");
+}
