@@ -39,6 +39,8 @@ pub struct Mailer {
     transport: Transport,
     from: Mailbox,
     login_url: String,
+    /// `mail.template`: the operator's own text.
+    template: Option<String>,
     /// Where messages go, as messages and events name it.
     pub destination: String,
     pub print_temporary_password: bool,
@@ -70,6 +72,14 @@ struct Text<'a> {
     password: &'a str,
     expires: &'a str,
     login_url: &'a str,
+}
+
+/// An operator's own text as the HTML alternative (escaped).
+#[derive(Template)]
+#[template(path = "mail/custom.html")]
+struct CustomHtml<'a> {
+    subject: &'a str,
+    text: &'a str,
 }
 
 #[derive(Template)]
@@ -145,6 +155,7 @@ impl Mailer {
             transport,
             from,
             login_url: c.login_url.clone(),
+            template: c.template.clone(),
             destination,
             print_temporary_password: c.print_temporary_password,
         })
@@ -170,6 +181,26 @@ impl Mailer {
             "" => to.user,
             name => name,
         };
+        if let Some(own) = &self.template {
+            // The operator's text, its placeholders filled in.
+            let text = [
+                ("{{ occasion }}", if welcome { "welcome" } else { "resend" }),
+                ("{{ greeting }}", greeting),
+                ("{{ user }}", to.user),
+                ("{{ expires }}", expires),
+                ("{{ login_url }}", &self.login_url),
+                ("{{ password }}", password.expose()),
+            ]
+            .iter()
+            .fold(own.clone(), |t, (k, v)| t.replace(k, v));
+            let html = CustomHtml {
+                subject: &subject,
+                text: &text,
+            }
+            .render()
+            .map_err(|e| MailError::Send(format!("the message template: {e}")))?;
+            return self.send(to, full.trim(), subject, text, html).await;
+        }
         let text = Text {
             welcome,
             greeting,
@@ -191,11 +222,22 @@ impl Mailer {
         }
         .render()
         .map_err(|e| MailError::Send(format!("the message template: {e}")))?;
+        self.send(to, full.trim(), subject, text, html).await
+    }
+
+    async fn send(
+        &self,
+        to: &Recipient<'_>,
+        full: &str,
+        subject: String,
+        text: String,
+        html: String,
+    ) -> Result<(), MailError> {
         let address = to
             .email
             .parse()
             .map_err(|_| MailError::Address(to.email.to_string()))?;
-        let name = (full.trim() != "").then(|| full.trim().to_string());
+        let name = (!full.is_empty()).then(|| full.to_string());
         let message = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(name, address))

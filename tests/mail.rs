@@ -360,3 +360,54 @@ fn through_the_api_the_answer_says_where_the_password_went_not_what_it_is() {
         );
     }
 }
+
+#[test]
+fn an_own_template_is_filled_in_and_one_without_the_password_is_refused() {
+    let d = Daemon::start_text(|socket| {
+        let dir = socket.parent().unwrap();
+        std::fs::write(
+            dir.join("welcome.txt"),
+            "Hi {{ greeting }} ({{ occasion }}): log in as {{ user }} with {{ password }} before {{ expires }} at {{ login_url }}.\n",
+        )
+        .unwrap();
+        gateway_config(
+            socket,
+            "[mail]\ndirectory = \"outbox\"\nfrom = \"gw@example.org\"\nlogin_url = \"https://gw/\"\ntemplate = \"welcome.txt\"\nprint_temporary_password = true\n",
+        )
+    });
+    let added = d.mg(&["user", "add", "tom", "--email", "tom@example.org"]);
+    let password = added
+        .ok()
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary password: "))
+        .unwrap_or_else(|| panic!("{added:?}"))
+        .to_string();
+    let outbox = d.config.with_file_name("outbox");
+    let eml = std::fs::read_dir(&outbox)
+        .unwrap()
+        .find_map(|e| e.ok().map(|e| e.path()))
+        .unwrap();
+    let text = std::fs::read_to_string(eml).unwrap();
+    assert!(
+        text.contains(&format!(
+            "Hi tom (welcome): log in as tom with {password} before "
+        )),
+        "{text}"
+    );
+    assert!(text.contains("at https://gw/."), "{text}");
+    assert!(text.contains("<pre"), "the HTML alternative: {text}");
+    // A template that would never give the password is refused, naming it.
+    std::fs::write(d.config.with_file_name("welcome.txt"), "Hi {{ user }}\n").unwrap();
+    let check = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("mail.template") && err.contains("has no {{ password }}"),
+        "{err}"
+    );
+}

@@ -46,6 +46,9 @@ pub struct RawMail {
     pub print_temporary_password: bool,
     /// A relay that does not answer within this is a failed send.
     pub timeout: Option<Interval>,
+    /// A plain-text template of one's own for the message (its HTML
+    /// alternative is the same text); `{{ password }}` must be in it.
+    pub template: Option<PathBuf>,
 }
 
 /// Where messages go.
@@ -69,6 +72,8 @@ pub struct MailConfig {
     pub from: String,
     pub login_url: String,
     pub print_temporary_password: bool,
+    /// The text of `mail.template`, read and checked at load.
+    pub template: Option<String>,
 }
 
 pub(super) fn mail(
@@ -143,10 +148,33 @@ pub(super) fn mail(
     if login_url.chars().any(char::is_control) {
         return Err(src.err(&key("login_url"), "must be one line"));
     }
+    let template = match &m.template {
+        None => None,
+        Some(p) => {
+            let path = abs(p);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                src.err(
+                    &key("template"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if !text.contains("{{ password }}") {
+                return Err(src.err(
+                    &key("template"),
+                    format!(
+                        "{} has no {{{{ password }}}}: the user would never get the password",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(text)
+        }
+    };
     Ok(Some(MailConfig {
         transport,
         from,
         login_url,
         print_temporary_password: m.print_temporary_password,
+        template,
     }))
 }
