@@ -104,9 +104,18 @@ impl Mailer {
             .map_err(|_| MailError::Address(c.from.clone()))?;
         let (transport, destination) = match &c.transport {
             MailTransport::Directory(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
+                // The messages carry temporary passwords: the gateway's alone.
+                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+                let setup = |e: std::io::Error| {
                     MailError::Setup(format!("mail.directory {}: {e}", dir.display()))
-                })?;
+                };
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(setup)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(setup)?;
                 (
                     Transport::Directory(AsyncFileTransport::new(dir)),
                     format!("the directory {}", dir.display()),
@@ -183,16 +192,17 @@ impl Mailer {
         };
         if let Some(own) = &self.template {
             // The operator's text, its placeholders filled in.
-            let text = [
-                ("{{ occasion }}", if welcome { "welcome" } else { "resend" }),
-                ("{{ greeting }}", greeting),
-                ("{{ user }}", to.user),
-                ("{{ expires }}", expires),
-                ("{{ login_url }}", &self.login_url),
-                ("{{ password }}", password.expose()),
-            ]
-            .iter()
-            .fold(own.clone(), |t, (k, v)| t.replace(k, v));
+            let text = fill(
+                own,
+                &[
+                    ("{{ occasion }}", if welcome { "welcome" } else { "resend" }),
+                    ("{{ greeting }}", greeting),
+                    ("{{ user }}", to.user),
+                    ("{{ expires }}", expires),
+                    ("{{ login_url }}", &self.login_url),
+                    ("{{ password }}", password.expose()),
+                ],
+            );
             let html = CustomHtml {
                 subject: &subject,
                 text: &text,
@@ -259,6 +269,29 @@ impl Mailer {
     }
 }
 
+/// Fills `template`'s placeholders in one pass: what is put in is never
+/// read again, so a name that reads `{{ password }}` stays that text.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(at) = rest.find("{{ ") {
+        out.push_str(&rest[..at]);
+        let here = &rest[at..];
+        match values.iter().find(|(k, _)| here.starts_with(k)) {
+            Some((k, v)) => {
+                out.push_str(v);
+                rest = &here[k.len()..];
+            }
+            None => {
+                out.push_str("{{ ");
+                rest = &here[3..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The relay password: the file's first line; the file must be private.
 fn read_secret(path: &PathBuf) -> Result<String, MailError> {
     use std::os::unix::fs::PermissionsExt;
@@ -274,4 +307,29 @@ fn read_secret(path: &PathBuf) -> Result<String, MailError> {
         return Err(what("is empty".into()));
     }
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill;
+
+    #[test]
+    fn placeholders_are_filled_once_and_what_is_put_in_is_not_read_again() {
+        let values = [
+            ("{{ greeting }}", "{{ password }} at evil.example"),
+            ("{{ password }}", "s3cret"),
+        ];
+        // (template) → the text
+        for (template, want) in [
+            (
+                "Hi {{ greeting }}: {{ password }}",
+                "Hi {{ password }} at evil.example: s3cret",
+            ),
+            ("{{ unknown }} {{ password }}", "{{ unknown }} s3cret"),
+            ("no placeholders", "no placeholders"),
+            ("{{ ", "{{ "),
+        ] {
+            assert_eq!(fill(template, &values), want, "{template}");
+        }
+    }
 }

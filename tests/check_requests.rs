@@ -205,7 +205,35 @@ fn check_answers_what_pymodbus_and_sftp_then_get() {
     assert!(r.stderr.contains("Wizard"), "{r:?}");
 
     // (flags) → the error's words
-    let errors: [(Vec<&str>, &str); 5] = [
+    let errors: [(Vec<&str>, &str); 7] = [
+        (
+            vec![
+                "--principal",
+                "crew",
+                "--meter",
+                "meter-3",
+                "--path",
+                "/meter-1/logs",
+                "--op",
+                "list",
+            ],
+            "is on meter meter-1, not --meter meter-3",
+        ),
+        (
+            vec![
+                "--principal",
+                "crew",
+                "--meter",
+                "meter-1",
+                "--function",
+                "3",
+                "--register",
+                "3000",
+                "--count",
+                "126",
+            ],
+            "1 to 125 registers",
+        ),
         (
             vec!["--principal", "crew", "--meter", "meter-1"],
             "give one of --permission P",

@@ -313,6 +313,8 @@ fn the_demo_writes_its_mail_as_files() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let text = std::fs::read_to_string(&eml).unwrap();
+    let mode = std::fs::metadata(&mail).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the outbox holds passwords: {mode:o}");
     assert!(text.contains("To: ada@example.org"), "{text}");
     assert!(text.contains("multipart/alternative"), "{text}");
     assert!(text.contains(&printed), "{text}");

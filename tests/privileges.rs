@@ -228,6 +228,8 @@ async fn access_brought_back_or_a_deny_lifted_is_a_grant_too() {
         // Where temporary passwords are mailed is a credential: changing an
         // Administrator's email would take over the next one.
         (uid("bob"), "user edit root-admin --email thief@example.org", 2, "needs the Administrator policy"),
+        // Even of someone who holds little now: the address outlives it.
+        (uid("bob"), "user edit olga --email thief@example.org", 2, "changing another person's email"),
         (uid("bob"), "group remove-member contractors bob", 2, "would confer Terminal Access on meter-"),
         (uid("bob"), "group delete contractors", 2, "would confer Terminal Access on meter-"),
         (uid("bob"), "group detach contractors no-console", 2, "would confer Terminal Access on meter-"),

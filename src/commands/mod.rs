@@ -433,7 +433,7 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
     let changes = matches!(
         action,
         Action::Admin {
-            op: AdminOp::Change | AdminOp::ResendPassword,
+            op: AdminOp::Change | AdminOp::ResendPassword | AdminOp::MailAddress,
             ..
         }
     );
@@ -567,6 +567,15 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
                 name, email: None, ..
             },
         } if *who == PrincipalId::User(name.clone()) => AdminOp::OwnProfile,
+        // Someone else's email: their next temporary password goes there.
+        A::User {
+            command:
+                UserCommand::Edit {
+                    name,
+                    email: Some(_),
+                    ..
+                },
+        } if *who != PrincipalId::User(name.clone()) => AdminOp::MailAddress,
         // Recordings are the security log's: Security Logs Access.
         A::Session {
             command:

@@ -64,23 +64,17 @@ fn question(c: &CheckArgs) -> Result<Question, CommandError> {
         let op = file_op(c.op.as_deref().ok_or_else(|| {
             CommandError::Refused("--path needs --op (read, write, list…)".into())
         })?)?;
-        // As SFTP shows it: /METER/rest (or, with --meter, relative to it).
+        // As SFTP resolves it: the first component is the meter.
         let mut parts = path.split('/').filter(|p| !p.is_empty());
-        let (meter, rest): (String, Vec<&str>) = match &c.meter {
-            Some(m) => {
-                let all: Vec<&str> = parts.collect();
-                let rest = if all.first() == Some(&m.as_str()) {
-                    all[1..].to_vec()
-                } else {
-                    all
-                };
-                (m.clone(), rest)
-            }
-            None => match parts.next() {
-                Some(m) => (m.to_string(), parts.collect()),
-                None => return refused("--path names no meter: give /METER/… or --meter"),
-            },
+        let Some(meter) = parts.next().map(str::to_string) else {
+            return refused("--path names no meter: give it as SFTP shows it, /METER/…");
         };
+        if let Some(m) = c.meter.as_ref().filter(|m| **m != meter) {
+            return refused(format!(
+                "--path {path} is on meter {meter}, not --meter {m}"
+            ));
+        }
+        let rest: Vec<&str> = parts.collect();
         if rest.iter().any(|p| *p == "." || *p == "..") {
             return refused(format!("--path `{path}`: no . or .. components"));
         }
@@ -106,11 +100,21 @@ fn question(c: &CheckArgs) -> Result<Question, CommandError> {
             _ => Ok(WriteValues::Known(c.values.clone())),
         }
     };
+    // The proxy's own limits on one request (Modbus application protocol).
+    let limit = |n: usize, most: usize, what: &str| -> Result<(), CommandError> {
+        if n == 0 || n > most {
+            return refused(format!(
+                "FC {function} {what} 1 to {most} registers in one request, not {n}"
+            ));
+        }
+        Ok(())
+    };
     Ok(Question::Request(match function {
         3 | 4 => {
             if !c.values.is_empty() {
                 return refused(format!("FC {function} reads: --value is for writes"));
             }
+            limit(usize::from(c.count.unwrap_or(1)), 125, "reads")?;
             Action::ReadRegisters {
                 meter,
                 function,
@@ -125,13 +129,16 @@ fn question(c: &CheckArgs) -> Result<Question, CommandError> {
             values: values(Some(1))?,
             read: None,
         },
-        16 => Action::WriteRegisters {
-            meter,
-            function,
-            start,
-            values: values(None)?,
-            read: None,
-        },
+        16 => {
+            limit(c.values.len().max(1), 123, "writes")?;
+            Action::WriteRegisters {
+                meter,
+                function,
+                start,
+                values: values(None)?,
+                read: None,
+            }
+        }
         8 => Action::Diagnostics {
             meter,
             sub_function: start,

@@ -51,7 +51,7 @@ fn recipient(u: &User) -> Recipient<'_> {
 }
 
 /// `mail.sent` or `mail.failed`: to whom, never what.
-async fn mail_event(ctx: &Gateway, caller: &Caller, code: &str, user: &str, to: &str, why: &str) {
+async fn mail_event(guard: &Guard, caller: &Caller, code: &str, user: &str, to: &str, why: &str) {
     let outcome = if code == "mail.sent" {
         EventOutcome::Success
     } else {
@@ -64,7 +64,73 @@ async fn mail_event(ctx: &Gateway, caller: &Caller, code: &str, user: &str, to: 
         .reason(why)
         .detail("user", user)
         .detail("to", to);
-    ctx.guard.record(ev).await;
+    guard.record(ev).await;
+}
+
+/// What takes a password back when its mail cannot be sent.
+struct Undo {
+    ops: Vec<Op>,
+    /// What the answer says once it is undone, or if that failed.
+    done: String,
+    failed: String,
+}
+
+/// Sends the password message; when it cannot be sent, `undo` takes the
+/// password back. It runs as a task of its own: a caller that goes away
+/// mid-send (a cut connection, a deadline) cannot leave behind a password
+/// nobody received.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    ctx: &Gateway,
+    caller: &Caller,
+    mailer: &Arc<crate::mail::Mailer>,
+    occasion: Occasion,
+    u: &User,
+    secret: &Secret,
+    record: &PasswordRecord,
+    undo: Undo,
+    now: OffsetDateTime,
+) -> Result<(), CommandError> {
+    let (guard, mailer, u, secret, caller) = (
+        ctx.guard.clone(),
+        mailer.clone(),
+        u.clone(),
+        secret.clone(),
+        caller.clone(),
+    );
+    let expires = when(record.expires_at());
+    let task = tokio::spawn(async move {
+        let what = match occasion {
+            Occasion::Welcome => "the welcome mail",
+            Occasion::Resend => "the mail with a new temporary password",
+        };
+        match mailer
+            .send_password(occasion, &recipient(&u), &secret, &expires)
+            .await
+        {
+            Ok(()) => {
+                let why = format!("{what} went to {} through {}", u.email, mailer.destination);
+                mail_event(&guard, &caller, "mail.sent", &u.name, &u.email, &why).await;
+                Ok(())
+            }
+            Err(why) => {
+                let outcome = match guard.change(undo.ops, &caller.who, now) {
+                    Ok(_) => undo.done,
+                    Err(e) => format!("{} ({e})", undo.failed),
+                };
+                let message = format!("{what} to {} could not be sent ({why}): {outcome}", u.email);
+                mail_event(&guard, &caller, "mail.failed", &u.name, &u.email, &message).await;
+                Err(message)
+            }
+        }
+    });
+    match task.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(CommandError::Failed(message)),
+        Err(e) => Err(CommandError::Failed(format!(
+            "sending the mail failed: {e}"
+        ))),
+    }
 }
 
 /// The answer once the password went by mail: where, until when, and the
@@ -150,42 +216,26 @@ pub(super) async fn user(
                 vec![Op::Put(Entity::User(u.clone()), Expect::New)],
             )?;
             if let Some(mailer) = &ctx.mail {
-                let sent = mailer
-                    .send_password(
-                        Occasion::Welcome,
-                        &recipient(&u),
-                        &secret,
-                        &when(record.expires_at()),
-                    )
-                    .await;
-                if let Err(why) = sent {
-                    // No account whose password nobody was told.
-                    let undone = apply(ctx, who, now, vec![Op::Delete(Kind::User, n.clone(), 1)]);
-                    let outcome = match undone {
-                        Ok(_) => format!("user {n} was not created"),
-                        Err(e) => format!(
-                            "user {n} was created but could not be removed again ({e}); delete it"
-                        ),
-                    };
-                    let message = format!(
-                        "the welcome mail to {} could not be sent ({why}): {outcome}",
-                        u.email
-                    );
-                    mail_event(ctx, caller, "mail.failed", n, &u.email, &message).await;
-                    return Err(CommandError::Failed(message));
-                }
-                mail_event(
+                // No account whose password nobody was told.
+                let undo = Undo {
+                    ops: vec![Op::Delete(Kind::User, n.clone(), 1)],
+                    done: format!("user {n} was not created"),
+                    failed: format!(
+                        "user {n} was created but could not be removed again; delete it"
+                    ),
+                };
+                deliver(
                     ctx,
                     caller,
-                    "mail.sent",
-                    n,
-                    &u.email,
-                    &format!(
-                        "the welcome mail with the temporary password went to {} through {}",
-                        u.email, mailer.destination
-                    ),
+                    mailer,
+                    Occasion::Welcome,
+                    &u,
+                    &secret,
+                    &record,
+                    undo,
+                    now,
                 )
-                .await;
+                .await?;
                 let text = mailed(n, &u.email, &secret, &record, mailer, req.json, "created");
                 return Ok(Done::changed(
                     text,
@@ -399,52 +449,33 @@ pub(super) async fn user(
             let before = u.password.replace(record.clone());
             let next = apply(ctx, who, now, vec![put_user(u.clone())])?;
             if let Some(mailer) = &ctx.mail {
-                let sent = mailer
-                    .send_password(
-                        Occasion::Resend,
-                        &recipient(&u),
-                        &secret,
-                        &when(record.expires_at()),
-                    )
-                    .await;
-                if let Err(why) = sent {
-                    // The new password is revoked: the one before stands.
-                    let undone = match next.users.get(n) {
-                        Some(now_user) => {
-                            let mut back = now_user.clone();
-                            back.password = before;
-                            apply(ctx, who, now, vec![put_user(back)]).map(|_| ())
-                        }
-                        None => Ok(()),
-                    };
-                    let outcome = match undone {
-                        Ok(()) => {
-                            "the new temporary password was revoked; the password before it stands"
-                                .to_string()
-                        }
-                        Err(e) => format!(
-                            "the new temporary password could not be revoked ({e}): resend again"
-                        ),
-                    };
-                    let message = format!(
-                        "the mail to {} could not be sent ({why}): {outcome}",
-                        u.email
-                    );
-                    mail_event(ctx, caller, "mail.failed", n, &u.email, &message).await;
-                    return Err(CommandError::Failed(message));
-                }
-                mail_event(
+                // The new password is revoked: the one before stands.
+                let ops = match next.users.get(n) {
+                    Some(now_user) => {
+                        let mut back = now_user.clone();
+                        back.password = before;
+                        vec![put_user(back)]
+                    }
+                    None => Vec::new(),
+                };
+                let undo = Undo {
+                    ops,
+                    done: "the new temporary password was revoked; the password before it stands"
+                        .into(),
+                    failed: "the new temporary password could not be revoked: resend again".into(),
+                };
+                deliver(
                     ctx,
                     caller,
-                    "mail.sent",
-                    n,
-                    &u.email,
-                    &format!(
-                        "a new temporary password went to {} through {}",
-                        u.email, mailer.destination
-                    ),
+                    mailer,
+                    Occasion::Resend,
+                    &u,
+                    &secret,
+                    &record,
+                    undo,
+                    now,
                 )
-                .await;
+                .await?;
                 let text = mailed(n, &u.email, &secret, &record, mailer, req.json, "re-issued");
                 return Ok(Done::changed(
                     text,

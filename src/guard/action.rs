@@ -48,6 +48,9 @@ pub enum AdminOp {
     View,
     /// Re-issuing a temporary password: Administrator only.
     ResendPassword,
+    /// Changing another person's email, where their temporary passwords
+    /// are mailed: Administrator only, as re-issuing one is.
+    MailAddress,
     /// Changing one's own password: Password Self-Management.
     OwnPassword,
     /// Editing one's own names: nothing beyond being allowed in.

@@ -377,6 +377,13 @@ impl Guard {
                         Reason::AdministratorRequired("re-issuing a temporary password"),
                     ),
                     AdminOp::ResendPassword => ctx.evaluate(Permission::UserManagement, None),
+                    AdminOp::MailAddress if !principal.administrator => Decision::deny(
+                        None,
+                        Reason::AdministratorRequired(
+                            "changing another person's email (where their temporary passwords are mailed)",
+                        ),
+                    ),
+                    AdminOp::MailAddress => ctx.evaluate(Permission::UserManagement, None),
                     AdminOp::OwnPassword => ctx.evaluate(Permission::PasswordSelfManagement, None),
                     AdminOp::OwnProfile => Decision::allow(None, Reason::PrincipalActive),
                 }
