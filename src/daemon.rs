@@ -159,9 +159,10 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         Some(f) => Some(crate::store::forward::Forwarder::new(f)?),
         None => None,
     };
-    let store = Arc::new(Store::open_with(
+    let store = Arc::new(Store::open_configured(
         &config.state_dir,
         config.audit.capacity(forwarder.is_some()),
+        &config.directory,
     )?);
     if forwarder.is_some() {
         store.forward_state().set_delivered(store.forward_cursor()?);
@@ -353,6 +354,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Running)) -> Result<(), Dae
         ));
     }
     tokio::spawn(review_reminder(guard.clone(), review, stop_rx.clone()));
+    tokio::spawn(guard.clone().follow_directory(stop_rx.clone()));
     if let Some(every) = notifier.watchdog_every() {
         let mut stop = stop_rx.clone();
         let n = Notifier::from_env();
@@ -645,9 +647,37 @@ fn sampler(
             reads_allowed: c.reads_allowed.load(std::sync::atomic::Ordering::Relaxed),
             reads_denied: c.reads_denied.load(std::sync::atomic::Ordering::Relaxed),
             review_overdue: review_due(&guard, &review, OffsetDateTime::now_utc()).is_some(),
-            more: recordings.render_metrics(),
+            more: recordings.render_metrics() + &directory_metrics(&guard),
         }
     })
+}
+
+/// The shared directory's health (nothing for the local backend).
+fn directory_metrics(guard: &Guard) -> String {
+    let Some(shared) = guard.store().shared_directory() else {
+        return String::new();
+    };
+    let h = shared.health();
+    let now = crate::model::micros(OffsetDateTime::now_utc());
+    let stale = if h.last_contact == 0 {
+        0.0
+    } else {
+        (now - h.last_contact).max(0) as f64 / 1e6
+    };
+    format!(
+        "# HELP metergate_directory_reachable 1 while the shared directory (PostgreSQL) can be reached.\n\
+         # TYPE metergate_directory_reachable gauge\nmetergate_directory_reachable {}\n\
+         # HELP metergate_directory_version The directory version this gateway decides on.\n\
+         # TYPE metergate_directory_version gauge\nmetergate_directory_version {}\n\
+         # HELP metergate_directory_lag_versions Changes on the server this gateway has not applied yet.\n\
+         # TYPE metergate_directory_lag_versions gauge\nmetergate_directory_lag_versions {}\n\
+         # HELP metergate_directory_stale_seconds Since the last contact with the server.\n\
+         # TYPE metergate_directory_stale_seconds gauge\nmetergate_directory_stale_seconds {stale:.3}\n",
+        u8::from(h.reachable),
+        guard.store().directory_version(),
+        h.remote_version
+            .saturating_sub(guard.store().directory_version()),
+    )
 }
 
 fn audit_sample(guard: &Guard) -> metrics::AuditSample {

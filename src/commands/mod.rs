@@ -6,6 +6,7 @@
 pub mod access;
 mod audit;
 mod certificates;
+mod directory;
 mod effective;
 mod groups;
 mod helpers;
@@ -317,7 +318,9 @@ impl From<StoreError> for CommandError {
             StoreError::Io { .. }
             | StoreError::Sled(_)
             | StoreError::Corrupt { .. }
-            | StoreError::Locked(_) => CommandError::Failed(e.to_string()),
+            | StoreError::Locked(_)
+            | StoreError::Unreachable(_)
+            | StoreError::Contended => CommandError::Failed(e.to_string()),
             StoreError::NotFound { .. } => CommandError::NotFound(e.to_string()),
             StoreError::StaleVersion { .. } => CommandError::Stale(e.to_string()),
             other => CommandError::Refused(other.to_string()),
@@ -547,7 +550,11 @@ fn action_of(cmd: &AdminCommand, who: &PrincipalId, words: &str) -> Action {
         }
         | A::Check(_)
         | A::WhoCan(_)
-        | A::Review { .. } => AdminOp::View,
+        | A::Review { .. }
+        | A::Directory {
+            command: DirectoryCommand::Status,
+        } => AdminOp::View,
+        A::Directory { .. } => AdminOp::DirectoryTransfer,
         A::User {
             command: UserCommand::ResendPassword { .. },
         } => AdminOp::ResendPassword,
@@ -635,6 +642,7 @@ async fn run(
         AdminCommand::Support { command } => support(ctx, caller, command, req.json, now).await,
         AdminCommand::Session { command } => session(ctx, caller, command, req.json, now).await,
         AdminCommand::Audit { command } => audit(ctx, command, req).await,
+        AdminCommand::Directory { command } => directory::run(ctx, caller, command, req, now).await,
         AdminCommand::Mfa { code } => step_up(ctx, caller, code).await,
         AdminCommand::Check(c) => check(ctx, c, req, now),
         AdminCommand::WhoCan(c) => effective::who_can(ctx, c, req.json, now),

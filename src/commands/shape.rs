@@ -50,6 +50,12 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Where identities and policies live: this gateway's store, or
+    /// PostgreSQL shared by many gateways.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Prove your second factor in this session (step up) with a code from
     /// your authenticator app or a recovery code.
     Mfa { code: String },
@@ -584,4 +590,24 @@ pub enum AuditCommand {
 pub struct AdminLine {
     #[command(subcommand)]
     pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum DirectoryCommand {
+    /// The backend, this gateway's snapshot version and lag, the server's
+    /// health and the gateways seen.
+    Status,
+    /// Everything the directory holds, as JSON on standard output (hashes
+    /// as they are; second-factor secrets are left out).
+    Export,
+    /// Loads an export into this gateway's directory (local or shared).
+    Import {
+        /// The JSON written by `directory export`.
+        #[arg(long)]
+        file: String,
+        /// Replace a directory that already holds users, groups or
+        /// policies (otherwise only one holding the example roles).
+        #[arg(long)]
+        replace: bool,
+    },
 }

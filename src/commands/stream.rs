@@ -38,6 +38,8 @@ pub enum Stream {
     },
     /// A live session's output until it ends or the reader leaves.
     Watch(Arc<Watch>),
+    /// A long text made at once (`directory export`), sent in chunks.
+    Text(Arc<String>),
 }
 
 /// Produces the stream's chunks into `tx` until it is done or the reader
@@ -90,6 +92,20 @@ pub async fn produce(
             pace: Some(pace),
         } => play(&path, pace, &tx).await,
         Stream::Watch(watch) => follow_live(&watch, &tx).await,
+        Stream::Text(text) => {
+            let mut rest = text.as_str();
+            while !rest.is_empty() {
+                let mut end = rest.len().min(CHUNK);
+                while !rest.is_char_boundary(end) {
+                    end -= 1;
+                }
+                if tx.send(rest[..end].to_string()).await.is_err() {
+                    return Ok(());
+                }
+                rest = &rest[end..];
+            }
+            Ok(())
+        }
         Stream::Follow { mut after, json } => loop {
             if tx.is_closed() {
                 return Ok(());

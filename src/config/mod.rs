@@ -5,6 +5,7 @@ mod access;
 mod api;
 mod audit;
 mod daemon;
+mod directory;
 mod errors;
 mod interval;
 mod lockout;
@@ -27,6 +28,7 @@ pub use access::{ReviewConfig, SupportConfig};
 pub use api::ApiConfig;
 pub use audit::{AuditConfig, ForwardConfig, OnFailure, Transport, WhenFull};
 pub use daemon::{ControlConfig, DaemonConfig};
+pub use directory::{DirectoryConfig, PostgresDirectory};
 pub use errors::{ConfigError, ConfigWarning};
 pub use interval::Interval;
 pub use lockout::{Limits, Lockout};
@@ -73,6 +75,8 @@ pub struct Config {
     pub recording: RecordingConfig,
     /// How temporary passwords reach users; None: printed to the administrator.
     pub mail: Option<MailConfig>,
+    /// Where identities and policies live.
+    pub directory: DirectoryConfig,
 }
 
 #[derive(Deserialize)]
@@ -117,6 +121,8 @@ struct RawConfig {
     recording: RecordingConfig,
     #[serde(default)]
     mail: Option<mail::RawMail>,
+    #[serde(default)]
+    directory: Option<directory::RawDirectory>,
 }
 
 impl Config {
@@ -175,6 +181,7 @@ impl Config {
         mfa::check(&raw.mfa, &src)?;
         recording::check(&raw.recording, &src)?;
         let mail = mail::mail(&raw.mail, base, &src)?;
+        let directory = directory::directory(&raw.directory, base, &src)?;
         let mut audit = raw.audit;
         audit::check(&mut audit, base, &src)?;
 
@@ -203,6 +210,7 @@ impl Config {
                 api,
                 recording: raw.recording,
                 mail,
+                directory,
             },
             warnings,
         ))

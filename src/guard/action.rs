@@ -51,6 +51,9 @@ pub enum AdminOp {
     /// Changing another person's email, where their temporary passwords
     /// are mailed: Administrator only, as re-issuing one is.
     MailAddress,
+    /// Moving the directory out or in (`directory export|import`): every
+    /// hash goes out, everyone's access is replaced: Administrator only.
+    DirectoryTransfer,
     /// Changing one's own password: Password Self-Management.
     OwnPassword,
     /// Editing one's own names: nothing beyond being allowed in.

@@ -223,6 +223,68 @@ impl Guard {
         Ok(dir)
     }
 
+    /// Follows the shared directory until `stop`: a change made on another
+    /// gateway is decided on at once (live sessions it withdrew end, as for
+    /// a change made here), and the server going away or coming back is an
+    /// event (`directory.unreachable`, `directory.reachable`).
+    pub async fn follow_directory(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(shared) = self.store.shared_directory() else {
+            return;
+        };
+        let server = shared.server().to_string();
+        let mut changes = self.store.directory_changes();
+        let mut reachable = true;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let now = OffsetDateTime::now_utc();
+                    self.recompile();
+                    self.sweep_tokens(now);
+                    self.changed.notify_one();
+                }
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let Some(health) = self.store.shared_directory().map(|s| s.health()) else {
+                return;
+            };
+            if health.since == 0 || health.reachable == reachable {
+                continue;
+            }
+            reachable = health.reachable;
+            let ev = if reachable {
+                EventDraft::new("directory.reachable", Category::System, Outcome::Success)
+                    .reason(format!("{server} can be reached again; changes flow"))
+            } else {
+                EventDraft::new("directory.unreachable", Category::System, Outcome::Failure)
+                    .reason(format!(
+                        "{}; decisions go on from this gateway's last copy, admin changes are refused",
+                        health.error.as_deref().unwrap_or(&server)
+                    ))
+            };
+            self.record(ev.detail("gateway", shared.gateway())).await;
+        }
+    }
+
+    /// Replaces the directory with an export's records (`directory
+    /// import`) and decides on it at once.
+    pub fn import_directory(
+        &self,
+        records: Vec<crate::store::Write>,
+        replace: bool,
+        now: OffsetDateTime,
+    ) -> Result<Arc<Directory>, StoreError> {
+        let dir = self.store.import_records(records, replace)?;
+        self.recompile();
+        self.sweep_tokens(now);
+        self.changed.notify_one();
+        Ok(dir)
+    }
+
     /// Replaces the fleet (meters and profiles) and the settings (reload).
     pub fn reload(
         &self,
@@ -384,6 +446,13 @@ impl Guard {
                         ),
                     ),
                     AdminOp::MailAddress => ctx.evaluate(Permission::UserManagement, None),
+                    AdminOp::DirectoryTransfer if !principal.administrator => Decision::deny(
+                        None,
+                        Reason::AdministratorRequired(
+                            "moving the directory out or in (it holds every hash and all access)",
+                        ),
+                    ),
+                    AdminOp::DirectoryTransfer => ctx.evaluate(Permission::UserManagement, None),
                     AdminOp::OwnPassword => ctx.evaluate(Permission::PasswordSelfManagement, None),
                     AdminOp::OwnProfile => Decision::allow(None, Reason::PrincipalActive),
                 }

@@ -1,6 +1,8 @@
 //! The store in sled: identities, roles, policies and support access (each
 //! change atomic and versioned), the guard's small state, and the
 //! hash-chained security log. sled locks its directory: one process at a time.
+//! Over 800 lines: a change's one path (compute, then commit to sled or to
+//! PostgreSQL, and this gateway's copy) reads best in one place.
 
 pub mod checkpoint;
 pub mod cut;
@@ -8,12 +10,13 @@ pub mod export;
 pub mod forward;
 pub mod index;
 pub mod log;
+pub mod postgres;
 pub mod secrets;
 pub mod signing;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +71,12 @@ pub enum StoreError {
         "refused: no active user or service user would hold the Administrator policy any more (never lock everyone out)"
     )]
     LastAdministrator,
+    #[error(
+        "the directory cannot be reached ({0}): admin changes are refused until it is back; decisions go on from this gateway's last copy"
+    )]
+    Unreachable(String),
+    #[error("the directory kept changing under this change (other gateways); try again")]
+    Contended,
     #[error("refused: failure injected after {0} writes (test)")]
     Injected(usize),
 }
@@ -301,8 +310,11 @@ pub struct Store {
     forward: Arc<forward::ForwardState>,
     /// Signs checkpoints of the log.
     signing: Arc<ring::signature::Ed25519KeyPair>,
-    directory: RwLock<Arc<Directory>>,
-    changes: Mutex<()>,
+    /// This gateway's copy of the directory (the whole of it for the local
+    /// backend), and the lock changes take.
+    mirror: Arc<Mirror>,
+    /// The shared directory, when `[directory] backend = "postgres"`.
+    shared: Option<postgres::Postgres>,
     fail_after: AtomicUsize,
     /// Where this daemon's last whole verification of the log ended, for
     /// [`Store::verify_incremental`].
@@ -333,6 +345,16 @@ impl Store {
 
     /// Opens the store with the log's capacity rule from the config.
     pub fn open_with(state_dir: &Path, capacity: log::Capacity) -> Result<Store, StoreError> {
+        Store::open_configured(state_dir, capacity, &crate::config::DirectoryConfig::Local)
+    }
+
+    /// Opens the store with the directory backend of the config: the log
+    /// and the guard's small state stay local either way.
+    pub fn open_configured(
+        state_dir: &Path,
+        capacity: log::Capacity,
+        backend: &crate::config::DirectoryConfig,
+    ) -> Result<Store, StoreError> {
         let io = |e: std::io::Error| StoreError::Io {
             path: state_dir.display().to_string(),
             error: e.to_string(),
@@ -366,21 +388,44 @@ impl Store {
             capacity,
             forward.clone(),
         )?;
+        let (shared, directory, version) = match backend {
+            crate::config::DirectoryConfig::Local => (None, load_directory(&directory_tree)?, 0),
+            crate::config::DirectoryConfig::Postgres(config) => {
+                let pg = postgres::Postgres::connect(config)?;
+                let (records, version) = pg.changes_since(0)?;
+                let mut dir = Directory::default();
+                for (key, value) in &records {
+                    apply_record(&mut dir, key, value.as_deref())?;
+                }
+                (Some(pg), dir, version)
+            }
+        };
         let store = Store {
             signing,
             path: state_dir.to_path_buf(),
-            directory: RwLock::new(Arc::new(load_directory(&directory_tree)?)),
+            mirror: Arc::new(Mirror::new(directory, version)),
+            shared,
             db,
             directory_tree,
             guard_tree,
             log,
             forward,
-            changes: Mutex::new(()),
             fail_after: AtomicUsize::new(usize::MAX),
             verified: Mutex::new(None),
         };
-        if store.directory_tree.is_empty() {
-            store.seed()?;
+        match &store.shared {
+            None if store.directory_tree.is_empty() => store.seed()?,
+            None => {}
+            Some(pg) => {
+                if store.mirror.version() == 0 {
+                    // Two gateways starting on an empty directory: one seeds.
+                    match store.seed() {
+                        Ok(()) | Err(StoreError::Exists { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                pg.follow(store.mirror.clone());
+            }
         }
         Ok(store)
     }
@@ -422,7 +467,23 @@ impl Store {
 
     /// The directory as of now (cheap: shared, immutable).
     pub fn directory(&self) -> Arc<Directory> {
-        self.directory.read().map(|d| d.clone()).unwrap_or_default()
+        self.mirror.current()
+    }
+
+    /// Resolves with the directory's version each time a change made on
+    /// another gateway reached this one's copy (never for the local backend).
+    pub fn directory_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.mirror.changed.subscribe()
+    }
+
+    /// The shared directory, when there is one (status, health).
+    pub fn shared_directory(&self) -> Option<&postgres::Postgres> {
+        self.shared.as_ref()
+    }
+
+    /// The directory version this gateway's copy is at (0: local backend).
+    pub fn directory_version(&self) -> u64 {
+        self.mirror.version()
     }
 
     /// A signed checkpoint of the log's head (None while the log is empty).
@@ -500,15 +561,132 @@ impl Store {
     /// Every earlier version of policy `name`, oldest first (a policy
     /// deleted and made again under the name keeps the older history).
     pub fn policy_history(&self, name: &str) -> Result<Vec<PolicyVersion>, StoreError> {
+        let records = match &self.shared {
+            Some(pg) => pg.scan_prefix(history_prefix(name).as_bytes())?,
+            None => self
+                .directory_tree
+                .scan_prefix(history_prefix(name))
+                .map(|item| item.map(|(k, v)| (k.to_vec(), Some(v.to_vec()))))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let mut out = Vec::new();
-        for item in self.directory_tree.scan_prefix(history_prefix(name)) {
-            let (k, v) = item?;
+        for (k, v) in records {
+            let Some(v) = v else { continue };
             out.push(serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&k).to_string(),
                 error: e.to_string(),
             })?);
         }
         Ok(out)
+    }
+
+    /// Every record of the directory as stored (entities and the earlier
+    /// versions of policies), for `directory export`.
+    pub fn export_records(&self) -> Result<Vec<Write>, StoreError> {
+        let dir = self.directory();
+        let mut out = Vec::new();
+        let mut push = |e: Entity| {
+            out.push((
+                format!("{}{}", e.kind().prefix(), e.name()).into_bytes(),
+                Some(e.encode()),
+            ))
+        };
+        dir.users
+            .values()
+            .for_each(|x| push(Entity::User(x.clone())));
+        dir.service_users
+            .values()
+            .for_each(|x| push(Entity::ServiceUser(x.clone())));
+        dir.groups
+            .values()
+            .for_each(|x| push(Entity::Group(x.clone())));
+        dir.roles
+            .values()
+            .for_each(|x| push(Entity::Role(x.clone())));
+        dir.policies
+            .values()
+            .for_each(|x| push(Entity::Policy(x.clone())));
+        if let Some(x) = &dir.support {
+            push(Entity::Support(x.clone()));
+        }
+        out.extend(self.history_records()?);
+        Ok(out)
+    }
+
+    fn history_records(&self) -> Result<Vec<Write>, StoreError> {
+        Ok(match &self.shared {
+            Some(pg) => pg.scan_prefix(b"history/")?,
+            None => self
+                .directory_tree
+                .scan_prefix("history/")
+                .map(|item| item.map(|(k, v)| (k.to_vec(), Some(v.to_vec()))))
+                .collect::<Result<Vec<_>, _>>()?,
+        })
+    }
+
+    /// Replaces the directory with exported records, as they were (versions,
+    /// stamps and hashes kept), in one change. Refused when the directory
+    /// holds more than the example roles, unless `replace`; and when the
+    /// records do not make a valid directory with an administrator.
+    pub fn import_records(
+        &self,
+        records: Vec<Write>,
+        replace: bool,
+    ) -> Result<Arc<Directory>, StoreError> {
+        let _serial = self
+            .mirror
+            .changes
+            .lock()
+            .map_err(|_| StoreError::Sled("change lock poisoned".into()))?;
+        let before = self.directory();
+        let roles_only = before.users.is_empty()
+            && before.service_users.is_empty()
+            && before.groups.is_empty()
+            && before.policies.is_empty()
+            && before.support.is_none();
+        if !roles_only && !replace {
+            return Err(StoreError::Exists {
+                kind: "directory",
+                name: format!(
+                    "with {} users, {} service users, {} groups and {} policies (give --replace to replace it)",
+                    before.users.len(),
+                    before.service_users.len(),
+                    before.groups.len(),
+                    before.policies.len()
+                ),
+            });
+        }
+        let mut next = Directory::default();
+        for (key, value) in &records {
+            apply_record(&mut next, key, value.as_deref())?;
+        }
+        next.validate()?;
+        if administrators(&next) == 0 {
+            return Err(StoreError::LastAdministrator);
+        }
+        // What the import does not hold is removed: the current entities
+        // and the history are replaced whole.
+        let mut writes: Vec<Write> = self
+            .export_records()?
+            .into_iter()
+            .map(|(k, _)| (k, None))
+            .collect();
+        writes.extend(records.into_iter().filter(|(_, v)| v.is_some()));
+        let next = Arc::new(next);
+        match &self.shared {
+            None => {
+                self.commit_local((*next).clone(), writes)?;
+            }
+            Some(pg) => {
+                let base = self.mirror.version();
+                match pg.commit(base, writes) {
+                    Ok(version) => self.mirror.set(next.clone(), version),
+                    Err(postgres::CommitError::Behind) => return Err(StoreError::Contended),
+                    Err(postgres::CommitError::Store(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(next)
     }
 
     /// Makes everything written so far durable.
@@ -534,10 +712,91 @@ impl Store {
         sod_pairs: &[(Permission, Permission)],
     ) -> Result<Arc<Directory>, StoreError> {
         let _serial = self
+            .mirror
             .changes
             .lock()
             .map_err(|_| StoreError::Sled("change lock poisoned".into()))?;
-        let before = self.directory();
+        let Some(pg) = &self.shared else {
+            let (next, writes) = compute(&self.directory(), ops, by, now, sod_pairs)?;
+            return self.commit_local(next, writes);
+        };
+        let health = pg.health();
+        if !health.reachable && health.since != 0 {
+            return Err(StoreError::Unreachable(
+                health.error.unwrap_or_else(|| pg.server().to_string()),
+            ));
+        }
+        // Another gateway's change may land first: catch up, check the
+        // change again on what the directory is now, and retry.
+        for _ in 0..8 {
+            let base = self.mirror.version();
+            let (next, writes) = compute(&self.directory(), ops.clone(), by, now, sod_pairs)?;
+            if self.fail_after.swap(usize::MAX, Ordering::SeqCst) != usize::MAX {
+                return Err(StoreError::Injected(0));
+            }
+            match pg.commit(base, writes) {
+                Ok(version) => {
+                    let next = Arc::new(next);
+                    self.mirror.set(next.clone(), version);
+                    return Ok(next);
+                }
+                Err(postgres::CommitError::Behind) => {
+                    let (records, to) = pg.changes_since(base)?;
+                    self.mirror.catch_up_locked(records, to, to < base)?;
+                }
+                Err(postgres::CommitError::Store(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// Writes a computed change to sled: all or nothing, durable.
+    fn commit_local(
+        &self,
+        next: Directory,
+        writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<Arc<Directory>, StoreError> {
+        let fail_after = self.fail_after.swap(usize::MAX, Ordering::SeqCst);
+        let result: Result<(), TransactionError<StoreError>> =
+            self.directory_tree.transaction(|tx| {
+                for (i, (key, value)) in writes.iter().enumerate() {
+                    if i == fail_after {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Injected(i)));
+                    }
+                    match value {
+                        Some(v) => tx.insert(key.as_slice(), v.as_slice())?,
+                        None => tx.remove(key.as_slice())?,
+                    };
+                }
+                Ok(())
+            });
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        self.db.flush()?;
+        let next = Arc::new(next);
+        self.mirror.set(next.clone(), 0);
+        Ok(next)
+    }
+}
+
+/// A record of the directory: a change's writes, from sled or PostgreSQL.
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// A change worked out on `before`: the directory it makes and the
+/// records to write. Versions checked, references validated, separation of
+/// duties and the last administrator kept.
+fn compute(
+    before: &Arc<Directory>,
+    ops: Vec<Op>,
+    by: &str,
+    now: OffsetDateTime,
+    sod_pairs: &[(Permission, Permission)],
+) -> Result<(Directory, Vec<Write>), StoreError> {
+    {
+        let before = before.clone();
         let mut next = (*before).clone();
         let stamp = Stamp {
             at: micros(now),
@@ -629,31 +888,79 @@ impl Store {
         if administrators(&before) > 0 && administrators(&next) == 0 {
             return Err(StoreError::LastAdministrator);
         }
-        let fail_after = self.fail_after.swap(usize::MAX, Ordering::SeqCst);
-        let result: Result<(), TransactionError<StoreError>> =
-            self.directory_tree.transaction(|tx| {
-                for (i, (key, value)) in writes.iter().enumerate() {
-                    if i == fail_after {
-                        return Err(ConflictableTransactionError::Abort(StoreError::Injected(i)));
-                    }
-                    match value {
-                        Some(v) => tx.insert(key.as_slice(), v.as_slice())?,
-                        None => tx.remove(key.as_slice())?,
-                    };
-                }
-                Ok(())
-            });
-        match result {
-            Ok(()) => {}
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        Ok((next, writes))
+    }
+}
+
+/// This gateway's copy of the directory and the lock every change takes.
+pub(crate) struct Mirror {
+    directory: RwLock<Arc<Directory>>,
+    /// The shared directory's version the copy is at (0: local).
+    version: AtomicU64,
+    changes: Mutex<()>,
+    /// Told when a change made elsewhere reached the copy.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Mirror {
+    fn new(directory: Directory, version: u64) -> Mirror {
+        Mirror {
+            directory: RwLock::new(Arc::new(directory)),
+            version: AtomicU64::new(version),
+            changes: Mutex::new(()),
+            changed: tokio::sync::watch::channel(version).0,
         }
-        self.db.flush()?;
-        let next = Arc::new(next);
+    }
+
+    fn current(&self) -> Arc<Directory> {
+        self.directory.read().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, directory: Arc<Directory>, version: u64) {
         if let Ok(mut d) = self.directory.write() {
-            *d = next.clone();
+            *d = directory;
         }
-        Ok(next)
+        self.version.store(version, Ordering::SeqCst);
+    }
+
+    /// Applies records changed elsewhere; the change lock is held.
+    fn catch_up_locked(&self, records: Vec<Write>, to: u64, whole: bool) -> Result<(), StoreError> {
+        let mut next = if whole {
+            Directory::default()
+        } else {
+            (*self.current()).clone()
+        };
+        for (key, value) in &records {
+            apply_record(&mut next, key, value.as_deref())?;
+        }
+        self.set(Arc::new(next), to);
+        self.changed.send_replace(to);
+        Ok(())
+    }
+}
+
+impl postgres::Follower for Mirror {
+    fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    fn catch_up(&self, records: Vec<Write>, to: u64, whole: bool) {
+        let Ok(_serial) = self.changes.lock() else {
+            return;
+        };
+        // A change of this gateway's may have brought the copy there first.
+        if !whole && to <= postgres::Follower::version(self) {
+            return;
+        }
+        if let Err(e) = self.catch_up_locked(records, to, whole) {
+            tracing::error!(error = %e, "a change from the shared directory could not be applied");
+        }
+    }
+}
+
+impl Mirror {
+    fn version(&self) -> u64 {
+        postgres::Follower::version(self)
     }
 }
 
@@ -698,20 +1005,24 @@ fn load_directory(tree: &sled::Tree) -> Result<Directory, StoreError> {
     let mut dir = Directory::default();
     for item in tree.iter() {
         let (k, v) = item?;
-        let key = String::from_utf8_lossy(&k).to_string();
-        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
-            key: key.clone(),
-            error: e.to_string(),
-        };
-        let entity = match key.split_once('/') {
-            Some(("user", _)) => Entity::User(serde_json::from_slice(&v).map_err(corrupt)?),
-            Some(("svc", _)) => Entity::ServiceUser(serde_json::from_slice(&v).map_err(corrupt)?),
-            Some(("group", _)) => Entity::Group(serde_json::from_slice(&v).map_err(corrupt)?),
-            Some(("role", _)) => Entity::Role(serde_json::from_slice(&v).map_err(corrupt)?),
-            Some(("policy", _)) => Entity::Policy(serde_json::from_slice(&v).map_err(corrupt)?),
-            Some(("support", _)) => Entity::Support(serde_json::from_slice(&v).map_err(corrupt)?),
-            // Earlier versions of policies: read by `policy history` only.
-            Some(("history", _)) => continue,
+        apply_record(&mut dir, &k, Some(&v))?;
+    }
+    Ok(dir)
+}
+
+/// Puts a stored record into `dir`, or removes what it names when it is a
+/// delete (`None`). Earlier versions of policies are skipped.
+fn apply_record(dir: &mut Directory, k: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+    let key = String::from_utf8_lossy(k).to_string();
+    let Some(v) = value else {
+        let kind = match key.split_once('/') {
+            Some(("user", _)) => Kind::User,
+            Some(("svc", _)) => Kind::ServiceUser,
+            Some(("group", _)) => Kind::Group,
+            Some(("role", _)) => Kind::Role,
+            Some(("policy", _)) => Kind::Policy,
+            Some(("support", _)) => Kind::Support,
+            Some(("history", _)) => return Ok(()),
             _ => {
                 return Err(StoreError::Corrupt {
                     key,
@@ -719,9 +1030,34 @@ fn load_directory(tree: &sled::Tree) -> Result<Directory, StoreError> {
                 });
             }
         };
-        put(&mut dir, entity);
+        let name = key.split_once('/').map(|(_, n)| n).unwrap_or_default();
+        remove(dir, kind, name);
+        return Ok(());
+    };
+    {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            key: key.clone(),
+            error: e.to_string(),
+        };
+        let entity = match key.split_once('/') {
+            Some(("user", _)) => Entity::User(serde_json::from_slice(v).map_err(corrupt)?),
+            Some(("svc", _)) => Entity::ServiceUser(serde_json::from_slice(v).map_err(corrupt)?),
+            Some(("group", _)) => Entity::Group(serde_json::from_slice(v).map_err(corrupt)?),
+            Some(("role", _)) => Entity::Role(serde_json::from_slice(v).map_err(corrupt)?),
+            Some(("policy", _)) => Entity::Policy(serde_json::from_slice(v).map_err(corrupt)?),
+            Some(("support", _)) => Entity::Support(serde_json::from_slice(v).map_err(corrupt)?),
+            // Earlier versions of policies: read by `policy history` only.
+            Some(("history", _)) => return Ok(()),
+            _ => {
+                return Err(StoreError::Corrupt {
+                    key,
+                    error: "unknown record kind".into(),
+                });
+            }
+        };
+        put(dir, entity);
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// Verifies the log of a stopped daemon's store (`audit verify --state-dir`).
