@@ -29,6 +29,12 @@ struct Gateway {
 /// Modbus door in front of the simulator's meter 1 (SCADA is `scada`
 /// from 127.0.0.1) and metrics.
 fn gateway(pg: &Postgres, name: &str, sim: u16) -> Gateway {
+    gateway_stale(pg, name, sim, "1h")
+}
+
+/// As [`gateway`], people's logins refused after `max_stale` without the
+/// directory.
+fn gateway_stale(pg: &Postgres, name: &str, sim: u16, max_stale: &str) -> Gateway {
     let (ssh, modbus, metrics) = (free_port(), free_port(), free_port());
     let d = Daemon::start_text(|sock| {
         gateway_config(
@@ -40,7 +46,7 @@ fn gateway(pg: &Postgres, name: &str, sim: u16) -> Gateway {
                  [[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"scada\"\nallow_writes = true\n\n\
                  [ssh]\nlisten = [\"127.0.0.1:{ssh}\"]\n\n\
                  [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n{}",
-                pg.directory_section(name)
+                pg.directory_section_stale(name, max_stale)
             ),
         )
     });
@@ -125,6 +131,19 @@ fn a_user_made_on_one_gateway_logs_in_on_another_and_a_deactivation_there_ends_t
         events.contains("kim"),
         "A's log says kim's access ended: {events}"
     );
+    // Every event names the gateway that logged it (the SIEM merges many).
+    for (g, name) in [(&a, "site-a"), (&b, "site-b")] {
+        let all = g.d.mg(&["audit", "export"]).ok().stdout.clone();
+        let events: Vec<serde_json::Value> = all
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|e: &serde_json::Value| e.get("code").is_some())
+            .collect();
+        assert!(events.len() > 3, "{all}");
+        for e in &events {
+            assert_eq!(e["detail"]["gateway"], name, "{e}");
+        }
+    }
 }
 
 #[test]
@@ -215,7 +234,7 @@ fn concurrent_edits_of_one_policy_from_two_gateways_one_wins_the_other_gets_the_
 fn without_postgresql_gateways_keep_serving_and_refuse_changes_then_catch_up() {
     let pg = Postgres::start();
     let sim = Simulator::start(1, &[]);
-    let a = gateway(&pg, "site-a", sim.base_port);
+    let mut a = gateway(&pg, "site-a", sim.base_port);
     let b = gateway(&pg, "site-b", sim.base_port);
     a.d.mg(&["service-user", "add", "scada"]).ok();
     a.d.mg(&["service-user", "attach", "scada", "ReadOnly"])
@@ -270,6 +289,21 @@ fn without_postgresql_gateways_keep_serving_and_refuse_changes_then_catch_up() {
         assert!(events.contains("directory.unreachable"), "{events}");
     }
 
+    // A gateway restarted while the directory is away starts on its last
+    // copy and decides on it.
+    a.d.restart(None);
+    assert!(
+        whoami(&a, &key, "kim"),
+        "a key login after a restart without PostgreSQL"
+    );
+    let r = pymodbus(a.modbus, read.clone());
+    assert_eq!(
+        r[0]["ok"], true,
+        "a Modbus read after a restart without PostgreSQL: {r:?}"
+    );
+    let status = a.d.mg(&["directory", "status"]).ok().stdout.clone();
+    assert!(status.contains("UNREACHABLE"), "{status}");
+
     pg.up();
     for g in [&a, &b] {
         within("the gateway reconnects", Duration::from_secs(30), || {
@@ -295,4 +329,222 @@ fn without_postgresql_gateways_keep_serving_and_refuse_changes_then_catch_up() {
             .stdout
             .clone();
     assert!(events.contains("directory.reachable"), "{events}");
+}
+
+/// Writes the simulated meter has taken (its register 6000), read straight
+/// from the simulator.
+fn writes_seen_by_meter(sim: u16) -> u64 {
+    let r = pymodbus(sim, json!([{"op": "read", "address": 6000}]));
+    r[0]["registers"][0].as_u64().expect("register 6000")
+}
+
+#[test]
+fn two_gateways_in_front_of_one_meter_racing_peak_demand_resets_give_one_allow() {
+    let pg = Postgres::start();
+    let sim = Simulator::start(1, &[]);
+    let a = gateway(&pg, "site-a", sim.base_port);
+    let b = gateway(&pg, "site-b", sim.base_port);
+    let policy = a.d.dir.path().join("peak.toml");
+    std::fs::write(
+        &policy,
+        "name = \"peak-reset\"\n[[statement]]\neffect = \"allow\"\n\
+         permissions = [\"Peak Demand Reset\"]\nmeters = [\"*\"]\n",
+    )
+    .unwrap();
+    a.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
+        .ok();
+    a.d.mg(&["service-user", "add", "scada"]).ok();
+    a.d.mg(&["service-user", "attach", "scada", "peak-reset"])
+        .ok();
+    within("B lets scada reset peaks", Duration::from_secs(10), || {
+        b.d.mg(&["service-user", "show", "scada"])
+            .stdout
+            .contains("peak-reset")
+    });
+    let before = writes_seen_by_meter(sim.base_port);
+    // Four SCADA masters at once, two through each gateway.
+    let reset = json!([{"op": "write1", "unit": 1, "address": 5000, "value": 21212}]);
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let racers: Vec<_> = [a.modbus, b.modbus, a.modbus, b.modbus]
+            .into_iter()
+            .map(|port| {
+                let reset = reset.clone();
+                s.spawn(move || pymodbus(port, reset).remove(0))
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let allowed = results.iter().filter(|r| r["ok"] == true).count();
+    assert_eq!(allowed, 1, "exactly one reset is allowed: {results:?}");
+    for r in results.iter().filter(|r| r["ok"] != true) {
+        assert_eq!(r["exception"], 1, "the others are refused: {r}");
+    }
+    assert_eq!(
+        writes_seen_by_meter(sim.base_port),
+        before + 1,
+        "the meter saw one reset"
+    );
+    let refusals: String = [&a, &b]
+        .iter()
+        .map(|g| g.d.mg(&["audit", "tail", "-n", "50"]).stdout)
+        .collect();
+    assert_eq!(
+        refusals
+            .matches("peak demand was reset recently; the next reset is allowed at")
+            .count(),
+        3,
+        "{refusals}"
+    );
+
+    // Without the directory, the shared interval cannot be kept: resets
+    // are refused (never one per gateway), reads go on.
+    pg.down();
+    within("A sees the directory go", Duration::from_secs(15), || {
+        metric(a.metrics, "metergate_directory_reachable") == Some(0.0)
+    });
+    let r = pymodbus(a.modbus, reset.clone()).remove(0);
+    assert_eq!(r["exception"], 1, "{r}");
+    let tail = a.d.mg(&["audit", "tail", "-n", "5"]).stdout;
+    assert!(
+        tail.contains("the peak demand interval is shared by the gateways"),
+        "{tail}"
+    );
+    assert_eq!(writes_seen_by_meter(sim.base_port), before + 1);
+}
+
+/// A password login through paramiko; whether it got in.
+fn password_login(g: &Gateway, user: &str, password: &str) -> bool {
+    ssh::paramiko(g.ssh, &["password", user, password, "whoami"])["ok"] == true
+}
+
+fn locked_on(g: &Gateway, user: &str) -> bool {
+    g.d.mg(&["user", "show", user])
+        .stdout
+        .contains("password login locked until")
+}
+
+#[test]
+fn password_failures_spread_over_gateways_lock_after_the_configured_count_even_across_an_outage() {
+    let pg = Postgres::start();
+    let sim = Simulator::start(1, &[]);
+    let a = gateway(&pg, "site-a", sim.base_port);
+    let b = gateway(&pg, "site-b", sim.base_port);
+    a.d.mg(&["user", "add", "carol", "--email", "carol@example.org"])
+        .ok();
+    a.d.mg(&["user", "attach", "carol", "ReadOnly"]).ok();
+    let said =
+        a.d.mg(&["user", "resend-password", "carol"])
+            .ok()
+            .stdout
+            .clone();
+    let temp = ssh::temporary_password(&said);
+    let good = "Quiet harbor 42 lamps";
+    let r = ssh::paramiko(
+        a.ssh,
+        &["interactive", "carol", "whoami", &temp, good, good],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    within("B takes carol's password", Duration::from_secs(10), || {
+        password_login(&b, "carol", good)
+    });
+
+    // The configured count is 5: four wrong passwords over A and B do not
+    // lock; the fifth, wherever it lands, does, on both.
+    for g in [&a, &b, &a, &b] {
+        assert!(!password_login(g, "carol", "not the password"));
+    }
+    assert!(!locked_on(&a, "carol") && !locked_on(&b, "carol"));
+    assert!(!password_login(&b, "carol", "still not it"));
+    assert!(locked_on(&a, "carol"), "five failures over two sites lock");
+    assert!(
+        !password_login(&a, "carol", good),
+        "locked on A by failures mostly elsewhere"
+    );
+    let lockout =
+        b.d.mg(&["audit", "query", "--code", "login.lockout"])
+            .stdout;
+    assert!(lockout.contains("user:carol"), "{lockout}");
+    // One unlock, made on either, frees carol on both.
+    a.d.mg(&["user", "unlock", "carol"]).ok();
+    assert!(!locked_on(&b, "carol"));
+    assert!(password_login(&b, "carol", good));
+
+    // During an outage each gateway counts alone (three and two failures:
+    // neither locks by itself); once the directory is back the runs are
+    // put together and carol is locked.
+    pg.down();
+    for g in [&a, &b] {
+        within(
+            "the gateway sees the directory go",
+            Duration::from_secs(15),
+            || metric(g.metrics, "metergate_directory_reachable") == Some(0.0),
+        );
+    }
+    for g in [&a, &a, &a, &b, &b] {
+        assert!(!password_login(g, "carol", "guessing while it is away"));
+    }
+    assert!(!locked_on(&a, "carol") && !locked_on(&b, "carol"));
+    pg.up();
+    for g in [&a, &b] {
+        within(
+            "the runs counted apart are put together",
+            Duration::from_secs(30),
+            || locked_on(g, "carol"),
+        );
+    }
+    assert!(!password_login(&a, "carol", good));
+}
+
+#[test]
+fn beyond_max_stale_people_wait_for_the_directory_while_scada_reads_on() {
+    let pg = Postgres::start();
+    let sim = Simulator::start(1, &[]);
+    let a = gateway_stale(&pg, "site-a", sim.base_port, "10s");
+    a.d.mg(&["service-user", "add", "scada"]).ok();
+    a.d.mg(&["service-user", "attach", "scada", "ReadOnly"])
+        .ok();
+    let key = keygen(a.d.dir.path(), "kim");
+    a.d.mg(&["user", "add", "kim", "--email", "kim@example.org"])
+        .ok();
+    a.d.mg(&["user", "attach", "kim", "ReadOnly"]).ok();
+    a.d.mg(&["user", "add-key", "kim", &public_line(&key)]).ok();
+    assert!(whoami(&a, &key, "kim"));
+    let mut session = hold(a.ssh, &key, "kim");
+    within("kim's session is listed", Duration::from_secs(20), || {
+        a.d.mg(&["session", "list"]).stdout.contains("kim")
+    });
+
+    pg.down();
+    // Some time after max_stale, kim's new logins are refused …
+    within(
+        "kim's new logins are refused once the copy is stale",
+        Duration::from_secs(60),
+        || !whoami(&a, &key, "kim"),
+    );
+    let refused =
+        a.d.mg(&["audit", "query", "--code", "login.failure"])
+            .ok()
+            .stdout
+            .clone();
+    assert!(
+        refused.contains("longer ago than directory.max_stale"),
+        "{refused}"
+    );
+    // … while SCADA reads, the local console and kim's open session go on.
+    let read = json!([{"op": "read", "unit": 1, "address": 3000, "count": 2}]);
+    assert_eq!(pymodbus(a.modbus, read)[0]["ok"], true);
+    assert!(a.d.mg(&["session", "list"]).stdout.contains("kim"));
+    assert!(
+        session.try_wait().unwrap().is_none(),
+        "the open session goes on"
+    );
+
+    pg.up();
+    within(
+        "kim logs in again once the directory is back",
+        Duration::from_secs(30),
+        || whoami(&a, &key, "kim"),
+    );
+    let _ = session.kill();
+    let _ = session.wait();
 }

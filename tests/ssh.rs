@@ -10,7 +10,7 @@ mod ssh;
 use std::path::{Path, PathBuf};
 
 use daemon::*;
-use ssh::{hold, keygen, paramiko, wait_gone};
+use ssh::{hold, keygen, paramiko, temporary_password, wait_gone};
 
 struct Gateway {
     d: Daemon,
@@ -202,15 +202,6 @@ fn admin_commands_run_as_the_callers_policies_allow() {
     }
     let denied = g.events("admin.deny");
     assert!(denied.contains("user:alice"), "{denied}");
-}
-
-fn temporary_password(stdout: &str) -> String {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("temporary password: "))
-        .expect("user add prints the temporary password")
-        .trim()
-        .to_string()
 }
 
 #[test]

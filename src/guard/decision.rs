@@ -100,6 +100,14 @@ pub enum Reason {
     PeakDemandLockout {
         next_allowed: i64,
     },
+    /// The shared directory was last reached longer ago than
+    /// `directory.max_stale`: people's new logins wait for it.
+    DirectoryStale {
+        last_contact: i64,
+    },
+    /// The Peak Demand Reset slot is shared by the gateways and the shared
+    /// directory cannot be reached to reserve it.
+    SharedSlotUnavailable,
     /// A plain Modbus client entry without `allow_writes`.
     ReadOnlyClient,
     /// The security log could not make the event durable (fail-closed).
@@ -219,6 +227,14 @@ impl fmt::Display for Reason {
                     rfc3339(*next_allowed)
                 )
             }
+            Reason::DirectoryStale { last_contact } => write!(
+                f,
+                "the shared directory was last reached at {}, longer ago than directory.max_stale: people's new logins are refused until it is reached (a leaver removed elsewhere must not get in); open sessions, service users and the local console go on",
+                rfc3339(*last_contact)
+            ),
+            Reason::SharedSlotUnavailable => f.write_str(
+                "the peak demand interval is shared by the gateways and the directory cannot be reached to keep it: resets are refused until it can",
+            ),
             Reason::ReadOnlyClient => {
                 f.write_str("plain Modbus clients from this address are read-only (no allow_writes in the config)")
             }

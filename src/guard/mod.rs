@@ -127,7 +127,10 @@ impl Guard {
     ) -> Guard {
         let snapshot = Snapshot::compile(&store.directory(), &meters, &profiles);
         Guard {
-            state: state::GuardState::new(store.guard_tree().clone()),
+            state: state::GuardState::with_shared(
+                store.guard_tree().clone(),
+                store.shared_handle(),
+            ),
             store,
             snapshot: ArcSwap::from_pointee(snapshot),
             settings: ArcSwap::from_pointee(settings),
@@ -252,6 +255,9 @@ impl Guard {
             let Some(health) = self.store.shared_directory().map(|s| s.health()) else {
                 return;
             };
+            if health.reachable {
+                self.reconcile_failures();
+            }
             if health.since == 0 || health.reachable == reachable {
                 continue;
             }
@@ -267,6 +273,39 @@ impl Guard {
                     ))
             };
             self.record(ev.detail("gateway", shared.gateway())).await;
+        }
+    }
+
+    /// Beyond `directory.max_stale` without the shared directory, a
+    /// person's new login is refused: this gateway's copy may still hold
+    /// someone removed elsewhere. Modbus (whoever the certificate names),
+    /// service users and the local console go on, so the control room is
+    /// never blinded by a network outage, and sessions already open are
+    /// not ended.
+    fn stale_directory(&self, req: &Request, now: OffsetDateTime) -> Option<i64> {
+        if !matches!(req.principal, PrincipalId::User(_) | PrincipalId::Support)
+            || req.door == "mbaps"
+        {
+            return None;
+        }
+        self.store.shared_directory()?.stale_since(micros(now))
+    }
+
+    /// Shares the failure runs counted here while the directory was away
+    /// (cheap when there are none: one empty prefix scan).
+    fn reconcile_failures(&self) {
+        let l = self.settings.load().lockout.clone();
+        let now = micros(OffsetDateTime::now_utc());
+        match self
+            .state
+            .reconcile(now, l.failures, l.window.0, l.duration.0)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                runs = n,
+                "failure runs counted here while the directory was away are now shared"
+            ),
+            Err(e) => tracing::warn!(error = %e, "failure runs not reconciled yet"),
         }
     }
 
@@ -372,7 +411,10 @@ impl Guard {
             Action::WriteRegisters { .. } | Action::Diagnostics { .. } if req.read_only => {
                 Decision::deny(None, Reason::ReadOnlyClient)
             }
-            Action::Login => Decision::allow(None, Reason::PrincipalActive),
+            Action::Login => match self.stale_directory(req, now) {
+                Some(last_contact) => Decision::deny(None, Reason::DirectoryStale { last_contact }),
+                None => Decision::allow(None, Reason::PrincipalActive),
+            },
             Action::ReadRegisters {
                 meter,
                 function,
@@ -640,7 +682,14 @@ impl Guard {
                     );
                 }
                 // The slot cannot be kept: refuse rather than allow resets
-                // the lockout cannot count.
+                // the lockout cannot count (two gateways in front of one
+                // meter would each allow one while the directory is away).
+                Err(StoreError::Unreachable(_)) => {
+                    return Decision::deny(
+                        Some(Permission::PeakDemandReset),
+                        Reason::SharedSlotUnavailable,
+                    );
+                }
                 Err(_) => {
                     return Decision::deny(
                         Some(Permission::PeakDemandReset),
@@ -649,10 +698,19 @@ impl Guard {
                 }
             }
         }
-        if d.used.contains(Permission::MasterReset)
-            && self.state.restart_peak_interval(meter, now_us).is_err()
-        {
-            return Decision::deny(Some(Permission::MasterReset), Reason::AuditUnavailable);
+        if d.used.contains(Permission::MasterReset) {
+            match self.state.restart_peak_interval(meter, now_us) {
+                Ok(()) => {}
+                Err(StoreError::Unreachable(_)) => {
+                    return Decision::deny(
+                        Some(Permission::MasterReset),
+                        Reason::SharedSlotUnavailable,
+                    );
+                }
+                Err(_) => {
+                    return Decision::deny(Some(Permission::MasterReset), Reason::AuditUnavailable);
+                }
+            }
         }
         d
     }

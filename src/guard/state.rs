@@ -1,21 +1,27 @@
 //! The little state decisions need, kept in the store so it survives
 //! restarts: Peak Demand Reset slots per meter and password-failure counters
 //! per principal; plus the per-address throttle and the failures of names
-//! that are nobody, which are kept in memory only.
+//! that are nobody, which are kept in memory only. With a shared directory
+//! the slots, the failure runs and the TOTP steps are shared by every
+//! gateway (PostgreSQL), the failure runs falling back to local counting
+//! while it cannot be reached and reconciled when it can.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::PrincipalId;
 use crate::store::StoreError;
+use crate::store::postgres::Postgres;
 
 /// Persistent guard state over one sled tree.
 pub(crate) struct GuardState {
     tree: sled::Tree,
+    /// The shared directory, whose guard state every gateway shares.
+    shared: Option<Arc<Postgres>>,
     sources: Mutex<HashMap<IpAddr, SourceFailures>>,
     /// Failure runs of names that are nobody. They lock like a real
     /// principal's (the lockout tells an attacker nothing about which
@@ -60,9 +66,15 @@ const SOURCE_DELAY_AFTER: u32 = 3;
 const SOURCE_REFUSE_AFTER: u32 = 20;
 
 impl GuardState {
+    #[cfg(test)]
     pub fn new(tree: sled::Tree) -> GuardState {
+        GuardState::with_shared(tree, None)
+    }
+
+    pub fn with_shared(tree: sled::Tree, shared: Option<Arc<Postgres>>) -> GuardState {
         GuardState {
             tree,
+            shared,
             sources: Mutex::new(HashMap::new()),
             nobody: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(NOBODY_REMEMBERED)
@@ -83,18 +95,25 @@ impl GuardState {
     ) -> Result<Result<(), i64>, StoreError> {
         let key = format!("pdr/{meter}");
         let span = interval.as_micros() as i64;
+        let reserve = move |current: Option<&[u8]>| match current.and_then(decode_i64) {
+            Some(last) if now < last.saturating_add(span) => {
+                (current.map(<[u8]>::to_vec), Err(last.saturating_add(span)))
+            }
+            _ => (Some(now.to_be_bytes().to_vec()), Ok(())),
+        };
+        // Shared: reserved in one transaction for every gateway, or refused
+        // by the caller when it cannot be (never counted twice).
+        if let Some(pg) = &self.shared {
+            return pg.state_update(&key, reserve);
+        }
         loop {
             let current = self.tree.get(&key)?;
-            if let Some(last) = current.as_deref().and_then(decode_i64)
-                && now < last.saturating_add(span)
-            {
-                return Ok(Err(last.saturating_add(span)));
+            let (new, answer) = reserve(current.as_deref());
+            if answer.is_err() {
+                return Ok(answer);
             }
-            match self
-                .tree
-                .compare_and_swap(&key, current, Some(&now.to_be_bytes()[..]))?
-            {
-                Ok(()) => return Ok(Ok(())),
+            match self.tree.compare_and_swap(&key, current, new)? {
+                Ok(()) => return Ok(answer),
                 Err(_) => continue,
             }
         }
@@ -102,8 +121,11 @@ impl GuardState {
 
     /// A master reset clears peaks too, so it (re)starts the interval.
     pub fn restart_peak_interval(&self, meter: &str, now: i64) -> Result<(), StoreError> {
-        self.tree
-            .insert(format!("pdr/{meter}"), &now.to_be_bytes())?;
+        let key = format!("pdr/{meter}");
+        if let Some(pg) = &self.shared {
+            return pg.state_update(&key, move |_| (Some(now.to_be_bytes().to_vec()), ()));
+        }
+        self.tree.insert(key, &now.to_be_bytes())?;
         Ok(())
     }
 
@@ -112,11 +134,25 @@ impl GuardState {
     }
 
     fn read_login(&self, who: &PrincipalId) -> Result<LoginFailures, StoreError> {
-        Ok(self
+        self.read_failures(&Self::login_key(who))
+    }
+
+    /// A failure run: the local one (counted while the shared directory
+    /// could not be reached) and the shared one, the later lock winning.
+    fn read_failures(&self, key: &str) -> Result<LoginFailures, StoreError> {
+        let mut st: LoginFailures = self
             .tree
-            .get(Self::login_key(who))?
+            .get(key)?
             .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        if let Some(pg) = &self.shared
+            && let Ok(Some(v)) = pg.state_get(key)
+            && let Ok(shared) = serde_json::from_slice::<LoginFailures>(&v)
+        {
+            st.failures.extend(shared.failures);
+            st.locked_until = st.locked_until.max(shared.locked_until);
+        }
+        Ok(st)
     }
 
     /// Until when password login is locked for `who`, if it is.
@@ -173,6 +209,9 @@ impl GuardState {
     }
 
     /// Counts a failure under `key`; the lock's end if this one set it.
+    /// Shared: counted for every gateway in one transaction; while the
+    /// shared directory cannot be reached, counted here and marked for
+    /// [`GuardState::reconcile`].
     fn failed(
         &self,
         key: &str,
@@ -181,6 +220,22 @@ impl GuardState {
         window: Duration,
         duration: Duration,
     ) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = &self.shared {
+            let count = move |old: Option<&[u8]>| {
+                let mut st: LoginFailures = old
+                    .and_then(|v| serde_json::from_slice(v).ok())
+                    .unwrap_or_default();
+                let locked = count_failure(&mut st, now, limit, window, duration);
+                (serde_json::to_vec(&st).ok(), locked)
+            };
+            match pg.state_update(key, count) {
+                Ok(locked) => return Ok(locked),
+                Err(e) => {
+                    tracing::warn!(error = %e, "failure counted on this gateway only until the directory is back");
+                    self.tree.insert(format!("{PENDING}{key}"), &[])?;
+                }
+            }
+        }
         let mut locked = None;
         self.tree.update_and_fetch(key, |old| {
             let mut st: LoginFailures = old
@@ -192,17 +247,82 @@ impl GuardState {
         Ok(locked)
     }
 
+    /// Forgets a failure run here and, when shared, for every gateway.
+    /// `strict`: an error if the shared run could not be forgotten.
+    fn forget(&self, key: &str, strict: bool) -> Result<bool, StoreError> {
+        let _ = self.tree.remove(format!("{PENDING}{key}"))?;
+        let mut had = self.tree.remove(key)?.is_some();
+        if let Some(pg) = &self.shared {
+            match pg.state_remove(key) {
+                Ok(shared) => had |= shared,
+                // A success elsewhere leaves the shared run standing while
+                // the directory is away: stricter, never looser.
+                Err(e) if strict => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(had)
+    }
+
     /// A successful password login ends the run of consecutive failures.
     pub fn password_succeeded(&self, who: &PrincipalId) -> Result<(), StoreError> {
-        self.tree.remove(Self::login_key(who))?;
-        Ok(())
+        self.forget(&Self::login_key(who), false).map(|_| ())
+    }
+
+    /// Moves the failure runs counted here while the shared directory was
+    /// away into the shared ones: the failures of both in one run, counted
+    /// again against `limit` (a guesser who spread tries over gateways
+    /// during an outage is locked once they meet), the later lock kept.
+    /// How many runs were moved.
+    pub fn reconcile(
+        &self,
+        now: i64,
+        limit: u32,
+        window: Duration,
+        duration: Duration,
+    ) -> Result<usize, StoreError> {
+        let Some(pg) = &self.shared else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        for marker in self.tree.scan_prefix(PENDING.as_bytes()).keys() {
+            let marker = marker?;
+            let key = String::from_utf8_lossy(&marker[PENDING.len()..]).into_owned();
+            let local: LoginFailures = self
+                .tree
+                .get(&key)?
+                .and_then(|v| serde_json::from_slice(&v).ok())
+                .unwrap_or_default();
+            let merge = move |old: Option<&[u8]>| {
+                let mut st: LoginFailures = old
+                    .and_then(|v| serde_json::from_slice(v).ok())
+                    .unwrap_or_default();
+                let span = window.as_micros() as i64;
+                st.failures.extend(local.failures);
+                st.failures.retain(|t| now - *t < span);
+                st.failures.sort_unstable();
+                st.failures.dedup();
+                st.locked_until = st.locked_until.max(local.locked_until);
+                if st.failures.len() as u32 >= limit {
+                    let until = now.saturating_add(duration.as_micros() as i64);
+                    st.locked_until = st.locked_until.max(Some(until));
+                    st.failures.clear();
+                }
+                (serde_json::to_vec(&st).ok(), ())
+            };
+            pg.state_update(&key, merge)?;
+            self.tree.remove(&key)?;
+            self.tree.remove(&marker)?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// `user unlock`: ends a lock and forgets the failures, of passwords
     /// and of second-factor codes.
     pub fn unlock(&self, who: &PrincipalId) -> Result<bool, StoreError> {
-        let codes = self.tree.remove(Self::code_key(who))?.is_some();
-        Ok(self.tree.remove(Self::login_key(who))?.is_some() || codes)
+        let codes = self.forget(&Self::code_key(who), true)?;
+        Ok(self.forget(&Self::login_key(who), true)? || codes)
     }
 
     fn code_key(who: &PrincipalId) -> String {
@@ -229,18 +349,13 @@ impl GuardState {
         who: &PrincipalId,
         now: i64,
     ) -> Result<Option<i64>, StoreError> {
-        let st: LoginFailures = self
-            .tree
-            .get(Self::code_key(who))?
-            .and_then(|v| serde_json::from_slice(&v).ok())
-            .unwrap_or_default();
+        let st = self.read_failures(&Self::code_key(who))?;
         Ok(st.locked_until.filter(|u| *u > now))
     }
 
     /// A right code ends the run of wrong ones.
     pub fn code_succeeded(&self, who: &PrincipalId) -> Result<(), StoreError> {
-        self.tree.remove(Self::code_key(who))?;
-        Ok(())
+        self.forget(&Self::code_key(who), false).map(|_| ())
     }
 
     /// Takes TOTP step `step` for `who` unless it was taken: a code counts
@@ -249,27 +364,22 @@ impl GuardState {
     /// at most, with one step of skew either side).
     pub fn take_totp_step(&self, who: &PrincipalId, step: u64) -> Result<bool, StoreError> {
         let key = format!("totp/{who}");
+        // Shared: a code used on one gateway is used on all of them. While
+        // the directory is away, this gateway's own record still holds.
+        if let Some(pg) = &self.shared {
+            match pg.state_update(&key, move |current| take_step(current, step)) {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(e) => tracing::warn!(error = %e, "TOTP step checked on this gateway only"),
+            }
+        }
         loop {
             let current = self.tree.get(&key)?;
-            let mut used: Vec<u64> = current
-                .as_deref()
-                .unwrap_or_default()
-                .chunks_exact(8)
-                .filter_map(|c| <[u8; 8]>::try_from(c).ok())
-                .map(u64::from_be_bytes)
-                .collect();
-            if used.contains(&step) {
+            let (new, taken) = take_step(current.as_deref(), step);
+            if !taken {
                 return Ok(false);
             }
-            used.push(step);
-            let newest = used.iter().copied().max().unwrap_or(step);
-            used.retain(|s| s + 3 >= newest);
-            let new: Vec<u8> = used.iter().flat_map(|s| s.to_be_bytes()).collect();
-            if self
-                .tree
-                .compare_and_swap(&key, current, Some(new))?
-                .is_ok()
-            {
+            if self.tree.compare_and_swap(&key, current, new)?.is_ok() {
                 return Ok(true);
             }
         }
@@ -277,7 +387,11 @@ impl GuardState {
 
     /// A factor reset: the steps of the old secret mean nothing now.
     pub fn forget_totp(&self, who: &PrincipalId) -> Result<(), StoreError> {
-        self.tree.remove(format!("totp/{who}"))?;
+        let key = format!("totp/{who}");
+        if let Some(pg) = &self.shared {
+            pg.state_remove(&key)?;
+        }
+        self.tree.remove(key)?;
         Ok(())
     }
 
@@ -390,6 +504,31 @@ fn count_failure(
         None
     }
 }
+
+/// Takes TOTP `step` in the record of used steps `current`: the new record
+/// and whether it was free. The steps of the last few are kept (a code is
+/// good for three steps at most, with one step of skew either side).
+fn take_step(current: Option<&[u8]>, step: u64) -> (Option<Vec<u8>>, bool) {
+    let mut used: Vec<u64> = current
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .filter_map(|c| <[u8; 8]>::try_from(c).ok())
+        .map(u64::from_be_bytes)
+        .collect();
+    if used.contains(&step) {
+        return (current.map(<[u8]>::to_vec), false);
+    }
+    used.push(step);
+    let newest = used.iter().copied().max().unwrap_or(step);
+    used.retain(|s| s + 3 >= newest);
+    (
+        Some(used.iter().flat_map(|s| s.to_be_bytes()).collect()),
+        true,
+    )
+}
+
+/// Marks a failure run counted here while the shared directory was away.
+const PENDING: &str = "pending/";
 
 fn decode_i64(b: &[u8]) -> Option<i64> {
     b.try_into().ok().map(i64::from_be_bytes)

@@ -5,6 +5,7 @@
 //! PostgreSQL, and this gateway's copy) reads best in one place.
 
 pub mod checkpoint;
+mod copy;
 pub mod cut;
 pub mod export;
 pub mod forward;
@@ -314,7 +315,7 @@ pub struct Store {
     /// backend), and the lock changes take.
     mirror: Arc<Mirror>,
     /// The shared directory, when `[directory] backend = "postgres"`.
-    shared: Option<postgres::Postgres>,
+    shared: Option<Arc<postgres::Postgres>>,
     fail_after: AtomicUsize,
     /// Where this daemon's last whole verification of the log ended, for
     /// [`Store::verify_incremental`].
@@ -388,22 +389,53 @@ impl Store {
             capacity,
             forward.clone(),
         )?;
-        let (shared, directory, version) = match backend {
-            crate::config::DirectoryConfig::Local => (None, load_directory(&directory_tree)?, 0),
+        if let crate::config::DirectoryConfig::Postgres(config) = backend {
+            log.name_gateway(&config.gateway);
+        }
+        let (shared, directory, version, copy) = match backend {
+            crate::config::DirectoryConfig::Local => {
+                (None, load_directory(&directory_tree)?, 0, None)
+            }
             crate::config::DirectoryConfig::Postgres(config) => {
                 let pg = postgres::Postgres::connect(config)?;
-                let (records, version) = pg.changes_since(0)?;
+                let copy = copy::SharedCopy::open(&db)?;
+                let (records, version) = match pg.changes_since(0) {
+                    Ok((records, version)) => {
+                        copy.replace(&records, version, micros(OffsetDateTime::now_utc()))?;
+                        (records, version)
+                    }
+                    // Without the server, this gateway's last copy lets it
+                    // decide (fail-static, up to max_stale for people); a
+                    // gateway that never had one cannot.
+                    Err(StoreError::Unreachable(why)) => match copy.load()? {
+                        Some(c) => {
+                            tracing::warn!(
+                                version = c.version,
+                                error = %why,
+                                "started on this gateway's last copy of the directory"
+                            );
+                            pg.started_on_copy(c.last_contact);
+                            (c.records, c.version)
+                        }
+                        None => {
+                            return Err(StoreError::Unreachable(format!(
+                                "{why}; this gateway has no copy of the directory yet, so it must reach the server once before it can start without it"
+                            )));
+                        }
+                    },
+                    Err(e) => return Err(e),
+                };
                 let mut dir = Directory::default();
                 for (key, value) in &records {
                     apply_record(&mut dir, key, value.as_deref())?;
                 }
-                (Some(pg), dir, version)
+                (Some(Arc::new(pg)), dir, version, Some(copy))
             }
         };
         let store = Store {
             signing,
             path: state_dir.to_path_buf(),
-            mirror: Arc::new(Mirror::new(directory, version)),
+            mirror: Arc::new(Mirror::new(directory, version, copy)),
             shared,
             db,
             directory_tree,
@@ -417,7 +449,7 @@ impl Store {
             None if store.directory_tree.is_empty() => store.seed()?,
             None => {}
             Some(pg) => {
-                if store.mirror.version() == 0 {
+                if store.mirror.version() == 0 && pg.health().reachable {
                     // Two gateways starting on an empty directory: one seeds.
                     match store.seed() {
                         Ok(()) | Err(StoreError::Exists { .. }) => {}
@@ -478,7 +510,12 @@ impl Store {
 
     /// The shared directory, when there is one (status, health).
     pub fn shared_directory(&self) -> Option<&postgres::Postgres> {
-        self.shared.as_ref()
+        self.shared.as_deref()
+    }
+
+    /// The shared directory as a handle the guard's state keeps.
+    pub(crate) fn shared_handle(&self) -> Option<Arc<postgres::Postgres>> {
+        self.shared.clone()
     }
 
     /// The directory version this gateway's copy is at (0: local backend).
@@ -679,8 +716,11 @@ impl Store {
             }
             Some(pg) => {
                 let base = self.mirror.version();
-                match pg.commit(base, writes) {
-                    Ok(version) => self.mirror.set(next.clone(), version),
+                match pg.commit(base, writes.clone()) {
+                    Ok(version) => {
+                        self.mirror.keep(&writes, version, false);
+                        self.mirror.set(next.clone(), version)
+                    }
                     Err(postgres::CommitError::Behind) => return Err(StoreError::Contended),
                     Err(postgres::CommitError::Store(e)) => return Err(e),
                 }
@@ -734,9 +774,10 @@ impl Store {
             if self.fail_after.swap(usize::MAX, Ordering::SeqCst) != usize::MAX {
                 return Err(StoreError::Injected(0));
             }
-            match pg.commit(base, writes) {
+            match pg.commit(base, writes.clone()) {
                 Ok(version) => {
                     let next = Arc::new(next);
+                    self.mirror.keep(&writes, version, false);
                     self.mirror.set(next.clone(), version);
                     return Ok(next);
                 }
@@ -900,15 +941,31 @@ pub(crate) struct Mirror {
     changes: Mutex<()>,
     /// Told when a change made elsewhere reached the copy.
     changed: tokio::sync::watch::Sender<u64>,
+    /// The shared directory's copy on this gateway's disk.
+    copy: Option<copy::SharedCopy>,
 }
 
 impl Mirror {
-    fn new(directory: Directory, version: u64) -> Mirror {
+    fn new(directory: Directory, version: u64, copy: Option<copy::SharedCopy>) -> Mirror {
         Mirror {
             directory: RwLock::new(Arc::new(directory)),
             version: AtomicU64::new(version),
             changes: Mutex::new(()),
             changed: tokio::sync::watch::channel(version).0,
+            copy,
+        }
+    }
+
+    /// Keeps a change that landed in the shared directory on disk too.
+    fn keep(&self, records: &[Write], version: u64, whole: bool) {
+        let Some(copy) = &self.copy else { return };
+        let kept = if whole {
+            copy.replace(records, version, micros(OffsetDateTime::now_utc()))
+        } else {
+            copy.apply(records, version)
+        };
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "this gateway's copy of the directory is behind");
         }
     }
 
@@ -933,6 +990,7 @@ impl Mirror {
         for (key, value) in &records {
             apply_record(&mut next, key, value.as_deref())?;
         }
+        self.keep(&records, to, whole);
         self.set(Arc::new(next), to);
         self.changed.send_replace(to);
         Ok(())
@@ -954,6 +1012,12 @@ impl postgres::Follower for Mirror {
         }
         if let Err(e) = self.catch_up_locked(records, to, whole) {
             tracing::error!(error = %e, "a change from the shared directory could not be applied");
+        }
+    }
+
+    fn reached(&self, at: i64) {
+        if let Some(copy) = &self.copy {
+            copy.reached(at);
         }
     }
 }

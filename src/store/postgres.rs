@@ -21,6 +21,8 @@ use super::StoreError;
 use crate::config::PostgresDirectory;
 use crate::model::micros;
 
+mod state;
+
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
 }
@@ -49,6 +51,8 @@ pub trait Follower: Send + Sync + 'static {
     /// Applies what changed after `version()`, up to `to`; `whole` when
     /// the records are the whole directory (the copy is replaced).
     fn catch_up(&self, records: Vec<Record>, to: u64, whole: bool);
+    /// The server answered at `at` (µs).
+    fn reached(&self, _at: i64) {}
 }
 
 /// Another gateway that shares the directory, as last seen.
@@ -92,7 +96,13 @@ pub struct Postgres {
     tls: MakeRustlsConnect,
     gateway: String,
     server: String,
+    /// How long people may still log in on the last copy (`max_stale`).
+    max_stale: Duration,
     health: Arc<Mutex<Health>>,
+    /// Whether this gateway's schema migrations ran (they run again on the
+    /// follower's connections until they have, after a start without the
+    /// server).
+    migrated: Arc<std::sync::atomic::AtomicBool>,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop_follower: tokio::sync::watch::Sender<bool>,
@@ -174,12 +184,25 @@ impl Postgres {
             tls,
             gateway: config.gateway.clone(),
             server,
+            max_stale: config.max_stale,
             health: Arc::new(Mutex::new(Health::default())),
+            migrated: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             stop: Mutex::new(Some(stop_tx)),
             thread: Mutex::new(Some(thread)),
             stop_follower,
         };
-        db.migrate()?;
+        match db.migrate() {
+            Ok(()) => set_health(&db.health, |h| {
+                h.reachable = true;
+                h.since = now();
+                h.last_contact = h.since;
+            }),
+            // Started without the server: the caller decides whether this
+            // gateway's last copy lets it start; the follower migrates once
+            // the server is back.
+            Err(StoreError::Unreachable(why)) => mark_down(&db.health, why),
+            Err(e) => return Err(e),
+        }
         Ok(db)
     }
 
@@ -192,6 +215,23 @@ impl Postgres {
         &self.gateway
     }
 
+    /// A start on this gateway's last copy: the server was last reached at
+    /// `last_contact` (µs), so `max_stale` counts from then.
+    pub fn started_on_copy(&self, last_contact: i64) {
+        set_health(&self.health, |h| h.last_contact = last_contact);
+    }
+
+    /// The last contact, when it is longer ago than `max_stale` (µs).
+    pub fn stale_since(&self, now_us: i64) -> Option<i64> {
+        let last = self.health.lock().map(|h| h.last_contact).unwrap_or(0);
+        let limit = self.max_stale.as_micros() as i64;
+        (now_us.saturating_sub(last) > limit).then_some(last)
+    }
+
+    pub fn max_stale(&self) -> Duration {
+        self.max_stale
+    }
+
     pub fn health(&self) -> Health {
         self.health.lock().map(|h| h.clone()).unwrap_or_default()
     }
@@ -201,16 +241,25 @@ impl Postgres {
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.run_within(ROUND_TRIP * 2, work)
+    }
+
+    /// As [`Postgres::run`], giving up after `limit`.
+    fn run_within<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let server = self.server.clone();
         self.handle.spawn(async move {
-            let out = match tokio::time::timeout(ROUND_TRIP * 2, work).await {
+            let out = match tokio::time::timeout(limit, work).await {
                 Ok(r) => r,
                 Err(_) => Err(unreachable(&server, "no answer in time")),
             };
             let _ = tx.send(out);
         });
-        rx.recv_timeout(ROUND_TRIP * 3)
+        rx.recv_timeout(limit + ROUND_TRIP)
             .map_err(|_| unreachable(&self.server, "no answer in time"))?
     }
 
@@ -218,24 +267,18 @@ impl Postgres {
         let pg = self.pg.clone();
         let tls = self.tls.clone();
         let server = self.server.clone();
+        let migrated = self.migrated.clone();
         self.run(async move {
             let down = |e: tokio_postgres::Error| unreachable(&server, e);
             let (mut client, connection) = pg.connect(tls).await.map_err(down)?;
             let conn = tokio::spawn(connection);
-            client
-                .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
-                .await
-                .map_err(down)?;
-            let report = embedded::migrations::runner()
-                .run_async(&mut client)
-                .await
-                .map_err(|e| StoreError::Sled(format!("directory schema migration: {e}")));
-            let _ = client
-                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
-                .await;
+            let report = migrate_with(&mut client, &migrated).await;
             drop(client);
             let _ = conn.await;
-            report.map(|_| ())
+            report.map_err(|e| match e {
+                MigrateError::Server(e) => down(e),
+                MigrateError::Schema(e) => StoreError::Sled(e),
+            })
         })
     }
 
@@ -346,8 +389,16 @@ impl Postgres {
         let gateway = self.gateway.clone();
         let server = self.server.clone();
         let stop = self.stop_follower.subscribe();
+        let migrated = self.migrated.clone();
         self.handle.spawn(async move {
-            follow(pg, tls, gateway, server, follower, health, stop).await;
+            let to = Target {
+                pg,
+                tls,
+                gateway,
+                server,
+                migrated,
+            };
+            follow(to, follower, health, stop).await;
         });
     }
 }
@@ -366,6 +417,37 @@ impl Drop for Postgres {
             let _ = t.join();
         }
     }
+}
+
+enum MigrateError {
+    Server(tokio_postgres::Error),
+    Schema(String),
+}
+
+/// Runs the schema migrations on `client`, once per process: the advisory
+/// lock makes two gateways starting together migrate one after the other.
+async fn migrate_with(
+    client: &mut tokio_postgres::Client,
+    migrated: &std::sync::atomic::AtomicBool,
+) -> Result<(), MigrateError> {
+    use std::sync::atomic::Ordering;
+    if migrated.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(MigrateError::Server)?;
+    let report = embedded::migrations::runner()
+        .run_async(client)
+        .await
+        .map_err(|e| MigrateError::Schema(format!("directory schema migration: {e}")));
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    report?;
+    migrated.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
 async fn read_since(
@@ -423,15 +505,28 @@ fn mark_down(health: &Mutex<Health>, why: String) {
 /// The follower: one connection that LISTENs, catches up on every
 /// notification and every tick, says this gateway is alive, and reconnects
 /// with backoff when the server goes away.
-async fn follow(
+/// Where the follower connects, and as whom.
+struct Target {
     pg: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     gateway: String,
     server: String,
+    migrated: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn follow(
+    to: Target,
     follower: Arc<dyn Follower>,
     health: Arc<Mutex<Health>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Target {
+        pg,
+        tls,
+        gateway,
+        server,
+        migrated,
+    } = to;
     let mut backoff = BACKOFF_FIRST;
     loop {
         if *stop.borrow() {
@@ -465,13 +560,25 @@ async fn follow(
                 }
             }
         });
-        let listening = tokio::time::timeout(
-            ROUND_TRIP,
-            client.batch_execute(&format!("LISTEN {CHANNEL}")),
-        )
+        let listening = tokio::time::timeout(ROUND_TRIP, async {
+            if let Err(e) = migrate_with(&mut client, &migrated).await {
+                return Err(match e {
+                    MigrateError::Server(e) => e.to_string(),
+                    MigrateError::Schema(e) => e,
+                });
+            }
+            client
+                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .await
+                .map_err(|e| e.to_string())
+        })
         .await;
         if !matches!(listening, Ok(Ok(()))) {
-            mark_down(&health, format!("{server}: LISTEN failed"));
+            let why = match listening {
+                Ok(Err(e)) => e,
+                _ => "no answer in time".into(),
+            };
+            mark_down(&health, format!("{server}: {why}"));
             reader.abort();
             if wait(&mut stop, backoff).await {
                 return;
@@ -575,6 +682,7 @@ async fn round(
         h.remote_version = to;
         h.gateways = gateways;
     });
+    follower.reached(now());
     Ok(())
 }
 

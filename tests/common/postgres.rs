@@ -186,9 +186,14 @@ impl Postgres {
 
     /// The `[directory]` section of a gateway named `gateway`.
     pub fn directory_section(&self, gateway: &str) -> String {
+        self.directory_section_stale(gateway, "1h")
+    }
+
+    /// As [`Postgres::directory_section`], with `max_stale`.
+    pub fn directory_section_stale(&self, gateway: &str, max_stale: &str) -> String {
         format!(
             "[directory]\nbackend = \"postgres\"\nurl = \"postgres://metergate@127.0.0.1:{}/metergate\"\n\
-             gateway = \"{gateway}\"\nca = {:?}\npassword_file = {:?}\nmax_stale = \"1h\"\n",
+             gateway = \"{gateway}\"\nca = {:?}\npassword_file = {:?}\nmax_stale = \"{max_stale}\"\n",
             self.port,
             self.ca().display().to_string(),
             self.password_file().display().to_string()

@@ -134,3 +134,13 @@ pub fn shell(port: u16, user: &str, password: &str, steps: &[&str]) -> serde_jso
             .expect("python3 runs"),
     )
 }
+
+/// The temporary password `user add` or `user resend-password` printed.
+pub fn temporary_password(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("temporary password: "))
+        .expect("the command prints the temporary password")
+        .trim()
+        .to_string()
+}

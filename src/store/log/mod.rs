@@ -87,6 +87,10 @@ struct Inner {
     idx_tx: Option<mpsc::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// This gateway's name when it shares a directory: every event's
+    /// detail names it, so a SIEM merging many gateways' logs can tell them
+    /// apart.
+    gateway: std::sync::OnceLock<String>,
 }
 
 impl Drop for Inner {
@@ -210,6 +214,7 @@ impl AuditLog {
                 idx_tx: Some(idx_tx),
                 threads: vec![writer, indexer],
                 shared,
+                gateway: std::sync::OnceLock::new(),
             }),
             tree,
             index,

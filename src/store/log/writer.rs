@@ -28,7 +28,16 @@ pub(super) struct Job {
 }
 
 impl AuditLog {
-    fn submit(&self, draft: EventDraft) -> tokio::sync::oneshot::Receiver<Result<u64, AuditError>> {
+    fn submit(
+        &self,
+        mut draft: EventDraft,
+    ) -> tokio::sync::oneshot::Receiver<Result<u64, AuditError>> {
+        if let Some(gateway) = self.inner.gateway.get() {
+            draft
+                .detail
+                .entry("gateway".to_string())
+                .or_insert_with(|| gateway.clone());
+        }
         let (ack, rx) = tokio::sync::oneshot::channel();
         if let Some(tx) = &self.inner.tx {
             // A send error drops `ack`, which the receiver sees as Closed.
@@ -44,6 +53,12 @@ impl AuditLog {
             }
         }
         rx
+    }
+
+    /// Names this gateway in every event from now on (once; later calls
+    /// change nothing).
+    pub fn name_gateway(&self, name: &str) {
+        let _ = self.inner.gateway.set(name.to_string());
     }
 
     /// Appends an event; resolves with its seq once it is durable.
