@@ -3,13 +3,15 @@
 //! token, or each calling the control socket as the CLI does; prints one
 //! JSON line with requests/s and latency percentiles.
 //!
-//! usage: api_load --door api|socket --op user|check|token --clients N --seconds S
+//! usage: api_load --door api|socket --op user|check|token|change --clients N --seconds S
 //!                 [--url https://HOST:PORT --cacert F] [--socket PATH]
 //!        api_load --op flood --clients N --seconds S --url … --cacert F
 //!            (N clients from 127.0.0.2 send wrong secrets for the key as
 //!             fast as they are answered; one client from 127.0.0.1 asks
 //!             for a token with the right one every 100 ms: its latencies
 //!             and statuses are what is printed)
+//! `change`: client i attaches ReadOnly to user `load{i}` and detaches it,
+//! in turn (each one directory change); the users must exist.
 //! The access key comes from METERGATE_KEY_ID and METERGATE_KEY_SECRET.
 
 use std::collections::BTreeMap;
@@ -173,7 +175,13 @@ async fn token(a: &Args) -> Result<String, String> {
 }
 
 /// One client's closed loop until `end`: latencies in µs, and statuses.
-async fn client(a: Args, bearer: String, end: Instant) -> Result<(Vec<u64>, Vec<u16>), String> {
+async fn client(
+    a: Args,
+    id: usize,
+    bearer: String,
+    end: Instant,
+) -> Result<(Vec<u64>, Vec<u16>), String> {
+    let mut attached = false;
     let mut lat = Vec::new();
     let mut statuses = Vec::new();
     let check = r#"{"principal": "crew", "permission": "Data View", "meter": "meter-1"}"#;
@@ -188,6 +196,16 @@ async fn client(a: Args, bearer: String, end: Instant) -> Result<(Vec<u64>, Vec<
             ("socket", op) => {
                 let argv: Vec<String> = match op {
                     "user" => vec!["user".into(), "show".into(), "admin".into()],
+                    "change" => {
+                        attached = !attached;
+                        let verb = if attached { "attach" } else { "detach" };
+                        vec![
+                            "user".into(),
+                            verb.into(),
+                            format!("load{id}"),
+                            "ReadOnly".into(),
+                        ]
+                    }
                     _ => ["check", "--principal", "crew", "--permission", "Data View"]
                         .into_iter()
                         .map(String::from)
@@ -210,6 +228,12 @@ async fn client(a: Args, bearer: String, end: Instant) -> Result<(Vec<u64>, Vec<
                 let auth = ("authorization", format!("Bearer {bearer}"));
                 let result = match op {
                     "user" => send(sender, "GET", "/api/v1/users/admin", &[auth], "").await,
+                    "change" => {
+                        attached = !attached;
+                        let method = if attached { "PUT" } else { "DELETE" };
+                        let path = format!("/api/v1/users/load{id}/policies/ReadOnly");
+                        send(sender, method, &path, &[auth], "").await
+                    }
                     "check" => {
                         let json = ("content-type", "application/json".to_string());
                         send(sender, "POST", "/api/v1/check", &[auth, json], check).await
@@ -327,7 +351,7 @@ fn main() -> Result<(), String> {
             }
         } else {
             let tasks: Vec<_> = (0..a.clients)
-                .map(|_| tokio::spawn(client(a.clone(), bearer.clone(), end)))
+                .map(|i| tokio::spawn(client(a.clone(), i, bearer.clone(), end)))
                 .collect();
             for t in tasks {
                 let (l, s) = t.await.map_err(|e| e.to_string())??;

@@ -35,6 +35,15 @@ fn gateway(pg: &Postgres, name: &str, sim: u16) -> Gateway {
 /// As [`gateway`], people's logins refused after `max_stale` without the
 /// directory.
 fn gateway_stale(pg: &Postgres, name: &str, sim: u16, max_stale: &str) -> Gateway {
+    gateway_on(sim, &pg.directory_section_stale(name, max_stale))
+}
+
+/// A gateway on its own local directory, with the same fleet.
+fn local_gateway(sim: u16) -> Gateway {
+    gateway_on(sim, "")
+}
+
+fn gateway_on(sim: u16, directory: &str) -> Gateway {
     let (ssh, modbus, metrics) = (free_port(), free_port(), free_port());
     let d = Daemon::start_text(|sock| {
         gateway_config(
@@ -46,7 +55,7 @@ fn gateway_stale(pg: &Postgres, name: &str, sim: u16, max_stale: &str) -> Gatewa
                  [[modbus.clients]]\ncidr = \"127.0.0.1/32\"\nservice_user = \"scada\"\nallow_writes = true\n\n\
                  [ssh]\nlisten = [\"127.0.0.1:{ssh}\"]\n\n\
                  [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\n{}",
-                pg.directory_section_stale(name, max_stale)
+                directory
             ),
         )
     });
@@ -88,11 +97,13 @@ fn metric(port: u16, name: &str) -> Option<f64> {
 }
 
 #[test]
-fn a_user_made_on_one_gateway_logs_in_on_another_and_a_deactivation_there_ends_the_session_here() {
+fn a_user_made_on_one_gateway_logs_in_on_the_others_and_a_deactivation_there_ends_the_session_here()
+{
     let pg = Postgres::start();
     let sim = Simulator::start(1, &[]);
     let a = gateway(&pg, "site-a", sim.base_port);
     let b = gateway(&pg, "site-b", sim.base_port);
+    let c = gateway(&pg, "site-c", sim.base_port);
     let key = keygen(a.d.dir.path(), "kim");
     a.d.mg(&["user", "add", "kim", "--email", "kim@example.org"])
         .ok();
@@ -104,6 +115,9 @@ fn a_user_made_on_one_gateway_logs_in_on_another_and_a_deactivation_there_ends_t
         || whoami(&b, &key, "kim"),
     );
     eprintln!("kim could log in on B {took:?} after the change on A");
+    within("kim logs in on C too", Duration::from_secs(10), || {
+        whoami(&c, &key, "kim")
+    });
 
     // A session on A, ended by a deactivation made through B.
     let mut session = hold(a.ssh, &key, "kim");
@@ -118,10 +132,14 @@ fn a_user_made_on_one_gateway_logs_in_on_another_and_a_deactivation_there_ends_t
     within("A lists no session of kim", Duration::from_secs(10), || {
         !a.d.mg(&["session", "list"]).stdout.contains("kim")
     });
-    assert!(
-        !whoami(&a, &key, "kim"),
-        "deactivated kim still logs in on A"
-    );
+    for (g, name) in [(&a, "A"), (&c, "C")] {
+        within(
+            "deactivated kim is refused",
+            Duration::from_secs(10),
+            || !whoami(g, &key, "kim"),
+        );
+        eprintln!("kim is refused on {name}");
+    }
     let events =
         a.d.mg(&["audit", "query", "--code", "access.ended"])
             .ok()
@@ -132,7 +150,7 @@ fn a_user_made_on_one_gateway_logs_in_on_another_and_a_deactivation_there_ends_t
         "A's log says kim's access ended: {events}"
     );
     // Every event names the gateway that logged it (the SIEM merges many).
-    for (g, name) in [(&a, "site-a"), (&b, "site-b")] {
+    for (g, name) in [(&a, "site-a"), (&b, "site-b"), (&c, "site-c")] {
         let all = g.d.mg(&["audit", "export"]).ok().stdout.clone();
         let events: Vec<serde_json::Value> = all
             .lines()
@@ -547,4 +565,116 @@ fn beyond_max_stale_people_wait_for_the_directory_while_scada_reads_on() {
     );
     let _ = session.kill();
     let _ = session.wait();
+}
+
+/// What `user permissions`, `service-user permissions` and `check` answer
+/// for every principal, as one text to compare.
+fn answers(g: &Gateway, users: &[&str], services: &[&str]) -> String {
+    let mut out = String::new();
+    let mut ask = |args: &[&str]| {
+        let r = g.d.mg(args);
+        out.push_str(&format!(
+            "$ {}\n{}{}[{}]\n",
+            args.join(" "),
+            r.stdout,
+            r.stderr,
+            r.code
+        ));
+    };
+    for u in users {
+        ask(&["user", "permissions", u]);
+    }
+    for s in services {
+        ask(&["service-user", "permissions", s]);
+    }
+    let principals: Vec<String> = users
+        .iter()
+        .map(|u| format!("user:{u}"))
+        .chain(services.iter().map(|s| format!("svc:{s}")))
+        .collect();
+    for p in &principals {
+        for permission in [
+            "Data View",
+            "Peak Demand Reset",
+            "Terminal Access",
+            "Master Reset",
+        ] {
+            ask(&[
+                "check",
+                "--principal",
+                p,
+                "--permission",
+                permission,
+                "--meter",
+                "meter-1",
+            ]);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_local_directory_exported_and_imported_into_postgresql_and_back_answers_the_same() {
+    let pg = Postgres::start();
+    let sim = Simulator::start(1, &[]);
+    let local = local_gateway(sim.base_port);
+    let d = &local.d;
+    let policy = d.dir.path().join("night.toml");
+    std::fs::write(
+        &policy,
+        "name = \"night-crew\"\n[[statement]]\neffect = \"allow\"\n\
+         permissions = [\"Data View\", \"Terminal Access\"]\nmeters = [\"meter-*\"]\n\
+         [[statement]]\neffect = \"deny\"\npermissions = [\"Terminal Access\"]\nmeters = [\"meter-1\"]\n",
+    )
+    .unwrap();
+    d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
+        .ok();
+    for (user, email) in [
+        ("ana", "ana@example.org"),
+        ("ben", "ben@example.org"),
+        ("cy", "cy@example.org"),
+        ("boss", "boss@example.org"),
+    ] {
+        d.mg(&["user", "add", user, "--email", email]).ok();
+    }
+    d.mg(&["user", "attach", "ana", "ReadOnly"]).ok();
+    d.mg(&["user", "attach", "boss", "Administrator"]).ok();
+    d.mg(&["group", "add", "crews"]).ok();
+    d.mg(&["group", "add-member", "crews", "ben"]).ok();
+    d.mg(&["group", "attach", "crews", "night-crew"]).ok();
+    d.mg(&["user", "deactivate", "cy"]).ok();
+    d.mg(&["service-user", "add", "scada"]).ok();
+    d.mg(&["service-user", "attach", "scada", "ReadOnly"]).ok();
+    let users = ["ana", "ben", "cy", "boss"];
+    let services = ["scada"];
+    let before = answers(&local, &users, &services);
+    assert!(before.contains("Terminal Access"), "{before}");
+
+    let export = d.mg(&["directory", "export"]).ok().stdout.clone();
+    let file = d.dir.path().join("dir.json");
+    std::fs::write(&file, &export).unwrap();
+    let shared = gateway(&pg, "site-a", sim.base_port);
+    let r = shared.d.mg(&[
+        "directory",
+        "import",
+        "--file",
+        file.to_str().unwrap(),
+        "--replace",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(answers(&shared, &users, &services), before);
+
+    // And back: from PostgreSQL into a new local directory.
+    let export = shared.d.mg(&["directory", "export"]).ok().stdout.clone();
+    std::fs::write(&file, &export).unwrap();
+    let again = local_gateway(sim.base_port);
+    let r = again.d.mg(&[
+        "directory",
+        "import",
+        "--file",
+        file.to_str().unwrap(),
+        "--replace",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(answers(&again, &users, &services), before);
 }

@@ -40,6 +40,11 @@ const ROUND_TRIP: Duration = Duration::from_secs(5);
 /// How often the follower says it is alive and checks the version, even
 /// when no notification came (one may be lost with a connection).
 const TICK: Duration = Duration::from_millis(500);
+/// Records written by one statement of a change.
+const WRITES_PER_STATEMENT: usize = 1000;
+/// Reading the whole directory (a start, a gateway far behind) may take
+/// longer than one round trip.
+const WHOLE_READ: Duration = Duration::from_secs(120);
 /// Reconnection backoff.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -110,6 +115,15 @@ pub struct Postgres {
 
 fn unreachable(server: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unreachable(format!("{server}: {e}"))
+}
+
+/// A statement that failed: the server refused it (its message), or it
+/// could not be reached.
+fn failed(server: &str, e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => StoreError::Sled(format!("{server} refused the change: {}", db.message())),
+        None => unreachable(server, e),
+    }
 }
 
 impl Postgres {
@@ -287,7 +301,12 @@ impl Postgres {
     pub fn changes_since(&self, version: u64) -> Result<(Vec<Record>, u64), StoreError> {
         let pool = self.pool.clone();
         let server = self.server.clone();
-        self.run(async move {
+        let limit = if version == 0 {
+            WHOLE_READ
+        } else {
+            ROUND_TRIP * 2
+        };
+        self.run_within(limit, async move {
             let down = |e: &dyn std::fmt::Display| unreachable(&server, e);
             let mut client = pool.get().await.map_err(|e| down(&e))?;
             read_since(&mut client, version).await.map_err(|e| down(&e))
@@ -325,7 +344,10 @@ impl Postgres {
     pub fn commit(&self, base: u64, writes: Vec<Record>) -> Result<u64, CommitError> {
         let pool = self.pool.clone();
         let server = self.server.clone();
-        let result = self.run(async move {
+        // A round trip for each statement: a big import gets the time it needs.
+        let statements = writes.len().div_ceil(WRITES_PER_STATEMENT) as u32;
+        let limit = ROUND_TRIP * (2 + statements);
+        let result = self.run_within(limit, async move {
             let down = |e: &dyn std::fmt::Display| unreachable(&server, e);
             let mut client = pool.get().await.map_err(|e| down(&e))?;
             let tx = client.transaction().await.map_err(|e| down(&e))?;
@@ -344,17 +366,29 @@ impl Postgres {
                 return Ok(None);
             }
             let next = (current + 1) as i64;
+            // Many records a round trip: an import of a whole directory is
+            // a few hundred statements, not one per record.
             let put = tx
                 .prepare(
-                    "INSERT INTO metergate_directory (key, value, changed) VALUES ($1, $2, $3) \
+                    "INSERT INTO metergate_directory (key, value, changed) \
+                     SELECT k, v, $3 FROM unnest($1::bytea[], $2::bytea[]) AS t(k, v) \
                      ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, changed = EXCLUDED.changed",
                 )
                 .await
                 .map_err(|e| down(&e))?;
-            for (key, value) in &writes {
-                tx.execute(&put, &[key, value, &next])
+            // One row a key, the last write winning (as written one after
+            // the other): a statement may not change a row twice.
+            let last: std::collections::BTreeMap<&[u8], Option<&[u8]>> = writes
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                .collect();
+            let last: Vec<_> = last.into_iter().collect();
+            for chunk in last.chunks(WRITES_PER_STATEMENT) {
+                let keys: Vec<&[u8]> = chunk.iter().map(|(k, _)| *k).collect();
+                let values: Vec<Option<&[u8]>> = chunk.iter().map(|(_, v)| *v).collect();
+                tx.execute(&put, &[&keys, &values, &next])
                     .await
-                    .map_err(|e| down(&e))?;
+                    .map_err(|e| failed(&server, e))?;
             }
             tx.execute(
                 "UPDATE metergate_version SET version = $1 WHERE id = 1",
@@ -587,8 +621,10 @@ async fn follow(
         }
         backoff = BACKOFF_FIRST;
         loop {
+            // Each query of a round has ROUND_TRIP; reading many changes
+            // (a big import elsewhere) gets the time a whole read gets.
             let round = tokio::time::timeout(
-                ROUND_TRIP,
+                WHOLE_READ,
                 round(&mut client, &gateway, follower.clone(), &health),
             )
             .await;
@@ -639,9 +675,24 @@ async fn round(
     gateway: &str,
     follower: Arc<dyn Follower>,
     health: &Mutex<Health>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), String> {
+    async fn quick<T>(
+        f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(ROUND_TRIP, f).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no answer in time".into()),
+        }
+    }
     let have = follower.version();
-    let (records, to) = read_since(client, have).await?;
+    let latest = quick(client.query_one("SELECT version FROM metergate_version WHERE id = 1", &[]))
+        .await?
+        .get::<_, i64>(0) as u64;
+    let (records, to) = if latest == have {
+        (Vec::new(), have)
+    } else {
+        read_since(client, have).await.map_err(|e| e.to_string())?
+    };
     if to != have {
         let whole = to < have;
         let f = follower.clone();
@@ -650,20 +701,18 @@ async fn round(
         let _ = tokio::task::spawn_blocking(move || f.catch_up(records, to, whole)).await;
     }
     let version = follower.version() as i64;
-    client
-        .execute(
-            "INSERT INTO metergate_gateways (name, seen, version) VALUES ($1, now(), $2) \
-             ON CONFLICT (name) DO UPDATE SET seen = now(), version = EXCLUDED.version",
-            &[&gateway, &version],
-        )
-        .await?;
-    let rows = client
-        .query(
-            "SELECT name, (extract(epoch from seen) * 1000000)::bigint, version \
-             FROM metergate_gateways ORDER BY name",
-            &[],
-        )
-        .await?;
+    quick(client.execute(
+        "INSERT INTO metergate_gateways (name, seen, version) VALUES ($1, now(), $2) \
+         ON CONFLICT (name) DO UPDATE SET seen = now(), version = EXCLUDED.version",
+        &[&gateway, &version],
+    ))
+    .await?;
+    let rows = quick(client.query(
+        "SELECT name, (extract(epoch from seen) * 1000000)::bigint, version \
+         FROM metergate_gateways ORDER BY name",
+        &[],
+    ))
+    .await?;
     let gateways = rows
         .iter()
         .map(|r| GatewaySeen {
