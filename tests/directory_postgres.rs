@@ -227,9 +227,14 @@ fn concurrent_edits_of_one_policy_from_two_gateways_one_wins_the_other_gets_the_
         let lost = if ra.code == 0 { &rb } else { &ra };
         assert_ne!(lost.code, 0);
         let said = format!("{}{}", lost.stdout, lost.stderr);
+        // Either its version check fails on the winner's change, or its
+        // checks were made before the winner's change reached its gateway.
         assert!(
             said.contains("changed by someone else")
-                || said.contains("not ") && said.contains("version"),
+                || said.contains("not ") && said.contains("version")
+                || said.contains(
+                    "another gateway changed the directory while this change was being checked"
+                ),
             "round {round}: the other is told of the conflict: {said}"
         );
         let winner = if ra.code == 0 { "A" } else { "B" };
@@ -677,4 +682,48 @@ fn a_local_directory_exported_and_imported_into_postgresql_and_back_answers_the_
     ]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(answers(&again, &users, &services), before);
+}
+
+#[test]
+fn a_change_checked_on_a_directory_another_gateway_changed_since_is_not_applied() {
+    use metergate::model::User;
+    use metergate::store::log::Capacity;
+    use metergate::store::{Entity, Expect, Op, Store, StoreError};
+    let pg = Postgres::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open_configured(dir_a.path(), Capacity::default(), &pg.directory_config("a"))
+        .unwrap();
+    let b = Store::open_configured(dir_b.path(), Capacity::default(), &pg.directory_config("b"))
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let add = |name: &str| {
+        vec![Op::Put(
+            Entity::User(User::new(name, &format!("{name}@example.org"))),
+            Expect::New,
+        )]
+    };
+    // A's caller is checked on the directory as A has it now …
+    let checked = a.directory_version();
+    // … then a change lands through B (say, the caller's grant withdrawn).
+    b.apply(add("lee"), "test", now, &[]).unwrap();
+    let r = a.apply_checked(add("kim"), "test", now, &[], Some(checked));
+    assert!(
+        matches!(r, Err(StoreError::ChangedWhileChecked)),
+        "{:?}",
+        r.map(|_| ())
+    );
+    within("A has B's change", Duration::from_secs(10), || {
+        a.directory().users.contains_key("lee")
+    });
+    assert!(
+        !a.directory().users.contains_key("kim"),
+        "nothing was applied"
+    );
+    // Checked again on the directory as it is now, it goes through.
+    let checked = a.directory_version();
+    a.apply_checked(add("kim"), "test", now, &[], Some(checked))
+        .unwrap();
+    within("B has A's change", Duration::from_secs(10), || {
+        b.directory().users.contains_key("kim")
+    });
 }

@@ -320,7 +320,8 @@ impl From<StoreError> for CommandError {
             | StoreError::Corrupt { .. }
             | StoreError::Locked(_)
             | StoreError::Unreachable(_)
-            | StoreError::Contended => CommandError::Failed(e.to_string()),
+            | StoreError::Contended
+            | StoreError::ChangedWhileChecked => CommandError::Failed(e.to_string()),
             StoreError::NotFound { .. } => CommandError::NotFound(e.to_string()),
             StoreError::StaleVersion { .. } => CommandError::Stale(e.to_string()),
             other => CommandError::Refused(other.to_string()),
@@ -440,6 +441,13 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
             ..
         }
     );
+    // A change takes its turn before it is decided on: the decision, the
+    // precondition and what it confers are checked on the directory it is
+    // applied to (with a shared directory, one no gateway changed since).
+    let turn = match changes {
+        true => Some(ctx.guard.checked_change().await),
+        false => None,
+    };
     let decision = ctx.guard.authorize(&caller.request(action), now).await;
     if !decision.allowed {
         return Outcome::Denied {
@@ -447,12 +455,6 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
             decision: Box::new(decision),
         };
     }
-    // The precondition is checked while changes wait their turn, so none
-    // slips in between it and the change.
-    let turn = match changes {
-        true => Some(ctx.guard.one_change_at_a_time().await),
-        false => None,
-    };
     let result = match req
         .precondition
         .as_ref()

@@ -100,8 +100,28 @@ pub struct Guard {
     /// Admin changes run one at a time, so a change is checked (what it
     /// confers) against the directory it is applied to.
     changing: tokio::sync::Mutex<()>,
+    /// The directory version the change holding the turn was checked on
+    /// ([`NOT_CHECKED`]: none), so a shared directory that moved on meanwhile
+    /// refuses it.
+    checked_at: std::sync::atomic::AtomicU64,
     /// The HTTPS API's bearer tokens (digests only).
     tokens: tokens::Tokens,
+}
+
+/// No change holding the turn was checked on a version.
+const NOT_CHECKED: u64 = u64::MAX;
+
+/// The change turn with the version its checks were made on; given back
+/// when dropped.
+pub struct CheckedChange<'a> {
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+    guard: &'a Guard,
+}
+
+impl Drop for CheckedChange<'_> {
+    fn drop(&mut self) {
+        self.guard.checked_at.store(NOT_CHECKED, Ordering::SeqCst);
+    }
 }
 
 impl Guard {
@@ -141,6 +161,7 @@ impl Guard {
             changed: tokio::sync::Notify::new(),
             tokens: tokens::Tokens::default(),
             changing: tokio::sync::Mutex::new(()),
+            checked_at: std::sync::atomic::AtomicU64::new(NOT_CHECKED),
         }
     }
 
@@ -211,9 +232,14 @@ impl Guard {
         now: OffsetDateTime,
     ) -> Result<Arc<Directory>, StoreError> {
         let settings = self.settings.load();
-        let dir = self
-            .store
-            .apply(ops, &by.to_string(), now, &settings.separation_of_duties)?;
+        let checked = self.checked_at.load(Ordering::SeqCst);
+        let dir = self.store.apply_checked(
+            ops,
+            &by.to_string(),
+            now,
+            &settings.separation_of_duties,
+            (checked != NOT_CHECKED).then_some(checked),
+        )?;
         self.recompile();
         // Before the change returns: a token whose access this change
         // withdrew is gone, even if the next change gives the access back.
@@ -342,6 +368,20 @@ impl Guard {
     /// that each confer half of a grant cannot pass their checks together.
     pub async fn one_change_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.changing.lock().await
+    }
+
+    /// The turn, for a change whose checks (may the caller do it, what it
+    /// confers) come after this: with a shared directory, the change is
+    /// applied only if no gateway changed the directory since, so checks
+    /// made here never pass on a grant another gateway just withdrew.
+    pub async fn checked_change(&self) -> CheckedChange<'_> {
+        let turn = self.changing.lock().await;
+        self.checked_at
+            .store(self.store.directory_version(), Ordering::SeqCst);
+        CheckedChange {
+            _turn: turn,
+            guard: self,
+        }
     }
 
     /// Resolves after the next change to the directory or the rules.

@@ -78,6 +78,13 @@ pub enum StoreError {
     Unreachable(String),
     #[error("the directory kept changing under this change (other gateways); try again")]
     Contended,
+    /// The shared directory moved on between a change's checks (what the
+    /// caller may do, what it confers) and its write: nothing is applied,
+    /// because the checks were made on a directory that is no longer.
+    #[error(
+        "another gateway changed the directory while this change was being checked: nothing was applied; run it again"
+    )]
+    ChangedWhileChecked,
     #[error("refused: failure injected after {0} writes (test)")]
     Injected(usize),
 }
@@ -398,16 +405,37 @@ impl Store {
             }
             crate::config::DirectoryConfig::Postgres(config) => {
                 let pg = postgres::Postgres::connect(config)?;
+                // Start from this gateway's copy and read only what changed
+                // since (the whole directory when there is no copy, or when
+                // the server's directory is behind it: another one).
                 let copy = copy::SharedCopy::open(&db)?;
-                let (records, version) = match pg.changes_since(0) {
-                    Ok((records, version)) => {
-                        copy.replace(&records, version, micros(OffsetDateTime::now_utc()))?;
-                        (records, version)
+                let kept = copy.load()?;
+                let from = kept.as_ref().map_or(0, |c| c.version);
+                let now_us = micros(OffsetDateTime::now_utc());
+                let mut dir = Directory::default();
+                let version = match pg.changes_since_within(from, postgres::WHOLE_READ) {
+                    Ok((records, to)) => {
+                        let whole = from == 0 || to < from;
+                        if let Some(c) = kept.as_ref().filter(|_| !whole) {
+                            for (key, value) in &c.records {
+                                apply_record(&mut dir, key, value.as_deref())?;
+                            }
+                        }
+                        for (key, value) in &records {
+                            apply_record(&mut dir, key, value.as_deref())?;
+                        }
+                        if whole {
+                            copy.replace(&records, to, now_us)?;
+                        } else if to != from {
+                            copy.apply(&records, to)?;
+                        }
+                        copy.reached(now_us);
+                        to
                     }
                     // Without the server, this gateway's last copy lets it
                     // decide (fail-static, up to max_stale for people); a
                     // gateway that never had one cannot.
-                    Err(StoreError::Unreachable(why)) => match copy.load()? {
+                    Err(StoreError::Unreachable(why)) => match kept {
                         Some(c) => {
                             tracing::warn!(
                                 version = c.version,
@@ -415,7 +443,10 @@ impl Store {
                                 "started on this gateway's last copy of the directory"
                             );
                             pg.started_on_copy(c.last_contact);
-                            (c.records, c.version)
+                            for (key, value) in &c.records {
+                                apply_record(&mut dir, key, value.as_deref())?;
+                            }
+                            c.version
                         }
                         None => {
                             return Err(StoreError::Unreachable(format!(
@@ -425,10 +456,6 @@ impl Store {
                     },
                     Err(e) => return Err(e),
                 };
-                let mut dir = Directory::default();
-                for (key, value) in &records {
-                    apply_record(&mut dir, key, value.as_deref())?;
-                }
                 (Some(Arc::new(pg)), dir, version, Some(copy))
             }
         };
@@ -751,6 +778,21 @@ impl Store {
         now: OffsetDateTime,
         sod_pairs: &[(Permission, Permission)],
     ) -> Result<Arc<Directory>, StoreError> {
+        self.apply_checked(ops, by, now, sod_pairs, None)
+    }
+
+    /// As [`Store::apply`], for a change whose caller was checked on the
+    /// directory at version `checked`: with a shared directory that moved
+    /// on since, it is refused ([`StoreError::ChangedWhileChecked`]) rather
+    /// than applied on checks another gateway's change made stale.
+    pub fn apply_checked(
+        &self,
+        ops: Vec<Op>,
+        by: &str,
+        now: OffsetDateTime,
+        sod_pairs: &[(Permission, Permission)],
+        checked: Option<u64>,
+    ) -> Result<Arc<Directory>, StoreError> {
         let _serial = self
             .mirror
             .changes
@@ -767,9 +809,13 @@ impl Store {
             ));
         }
         // Another gateway's change may land first: catch up, check the
-        // change again on what the directory is now, and retry.
+        // change again on what the directory is now, and retry (unless the
+        // caller's own checks were made on the older directory).
         for _ in 0..8 {
             let base = self.mirror.version();
+            if checked.is_some_and(|v| v != base) {
+                return Err(StoreError::ChangedWhileChecked);
+            }
             let (next, writes) = compute(&self.directory(), ops.clone(), by, now, sod_pairs)?;
             if self.fail_after.swap(usize::MAX, Ordering::SeqCst) != usize::MAX {
                 return Err(StoreError::Injected(0));

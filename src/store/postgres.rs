@@ -44,7 +44,7 @@ const TICK: Duration = Duration::from_millis(500);
 const WRITES_PER_STATEMENT: usize = 1000;
 /// Reading the whole directory (a start, a gateway far behind) may take
 /// longer than one round trip.
-const WHOLE_READ: Duration = Duration::from_secs(120);
+pub const WHOLE_READ: Duration = Duration::from_secs(120);
 /// Reconnection backoff.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -299,13 +299,22 @@ impl Postgres {
     /// Every record changed after `version`, and the version they bring the
     /// directory to (read in one snapshot of the server).
     pub fn changes_since(&self, version: u64) -> Result<(Vec<Record>, u64), StoreError> {
-        let pool = self.pool.clone();
-        let server = self.server.clone();
         let limit = if version == 0 {
             WHOLE_READ
         } else {
             ROUND_TRIP * 2
         };
+        self.changes_since_within(version, limit)
+    }
+
+    /// As [`Postgres::changes_since`], giving up after `limit`.
+    pub fn changes_since_within(
+        &self,
+        version: u64,
+        limit: Duration,
+    ) -> Result<(Vec<Record>, u64), StoreError> {
+        let pool = self.pool.clone();
+        let server = self.server.clone();
         self.run_within(limit, async move {
             let down = |e: &dyn std::fmt::Display| unreachable(&server, e);
             let mut client = pool.get().await.map_err(|e| down(&e))?;

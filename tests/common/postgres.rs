@@ -184,6 +184,19 @@ impl Postgres {
         self.path("gateway.pw")
     }
 
+    /// The directory's configuration for a store opened in the test's own
+    /// process, as gateway `gateway`.
+    pub fn directory_config(&self, gateway: &str) -> metergate::config::DirectoryConfig {
+        metergate::config::DirectoryConfig::Postgres(metergate::config::PostgresDirectory {
+            url: format!("postgres://metergate@127.0.0.1:{}/metergate", self.port),
+            gateway: gateway.into(),
+            ca: self.ca(),
+            password_file: Some(self.password_file()),
+            max_stale: std::time::Duration::from_secs(3600),
+            pool_size: 4,
+        })
+    }
+
     /// The `[directory]` section of a gateway named `gateway`.
     pub fn directory_section(&self, gateway: &str) -> String {
         self.directory_section_stale(gateway, "1h")
