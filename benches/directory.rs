@@ -387,11 +387,16 @@ fn api_changes(pg: &postgres::Postgres) {
                     .unwrap();
                 assert!(out.status.success(), "{out:?}");
                 let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                let statuses = r["statuses"].to_string();
-                assert!(
-                    !statuses.contains("\"4") && !statuses.contains("\"5"),
-                    "{name}: {statuses}"
-                );
+                // Each client's first request may find the state the last
+                // run left (attached already: 409); nothing else may fail.
+                let statuses = r["statuses"].as_object().unwrap();
+                for (code, n) in statuses {
+                    let n = n.as_u64().unwrap();
+                    assert!(
+                        code.starts_with('2') || code == "409" && n <= clients as u64,
+                        "{name}: {statuses:?}"
+                    );
+                }
                 got.entry(name).or_default().push((
                     r["rps"].as_f64().unwrap(),
                     r["p50_us"].as_f64().unwrap(),

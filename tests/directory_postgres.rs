@@ -516,6 +516,21 @@ fn password_failures_spread_over_gateways_lock_after_the_configured_count_even_a
         );
     }
     assert!(!password_login(&a, "carol", good));
+
+    // A lock seen in the shared run holds while the directory is away.
+    pg.down();
+    for g in [&a, &b] {
+        within(
+            "the gateway sees the directory go",
+            Duration::from_secs(15),
+            || metric(g.metrics, "metergate_directory_reachable") == Some(0.0),
+        );
+        assert!(locked_on(g, "carol"));
+        assert!(
+            !password_login(g, "carol", good),
+            "the lock holds without PostgreSQL"
+        );
+    }
 }
 
 #[test]
@@ -553,7 +568,10 @@ fn beyond_max_stale_people_wait_for_the_directory_while_scada_reads_on() {
         refused.contains("longer ago than directory.max_stale"),
         "{refused}"
     );
-    // … while SCADA reads, the local console and kim's open session go on.
+    // … while SCADA reads, the local console and kim's open session go on,
+    // also once a reload has every open session checked again.
+    a.d.reload_with(|t| t);
+    std::thread::sleep(Duration::from_secs(1));
     let read = json!([{"op": "read", "unit": 1, "address": 3000, "count": 2}]);
     assert_eq!(pymodbus(a.modbus, read)[0]["ok"], true);
     assert!(a.d.mg(&["session", "list"]).stdout.contains("kim"));
@@ -726,4 +744,56 @@ fn a_change_checked_on_a_directory_another_gateway_changed_since_is_not_applied(
     within("B has A's change", Duration::from_secs(10), || {
         b.directory().users.contains_key("kim")
     });
+}
+
+#[test]
+fn a_gateways_copy_of_one_directory_is_never_merged_into_another() {
+    use metergate::model::User;
+    use metergate::store::log::Capacity;
+    use metergate::store::{Entity, Expect, Op, Store};
+    let (first, second) = (Postgres::start(), Postgres::start());
+    let now = time::OffsetDateTime::now_utc();
+    let add = |name: &str| {
+        vec![Op::Put(
+            Entity::User(User::new(name, &format!("{name}@example.org"))),
+            Expect::New,
+        )]
+    };
+    let state = tempfile::tempdir().unwrap();
+    {
+        let a = Store::open_configured(
+            state.path(),
+            Capacity::default(),
+            &first.directory_config("a"),
+        )
+        .unwrap();
+        a.apply(add("lee"), "test", now, &[]).unwrap();
+    }
+    // The second directory has moved further than the first.
+    let other = tempfile::tempdir().unwrap();
+    {
+        let b = Store::open_configured(
+            other.path(),
+            Capacity::default(),
+            &second.directory_config("b"),
+        )
+        .unwrap();
+        for name in ["ann", "bo", "cat", "dan"] {
+            b.apply(add(name), "test", now, &[]).unwrap();
+        }
+    }
+    // The gateway pointed at the second directory holds it, and only it.
+    let a = Store::open_configured(
+        state.path(),
+        Capacity::default(),
+        &second.directory_config("a"),
+    )
+    .unwrap();
+    let dir = a.directory();
+    assert!(dir.users.contains_key("dan"), "{:?}", dir.users.keys());
+    assert!(
+        !dir.users.contains_key("lee"),
+        "a user of the first directory came along: {:?}",
+        dir.users.keys()
+    );
 }

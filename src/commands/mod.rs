@@ -461,7 +461,10 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
         .map(|p| p.check(&ctx.guard.directory()))
     {
         Some(Err(stale)) => Err(stale),
-        _ => run(ctx, caller, &line.command, req, now).await,
+        _ => match &turn {
+            Some(t) => t.run(run(ctx, caller, &line.command, req, now)).await,
+            None => run(ctx, caller, &line.command, req, now).await,
+        },
     };
     drop(turn);
     let event = |outcome: EventOutcome, code: &str, reason: String| {

@@ -100,27 +100,32 @@ pub struct Guard {
     /// Admin changes run one at a time, so a change is checked (what it
     /// confers) against the directory it is applied to.
     changing: tokio::sync::Mutex<()>,
-    /// The directory version the change holding the turn was checked on
-    /// ([`NOT_CHECKED`]: none), so a shared directory that moved on meanwhile
-    /// refuses it.
-    checked_at: std::sync::atomic::AtomicU64,
+    /// The directory version the snapshot was compiled from (read before
+    /// the directory, so never newer than what the snapshot holds).
+    snapshot_version: AtomicU64,
+    /// One recompilation at a time: the last one reads the newest directory.
+    recompiling: std::sync::Mutex<()>,
     /// The HTTPS API's bearer tokens (digests only).
     tokens: tokens::Tokens,
 }
 
-/// No change holding the turn was checked on a version.
-const NOT_CHECKED: u64 = u64::MAX;
-
-/// The change turn with the version its checks were made on; given back
-/// when dropped.
-pub struct CheckedChange<'a> {
-    _turn: tokio::sync::MutexGuard<'a, ()>,
-    guard: &'a Guard,
+tokio::task_local! {
+    /// The version of the snapshot the running admin command was decided
+    /// on (see [`Guard::checked_change`]); changes it makes carry it.
+    static CHECKED_ON: u64;
 }
 
-impl Drop for CheckedChange<'_> {
-    fn drop(&mut self) {
-        self.guard.checked_at.store(NOT_CHECKED, Ordering::SeqCst);
+/// The change turn, and the snapshot version the change is decided on.
+pub struct CheckedChange<'a> {
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+    version: u64,
+}
+
+impl CheckedChange<'_> {
+    /// Runs `work` (the command) so that every change it makes is applied
+    /// only on the directory its checks were made on.
+    pub async fn run<F: std::future::Future>(&self, work: F) -> F::Output {
+        CHECKED_ON.scope(self.version, work).await
     }
 }
 
@@ -145,6 +150,7 @@ impl Guard {
         meters: Vec<MeterConfig>,
         profiles: std::collections::BTreeMap<String, Profile>,
     ) -> Guard {
+        let version = store.directory_version();
         let snapshot = Snapshot::compile(&store.directory(), &meters, &profiles);
         Guard {
             state: state::GuardState::with_shared(
@@ -161,7 +167,8 @@ impl Guard {
             changed: tokio::sync::Notify::new(),
             tokens: tokens::Tokens::default(),
             changing: tokio::sync::Mutex::new(()),
-            checked_at: std::sync::atomic::AtomicU64::new(NOT_CHECKED),
+            snapshot_version: AtomicU64::new(version),
+            recompiling: std::sync::Mutex::new(()),
         }
     }
 
@@ -215,12 +222,18 @@ impl Guard {
     }
 
     fn recompile(&self) {
+        // A change here and one followed from another gateway may both
+        // recompile: one at a time, so an older snapshot never replaces a
+        // newer one.
+        let _one = self.recompiling.lock();
         let fleet = self.meters.load();
+        let version = self.store.directory_version();
         self.snapshot.store(Arc::new(Snapshot::compile(
             &self.store.directory(),
             &fleet.0,
             &fleet.1,
         )));
+        self.snapshot_version.store(version, Ordering::SeqCst);
     }
 
     /// Applies a change to identities and rules (atomic, versioned,
@@ -232,13 +245,15 @@ impl Guard {
         now: OffsetDateTime,
     ) -> Result<Arc<Directory>, StoreError> {
         let settings = self.settings.load();
-        let checked = self.checked_at.load(Ordering::SeqCst);
+        // Made by an admin command that took its turn: applied only on the
+        // directory it was decided on.
+        let checked = CHECKED_ON.try_with(|v| *v).ok();
         let dir = self.store.apply_checked(
             ops,
             &by.to_string(),
             now,
             &settings.separation_of_duties,
-            (checked != NOT_CHECKED).then_some(checked),
+            checked,
         )?;
         self.recompile();
         // Before the change returns: a token whose access this change
@@ -309,8 +324,10 @@ impl Guard {
     /// never blinded by a network outage, and sessions already open are
     /// not ended.
     fn stale_directory(&self, req: &Request, now: OffsetDateTime) -> Option<i64> {
+        // "access": the re-check of a session already open.
         if !matches!(req.principal, PrincipalId::User(_) | PrincipalId::Support)
             || req.door == "mbaps"
+            || req.door == "access"
         {
             return None;
         }
@@ -376,11 +393,14 @@ impl Guard {
     /// made here never pass on a grant another gateway just withdrew.
     pub async fn checked_change(&self) -> CheckedChange<'_> {
         let turn = self.changing.lock().await;
-        self.checked_at
-            .store(self.store.directory_version(), Ordering::SeqCst);
+        // A change followed from another gateway and not compiled yet:
+        // decide on it rather than refuse the change for it later.
+        if self.snapshot_version.load(Ordering::SeqCst) != self.store.directory_version() {
+            self.recompile();
+        }
         CheckedChange {
             _turn: turn,
-            guard: self,
+            version: self.snapshot_version.load(Ordering::SeqCst),
         }
     }
 

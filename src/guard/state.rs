@@ -122,10 +122,17 @@ impl GuardState {
     /// A master reset clears peaks too, so it (re)starts the interval.
     pub fn restart_peak_interval(&self, meter: &str, now: i64) -> Result<(), StoreError> {
         let key = format!("pdr/{meter}");
+        // Never back in time (a gateway whose clock is behind).
+        let restart = move |current: Option<&[u8]>| {
+            let at = current
+                .and_then(decode_i64)
+                .map_or(now, |last| last.max(now));
+            (Some(at.to_be_bytes().to_vec()), ())
+        };
         if let Some(pg) = &self.shared {
-            return pg.state_update(&key, move |_| (Some(now.to_be_bytes().to_vec()), ()));
+            return pg.state_update(&key, restart);
         }
-        self.tree.insert(key, &now.to_be_bytes())?;
+        self.tree.update_and_fetch(key, |old| restart(old).0)?;
         Ok(())
     }
 
@@ -145,12 +152,27 @@ impl GuardState {
             .get(key)?
             .and_then(|v| serde_json::from_slice(&v).ok())
             .unwrap_or_default();
-        if let Some(pg) = &self.shared
-            && let Ok(Some(v)) = pg.state_get(key)
-            && let Ok(shared) = serde_json::from_slice::<LoginFailures>(&v)
-        {
-            st.failures.extend(shared.failures);
-            st.locked_until = st.locked_until.max(shared.locked_until);
+        if let Some(pg) = &self.shared {
+            // A lock read from the shared run is kept here too, so a server
+            // that answers slowly or not at all never opens it early.
+            let seen = format!("{SHARED_LOCK}{key}");
+            match pg.state_get(key) {
+                Ok(v) => {
+                    let shared: LoginFailures = v
+                        .and_then(|v| serde_json::from_slice(&v).ok())
+                        .unwrap_or_default();
+                    match shared.locked_until {
+                        Some(u) => self.tree.insert(&seen, &u.to_be_bytes()).map(|_| ())?,
+                        None => self.tree.remove(&seen).map(|_| ())?,
+                    }
+                    st.failures.extend(shared.failures);
+                    st.locked_until = st.locked_until.max(shared.locked_until);
+                }
+                Err(_) => {
+                    let kept = self.tree.get(&seen)?.as_deref().and_then(decode_i64);
+                    st.locked_until = st.locked_until.max(kept);
+                }
+            }
         }
         Ok(st)
     }
@@ -229,7 +251,13 @@ impl GuardState {
                 (serde_json::to_vec(&st).ok(), locked)
             };
             match pg.state_update(key, count) {
-                Ok(locked) => return Ok(locked),
+                Ok(locked) => {
+                    if let Some(u) = locked {
+                        self.tree
+                            .insert(format!("{SHARED_LOCK}{key}"), &u.to_be_bytes())?;
+                    }
+                    return Ok(locked);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "failure counted on this gateway only until the directory is back");
                     self.tree.insert(format!("{PENDING}{key}"), &[])?;
@@ -249,24 +277,57 @@ impl GuardState {
 
     /// Forgets a failure run here and, when shared, for every gateway.
     /// `strict`: an error if the shared run could not be forgotten.
-    fn forget(&self, key: &str, strict: bool) -> Result<bool, StoreError> {
+    /// `user unlock`: forgets a failure run and its lock, here and for
+    /// every gateway.
+    fn forget(&self, key: &str) -> Result<bool, StoreError> {
         let _ = self.tree.remove(format!("{PENDING}{key}"))?;
+        let _ = self.tree.remove(format!("{SHARED_LOCK}{key}"))?;
         let mut had = self.tree.remove(key)?.is_some();
         if let Some(pg) = &self.shared {
-            match pg.state_remove(key) {
-                Ok(shared) => had |= shared,
-                // A success elsewhere leaves the shared run standing while
-                // the directory is away: stricter, never looser.
-                Err(e) if strict => return Err(e),
-                Err(_) => {}
-            }
+            had |= pg.state_remove(key)?;
         }
         Ok(had)
     }
 
+    /// A success ends the run of consecutive failures, here and for every
+    /// gateway, but never a lock: one set elsewhere after this login passed
+    /// its check stands. While the directory is away the shared run stands
+    /// too (stricter, never looser).
+    fn succeeded(&self, key: &str) -> Result<(), StoreError> {
+        let now = crate::model::micros(time::OffsetDateTime::now_utc());
+        let keep_lock = move |st: LoginFailures| {
+            let locked_until = st.locked_until.filter(|u| *u > now);
+            locked_until.and_then(|u| {
+                serde_json::to_vec(&LoginFailures {
+                    failures: Vec::new(),
+                    locked_until: Some(u),
+                })
+                .ok()
+            })
+        };
+        let local: LoginFailures = self
+            .tree
+            .get(key)?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        match keep_lock(local) {
+            Some(v) => self.tree.insert(key, v).map(|_| ())?,
+            None => self.tree.remove(key).map(|_| ())?,
+        }
+        if let Some(pg) = &self.shared {
+            let _ = pg.state_update(key, move |old| {
+                let st: LoginFailures = old
+                    .and_then(|v| serde_json::from_slice(v).ok())
+                    .unwrap_or_default();
+                (keep_lock(st), ())
+            });
+        }
+        Ok(())
+    }
+
     /// A successful password login ends the run of consecutive failures.
     pub fn password_succeeded(&self, who: &PrincipalId) -> Result<(), StoreError> {
-        self.forget(&Self::login_key(who), false).map(|_| ())
+        self.succeeded(&Self::login_key(who))
     }
 
     /// Moves the failure runs counted here while the shared directory was
@@ -288,11 +349,15 @@ impl GuardState {
         for marker in self.tree.scan_prefix(PENDING.as_bytes()).keys() {
             let marker = marker?;
             let key = String::from_utf8_lossy(&marker[PENDING.len()..]).into_owned();
-            let local: LoginFailures = self
-                .tree
-                .get(&key)?
-                .and_then(|v| serde_json::from_slice(&v).ok())
+            // The marker goes first: a failure counted here meanwhile sets
+            // it again, and is moved next time.
+            self.tree.remove(&marker)?;
+            let read = self.tree.get(&key)?;
+            let local: LoginFailures = read
+                .as_deref()
+                .and_then(|v| serde_json::from_slice(v).ok())
                 .unwrap_or_default();
+            let kept_lock = local.locked_until;
             let merge = move |old: Option<&[u8]>| {
                 let mut st: LoginFailures = old
                     .and_then(|v| serde_json::from_slice(v).ok())
@@ -310,9 +375,22 @@ impl GuardState {
                 }
                 (serde_json::to_vec(&st).ok(), ())
             };
-            pg.state_update(&key, merge)?;
-            self.tree.remove(&key)?;
-            self.tree.remove(&marker)?;
+            if let Err(e) = pg.state_update(&key, merge) {
+                self.tree.insert(&marker, &[])?;
+                return Err(e);
+            }
+            // The failures are shared now; a lock set here stays here too
+            // until it ends. Unless a failure was counted meanwhile (then
+            // it is moved next time, with these again: counted once, as
+            // runs are merged by time).
+            let rest = kept_lock.filter(|u| *u > now).and_then(|u| {
+                serde_json::to_vec(&LoginFailures {
+                    failures: Vec::new(),
+                    locked_until: Some(u),
+                })
+                .ok()
+            });
+            let _ = self.tree.compare_and_swap(&key, read, rest)?;
             moved += 1;
         }
         Ok(moved)
@@ -321,8 +399,8 @@ impl GuardState {
     /// `user unlock`: ends a lock and forgets the failures, of passwords
     /// and of second-factor codes.
     pub fn unlock(&self, who: &PrincipalId) -> Result<bool, StoreError> {
-        let codes = self.forget(&Self::code_key(who), true)?;
-        Ok(self.forget(&Self::login_key(who), true)? || codes)
+        let codes = self.forget(&Self::code_key(who))?;
+        Ok(self.forget(&Self::login_key(who))? || codes)
     }
 
     fn code_key(who: &PrincipalId) -> String {
@@ -355,7 +433,7 @@ impl GuardState {
 
     /// A right code ends the run of wrong ones.
     pub fn code_succeeded(&self, who: &PrincipalId) -> Result<(), StoreError> {
-        self.forget(&Self::code_key(who), false).map(|_| ())
+        self.succeeded(&Self::code_key(who))
     }
 
     /// Takes TOTP step `step` for `who` unless it was taken: a code counts
@@ -529,6 +607,8 @@ fn take_step(current: Option<&[u8]>, step: u64) -> (Option<Vec<u8>>, bool) {
 
 /// Marks a failure run counted here while the shared directory was away.
 const PENDING: &str = "pending/";
+/// The last lock seen on a shared failure run (µs), kept here.
+const SHARED_LOCK: &str = "sharedlock/";
 
 fn decode_i64(b: &[u8]) -> Option<i64> {
     b.try_into().ok().map(i64::from_be_bytes)

@@ -16,6 +16,7 @@ pub(crate) struct SharedCopy {
 }
 
 const VERSION: &[u8] = b"version";
+const DIRECTORY: &[u8] = b"directory_id";
 const CONTACT: &[u8] = b"last_contact";
 /// How often the last contact is written down (µs): after a restart,
 /// `max_stale` counts from at most this much after the real last contact.
@@ -25,6 +26,8 @@ const CONTACT_EVERY: i64 = 5_000_000;
 pub(crate) struct Copied {
     pub records: Vec<Write>,
     pub version: u64,
+    /// Which shared directory it is a copy of.
+    pub directory_id: String,
     /// When the server was last reached (µs).
     pub last_contact: i64,
 }
@@ -40,8 +43,15 @@ impl SharedCopy {
 
     /// The whole directory at `version`, replacing what the copy held. The
     /// version goes first, so a copy cut short by a crash is no copy.
-    pub fn replace(&self, records: &[Write], version: u64, now: i64) -> Result<(), StoreError> {
+    pub fn replace(
+        &self,
+        records: &[Write],
+        version: u64,
+        directory_id: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.meta.remove(VERSION)?;
+        self.meta.insert(DIRECTORY, directory_id.as_bytes())?;
         self.records.clear()?;
         let mut batch = sled::Batch::default();
         for (key, value) in records {
@@ -56,8 +66,21 @@ impl SharedCopy {
         Ok(())
     }
 
-    /// Records changed up to `version`, with the version, all or nothing.
-    pub fn apply(&self, records: &[Write], version: u64) -> Result<(), StoreError> {
+    /// Records changed from version `from` to `to`, all or nothing; a copy
+    /// not at `from` (a change it missed) is no copy from now on.
+    pub fn apply(&self, records: &[Write], from: u64, to: u64) -> Result<(), StoreError> {
+        let at = self
+            .meta
+            .get(VERSION)?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_be_bytes);
+        if at != Some(from) {
+            self.forget()?;
+            return Err(StoreError::Sled(format!(
+                "the copy was at {at:?}, not {from}: dropped until the next start reads the whole directory"
+            )));
+        }
+        let version = to;
         (&self.records, &self.meta)
             .transaction(|(r, m)| {
                 for (key, value) in records {
@@ -70,6 +93,12 @@ impl SharedCopy {
                 Ok(())
             })
             .map_err(|e: sled::transaction::TransactionError| StoreError::Sled(e.to_string()))
+    }
+
+    /// Makes the copy no copy (a change it could not keep).
+    pub fn forget(&self) -> Result<(), StoreError> {
+        self.meta.remove(VERSION)?;
+        Ok(())
     }
 
     /// The server answered at `at` (µs); written down now and then.
@@ -95,6 +124,11 @@ impl SharedCopy {
             return Ok(None);
         };
         let last_contact = number(CONTACT)?.map(i64::from_be_bytes).unwrap_or(0);
+        let directory_id = self
+            .meta
+            .get(DIRECTORY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
         let records = self
             .records
             .iter()
@@ -103,6 +137,7 @@ impl SharedCopy {
         Ok(Some(Copied {
             records,
             version: u64::from_be_bytes(version),
+            directory_id,
             last_contact,
         }))
     }

@@ -399,22 +399,42 @@ impl Store {
         if let crate::config::DirectoryConfig::Postgres(config) = backend {
             log.name_gateway(&config.gateway);
         }
-        let (shared, directory, version, copy) = match backend {
-            crate::config::DirectoryConfig::Local => {
-                (None, load_directory(&directory_tree)?, 0, None)
-            }
+        let (shared, directory, version, copy, directory_id) = match backend {
+            crate::config::DirectoryConfig::Local => (
+                None,
+                load_directory(&directory_tree)?,
+                0,
+                None,
+                String::new(),
+            ),
             crate::config::DirectoryConfig::Postgres(config) => {
                 let pg = postgres::Postgres::connect(config)?;
                 // Start from this gateway's copy and read only what changed
                 // since (the whole directory when there is no copy, or when
                 // the server's directory is behind it: another one).
                 let copy = copy::SharedCopy::open(&db)?;
-                let kept = copy.load()?;
-                let from = kept.as_ref().map_or(0, |c| c.version);
+                let mut kept = copy.load()?;
                 let now_us = micros(OffsetDateTime::now_utc());
                 let mut dir = Directory::default();
-                let version = match pg.changes_since_within(from, postgres::WHOLE_READ) {
-                    Ok((records, to)) => {
+                let mut directory_id = kept
+                    .as_ref()
+                    .map(|c| c.directory_id.clone())
+                    .unwrap_or_default();
+                let reading = pg.directory_id().and_then(|id| {
+                    // A copy of another directory is no copy of this one.
+                    if kept.as_ref().is_some_and(|c| c.directory_id != id) {
+                        tracing::warn!(
+                            "this gateway's copy is of another directory: reading this one whole"
+                        );
+                        kept = None;
+                    }
+                    directory_id = id;
+                    let from = kept.as_ref().map_or(0, |c| c.version);
+                    pg.changes_since_within(from, postgres::WHOLE_READ)
+                        .map(|r| (r, from))
+                });
+                let version = match reading {
+                    Ok(((records, to), from)) => {
                         let whole = from == 0 || to < from;
                         if let Some(c) = kept.as_ref().filter(|_| !whole) {
                             for (key, value) in &c.records {
@@ -425,9 +445,9 @@ impl Store {
                             apply_record(&mut dir, key, value.as_deref())?;
                         }
                         if whole {
-                            copy.replace(&records, to, now_us)?;
+                            copy.replace(&records, to, &directory_id, now_us)?;
                         } else if to != from {
-                            copy.apply(&records, to)?;
+                            copy.apply(&records, from, to)?;
                         }
                         copy.reached(now_us);
                         to
@@ -456,13 +476,13 @@ impl Store {
                     },
                     Err(e) => return Err(e),
                 };
-                (Some(Arc::new(pg)), dir, version, Some(copy))
+                (Some(Arc::new(pg)), dir, version, Some(copy), directory_id)
             }
         };
         let store = Store {
             signing,
             path: state_dir.to_path_buf(),
-            mirror: Arc::new(Mirror::new(directory, version, copy)),
+            mirror: Arc::new(Mirror::new(directory, version, copy, directory_id)),
             shared,
             db,
             directory_tree,
@@ -745,7 +765,7 @@ impl Store {
                 let base = self.mirror.version();
                 match pg.commit(base, writes.clone()) {
                     Ok(version) => {
-                        self.mirror.keep(&writes, version, false);
+                        self.mirror.keep(&writes, base, version, false);
                         self.mirror.set(next.clone(), version)
                     }
                     Err(postgres::CommitError::Behind) => return Err(StoreError::Contended),
@@ -823,7 +843,7 @@ impl Store {
             match pg.commit(base, writes.clone()) {
                 Ok(version) => {
                     let next = Arc::new(next);
-                    self.mirror.keep(&writes, version, false);
+                    self.mirror.keep(&writes, base, version, false);
                     self.mirror.set(next.clone(), version);
                     return Ok(next);
                 }
@@ -989,29 +1009,47 @@ pub(crate) struct Mirror {
     changed: tokio::sync::watch::Sender<u64>,
     /// The shared directory's copy on this gateway's disk.
     copy: Option<copy::SharedCopy>,
+    /// Which shared directory this is ("" for the local one).
+    directory_id: String,
 }
 
 impl Mirror {
-    fn new(directory: Directory, version: u64, copy: Option<copy::SharedCopy>) -> Mirror {
+    fn new(
+        directory: Directory,
+        version: u64,
+        copy: Option<copy::SharedCopy>,
+        directory_id: String,
+    ) -> Mirror {
         Mirror {
             directory: RwLock::new(Arc::new(directory)),
             version: AtomicU64::new(version),
             changes: Mutex::new(()),
             changed: tokio::sync::watch::channel(version).0,
             copy,
+            directory_id,
         }
     }
 
     /// Keeps a change that landed in the shared directory on disk too.
-    fn keep(&self, records: &[Write], version: u64, whole: bool) {
+    /// A copy that could not keep it is dropped (the next start reads the
+    /// whole directory), never left claiming a version it does not hold.
+    fn keep(&self, records: &[Write], from: u64, to: u64, whole: bool) {
         let Some(copy) = &self.copy else { return };
         let kept = if whole {
-            copy.replace(records, version, micros(OffsetDateTime::now_utc()))
+            copy.replace(
+                records,
+                to,
+                &self.directory_id,
+                micros(OffsetDateTime::now_utc()),
+            )
         } else {
-            copy.apply(records, version)
+            copy.apply(records, from, to)
         };
         if let Err(e) = kept {
-            tracing::warn!(error = %e, "this gateway's copy of the directory is behind");
+            tracing::warn!(error = %e, "this gateway's copy of the directory is dropped");
+            if let Err(e) = copy.forget() {
+                tracing::error!(error = %e, "this gateway's copy of the directory could not be dropped");
+            }
         }
     }
 
@@ -1036,7 +1074,7 @@ impl Mirror {
         for (key, value) in &records {
             apply_record(&mut next, key, value.as_deref())?;
         }
-        self.keep(&records, to, whole);
+        self.keep(&records, self.version(), to, whole);
         self.set(Arc::new(next), to);
         self.changed.send_replace(to);
         Ok(())

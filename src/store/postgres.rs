@@ -273,8 +273,20 @@ impl Postgres {
             };
             let _ = tx.send(out);
         });
-        rx.recv_timeout(limit + ROUND_TRIP)
-            .map_err(|_| unreachable(&self.server, "no answer in time"))?
+        let wait = || {
+            rx.recv_timeout(limit + ROUND_TRIP)
+                .map_err(|_| unreachable(&self.server, "no answer in time"))
+        };
+        // Called from a door's task (a login, a reset, a change): the
+        // runtime hands this worker's other tasks to another thread while
+        // it waits, so a slow server never stalls Modbus forwarding.
+        let answer = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        };
+        answer?
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
@@ -293,6 +305,24 @@ impl Postgres {
                 MigrateError::Server(e) => down(e),
                 MigrateError::Schema(e) => StoreError::Sled(e),
             })
+        })
+    }
+
+    /// What tells this shared directory from any other.
+    pub fn directory_id(&self) -> Result<String, StoreError> {
+        let pool = self.pool.clone();
+        let server = self.server.clone();
+        self.run(async move {
+            let down = |e: &dyn std::fmt::Display| unreachable(&server, e);
+            let client = pool.get().await.map_err(|e| down(&e))?;
+            let row = client
+                .query_one(
+                    "SELECT directory_id FROM metergate_version WHERE id = 1",
+                    &[],
+                )
+                .await
+                .map_err(|e| down(&e))?;
+            Ok(row.get::<_, String>(0))
         })
     }
 
