@@ -2,7 +2,7 @@
 //! password, sent through an SMTP relay over TLS (lettre, rustls with ring)
 //! or written as `.eml` files (the demo). lettre stays behind this module.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use askama::Template;
 use lettre::message::{Mailbox, MultiPart};
@@ -292,21 +292,11 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
-/// The relay password: the file's first line; the file must be private.
-fn read_secret(path: &PathBuf) -> Result<String, MailError> {
-    use std::os::unix::fs::PermissionsExt;
-    let what = |e: String| MailError::Setup(format!("mail.password_file {}: {e}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| what(e.to_string()))?;
-    // It opens the relay as the gateway: nobody else may read it.
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(what("is readable by group or others: chmod 600 it".into()));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| what(e.to_string()))?;
-    let line = text.lines().next().unwrap_or("").to_string();
-    if line.is_empty() {
-        return Err(what("is empty".into()));
-    }
-    Ok(line)
+/// The relay password: the file's first line; the file must be private
+/// (it opens the relay as the gateway).
+fn read_secret(path: &Path) -> Result<String, MailError> {
+    crate::store::secrets::read_password_file(path)
+        .map_err(|e| MailError::Setup(format!("mail.password_file {}: {e}", path.display())))
 }
 
 #[cfg(test)]

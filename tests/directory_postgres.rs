@@ -797,3 +797,71 @@ fn a_gateways_copy_of_one_directory_is_never_merged_into_another() {
         dir.users.keys()
     );
 }
+
+#[test]
+fn a_running_gateway_whose_server_now_holds_another_directory_reads_it_whole() {
+    use metergate::model::User;
+    use metergate::store::log::Capacity;
+    use metergate::store::{Entity, Expect, Op, Store};
+    let pg = Postgres::start();
+    let state = tempfile::tempdir().unwrap();
+    let a = Store::open_configured(state.path(), Capacity::default(), &pg.directory_config("a"))
+        .unwrap();
+    let lee = vec![Op::Put(
+        Entity::User(User::new("lee", "lee@example.org")),
+        Expect::New,
+    )];
+    a.apply(lee, "test", time::OffsetDateTime::now_utc(), &[])
+        .unwrap();
+    // Behind the gateway's back the server becomes another directory at
+    // the same version: one without lee.
+    pg.psql_on(
+        "metergate",
+        "DELETE FROM metergate_directory WHERE key = convert_to('user/lee', 'UTF8'); \
+         UPDATE metergate_version SET directory_id = 'another directory'",
+    );
+    within(
+        "A drops what the other directory does not hold",
+        Duration::from_secs(15),
+        || !a.directory().users.contains_key("lee"),
+    );
+}
+
+#[test]
+fn a_gateway_whose_clock_runs_ahead_still_keeps_the_shared_peak_demand_interval() {
+    let pg = Postgres::start();
+    let sim = Simulator::start(1, &[]);
+    let a = gateway(&pg, "site-a", sim.base_port);
+    let mut b = gateway(&pg, "site-b", sim.base_port);
+    let policy = a.d.dir.path().join("peak.toml");
+    std::fs::write(
+        &policy,
+        "name = \"peak-reset\"\n[[statement]]\neffect = \"allow\"\n\
+         permissions = [\"Peak Demand Reset\"]\nmeters = [\"*\"]\n",
+    )
+    .unwrap();
+    a.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
+        .ok();
+    a.d.mg(&["service-user", "add", "scada"]).ok();
+    a.d.mg(&["service-user", "attach", "scada", "peak-reset"])
+        .ok();
+    // B's clock is 20 minutes ahead: past the 15-minute interval by its own
+    // clock when A has just reset.
+    let ahead = std::process::Command::new("date")
+        .args(["-u", "-d", "+20 min", "+%Y-%m-%d %H:%M:%S"])
+        .output()
+        .expect("date runs");
+    b.d.restart(Some(String::from_utf8_lossy(&ahead.stdout).trim()));
+    within("B lets scada reset peaks", Duration::from_secs(10), || {
+        b.d.mg(&["service-user", "show", "scada"])
+            .stdout
+            .contains("peak-reset")
+    });
+    let reset = json!([{"op": "write1", "unit": 1, "address": 5000, "value": 21212}]);
+    assert_eq!(pymodbus(a.modbus, reset.clone())[0]["ok"], true);
+    let r = pymodbus(b.modbus, reset).remove(0);
+    assert_eq!(
+        r["exception"], 1,
+        "B allowed a second reset by its own clock: {r}"
+    );
+}

@@ -95,20 +95,21 @@ impl GuardState {
     ) -> Result<Result<(), i64>, StoreError> {
         let key = format!("pdr/{meter}");
         let span = interval.as_micros() as i64;
-        let reserve = move |current: Option<&[u8]>| match current.and_then(decode_i64) {
+        let reserve = move |current: Option<&[u8]>, now: i64| match current.and_then(decode_i64) {
             Some(last) if now < last.saturating_add(span) => {
                 (current.map(<[u8]>::to_vec), Err(last.saturating_add(span)))
             }
             _ => (Some(now.to_be_bytes().to_vec()), Ok(())),
         };
-        // Shared: reserved in one transaction for every gateway, or refused
-        // by the caller when it cannot be (never counted twice).
+        // Shared: reserved in one transaction for every gateway, in the
+        // server's clock, or refused by the caller when it cannot be (never
+        // counted twice).
         if let Some(pg) = &self.shared {
-            return pg.state_update(&key, reserve);
+            return pg.state_update_timed(&key, reserve);
         }
         loop {
             let current = self.tree.get(&key)?;
-            let (new, answer) = reserve(current.as_deref());
+            let (new, answer) = reserve(current.as_deref(), now);
             if answer.is_err() {
                 return Ok(answer);
             }
@@ -122,17 +123,17 @@ impl GuardState {
     /// A master reset clears peaks too, so it (re)starts the interval.
     pub fn restart_peak_interval(&self, meter: &str, now: i64) -> Result<(), StoreError> {
         let key = format!("pdr/{meter}");
-        // Never back in time (a gateway whose clock is behind).
-        let restart = move |current: Option<&[u8]>| {
+        // Never back in time; shared, in the server's clock.
+        let restart = move |current: Option<&[u8]>, now: i64| {
             let at = current
                 .and_then(decode_i64)
                 .map_or(now, |last| last.max(now));
             (Some(at.to_be_bytes().to_vec()), ())
         };
         if let Some(pg) = &self.shared {
-            return pg.state_update(&key, restart);
+            return pg.state_update_timed(&key, restart);
         }
-        self.tree.update_and_fetch(key, |old| restart(old).0)?;
+        self.tree.update_and_fetch(key, |old| restart(old, now).0)?;
         Ok(())
     }
 

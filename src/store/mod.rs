@@ -1086,6 +1086,10 @@ impl postgres::Follower for Mirror {
         self.version.load(Ordering::SeqCst)
     }
 
+    fn directory_id(&self) -> String {
+        self.directory_id.clone()
+    }
+
     fn catch_up(&self, records: Vec<Write>, to: u64, whole: bool) {
         let Ok(_serial) = self.changes.lock() else {
             return;

@@ -58,6 +58,10 @@ pub trait Follower: Send + Sync + 'static {
     fn catch_up(&self, records: Vec<Record>, to: u64, whole: bool);
     /// The server answered at `at` (µs).
     fn reached(&self, _at: i64) {}
+    /// Which shared directory the copy is of ("": not known).
+    fn directory_id(&self) -> String {
+        String::new()
+    }
 }
 
 /// Another gateway that shares the directory, as last seen.
@@ -601,6 +605,7 @@ async fn follow(
         migrated,
     } = to;
     let mut backoff = BACKOFF_FIRST;
+    let mut expected = follower.directory_id();
     loop {
         if *stop.borrow() {
             return;
@@ -664,7 +669,13 @@ async fn follow(
             // (a big import elsewhere) gets the time a whole read gets.
             let round = tokio::time::timeout(
                 WHOLE_READ,
-                round(&mut client, &gateway, follower.clone(), &health),
+                round(
+                    &mut client,
+                    &gateway,
+                    follower.clone(),
+                    &health,
+                    &mut expected,
+                ),
             )
             .await;
             match round {
@@ -714,6 +725,7 @@ async fn round(
     gateway: &str,
     follower: Arc<dyn Follower>,
     health: &Mutex<Health>,
+    expected: &mut String,
 ) -> Result<(), String> {
     async fn quick<T>(
         f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -723,17 +735,28 @@ async fn round(
             Err(_) => Err("no answer in time".into()),
         }
     }
-    let have = follower.version();
-    let latest = quick(client.query_one("SELECT version FROM metergate_version WHERE id = 1", &[]))
-        .await?
-        .get::<_, i64>(0) as u64;
+    let row = quick(client.query_one(
+        "SELECT version, directory_id FROM metergate_version WHERE id = 1",
+        &[],
+    ))
+    .await?;
+    let latest = row.get::<_, i64>(0) as u64;
+    let id: String = row.get(1);
+    // The server now holds another directory (the address moved to
+    // another database): this one is read whole, never merged with it.
+    let other = !expected.is_empty() && *expected != id;
+    if other {
+        tracing::warn!("the server holds another directory now: reading it whole");
+    }
+    *expected = id;
+    let have = if other { 0 } else { follower.version() };
     let (records, to) = if latest == have {
         (Vec::new(), have)
     } else {
         read_since(client, have).await.map_err(|e| e.to_string())?
     };
-    if to != have {
-        let whole = to < have;
+    if to != have || other {
+        let whole = other || to < have;
         let f = follower.clone();
         // The copy's lock may be held by a change waiting on this thread's
         // runtime: take it on a blocking thread, never here.
@@ -815,22 +838,11 @@ fn client_tls(ca: &std::path::Path) -> Result<rustls::ClientConfig, StoreError> 
         .with_no_client_auth())
 }
 
-/// The database password: the file's first line; the file must be private.
+/// The database password: the file's first line; the file must be private
+/// (it opens the whole directory).
 fn read_password(path: &std::path::Path) -> Result<String, StoreError> {
-    use std::os::unix::fs::PermissionsExt;
-    let bad = |e: String| StoreError::Io {
+    super::secrets::read_password_file(path).map_err(|e| StoreError::Io {
         path: format!("directory.password_file {}", path.display()),
         error: e,
-    };
-    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-    // It opens the whole directory: nobody else may read it.
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(bad("is readable by group or others: chmod 600 it".into()));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let line = text.lines().next().unwrap_or("").to_string();
-    if line.is_empty() {
-        return Err(bad("is empty".into()));
-    }
-    Ok(line)
+    })
 }

@@ -1,5 +1,5 @@
 //! Secrets: a wrapper whose Debug prints nothing, generation of temporary
-//! passwords and access keys, and the small bounded pool that runs argon2 so
+//! passwords and access keys, private password files, and the small bounded pool that runs argon2 so
 //! a password flood cannot starve the rest of the daemon of CPU.
 
 use std::sync::mpsc;
@@ -242,6 +242,23 @@ impl HashPool {
         self.submit(Job::Verify(secret, phc, ack))?;
         rx.await.map_err(|_| SecretError::Stopped)
     }
+}
+
+/// A password kept in a file (a relay's, the directory server's): its first
+/// line. The file must be private (it opens something as the gateway);
+/// the error says what is wrong, never what the file holds.
+pub fn read_password_file(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err("is readable by group or others: chmod 600 it".into());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let line = text.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(line)
 }
 
 #[cfg(test)]

@@ -159,6 +159,11 @@ impl Postgres {
 
     /// Runs SQL as the superuser over the local socket.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_on("postgres", sql)
+    }
+
+    /// `psql` as the superuser on database `db`.
+    pub fn psql_on(&self, db: &str, sql: &str) -> String {
         self.run(
             "psql",
             &[
@@ -169,7 +174,7 @@ impl Postgres {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
                 "-tAc",
                 sql,
             ],

@@ -53,6 +53,17 @@ impl Postgres {
         key: &str,
         change: impl FnOnce(Option<&[u8]>) -> (Option<Vec<u8>>, R) + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.state_update_timed(key, move |current, _| change(current))
+    }
+
+    /// As [`Postgres::state_update`], `change` also given the server's
+    /// clock (µs): state every gateway compares times in (the Peak Demand
+    /// interval) is kept in one clock, whatever each gateway's says.
+    pub fn state_update_timed<R: Send + 'static>(
+        &self,
+        key: &str,
+        change: impl FnOnce(Option<&[u8]>, i64) -> (Option<Vec<u8>>, R) + Send + 'static,
+    ) -> Result<R, StoreError> {
         self.state_reachable()?;
         let pool = self.pool.clone();
         let server = self.server.clone();
@@ -70,15 +81,16 @@ impl Postgres {
             )
             .await
             .map_err(|e| down(&e))?;
-            let current = tx
+            let row = tx
                 .query_one(
-                    "SELECT value FROM metergate_guard_state WHERE key = $1 FOR UPDATE",
+                    "SELECT value, (extract(epoch from clock_timestamp()) * 1000000)::bigint \
+                     FROM metergate_guard_state WHERE key = $1 FOR UPDATE",
                     &[&key],
                 )
                 .await
-                .map_err(|e| down(&e))?
-                .get::<_, Option<Vec<u8>>>(0);
-            let (new, answer) = change(current.as_deref());
+                .map_err(|e| down(&e))?;
+            let current = row.get::<_, Option<Vec<u8>>>(0);
+            let (new, answer) = change(current.as_deref(), row.get::<_, i64>(1));
             if new != current {
                 tx.execute(
                     "UPDATE metergate_guard_state SET value = $2, changed = now() WHERE key = $1",
