@@ -865,3 +865,58 @@ fn a_gateway_whose_clock_runs_ahead_still_keeps_the_shared_peak_demand_interval(
         "B allowed a second reset by its own clock: {r}"
     );
 }
+
+#[test]
+fn a_reset_made_before_a_gateway_moved_to_postgresql_still_keeps_the_interval() {
+    let pg = Postgres::start();
+    let sim = Simulator::start(1, &[]);
+    let mut g = local_gateway(sim.base_port);
+    let policy = g.d.dir.path().join("peak.toml");
+    std::fs::write(
+        &policy,
+        "name = \"peak-reset\"\n[[statement]]\neffect = \"allow\"\n\
+         permissions = [\"Peak Demand Reset\"]\nmeters = [\"*\"]\n",
+    )
+    .unwrap();
+    g.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
+        .ok();
+    g.d.mg(&["service-user", "add", "scada"]).ok();
+    g.d.mg(&["service-user", "attach", "scada", "peak-reset"])
+        .ok();
+    let reset = json!([{"op": "write1", "unit": 1, "address": 5000, "value": 21212}]);
+    assert_eq!(pymodbus(g.modbus, reset.clone())[0]["ok"], true);
+
+    // The directory moves to PostgreSQL; the gateway restarts on it.
+    g.d.mg(&["user", "add", "boss", "--email", "boss@example.org"])
+        .ok();
+    g.d.mg(&["user", "attach", "boss", "Administrator"]).ok();
+    let export = g.d.mg(&["directory", "export"]).ok().stdout.clone();
+    let file = g.d.dir.path().join("dir.json");
+    std::fs::write(&file, &export).unwrap();
+    g.d.stop();
+    let text = std::fs::read_to_string(&g.d.config).unwrap();
+    std::fs::write(
+        &g.d.config,
+        format!("{text}\n{}", pg.directory_section("site-a")),
+    )
+    .unwrap();
+    g.d.restart(None);
+    let r = g.d.mg(&[
+        "directory",
+        "import",
+        "--file",
+        file.to_str().unwrap(),
+        "--replace",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = pymodbus(g.modbus, reset).remove(0);
+    assert_eq!(
+        r["exception"], 1,
+        "a second reset inside the interval after the move: {r}"
+    );
+    let shared = pg.psql_on(
+        "metergate",
+        "SELECT count(*) FROM metergate_guard_state WHERE key LIKE 'pdr/%'",
+    );
+    assert_eq!(shared.trim(), "1", "the slot is in the shared table");
+}

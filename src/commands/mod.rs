@@ -444,11 +444,14 @@ pub async fn execute(ctx: &Gateway, caller: &Caller, req: &Input, now: OffsetDat
     // A change takes its turn before it is decided on: the decision, the
     // precondition and what it confers are checked on the directory it is
     // applied to (with a shared directory, one no gateway changed since).
-    let turn = match changes {
+    // One the caller may not make at all is refused without waiting for
+    // the turn, so it cannot hold up anyone else's.
+    let request = caller.request(action);
+    let turn = match changes && ctx.guard.decide(&request, now).allowed {
         true => Some(ctx.guard.checked_change().await),
         false => None,
     };
-    let decision = ctx.guard.authorize(&caller.request(action), now).await;
+    let decision = ctx.guard.authorize(&request, now).await;
     if !decision.allowed {
         return Outcome::Denied {
             message: decision.reason.to_string(),

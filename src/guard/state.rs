@@ -68,10 +68,16 @@ const SOURCE_REFUSE_AFTER: u32 = 20;
 impl GuardState {
     #[cfg(test)]
     pub fn new(tree: sled::Tree) -> GuardState {
-        GuardState::with_shared(tree, None)
+        GuardState::build(tree, None)
     }
 
     pub fn with_shared(tree: sled::Tree, shared: Option<Arc<Postgres>>) -> GuardState {
+        let state = GuardState::build(tree, shared);
+        state.share_local_slots();
+        state
+    }
+
+    fn build(tree: sled::Tree, shared: Option<Arc<Postgres>>) -> GuardState {
         GuardState {
             tree,
             shared,
@@ -116,6 +122,34 @@ impl GuardState {
             match self.tree.compare_and_swap(&key, current, new)? {
                 Ok(()) => return Ok(answer),
                 Err(_) => continue,
+            }
+        }
+    }
+
+    /// Peak Demand slots kept here before the directory was shared (or
+    /// while it was away) join the shared ones, the later reset winning, so
+    /// moving a gateway to PostgreSQL gives no meter an early reset. A slot
+    /// that cannot be shared yet stays here until the next start.
+    fn share_local_slots(&self) {
+        let Some(pg) = &self.shared else { return };
+        for item in self.tree.scan_prefix("pdr/") {
+            let Ok((key, value)) = item else { continue };
+            let Some(local) = decode_i64(&value) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let join = move |current: Option<&[u8]>| {
+                let at = current.and_then(decode_i64).map_or(local, |c| c.max(local));
+                (Some(at.to_be_bytes().to_vec()), ())
+            };
+            match pg.state_update(&name, join) {
+                Ok(()) => {
+                    let _ = self.tree.remove(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "peak demand slots not shared yet");
+                    return;
+                }
             }
         }
     }
