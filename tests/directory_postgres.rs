@@ -361,24 +361,30 @@ fn writes_seen_by_meter(sim: u16) -> u64 {
     r[0]["registers"][0].as_u64().expect("register 6000")
 }
 
-#[test]
-fn two_gateways_in_front_of_one_meter_racing_peak_demand_resets_give_one_allow() {
-    let pg = Postgres::start();
-    let sim = Simulator::start(1, &[]);
-    let a = gateway(&pg, "site-a", sim.base_port);
-    let b = gateway(&pg, "site-b", sim.base_port);
-    let policy = a.d.dir.path().join("peak.toml");
+/// Service user `scada`, allowed Peak Demand Resets on every meter, made
+/// through `g`.
+fn scada_may_reset_peaks(g: &Gateway) {
+    let policy = g.d.dir.path().join("peak.toml");
     std::fs::write(
         &policy,
         "name = \"peak-reset\"\n[[statement]]\neffect = \"allow\"\n\
          permissions = [\"Peak Demand Reset\"]\nmeters = [\"*\"]\n",
     )
     .unwrap();
-    a.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
+    g.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
         .ok();
-    a.d.mg(&["service-user", "add", "scada"]).ok();
-    a.d.mg(&["service-user", "attach", "scada", "peak-reset"])
+    g.d.mg(&["service-user", "add", "scada"]).ok();
+    g.d.mg(&["service-user", "attach", "scada", "peak-reset"])
         .ok();
+}
+
+#[test]
+fn two_gateways_in_front_of_one_meter_racing_peak_demand_resets_give_one_allow() {
+    let pg = Postgres::start();
+    let sim = Simulator::start(1, &[]);
+    let a = gateway(&pg, "site-a", sim.base_port);
+    let b = gateway(&pg, "site-b", sim.base_port);
+    scada_may_reset_peaks(&a);
     within("B lets scada reset peaks", Duration::from_secs(10), || {
         b.d.mg(&["service-user", "show", "scada"])
             .stdout
@@ -833,18 +839,7 @@ fn a_gateway_whose_clock_runs_ahead_still_keeps_the_shared_peak_demand_interval(
     let sim = Simulator::start(1, &[]);
     let a = gateway(&pg, "site-a", sim.base_port);
     let mut b = gateway(&pg, "site-b", sim.base_port);
-    let policy = a.d.dir.path().join("peak.toml");
-    std::fs::write(
-        &policy,
-        "name = \"peak-reset\"\n[[statement]]\neffect = \"allow\"\n\
-         permissions = [\"Peak Demand Reset\"]\nmeters = [\"*\"]\n",
-    )
-    .unwrap();
-    a.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
-        .ok();
-    a.d.mg(&["service-user", "add", "scada"]).ok();
-    a.d.mg(&["service-user", "attach", "scada", "peak-reset"])
-        .ok();
+    scada_may_reset_peaks(&a);
     // B's clock is 20 minutes ahead: past the 15-minute interval by its own
     // clock when A has just reset.
     let ahead = std::process::Command::new("date")
@@ -871,18 +866,7 @@ fn a_reset_made_before_a_gateway_moved_to_postgresql_still_keeps_the_interval() 
     let pg = Postgres::start();
     let sim = Simulator::start(1, &[]);
     let mut g = local_gateway(sim.base_port);
-    let policy = g.d.dir.path().join("peak.toml");
-    std::fs::write(
-        &policy,
-        "name = \"peak-reset\"\n[[statement]]\neffect = \"allow\"\n\
-         permissions = [\"Peak Demand Reset\"]\nmeters = [\"*\"]\n",
-    )
-    .unwrap();
-    g.d.mg(&["policy", "create", "--file", policy.to_str().unwrap()])
-        .ok();
-    g.d.mg(&["service-user", "add", "scada"]).ok();
-    g.d.mg(&["service-user", "attach", "scada", "peak-reset"])
-        .ok();
+    scada_may_reset_peaks(&g);
     let reset = json!([{"op": "write1", "unit": 1, "address": 5000, "value": 21212}]);
     assert_eq!(pymodbus(g.modbus, reset.clone())[0]["ok"], true);
 
