@@ -455,4 +455,45 @@ fn a_change_creating_a_separation_of_duties_conflict_is_refused() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("separation of duties"), "{err}");
+    // Editing a policy that reaches sam only through his group: refused.
+    f.guard
+        .change(
+            vec![
+                metergate::store::Op::Put(
+                    Entity::Policy(Policy::new("audit-view", vec![])),
+                    metergate::store::Expect::New,
+                ),
+                metergate::store::Op::Put(
+                    Entity::Group({
+                        let mut g = f.guard.store().directory().groups["auditors"].clone();
+                        g.policies.push("audit-view".into());
+                        g
+                    }),
+                    metergate::store::Expect::Version(1),
+                ),
+            ],
+            &uid("admin"),
+            NOW,
+        )
+        .unwrap();
+    let mut policy = f.guard.store().directory().policies["audit-view"].clone();
+    policy.statements = vec![Statement::allow_role(
+        "SecAuditor",
+        vec![MeterSelector::All],
+    )];
+    let err = f
+        .guard
+        .change(
+            vec![metergate::store::Op::Put(
+                Entity::Policy(policy.clone()),
+                metergate::store::Expect::Version(policy.version),
+            )],
+            &uid("admin"),
+            NOW,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("separation of duties") && err.to_string().contains("user:sam"),
+        "{err}"
+    );
 }

@@ -386,8 +386,9 @@ pub(super) fn review(
     let pairs = &settings.separation_of_duties;
     let mfa_mode = settings.mfa;
     let t = micros(now);
+    let memberships = dir.memberships();
     for id in dir.principals() {
-        let (names, inline) = dir.policy_sources(&id);
+        let (names, inline) = dir.policy_sources_in(&id, Some(&memberships));
         let mut needs_factor = inline.iter().any(|st| wants_factor(&dir, st, mfa_mode));
         for n in &names {
             let sts = managed_statements(n)

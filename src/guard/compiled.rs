@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 
 use crate::config::MeterConfig;
 use crate::model::{
-    ADMINISTRATOR, Day, Directory, Effect, MeterSelector, Permission, PermissionSet, PrincipalId,
-    Profile, Statement, Status, glob_match, managed_statements, micros,
+    ADMINISTRATOR, Day, Directory, Effect, Memberships, MeterSelector, Permission, PermissionSet,
+    PrincipalId, Profile, Reach, Statement, Status, glob_match, managed_statements, micros,
 };
 
 use super::decision::{Label, Reason};
@@ -93,6 +93,17 @@ pub(crate) struct CompiledPrincipal {
 }
 
 impl CompiledPrincipal {
+    fn empty() -> CompiledPrincipal {
+        CompiledPrincipal {
+            gate: Gate::Local,
+            administrator: false,
+            statements: Vec::new(),
+            origins: Vec::new(),
+            roles: Vec::new(),
+            sels: Vec::new(),
+        }
+    }
+
     /// The roles that allow statements grant on meter `m` (explicit denies
     /// of permissions do not take a role away; the guard decides those).
     pub fn roles_on(&self, m: MeterRef<'_>) -> Vec<Arc<str>> {
@@ -150,21 +161,25 @@ impl Sel {
     }
 }
 
-/// An immutable, shareable compilation; replaced whole on every change.
+/// An immutable, shareable compilation. A change to the directory makes a
+/// new one that shares every principal the change does not reach
+/// ([`Snapshot::update`]); a change to the fleet compiles it whole.
 pub(crate) struct Snapshot {
     // FxHash: keys are names set by administrators and the config, so the
     // maps cannot be flooded with chosen collisions from the network.
-    pub principals: FxHashMap<PrincipalId, CompiledPrincipal>,
-    pub meter_index: FxHashMap<String, u32>,
-    pub meters: Vec<CompiledMeter>,
-    pub profiles: Vec<Profile>,
+    pub principals: FxHashMap<PrincipalId, Arc<CompiledPrincipal>>,
+    pub meter_index: Arc<FxHashMap<String, u32>>,
+    pub meters: Arc<Vec<CompiledMeter>>,
+    pub profiles: Arc<Vec<Profile>>,
+    /// Meter tag keys and values, numbered.
+    symbols: Arc<FxHashMap<String, u32>>,
     /// What a `local:` caller holds: the Administrator policy.
     pub local: CompiledPrincipal,
     /// The role table (a client certificate names one of these).
     pub roles: FxHashMap<String, PermissionSet>,
     /// What each user group's policies give its members (effective access
     /// of a group; decisions read the members' own lists).
-    pub groups: FxHashMap<String, CompiledPrincipal>,
+    pub groups: FxHashMap<String, Arc<CompiledPrincipal>>,
 }
 
 impl Snapshot {
@@ -177,13 +192,14 @@ impl Snapshot {
         })
     }
 
+    /// Compiles the directory and the fleet whole (a start, a reload).
     pub fn compile(
         dir: &Directory,
         meters: &[MeterConfig],
         profiles: &BTreeMap<String, Profile>,
     ) -> Snapshot {
         let mut symbols: FxHashMap<String, u32> = FxHashMap::default();
-        let intern = |s: &str, symbols: &mut FxHashMap<String, u32>| -> u32 {
+        let mut intern = |s: &str| -> u32 {
             let next = symbols.len() as u32;
             *symbols.entry(s.to_string()).or_insert(next)
         };
@@ -192,247 +208,288 @@ impl Snapshot {
         let mut compiled_meters = Vec::with_capacity(meters.len());
         for (i, m) in meters.iter().enumerate() {
             meter_index.insert(m.id.clone(), i as u32);
-            let tags = m
-                .tags
-                .iter()
-                .map(|(k, v)| (intern(k, &mut symbols), intern(v, &mut symbols)))
-                .collect();
+            let tags = m.tags.iter().map(|(k, v)| (intern(k), intern(v))).collect();
             let profile = profile_names
                 .iter()
                 .position(|n| **n == m.profile)
                 .unwrap_or(0) as u32;
             compiled_meters.push(CompiledMeter { tags, profile });
         }
-        let sel = |s: &MeterSelector| -> Sel {
-            match s {
-                MeterSelector::All => Sel::All,
-                MeterSelector::Id(id) => meter_index
-                    .get(id)
-                    .map(|i| Sel::Meter(*i))
-                    .unwrap_or(Sel::Never),
-                MeterSelector::Glob(g) => Sel::Glob(g.as_str().into()),
-                MeterSelector::Tag(k, v) => match (symbols.get(k), symbols.get(v)) {
-                    (Some(k), Some(v)) => Sel::Tag(*k, *v),
-                    _ => Sel::Never,
-                },
-            }
+        let mut snapshot = Snapshot {
+            principals: FxHashMap::default(),
+            meter_index: Arc::new(meter_index),
+            meters: Arc::new(compiled_meters),
+            profiles: Arc::new(profiles.values().cloned().collect()),
+            symbols: Arc::new(symbols),
+            local: CompiledPrincipal::empty(),
+            roles: FxHashMap::default(),
+            groups: FxHashMap::default(),
         };
-
-        // Every policy (managed, custom, inline) once, with its statements.
-        let mut policies: Vec<PolicyInfo> = Vec::new();
-        let mut sources: Vec<Vec<Statement>> = Vec::new();
-        let mut by_name: FxHashMap<String, u32> = FxHashMap::default();
-        let add = |name: String,
-                   sts: Vec<Statement>,
-                   policies: &mut Vec<PolicyInfo>,
-                   sources: &mut Vec<Vec<Statement>>|
-         -> u32 {
-            let info = sts
-                .iter()
-                .map(|st| StatementInfo {
-                    direct: st.permission_set(),
-                    roles: st
-                        .roles
-                        .iter()
-                        .map(|r| {
-                            (
-                                Arc::from(r.as_str()),
-                                dir.roles.get(r).map(|x| x.permissions).unwrap_or_default(),
-                            )
-                        })
-                        .collect(),
-                })
-                .collect();
-            policies.push(PolicyInfo {
-                name: Arc::from(name.as_str()),
-                statements: info,
-            });
-            sources.push(sts);
-            (policies.len() - 1) as u32
+        let everyone = Reach {
+            principals: dir.principals().into_iter().collect(),
+            groups: dir.groups.keys().cloned().collect(),
         };
-        for managed in [ADMINISTRATOR, crate::model::READ_ONLY] {
-            let idx = add(
-                managed.to_string(),
-                managed_statements(managed).unwrap_or_default(),
-                &mut policies,
-                &mut sources,
-            );
-            by_name.insert(managed.to_string(), idx);
-        }
-        for p in dir.policies.values() {
-            let idx = add(
-                p.name.clone(),
-                p.statements.clone(),
-                &mut policies,
-                &mut sources,
-            );
-            by_name.insert(p.name.clone(), idx);
-        }
+        let memberships = dir.memberships();
+        snapshot.recompile(dir, &everyone, Some(&memberships));
+        snapshot
+    }
 
-        let principal = |gate: Gate,
-                         administrator: bool,
-                         idx: &[u32],
-                         policies: &[PolicyInfo],
-                         sources: &[Vec<Statement>]|
-         -> CompiledPrincipal {
-            let mut statements = Vec::new();
-            let mut origins = Vec::new();
-            let mut roles: Vec<Label> = Vec::new();
-            let mut sels = Vec::new();
-            for &pi in idx {
-                for (si, st) in sources[pi as usize].iter().enumerate() {
-                    let info = &policies[pi as usize].statements[si];
-                    let covers = info
-                        .roles
-                        .iter()
-                        .fold(info.direct, |acc, (_, p)| acc.union(*p));
-                    let sel_start = sels.len() as u32;
-                    sels.extend(st.meters.iter().map(&sel));
-                    statements.push(PStatement {
-                        covers,
-                        effect: st.effect,
-                        require_mfa: st.require_mfa,
-                        require_recording: st.require_recording,
-                        sel_start,
-                        sel_len: st.meters.len() as u32,
-                    });
-                    let mut role_for = [NO_ROLE; 18];
-                    for p in covers.iter().filter(|p| !info.direct.contains(*p)) {
-                        if let Some((name, _)) = info.roles.iter().find(|(_, ps)| ps.contains(p)) {
-                            let label = Label::new(name);
-                            let at = roles.iter().position(|r| *r == label).unwrap_or_else(|| {
-                                roles.push(label);
-                                roles.len() - 1
-                            });
-                            role_for[p as usize] = u8::try_from(at).unwrap_or(NO_ROLE);
-                        }
-                    }
-                    origins.push(Origin {
-                        policy: Label::new(&policies[pi as usize].name),
-                        number: si as u32 + 1,
-                        role_for,
-                        roles: info.roles.iter().map(|(n, _)| n.clone()).collect(),
-                    });
+    /// The snapshot after a change to the directory: the principals and
+    /// groups `reach` names are compiled again from `dir`, the others
+    /// shared with this one.
+    pub fn update(&self, dir: &Directory, reach: &Reach) -> Snapshot {
+        let mut next = Snapshot {
+            principals: self.principals.clone(),
+            meter_index: self.meter_index.clone(),
+            meters: self.meters.clone(),
+            profiles: self.profiles.clone(),
+            symbols: self.symbols.clone(),
+            local: CompiledPrincipal::empty(),
+            roles: FxHashMap::default(),
+            groups: self.groups.clone(),
+        };
+        // Many principals (a policy on a big group): their groups from
+        // one index, built once.
+        let memberships = (reach.principals.len() > 8).then(|| dir.memberships());
+        next.recompile(dir, reach, memberships.as_ref());
+        next
+    }
+
+    /// Compiles the principals and groups `reach` names (removing those
+    /// the directory no longer has), the local caller and the role table.
+    fn recompile(&mut self, dir: &Directory, reach: &Reach, memberships: Option<&Memberships<'_>>) {
+        let mut c = Compiler {
+            dir,
+            meter_index: &self.meter_index,
+            symbols: &self.symbols,
+            policies: FxHashMap::default(),
+        };
+        for id in &reach.principals {
+            match c.principal(id, memberships) {
+                Some(p) => {
+                    self.principals.insert(id.clone(), Arc::new(p));
+                }
+                None => {
+                    self.principals.remove(id);
                 }
             }
-            CompiledPrincipal {
-                gate,
-                administrator,
-                statements,
-                origins,
-                roles,
-                sels,
+        }
+        for name in &reach.groups {
+            match dir.groups.get(name) {
+                Some(g) => {
+                    let idx = c.attached(&g.policies);
+                    let admin = g.policies.iter().any(|n| n == ADMINISTRATOR);
+                    let p = c.compile(Gate::Local, admin, &idx);
+                    self.groups.insert(name.clone(), Arc::new(p));
+                }
+                None => {
+                    self.groups.remove(name);
+                }
             }
-        };
+        }
+        let administrator = c.policy(ADMINISTRATOR);
+        self.local = c.compile(
+            Gate::Local,
+            true,
+            &administrator.into_iter().collect::<Vec<_>>(),
+        );
+        self.roles = dir
+            .roles
+            .iter()
+            .map(|(name, r)| (name.clone(), r.permissions))
+            .collect();
+    }
+}
 
-        let mut principals = FxHashMap::default();
-        let mut inline_of = Vec::new();
-        for u in dir.users.values() {
-            let mut names = u.policies.clone();
-            for g in dir.groups_of(&u.name) {
-                names.extend(g.policies.iter().cloned());
-            }
-            names.sort();
-            names.dedup();
-            let mut idx: Vec<u32> = names
-                .iter()
-                .filter_map(|n| by_name.get(n).copied())
-                .collect();
-            if !u.inline.is_empty() {
-                idx.push(add(
-                    format!("inline policy of user:{}", u.name),
-                    u.inline.clone(),
-                    &mut policies,
-                    &mut sources,
-                ));
-            }
-            let temporary_expires = u.password.as_ref().and_then(|p| p.expires_at());
-            let gate = Gate::Person {
-                status: u.status,
-                end_date: u.end_date,
-                temporary_expires,
-            };
-            inline_of.push((
-                PrincipalId::User(u.name.clone()),
-                gate,
-                names.iter().any(|n| n == ADMINISTRATOR),
-                idx,
-            ));
+/// A policy as principals read it: its statements with what each covers
+/// (roles resolved), compiled once per update for all who hold it.
+struct CompiledPolicy {
+    info: PolicyInfo,
+    statements: Vec<Statement>,
+}
+
+/// Compiles principals from the directory; each policy once.
+struct Compiler<'a> {
+    dir: &'a Directory,
+    meter_index: &'a FxHashMap<String, u32>,
+    symbols: &'a FxHashMap<String, u32>,
+    policies: FxHashMap<String, Arc<CompiledPolicy>>,
+}
+
+impl Compiler<'_> {
+    fn sel(&self, s: &MeterSelector) -> Sel {
+        match s {
+            MeterSelector::All => Sel::All,
+            MeterSelector::Id(id) => self
+                .meter_index
+                .get(id)
+                .map(|i| Sel::Meter(*i))
+                .unwrap_or(Sel::Never),
+            MeterSelector::Glob(g) => Sel::Glob(g.as_str().into()),
+            MeterSelector::Tag(k, v) => match (self.symbols.get(k), self.symbols.get(v)) {
+                (Some(k), Some(v)) => Sel::Tag(*k, *v),
+                _ => Sel::Never,
+            },
         }
-        for s in dir.service_users.values() {
-            let mut idx: Vec<u32> = s
-                .policies
-                .iter()
-                .filter_map(|n| by_name.get(n).copied())
-                .collect();
-            if !s.inline.is_empty() {
-                idx.push(add(
-                    format!("inline policy of svc:{}", s.name),
-                    s.inline.clone(),
-                    &mut policies,
-                    &mut sources,
-                ));
-            }
-            let gate = Gate::Service {
-                status: s.status,
-                end_date: s.end_date,
-            };
-            inline_of.push((
-                PrincipalId::Service(s.name.clone()),
-                gate,
-                s.policies.iter().any(|n| n == ADMINISTRATOR),
-                idx,
-            ));
-        }
-        if let Some(s) = &dir.support {
-            let idx: Vec<u32> = s
-                .policies
-                .iter()
-                .filter_map(|n| by_name.get(n).copied())
-                .collect();
-            let admin = s.policies.iter().any(|n| n == ADMINISTRATOR);
-            inline_of.push((
-                PrincipalId::Support,
-                Gate::Support {
-                    end_date: s.end_date,
-                },
-                admin,
-                idx,
-            ));
-        }
-        for (id, gate, admin, idx) in inline_of {
-            principals.insert(id, principal(gate, admin, &idx, &policies, &sources));
-        }
-        let groups = dir
-            .groups
-            .values()
-            .map(|g| {
-                let idx: Vec<u32> = g
-                    .policies
+    }
+
+    fn build(&self, name: &str, statements: Vec<Statement>) -> CompiledPolicy {
+        let info = statements
+            .iter()
+            .map(|st| StatementInfo {
+                direct: st.permission_set(),
+                roles: st
+                    .roles
                     .iter()
-                    .filter_map(|n| by_name.get(n).copied())
-                    .collect();
-                let admin = g.policies.iter().any(|n| n == ADMINISTRATOR);
-                (
-                    g.name.clone(),
-                    principal(Gate::Local, admin, &idx, &policies, &sources),
-                )
+                    .map(|r| {
+                        (
+                            Arc::from(r.as_str()),
+                            self.dir
+                                .roles
+                                .get(r)
+                                .map(|x| x.permissions)
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
             })
             .collect();
-        let administrator = by_name.get(ADMINISTRATOR).copied().unwrap_or(0);
-        let local = principal(Gate::Local, true, &[administrator], &policies, &sources);
-        Snapshot {
-            principals,
-            meter_index,
-            meters: compiled_meters,
-            profiles: profiles.values().cloned().collect(),
-            local,
-            roles: dir
-                .roles
-                .iter()
-                .map(|(name, r)| (name.clone(), r.permissions))
-                .collect(),
-            groups,
+        CompiledPolicy {
+            info: PolicyInfo {
+                name: Arc::from(name),
+                statements: info,
+            },
+            statements,
+        }
+    }
+
+    /// A managed or custom policy by name, compiled on first use.
+    fn policy(&mut self, name: &str) -> Option<Arc<CompiledPolicy>> {
+        if let Some(p) = self.policies.get(name) {
+            return Some(p.clone());
+        }
+        let statements = match managed_statements(name) {
+            Some(m) => m,
+            None => self.dir.policies.get(name)?.statements.clone(),
+        };
+        let p = Arc::new(self.build(name, statements));
+        self.policies.insert(name.to_string(), p.clone());
+        Some(p)
+    }
+
+    fn attached(&mut self, names: &[String]) -> Vec<Arc<CompiledPolicy>> {
+        names.iter().filter_map(|n| self.policy(n)).collect()
+    }
+
+    /// One principal of the directory, or None when it has none such.
+    fn principal(
+        &mut self,
+        id: &PrincipalId,
+        memberships: Option<&Memberships<'_>>,
+    ) -> Option<CompiledPrincipal> {
+        let dir = self.dir;
+        match id {
+            PrincipalId::User(n) => {
+                let u = dir.users.get(n)?;
+                let (names, _) = dir.policy_sources_in(id, memberships);
+                let mut idx = self.attached(&names);
+                if !u.inline.is_empty() {
+                    idx.push(Arc::new(self.build(
+                        &format!("inline policy of user:{}", u.name),
+                        u.inline.clone(),
+                    )));
+                }
+                let gate = Gate::Person {
+                    status: u.status,
+                    end_date: u.end_date,
+                    temporary_expires: u.password.as_ref().and_then(|p| p.expires_at()),
+                };
+                let admin = names.iter().any(|n| n == ADMINISTRATOR);
+                Some(self.compile(gate, admin, &idx))
+            }
+            PrincipalId::Service(n) => {
+                let s = dir.service_users.get(n)?;
+                let mut idx = self.attached(&s.policies);
+                if !s.inline.is_empty() {
+                    idx.push(Arc::new(self.build(
+                        &format!("inline policy of svc:{}", s.name),
+                        s.inline.clone(),
+                    )));
+                }
+                let gate = Gate::Service {
+                    status: s.status,
+                    end_date: s.end_date,
+                };
+                let admin = s.policies.iter().any(|n| n == ADMINISTRATOR);
+                Some(self.compile(gate, admin, &idx))
+            }
+            PrincipalId::Support => {
+                let s = dir.support.as_ref()?;
+                let idx = self.attached(&s.policies);
+                let admin = s.policies.iter().any(|n| n == ADMINISTRATOR);
+                let gate = Gate::Support {
+                    end_date: s.end_date,
+                };
+                Some(self.compile(gate, admin, &idx))
+            }
+            PrincipalId::Local(_) => None,
+        }
+    }
+
+    /// The contiguous statement list of one principal.
+    fn compile(
+        &self,
+        gate: Gate,
+        administrator: bool,
+        idx: &[Arc<CompiledPolicy>],
+    ) -> CompiledPrincipal {
+        let mut statements = Vec::new();
+        let mut origins = Vec::new();
+        let mut roles: Vec<Label> = Vec::new();
+        let mut sels = Vec::new();
+        for policy in idx {
+            for (si, st) in policy.statements.iter().enumerate() {
+                let info = &policy.info.statements[si];
+                let covers = info
+                    .roles
+                    .iter()
+                    .fold(info.direct, |acc, (_, p)| acc.union(*p));
+                let sel_start = sels.len() as u32;
+                sels.extend(st.meters.iter().map(|s| self.sel(s)));
+                statements.push(PStatement {
+                    covers,
+                    effect: st.effect,
+                    require_mfa: st.require_mfa,
+                    require_recording: st.require_recording,
+                    sel_start,
+                    sel_len: st.meters.len() as u32,
+                });
+                let mut role_for = [NO_ROLE; 18];
+                for p in covers.iter().filter(|p| !info.direct.contains(*p)) {
+                    if let Some((name, _)) = info.roles.iter().find(|(_, ps)| ps.contains(p)) {
+                        let label = Label::new(name);
+                        let at = roles.iter().position(|r| *r == label).unwrap_or_else(|| {
+                            roles.push(label);
+                            roles.len() - 1
+                        });
+                        role_for[p as usize] = u8::try_from(at).unwrap_or(NO_ROLE);
+                    }
+                }
+                origins.push(Origin {
+                    policy: Label::new(&policy.info.name),
+                    number: si as u32 + 1,
+                    role_for,
+                    roles: info.roles.iter().map(|(n, _)| n.clone()).collect(),
+                });
+            }
+        }
+        CompiledPrincipal {
+            gate,
+            administrator,
+            statements,
+            origins,
+            roles,
+            sels,
         }
     }
 }

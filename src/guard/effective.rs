@@ -70,7 +70,10 @@ impl Guard {
             Holder::Principal(id) => (id, lookup(&snap, id)?),
             Holder::Group(name) => (
                 &member,
-                snap.groups.get(name).ok_or(Reason::UnknownPrincipal)?,
+                snap.groups
+                    .get(name)
+                    .map(|g| &**g)
+                    .ok_or(Reason::UnknownPrincipal)?,
             ),
         };
         let fleet = self.fleet();

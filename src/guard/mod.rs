@@ -103,8 +103,9 @@ pub struct Guard {
     /// The directory version the snapshot was compiled from (read before
     /// the directory, so never newer than what the snapshot holds).
     snapshot_version: AtomicU64,
-    /// One recompilation at a time: the last one reads the newest directory.
-    recompiling: std::sync::Mutex<()>,
+    /// One recompilation at a time (the last one reads the newest
+    /// directory), holding the directory the snapshot was compiled from.
+    recompiling: std::sync::Mutex<Option<Arc<Directory>>>,
     /// The HTTPS API's bearer tokens (digests only).
     tokens: tokens::Tokens,
 }
@@ -151,7 +152,8 @@ impl Guard {
         profiles: std::collections::BTreeMap<String, Profile>,
     ) -> Guard {
         let version = store.directory_version();
-        let snapshot = Snapshot::compile(&store.directory(), &meters, &profiles);
+        let compiled_from = store.directory();
+        let snapshot = Snapshot::compile(&compiled_from, &meters, &profiles);
         Guard {
             state: state::GuardState::with_shared(
                 store.guard_tree().clone(),
@@ -168,7 +170,7 @@ impl Guard {
             tokens: tokens::Tokens::default(),
             changing: tokio::sync::Mutex::new(()),
             snapshot_version: AtomicU64::new(version),
-            recompiling: std::sync::Mutex::new(()),
+            recompiling: std::sync::Mutex::new(Some(compiled_from)),
         }
     }
 
@@ -221,19 +223,45 @@ impl Guard {
         self.settings.load_full()
     }
 
+    /// Decides on the directory as it is now: only the principals and
+    /// groups a change reaches are compiled again.
     fn recompile(&self) {
+        self.recompile_with(false);
+    }
+
+    fn recompile_with(&self, whole: bool) {
         // A change here and one followed from another gateway may both
         // recompile: one at a time, so an older snapshot never replaces a
         // newer one.
-        let _one = self.recompiling.lock();
-        let fleet = self.meters.load();
+        let mut from = match self.recompiling.lock() {
+            Ok(from) => from,
+            // A recompile that panicked left nothing to build on.
+            Err(poisoned) => {
+                let mut from = poisoned.into_inner();
+                *from = None;
+                from
+            }
+        };
         let version = self.store.directory_version();
-        self.snapshot.store(Arc::new(Snapshot::compile(
-            &self.store.directory(),
-            &fleet.0,
-            &fleet.1,
-        )));
+        let dir = self.store.directory();
+        let snapshot = match from.as_ref() {
+            Some(before) if !whole => {
+                let changed = crate::model::changed_entries(before, &dir);
+                let reach = crate::model::reach(before, &dir, &changed);
+                self.snapshot.load().update(&dir, &reach)
+            }
+            _ => {
+                let fleet = self.meters.load();
+                Snapshot::compile(&dir, &fleet.0, &fleet.1)
+            }
+        };
+        let old = self.snapshot.swap(Arc::new(snapshot));
+        let before = from.replace(dir);
         self.snapshot_version.store(version, Ordering::SeqCst);
+        drop(from);
+        // What only the old ones held is freed after the new snapshot is
+        // in force, off the lock (100k users take a while to free).
+        drop((old, before));
     }
 
     /// Applies a change to identities and rules (atomic, versioned,
@@ -376,7 +404,7 @@ impl Guard {
     ) {
         self.settings.store(Arc::new(settings));
         self.meters.store(Arc::new((meters, profiles)));
-        self.recompile();
+        self.recompile_with(true);
         self.sweep_tokens(OffsetDateTime::now_utc());
         self.changed.notify_one();
     }

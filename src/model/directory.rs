@@ -257,40 +257,39 @@ pub enum DirectoryError {
 impl Directory {
     /// Every reference resolves and managed policies are left alone.
     pub fn validate(&self) -> Result<(), DirectoryError> {
+        // Owners are named only on the error path: a valid directory of
+        // 100k users is checked without formatting 100k names.
         let policy_exists = |p: &str| is_managed(p) || self.policies.contains_key(p);
-        let check_policies = |owner: String, list: &[String]| {
-            list.iter().try_for_each(|p| {
-                if policy_exists(p) {
-                    Ok(())
-                } else {
-                    Err(DirectoryError::UnknownPolicy {
-                        owner: owner.clone(),
-                        policy: p.clone(),
-                    })
-                }
-            })
+        let check_policies = |owner: &dyn Fn() -> String, list: &[String]| match list
+            .iter()
+            .find(|p| !policy_exists(p))
+        {
+            Some(p) => Err(DirectoryError::UnknownPolicy {
+                owner: owner(),
+                policy: p.clone(),
+            }),
+            None => Ok(()),
         };
-        let check_roles = |owner: String, sts: &[Statement]| {
-            sts.iter().flat_map(|s| s.roles.iter()).try_for_each(|r| {
-                if self.roles.contains_key(r) {
-                    Ok(())
-                } else {
-                    Err(DirectoryError::UnknownRole {
-                        owner: owner.clone(),
-                        role: r.clone(),
-                    })
-                }
-            })
+        let check_roles = |owner: &dyn Fn() -> String, sts: &[Statement]| match sts
+            .iter()
+            .flat_map(|s| s.roles.iter())
+            .find(|r| !self.roles.contains_key(*r))
+        {
+            Some(r) => Err(DirectoryError::UnknownRole {
+                owner: owner(),
+                role: r.clone(),
+            }),
+            None => Ok(()),
         };
         for u in self.users.values() {
-            check_policies(format!("user `{}`", u.name), &u.policies)?;
-            check_roles(format!("user `{}`'s inline policy", u.name), &u.inline)?;
+            check_policies(&|| format!("user `{}`", u.name), &u.policies)?;
+            check_roles(&|| format!("user `{}`'s inline policy", u.name), &u.inline)?;
         }
         let mut key_ids = std::collections::BTreeSet::new();
         for s in self.service_users.values() {
-            check_policies(format!("service user `{}`", s.name), &s.policies)?;
+            check_policies(&|| format!("service user `{}`", s.name), &s.policies)?;
             check_roles(
-                format!("service user `{}`'s inline policy", s.name),
+                &|| format!("service user `{}`'s inline policy", s.name),
                 &s.inline,
             )?;
             for k in &s.keys {
@@ -300,7 +299,7 @@ impl Directory {
             }
         }
         for g in self.groups.values() {
-            check_policies(format!("group `{}`", g.name), &g.policies)?;
+            check_policies(&|| format!("group `{}`", g.name), &g.policies)?;
             for m in &g.members {
                 if !self.users.contains_key(m) {
                     return Err(DirectoryError::UnknownMember {
@@ -314,10 +313,10 @@ impl Directory {
             if is_managed(&p.name) {
                 return Err(DirectoryError::ManagedPolicy(p.name.clone()));
             }
-            check_roles(format!("policy `{}`", p.name), &p.statements)?;
+            check_roles(&|| format!("policy `{}`", p.name), &p.statements)?;
         }
         if let Some(s) = &self.support {
-            check_policies("support access".into(), &s.policies)?;
+            check_policies(&|| "support access".into(), &s.policies)?;
         }
         Ok(())
     }
@@ -329,14 +328,40 @@ impl Directory {
             .filter(move |g| g.members.iter().any(|m| m == user))
     }
 
+    /// Each user's groups, for a pass over every user: `groups_of` reads
+    /// every group's members, which over 100k users is quadratic.
+    pub fn memberships(&self) -> Memberships<'_> {
+        let mut of: std::collections::HashMap<&str, Vec<&Group>> = std::collections::HashMap::new();
+        for g in self.groups.values() {
+            for m in &g.members {
+                of.entry(m.as_str()).or_default().push(g);
+            }
+        }
+        Memberships(of)
+    }
+
     /// Policy names and inline statements that apply to a principal, with a
     /// label saying where each came from (for reasons and reviews).
     pub fn policy_sources(&self, who: &PrincipalId) -> (Vec<String>, Vec<Statement>) {
+        self.policy_sources_in(who, None)
+    }
+
+    /// As [`Directory::policy_sources`], with the groups read from
+    /// `memberships` when given (passes over every principal).
+    pub fn policy_sources_in(
+        &self,
+        who: &PrincipalId,
+        memberships: Option<&Memberships<'_>>,
+    ) -> (Vec<String>, Vec<Statement>) {
         match who {
             PrincipalId::User(n) => match self.users.get(n) {
                 Some(u) => {
                     let mut names = u.policies.clone();
-                    for g in self.groups_of(n) {
+                    let groups: Vec<&Group> = match memberships {
+                        Some(m) => m.of(n).to_vec(),
+                        None => self.groups_of(n).collect(),
+                    };
+                    for g in groups {
                         names.extend(g.policies.iter().cloned());
                     }
                     names.sort();
@@ -373,6 +398,16 @@ impl Directory {
             all.push(PrincipalId::Support);
         }
         all
+    }
+}
+
+/// Which groups each user is in, built once (see [`Directory::memberships`]).
+pub struct Memberships<'a>(std::collections::HashMap<&'a str, Vec<&'a Group>>);
+
+impl<'a> Memberships<'a> {
+    /// The groups `user` is a member of (none for an unknown name).
+    pub fn of(&self, user: &str) -> &[&'a Group] {
+        self.0.get(user).map(Vec::as_slice).unwrap_or_default()
     }
 }
 

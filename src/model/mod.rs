@@ -6,6 +6,7 @@ pub mod meter;
 pub mod permission;
 pub mod policy;
 pub mod principal;
+pub mod reach;
 pub mod rules;
 
 pub use directory::*;
@@ -13,4 +14,5 @@ pub use meter::*;
 pub use permission::*;
 pub use policy::*;
 pub use principal::*;
+pub use reach::{Entry, Reach, changed_entries, reach};
 pub use rules::*;

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use super::{
-    ADMINISTRATOR, Directory, Effect, Permission, PermissionSet, PrincipalId, Status,
+    ADMINISTRATOR, Directory, Effect, Memberships, Permission, PermissionSet, PrincipalId, Status,
     managed_statements,
 };
 
@@ -14,7 +14,15 @@ use super::{
 /// exempt from separation of duties). Denies are not subtracted: a deny does
 /// not resolve a conflict, removing the grant does.
 pub fn granted_without_administrator(dir: &Directory, who: &PrincipalId) -> PermissionSet {
-    let (names, inline) = dir.policy_sources(who);
+    granted_in(dir, who, None)
+}
+
+fn granted_in(
+    dir: &Directory,
+    who: &PrincipalId,
+    memberships: Option<&Memberships<'_>>,
+) -> PermissionSet {
+    let (names, inline) = dir.policy_sources_in(who, memberships);
     let mut statements = inline;
     for n in names.iter().filter(|n| *n != ADMINISTRATOR) {
         if let Some(m) = managed_statements(n) {
@@ -40,12 +48,38 @@ pub fn sod_conflicts(
     dir: &Directory,
     pairs: &[(Permission, Permission)],
 ) -> BTreeSet<(PrincipalId, Permission, Permission)> {
-    let mut out = BTreeSet::new();
     if pairs.is_empty() {
-        return out;
+        return BTreeSet::new();
     }
-    for who in dir.principals() {
-        let set = granted_without_administrator(dir, &who);
+    let memberships = dir.memberships();
+    conflicts_of(dir, pairs, dir.principals().iter(), Some(&memberships))
+}
+
+/// As [`sod_conflicts`], for `among` only (the principals a change
+/// reaches: no one else's grants moved).
+pub fn sod_conflicts_among(
+    dir: &Directory,
+    pairs: &[(Permission, Permission)],
+    among: &BTreeSet<PrincipalId>,
+) -> BTreeSet<(PrincipalId, Permission, Permission)> {
+    if pairs.is_empty() {
+        return BTreeSet::new();
+    }
+    // A few principals read their groups directly; many (a policy on a
+    // big group) read them from one index, built once.
+    let memberships = (among.len() > 8).then(|| dir.memberships());
+    conflicts_of(dir, pairs, among.iter(), memberships.as_ref())
+}
+
+fn conflicts_of<'a>(
+    dir: &Directory,
+    pairs: &[(Permission, Permission)],
+    among: impl Iterator<Item = &'a PrincipalId>,
+    memberships: Option<&Memberships<'_>>,
+) -> BTreeSet<(PrincipalId, Permission, Permission)> {
+    let mut out = BTreeSet::new();
+    for who in among {
+        let set = granted_in(dir, who, memberships);
         for &(a, b) in pairs {
             if set.contains(a) && set.contains(b) {
                 out.insert((who.clone(), a, b));
@@ -58,15 +92,17 @@ pub fn sod_conflicts(
 /// Active users and service users holding the managed Administrator policy,
 /// directly or through a group (support is time-bound and not counted).
 pub fn administrators(dir: &Directory) -> usize {
+    let memberships = dir.memberships();
     let users = dir
         .users
         .values()
         .filter(|u| u.status == Status::Active)
         .filter(|u| {
-            dir.policy_sources(&PrincipalId::User(u.name.clone()))
-                .0
-                .iter()
-                .any(|p| p == ADMINISTRATOR)
+            u.policies.iter().any(|p| p == ADMINISTRATOR)
+                || memberships
+                    .of(&u.name)
+                    .iter()
+                    .any(|g| g.policies.iter().any(|p| p == ADMINISTRATOR))
         })
         .count();
     let services = dir

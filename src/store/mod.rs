@@ -28,7 +28,9 @@ use crate::model::{
     Directory, DirectoryError, Group, Permission, Policy, Role, ServiceUser, Stamp, SupportAccess,
     User, example_roles, micros,
 };
-pub use crate::model::{administrators, granted_without_administrator, sod_conflicts};
+pub use crate::model::{
+    administrators, granted_without_administrator, sod_conflicts, sod_conflicts_among,
+};
 pub use log::{
     AuditError, AuditLog, Category, EventDraft, Outcome, SecurityEvent, VerifyReport, verify_after,
 };
@@ -910,7 +912,12 @@ fn compute(
             by: by.to_string(),
         };
         let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut changed = Vec::new();
         for op in ops {
+            match &op {
+                Op::Put(entity, _) => changed.push(entry_of(entity.kind(), entity.name())),
+                Op::Delete(kind, name, _) => changed.push(entry_of(*kind, name)),
+            }
             match op {
                 Op::Put(mut entity, expect) => {
                     let (kind, name) = (entity.kind(), entity.name().to_string());
@@ -981,8 +988,10 @@ fn compute(
             }
         }
         next.validate()?;
-        let old = sod_conflicts(&before, sod_pairs);
-        if let Some((who, a, b)) = sod_conflicts(&next, sod_pairs)
+        // Only the principals the change reaches can gain a conflict.
+        let reached = crate::model::reach(&before, &next, &changed).principals;
+        let old = sod_conflicts_among(&before, sod_pairs, &reached);
+        if let Some((who, a, b)) = sod_conflicts_among(&next, sod_pairs, &reached)
             .into_iter()
             .find(|c| !old.contains(c))
         {
@@ -996,6 +1005,19 @@ fn compute(
             return Err(StoreError::LastAdministrator);
         }
         Ok((next, writes))
+    }
+}
+
+/// The directory entry an op names (what the change reaches starts there).
+fn entry_of(kind: Kind, name: &str) -> crate::model::Entry {
+    use crate::model::Entry;
+    match kind {
+        Kind::User => Entry::User(name.to_string()),
+        Kind::ServiceUser => Entry::Service(name.to_string()),
+        Kind::Group => Entry::Group(name.to_string()),
+        Kind::Role => Entry::Role(name.to_string()),
+        Kind::Policy => Entry::Policy(name.to_string()),
+        Kind::Support => Entry::Support,
     }
 }
 
