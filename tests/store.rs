@@ -319,3 +319,58 @@ fn a_second_process_cannot_open_a_store_in_use() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("in use by another process"), "{stderr}");
 }
+
+/// The last administrator holds only through a group: every change that
+/// would take it away is refused, whichever entity it touches; with a
+/// second administrator the same changes pass.
+#[test]
+fn the_last_administrator_through_a_group_stays_one() {
+    type Edit = fn(&Directory) -> Op;
+    let table: Vec<(&str, Edit)> = vec![
+        ("the group detaches Administrator", |d| {
+            let mut g = d.groups["admins"].clone();
+            g.policies.clear();
+            Op::Put(Entity::Group(g.clone()), Expect::Version(g.version))
+        }),
+        ("the member leaves", |d| {
+            let mut g = d.groups["admins"].clone();
+            g.members.clear();
+            Op::Put(Entity::Group(g.clone()), Expect::Version(g.version))
+        }),
+        ("the group is deleted", |d| {
+            Op::Delete(Kind::Group, "admins".into(), d.groups["admins"].version)
+        }),
+        ("the member is deactivated", |d| {
+            let mut u = d.users["ada"].clone();
+            u.status = Status::Inactive;
+            Op::Put(Entity::User(u.clone()), Expect::Version(u.version))
+        }),
+    ];
+    for second_admin in [false, true] {
+        for (what, edit) in &table {
+            let f = Fixture::new();
+            let mut entities = vec![
+                Entity::User(user("ada", &[])),
+                Entity::Group(Group::new("admins", &["ada"], &[ADMINISTRATOR])),
+            ];
+            if second_admin {
+                entities.push(Entity::ServiceUser({
+                    let mut s = ServiceUser::new("ops");
+                    s.policies = vec![ADMINISTRATOR.into()];
+                    s
+                }));
+            }
+            f.add(entities);
+            let op = edit(&f.guard.store().directory());
+            let r = f.guard.change(vec![op], &local(), NOW);
+            if second_admin {
+                assert!(r.is_ok(), "{what}, with another administrator: {r:?}");
+            } else {
+                assert!(
+                    matches!(r, Err(StoreError::LastAdministrator)),
+                    "{what}: {r:?}"
+                );
+            }
+        }
+    }
+}

@@ -2,9 +2,9 @@
 //! access it can move, so the guard recompiles and the rules re-check only
 //! those (a change to one user in 100k touches one principal, not 100k).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
-use super::{Directory, PrincipalId, Statement};
+use super::{Directory, OrdMap, PrincipalId, Statement};
 
 /// An entity of the directory, by kind and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -25,7 +25,7 @@ pub struct Reach {
 }
 
 /// The entities that differ between `before` and `after` (added, removed
-/// or changed), found by walking both in order.
+/// or changed).
 pub fn changed_entries(before: &Directory, after: &Directory) -> Vec<Entry> {
     let mut out = Vec::new();
     diff(&before.users, &after.users, Entry::User, &mut out);
@@ -44,42 +44,21 @@ pub fn changed_entries(before: &Directory, after: &Directory) -> Vec<Entry> {
     out
 }
 
-fn diff<T: PartialEq>(
-    before: &BTreeMap<String, T>,
-    after: &BTreeMap<String, T>,
+fn diff<T: PartialEq + Clone>(
+    before: &OrdMap<String, T>,
+    after: &OrdMap<String, T>,
     entry: fn(String) -> Entry,
     out: &mut Vec<Entry>,
 ) {
-    let (mut a, mut b) = (before.iter().peekable(), after.iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => return,
-            (Some((k, _)), None) => {
-                out.push(entry((*k).clone()));
-                a.next();
-            }
-            (None, Some((k, _))) => {
-                out.push(entry((*k).clone()));
-                b.next();
-            }
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    out.push(entry((*ka).clone()));
-                    a.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(entry((*kb).clone()));
-                    b.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    if va != vb {
-                        out.push(entry((*ka).clone()));
-                    }
-                    a.next();
-                    b.next();
-                }
-            },
-        }
+    // Nodes the two maps share are skipped: a change to one user in 100k
+    // visits a path, not 100k users.
+    for item in before.diff(after) {
+        let name = match item {
+            imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k,
+            imbl::ordmap::DiffItem::Update { old, new } if old.1 != new.1 => old.0,
+            imbl::ordmap::DiffItem::Update { .. } => continue,
+        };
+        out.push(entry(name.clone()));
     }
 }
 

@@ -95,15 +95,8 @@ pub fn administrators(dir: &Directory) -> usize {
     let memberships = dir.memberships();
     let users = dir
         .users
-        .values()
-        .filter(|u| u.status == Status::Active)
-        .filter(|u| {
-            u.policies.iter().any(|p| p == ADMINISTRATOR)
-                || memberships
-                    .of(&u.name)
-                    .iter()
-                    .any(|g| g.policies.iter().any(|p| p == ADMINISTRATOR))
-        })
+        .keys()
+        .filter(|n| is_administrator(dir, &PrincipalId::User((*n).clone()), Some(&memberships)))
         .count();
     let services = dir
         .service_users
@@ -111,4 +104,36 @@ pub fn administrators(dir: &Directory) -> usize {
         .filter(|s| s.status == Status::Active && s.policies.iter().any(|p| p == ADMINISTRATOR))
         .count();
     users + services
+}
+
+/// How many of `among` count in [`administrators`].
+pub fn administrators_among(dir: &Directory, among: &BTreeSet<PrincipalId>) -> usize {
+    let memberships = (among.len() > 8).then(|| dir.memberships());
+    among
+        .iter()
+        .filter(|p| is_administrator(dir, p, memberships.as_ref()))
+        .count()
+}
+
+fn is_administrator(
+    dir: &Directory,
+    who: &PrincipalId,
+    memberships: Option<&Memberships<'_>>,
+) -> bool {
+    let admin = |list: &[String]| list.iter().any(|p| p == ADMINISTRATOR);
+    match who {
+        PrincipalId::User(n) => dir.users.get(n).is_some_and(|u| {
+            u.status == Status::Active
+                && (admin(&u.policies)
+                    || match memberships {
+                        Some(m) => m.of(n).iter().any(|g| admin(&g.policies)),
+                        None => dir.groups_of(n).any(|g| admin(&g.policies)),
+                    })
+        }),
+        PrincipalId::Service(n) => dir
+            .service_users
+            .get(n)
+            .is_some_and(|s| s.status == Status::Active && admin(&s.policies)),
+        PrincipalId::Support | PrincipalId::Local(_) => false,
+    }
 }

@@ -29,7 +29,8 @@ use crate::model::{
     User, example_roles, micros,
 };
 pub use crate::model::{
-    administrators, granted_without_administrator, sod_conflicts, sod_conflicts_among,
+    administrators, administrators_among, granted_without_administrator, sod_conflicts,
+    sod_conflicts_among,
 };
 pub use log::{
     AuditError, AuditLog, Category, EventDraft, Outcome, SecurityEvent, VerifyReport, verify_after,
@@ -987,7 +988,7 @@ fn compute(
                 }
             }
         }
-        next.validate()?;
+        next.validate_changed(&changed)?;
         // Only the principals the change reaches can gain a conflict.
         let reached = crate::model::reach(&before, &next, &changed).principals;
         let old = sod_conflicts_among(&before, sod_pairs, &reached);
@@ -1001,7 +1002,8 @@ fn compute(
                 second: b,
             });
         }
-        if administrators(&before) > 0 && administrators(&next) == 0 {
+        // Only a principal the change reaches can stop being one.
+        if administrators_among(&before, &reached) > 0 && administrators(&next) == 0 {
             return Err(StoreError::LastAdministrator);
         }
         Ok((next, writes))
