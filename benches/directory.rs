@@ -16,6 +16,8 @@ mod api;
 mod daemon;
 #[path = "../tests/common/postgres.rs"]
 mod postgres;
+#[path = "common/world.rs"]
+mod world;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,49 +25,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use metergate::config::{Config, DirectoryConfig, MeterConfig};
+use metergate::config::DirectoryConfig;
 use metergate::doors::admin::protocol::Request as SocketRequest;
 use metergate::doors::admin::server::call;
-use metergate::guard::{Action, Guard, GuardSettings, Request};
+use metergate::guard::{Guard, GuardSettings, Request};
 use metergate::model::*;
 use metergate::store::log::Capacity;
-use metergate::store::{Entity, Expect, Op, Store};
+use metergate::store::Store;
 use time::macros::datetime;
+use world::{METERS, config, meters};
 
 const USERS: usize = 100_000;
 const POLICIES: usize = 10_000;
-const METERS: usize = 10_000;
-const SITES: usize = 50;
-
-fn config() -> Config {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/metergate.toml"
-    ))
-    .unwrap();
-    Config::parse(Path::new("metergate.toml"), &text).unwrap().0
-}
-
-fn meters() -> Vec<MeterConfig> {
-    (0..METERS)
-        .map(|i| MeterConfig {
-            id: format!("m-{i:05}"),
-            tags: BTreeMap::from([("site".to_string(), format!("s{}", i % SITES))]),
-            address: None,
-            unit_id: 1,
-            profile: "ion-sim".into(),
-            gateway_unit: None,
-            listener: 0,
-            max_connections: 2,
-            timeout: Duration::from_secs(1),
-            pipeline: 1,
-            files: None,
-            sftp: None,
-            console: None,
-            accounts: None,
-        })
-        .collect()
-}
 
 /// Opens the store and compiles the guard's snapshot: what a start costs.
 fn open(dir: &Path, backend: &DirectoryConfig) -> Guard {
@@ -81,57 +52,9 @@ fn open(dir: &Path, backend: &DirectoryConfig) -> Guard {
 
 /// 100k users with three policies each, 10k policies, 100 groups.
 fn populate(guard: &Guard) {
-    let roles = ["Viewer", "Operator", "Engineer", "Installer"];
-    let mut ops = Vec::new();
-    for p in 0..POLICIES {
-        let statements = vec![
-            Statement::allow_role(
-                roles[p % 4],
-                vec![MeterSelector::parse(&format!("site=s{}", p % SITES)).unwrap()],
-            ),
-            Statement {
-                effect: Effect::Allow,
-                permissions: vec![Permission::DataView, Permission::TerminalAccess],
-                roles: vec![],
-                meters: vec![MeterSelector::parse(&format!("m-{:03}*", p % 100)).unwrap()],
-                require_mfa: false,
-                require_recording: false,
-            },
-            Statement {
-                effect: Effect::Deny,
-                permissions: vec![Permission::MasterReset],
-                roles: vec![],
-                meters: vec![MeterSelector::parse(&format!("m-{:05}", (p * 7) % METERS)).unwrap()],
-                require_mfa: false,
-                require_recording: false,
-            },
-        ];
-        ops.push(Op::Put(
-            Entity::Policy(Policy::new(&format!("pol-{p}"), statements)),
-            Expect::New,
-        ));
-    }
-    for u in 0..USERS {
-        let mut user = User::new(&format!("u{u}"), "u@example.net");
-        user.policies = (0..3)
-            .map(|k| format!("pol-{}", (u * 31 + k * 101) % POLICIES))
-            .collect();
-        user.policies.sort();
-        user.policies.dedup();
-        ops.push(Op::Put(Entity::User(user), Expect::New));
-    }
-    for g in 0..100 {
-        let mut group = Group::new(&format!("g{g}"), &[], &[]);
-        group.members = (0..USERS)
-            .filter(|u| u % 1000 == g)
-            .map(|u| format!("u{u}"))
-            .collect();
-        group.policies = vec![format!("pol-{}", (g * 13) % POLICIES)];
-        ops.push(Op::Put(Entity::Group(group), Expect::New));
-    }
     guard
         .change(
-            ops,
+            world::ops(USERS, POLICIES),
             &PrincipalId::Local("bench".into()),
             datetime!(2026-12-03 12:00 UTC),
         )
@@ -139,33 +62,7 @@ fn populate(guard: &Guard) {
 }
 
 fn requests() -> Vec<Request> {
-    (0..4096)
-        .map(|i| Request {
-            read_only: false,
-            certificate: None,
-            second_factor: false,
-            recorded: false,
-            principal: PrincipalId::User(format!("u{}", (i * 7919) % USERS)),
-            source: None,
-            door: "bench",
-            action: if i % 2 == 0 {
-                Action::ReadRegisters {
-                    meter: format!("m-{:05}", (i * 104_729) % METERS),
-                    function: 3,
-                    start: 3000,
-                    count: 10,
-                }
-            } else {
-                Action::WriteRegisters {
-                    meter: format!("m-{:05}", (i * 104_729) % METERS),
-                    function: 6,
-                    start: 5000,
-                    values: metergate::guard::WriteValues::Known(vec![21212]),
-                    read: None,
-                }
-            },
-        })
-        .collect()
+    world::requests(USERS)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -3,109 +3,33 @@
 //! number of policies in every world, so the ratio shows whether the total
 //! number of policies leaks into a decision.
 
-use std::collections::BTreeMap;
+#[path = "common/world.rs"]
+mod world;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use metergate::config::{Config, MeterConfig};
-use metergate::guard::{Action, Guard, GuardSettings, Request};
+use metergate::guard::{Guard, GuardSettings};
 use metergate::model::*;
-use metergate::store::{Entity, Expect, Op, Store};
+use metergate::store::Store;
 use time::macros::datetime;
+use world::{METERS, config, meters, ops};
 
 const PRINCIPALS: usize = 10_000;
-const METERS: usize = 10_000;
-const SITES: usize = 50;
 
 fn world(policies: usize, dir: &Path) -> Guard {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/metergate.toml"
-    ))
-    .unwrap();
-    let (config, _) = Config::parse(Path::new("metergate.toml"), &text).unwrap();
-    let meters: Vec<MeterConfig> = (0..METERS)
-        .map(|i| MeterConfig {
-            id: format!("m-{i:05}"),
-            tags: BTreeMap::from([("site".to_string(), format!("s{}", i % SITES))]),
-            address: None,
-            unit_id: 1,
-            profile: "ion-sim".into(),
-            gateway_unit: None,
-            listener: 0,
-            max_connections: 2,
-            timeout: std::time::Duration::from_secs(1),
-            pipeline: 1,
-            files: None,
-            sftp: None,
-            console: None,
-            accounts: None,
-        })
-        .collect();
+    let config = config();
     let store = Arc::new(Store::open(dir).unwrap());
     let guard = Guard::with_fleet(
         store,
         GuardSettings::from_config(&config),
-        meters,
+        meters(),
         config.profiles.clone(),
     );
-    let roles = ["Viewer", "Operator", "Engineer", "Installer"];
-    let mut ops = Vec::new();
-    for p in 0..policies {
-        let statements = vec![
-            Statement::allow_role(
-                roles[p % 4],
-                vec![MeterSelector::parse(&format!("site=s{}", p % SITES)).unwrap()],
-            ),
-            Statement {
-                effect: Effect::Allow,
-                permissions: vec![Permission::DataView, Permission::TerminalAccess],
-                roles: vec![],
-                meters: vec![MeterSelector::parse(&format!("m-{:03}*", p % 100)).unwrap()],
-                require_mfa: false,
-                require_recording: false,
-            },
-            Statement {
-                effect: Effect::Deny,
-                permissions: vec![Permission::MasterReset],
-                roles: vec![],
-                meters: vec![MeterSelector::parse(&format!("m-{:05}", (p * 7) % METERS)).unwrap()],
-                require_mfa: false,
-                require_recording: false,
-            },
-        ];
-        ops.push(Op::Put(
-            Entity::Policy(Policy::new(&format!("pol-{p}"), statements)),
-            Expect::New,
-        ));
-    }
-    for g in 0..100 {
-        let ps = [
-            format!("pol-{}", (g * 13) % policies),
-            format!("pol-{}", (g * 17 + 1) % policies),
-        ];
-        let members: Vec<String> = (0..PRINCIPALS)
-            .filter(|u| u % 100 == g)
-            .map(|u| format!("u{u}"))
-            .collect();
-        let mut group = Group::new(&format!("g{g}"), &[], &[]);
-        group.members = members;
-        group.policies = ps.to_vec();
-        ops.push(Op::Put(Entity::Group(group), Expect::New));
-    }
-    for u in 0..PRINCIPALS {
-        let mut user = User::new(&format!("u{u}"), "u@example.net");
-        user.policies = (0..3)
-            .map(|k| format!("pol-{}", (u * 31 + k * 101) % policies))
-            .collect();
-        user.policies.sort();
-        user.policies.dedup();
-        ops.insert(0, Op::Put(Entity::User(user), Expect::New));
-    }
     guard
         .change(
-            ops,
+            ops(PRINCIPALS, policies),
             &PrincipalId::Local("bench".into()),
             datetime!(2026-11-23 12:00 UTC),
         )
@@ -113,34 +37,8 @@ fn world(policies: usize, dir: &Path) -> Guard {
     guard
 }
 
-fn requests() -> Vec<Request> {
-    (0..4096)
-        .map(|i| Request {
-            read_only: false,
-            certificate: None,
-            second_factor: false,
-            recorded: false,
-            principal: PrincipalId::User(format!("u{}", (i * 7919) % PRINCIPALS)),
-            source: None,
-            door: "bench",
-            action: if i % 2 == 0 {
-                Action::ReadRegisters {
-                    meter: format!("m-{:05}", (i * 104_729) % METERS),
-                    function: 3,
-                    start: 3000,
-                    count: 10,
-                }
-            } else {
-                Action::WriteRegisters {
-                    meter: format!("m-{:05}", (i * 104_729) % METERS),
-                    function: 6,
-                    start: 5000,
-                    values: metergate::guard::WriteValues::Known(vec![21212]),
-                    read: None,
-                }
-            },
-        })
-        .collect()
+fn requests() -> Vec<metergate::guard::Request> {
+    world::requests(PRINCIPALS)
 }
 
 fn decisions(c: &mut Criterion) {
