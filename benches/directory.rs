@@ -30,8 +30,8 @@ use metergate::doors::admin::protocol::Request as SocketRequest;
 use metergate::doors::admin::server::call;
 use metergate::guard::{Guard, GuardSettings, Request};
 use metergate::model::*;
-use metergate::store::log::Capacity;
 use metergate::store::Store;
+use metergate::store::log::Capacity;
 use time::macros::datetime;
 use world::{METERS, config, meters};
 

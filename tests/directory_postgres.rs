@@ -796,11 +796,15 @@ fn a_gateways_copy_of_one_directory_is_never_merged_into_another() {
     )
     .unwrap();
     let dir = a.directory();
-    assert!(dir.users.contains_key("dan"), "{:?}", dir.users.keys());
+    assert!(
+        dir.users.contains_key("dan"),
+        "{:?}",
+        dir.users.keys().collect::<Vec<_>>()
+    );
     assert!(
         !dir.users.contains_key("lee"),
         "a user of the first directory came along: {:?}",
-        dir.users.keys()
+        dir.users.keys().collect::<Vec<_>>()
     );
 }
 

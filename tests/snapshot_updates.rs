@@ -30,6 +30,8 @@ const PERMS: [Permission; 5] = [
 #[derive(Clone, Debug)]
 enum Edit {
     PolicyStatements(usize, Vec<Statement>),
+    /// Detached from everyone and deleted, or made again.
+    PolicyDeleteOrMake(usize),
     UserAttach(usize, usize),
     UserInline(usize, Vec<Statement>),
     UserStatus(usize),
@@ -67,6 +69,7 @@ fn arb_edit() -> impl Strategy<Value = Edit> {
     let sts = || prop::collection::vec(arb_statement(), 0..3);
     prop_oneof![
         (0..3usize, sts()).prop_map(|(p, s)| Edit::PolicyStatements(p, s)),
+        (0..3usize).prop_map(Edit::PolicyDeleteOrMake),
         (0..3usize, 0..3usize).prop_map(|(u, p)| Edit::UserAttach(u, p)),
         (0..3usize, sts()).prop_map(|(u, s)| Edit::UserInline(u, s)),
         (0..3usize).prop_map(Edit::UserStatus),
@@ -99,6 +102,54 @@ fn ops_of(dir: &Directory, edit: &Edit) -> Option<Vec<Op>> {
             p.statements = sts.clone();
             vec![put(Entity::Policy(p.clone()), p.version)]
         }
+        Edit::PolicyDeleteOrMake(p) => match dir.policies.get(POLICIES[*p]) {
+            Some(policy) => {
+                let name = &policy.name;
+                let mut ops = Vec::new();
+                for u in dir.users.values().filter(|u| u.policies.contains(name)) {
+                    let mut u = u.clone();
+                    u.policies.retain(|x| x != name);
+                    ops.push(put(Entity::User(u.clone()), u.version));
+                }
+                for g in dir.groups.values().filter(|g| g.policies.contains(name)) {
+                    let mut g = g.clone();
+                    g.policies.retain(|x| x != name);
+                    ops.push(put(Entity::Group(g.clone()), g.version));
+                }
+                for s in dir
+                    .service_users
+                    .values()
+                    .filter(|s| s.policies.contains(name))
+                {
+                    let mut s = s.clone();
+                    s.policies.retain(|x| x != name);
+                    ops.push(put(Entity::ServiceUser(s.clone()), s.version));
+                }
+                if let Some(s) = dir.support.as_ref().filter(|s| s.policies.contains(name)) {
+                    let mut s = s.clone();
+                    s.policies.retain(|x| x != name);
+                    ops.push(put(Entity::Support(s.clone()), s.version));
+                }
+                ops.push(Op::Delete(
+                    metergate::store::Kind::Policy,
+                    name.clone(),
+                    policy.version,
+                ));
+                ops
+            }
+            None => vec![Op::Put(
+                Entity::Policy(Policy::new(
+                    POLICIES[*p],
+                    vec![statement(
+                        Effect::Allow,
+                        &[],
+                        &["Operator"],
+                        &["site=north"],
+                    )],
+                )),
+                Expect::New,
+            )],
+        },
         Edit::UserAttach(u, p) => {
             let mut u = dir.users.get(USERS[*u])?.clone();
             toggle(&mut u.policies, POLICIES[*p]);

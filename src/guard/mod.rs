@@ -239,6 +239,7 @@ impl Guard {
             Err(poisoned) => {
                 let mut from = poisoned.into_inner();
                 *from = None;
+                self.recompiling.clear_poison();
                 from
             }
         };

@@ -292,6 +292,55 @@ mod tests {
         }
     }
 
+    /// Maps of many nodes, so the diff skips shared ones (imbl 7.0.0 and
+    /// 7.0.1 dropped a difference right after a shared run; 7.0.2 fixed it,
+    /// hence the exact pin): every single change is found, whichever key.
+    #[test]
+    fn every_single_change_in_a_large_directory_is_found() {
+        let mut d = Directory::default();
+        for i in 0..300 {
+            let n = format!("u{i:03}");
+            d.users.insert(n.clone(), User::new(&n, "x@example.org"));
+        }
+        for i in 0..200 {
+            let n = format!("p{i:03}");
+            d.policies.insert(n.clone(), Policy::new(&n, vec![]));
+        }
+        for i in 0..300 {
+            let n = format!("u{i:03}");
+            let mut after = d.clone();
+            if let Some(u) = after.users.get_mut(&n) {
+                u.status = crate::model::Status::Inactive;
+            }
+            assert_eq!(changed_entries(&d, &after), vec![Entry::User(n.clone())]);
+            let mut after = d.clone();
+            after.users.remove(&n);
+            assert_eq!(changed_entries(&d, &after), vec![Entry::User(n.clone())]);
+            assert_eq!(changed_entries(&after, &d), vec![Entry::User(n)]);
+        }
+        for i in 0..200 {
+            let n = format!("p{i:03}");
+            let mut after = d.clone();
+            if let Some(p) = after.policies.get_mut(&n) {
+                p.statements = vec![Statement::allow_role("Viewer", vec![MeterSelector::All])];
+            }
+            assert_eq!(changed_entries(&d, &after), vec![Entry::Policy(n)]);
+        }
+        // Two changes far apart in one map: both found.
+        let mut after = d.clone();
+        for n in ["u000", "u150", "u299"] {
+            if let Some(u) = after.users.get_mut(n) {
+                u.email = "y@example.org".into();
+            }
+        }
+        assert_eq!(
+            changed_entries(&d, &after),
+            ["u000", "u150", "u299"]
+                .map(|n| Entry::User(n.into()))
+                .to_vec()
+        );
+    }
+
     #[test]
     fn an_unchanged_directory_has_no_changed_entries() {
         assert!(changed_entries(&world(), &world()).is_empty());
