@@ -642,6 +642,19 @@ fn answers(g: &Gateway, users: &[&str], services: &[&str]) -> String {
     out
 }
 
+/// `directory export` of `from`, written to `file`.
+fn export_to(from: &Daemon, file: &Path) {
+    let export = from.mg(&["directory", "export"]).ok().stdout.clone();
+    std::fs::write(file, export).unwrap();
+}
+
+/// `directory import --replace` of `file` into `into`: it must succeed.
+fn import_replacing(into: &Daemon, file: &Path) {
+    let file = file.to_str().unwrap();
+    let r = into.mg(&["directory", "import", "--file", file, "--replace"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
 #[test]
 fn a_local_directory_exported_and_imported_into_postgresql_and_back_answers_the_same() {
     let pg = Postgres::start();
@@ -679,32 +692,16 @@ fn a_local_directory_exported_and_imported_into_postgresql_and_back_answers_the_
     let before = answers(&local, &users, &services);
     assert!(before.contains("Terminal Access"), "{before}");
 
-    let export = d.mg(&["directory", "export"]).ok().stdout.clone();
     let file = d.dir.path().join("dir.json");
-    std::fs::write(&file, &export).unwrap();
+    export_to(d, &file);
     let shared = gateway(&pg, "site-a", sim.base_port);
-    let r = shared.d.mg(&[
-        "directory",
-        "import",
-        "--file",
-        file.to_str().unwrap(),
-        "--replace",
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    import_replacing(&shared.d, &file);
     assert_eq!(answers(&shared, &users, &services), before);
 
     // And back: from PostgreSQL into a new local directory.
-    let export = shared.d.mg(&["directory", "export"]).ok().stdout.clone();
-    std::fs::write(&file, &export).unwrap();
+    export_to(&shared.d, &file);
     let again = local_gateway(sim.base_port);
-    let r = again.d.mg(&[
-        "directory",
-        "import",
-        "--file",
-        file.to_str().unwrap(),
-        "--replace",
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    import_replacing(&again.d, &file);
     assert_eq!(answers(&again, &users, &services), before);
 }
 
@@ -878,9 +875,8 @@ fn a_reset_made_before_a_gateway_moved_to_postgresql_still_keeps_the_interval() 
     g.d.mg(&["user", "add", "boss", "--email", "boss@example.org"])
         .ok();
     g.d.mg(&["user", "attach", "boss", "Administrator"]).ok();
-    let export = g.d.mg(&["directory", "export"]).ok().stdout.clone();
     let file = g.d.dir.path().join("dir.json");
-    std::fs::write(&file, &export).unwrap();
+    export_to(&g.d, &file);
     g.d.stop();
     let text = std::fs::read_to_string(&g.d.config).unwrap();
     std::fs::write(
@@ -889,14 +885,7 @@ fn a_reset_made_before_a_gateway_moved_to_postgresql_still_keeps_the_interval() 
     )
     .unwrap();
     g.d.restart(None);
-    let r = g.d.mg(&[
-        "directory",
-        "import",
-        "--file",
-        file.to_str().unwrap(),
-        "--replace",
-    ]);
-    assert_eq!(r.code, 0, "{r:?}");
+    import_replacing(&g.d, &file);
     let r = pymodbus(g.modbus, reset).remove(0);
     assert_eq!(
         r["exception"], 1,

@@ -375,6 +375,10 @@ async fn the_peak_demand_slot_survives_a_restart() {
 #[test]
 fn a_change_creating_a_separation_of_duties_conflict_is_refused() {
     let f = cast();
+    let put = |e: Entity, version: u64| {
+        let op = metergate::store::Op::Put(e, metergate::store::Expect::Version(version));
+        f.guard.change(vec![op], &uid("admin"), NOW)
+    };
     // sam holds User Management through SecAdmin; adding SecAuditor would
     // give him Security Logs Access too.
     let dir = f.guard.store().directory();
@@ -383,17 +387,7 @@ fn a_change_creating_a_separation_of_duties_conflict_is_refused() {
         "SecAuditor",
         vec![MeterSelector::All],
     ));
-    let err = f
-        .guard
-        .change(
-            vec![metergate::store::Op::Put(
-                Entity::User(sam.clone()),
-                metergate::store::Expect::Version(sam.version),
-            )],
-            &uid("admin"),
-            NOW,
-        )
-        .unwrap_err();
+    let err = put(Entity::User(sam.clone()), sam.version).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("user:sam")
@@ -430,30 +424,11 @@ fn a_change_creating_a_separation_of_duties_conflict_is_refused() {
         "SecAuditor",
         vec![MeterSelector::All],
     ));
-    f.guard
-        .change(
-            vec![metergate::store::Op::Put(
-                Entity::User(alice.clone()),
-                metergate::store::Expect::Version(alice.version),
-            )],
-            &uid("admin"),
-            NOW,
-        )
-        .unwrap();
+    put(Entity::User(alice.clone()), alice.version).unwrap();
     // Changing a role so that holders would get both is refused too.
     let mut sec_admin = f.guard.store().directory().roles["SecAdmin"].clone();
     sec_admin.permissions.insert(Permission::SecurityLogsAccess);
-    let err = f
-        .guard
-        .change(
-            vec![metergate::store::Op::Put(
-                Entity::Role(sec_admin.clone()),
-                metergate::store::Expect::Version(sec_admin.version),
-            )],
-            &uid("admin"),
-            NOW,
-        )
-        .unwrap_err();
+    let err = put(Entity::Role(sec_admin.clone()), sec_admin.version).unwrap_err();
     assert!(err.to_string().contains("separation of duties"), "{err}");
     // Editing a policy that reaches sam only through his group: refused.
     f.guard
@@ -481,17 +456,7 @@ fn a_change_creating_a_separation_of_duties_conflict_is_refused() {
         "SecAuditor",
         vec![MeterSelector::All],
     )];
-    let err = f
-        .guard
-        .change(
-            vec![metergate::store::Op::Put(
-                Entity::Policy(policy.clone()),
-                metergate::store::Expect::Version(policy.version),
-            )],
-            &uid("admin"),
-            NOW,
-        )
-        .unwrap_err();
+    let err = put(Entity::Policy(policy.clone()), policy.version).unwrap_err();
     assert!(
         err.to_string().contains("separation of duties") && err.to_string().contains("user:sam"),
         "{err}"

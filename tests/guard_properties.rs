@@ -32,23 +32,7 @@ const PERMS: [Permission; 6] = [
 ];
 
 fn arb_statement() -> impl Strategy<Value = Statement> {
-    (
-        prop::bool::weighted(0.7),
-        prop::sample::subsequence(PERMS.to_vec(), 0..3),
-        prop::sample::subsequence(ROLES.to_vec(), 0..2),
-        prop::sample::subsequence(SELECTORS.to_vec(), 1..3),
-    )
-        .prop_filter("names something", |(_, p, r, _)| {
-            !p.is_empty() || !r.is_empty()
-        })
-        .prop_map(|(allow, perms, roles, meters)| {
-            statement(
-                if allow { Effect::Allow } else { Effect::Deny },
-                &perms,
-                &roles,
-                &meters,
-            )
-        })
+    common::arb_statement(&PERMS, &ROLES, &SELECTORS)
 }
 
 fn arb_policies() -> impl Strategy<Value = Vec<Vec<Statement>>> {

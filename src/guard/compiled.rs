@@ -387,53 +387,43 @@ impl Compiler<'_> {
         id: &PrincipalId,
         memberships: Option<&Memberships<'_>>,
     ) -> Option<CompiledPrincipal> {
+        use std::borrow::Cow;
         let dir = self.dir;
-        match id {
+        let (gate, names, inline): (Gate, Cow<'_, [String]>, &[Statement]) = match id {
             PrincipalId::User(n) => {
                 let u = dir.users.get(n)?;
-                let (names, _) = dir.policy_sources_in(id, memberships);
-                let mut idx = self.attached(&names);
-                if !u.inline.is_empty() {
-                    idx.push(Arc::new(self.build(
-                        &format!("inline policy of user:{}", u.name),
-                        u.inline.clone(),
-                    )));
-                }
                 let gate = Gate::Person {
                     status: u.status,
                     end_date: u.end_date,
                     temporary_expires: u.password.as_ref().and_then(|p| p.expires_at()),
                 };
-                let admin = names.iter().any(|n| n == ADMINISTRATOR);
-                Some(self.compile(gate, admin, &idx))
+                let (names, _) = dir.policy_sources_in(id, memberships);
+                (gate, Cow::Owned(names), &u.inline)
             }
             PrincipalId::Service(n) => {
                 let s = dir.service_users.get(n)?;
-                let mut idx = self.attached(&s.policies);
-                if !s.inline.is_empty() {
-                    idx.push(Arc::new(self.build(
-                        &format!("inline policy of svc:{}", s.name),
-                        s.inline.clone(),
-                    )));
-                }
                 let gate = Gate::Service {
                     status: s.status,
                     end_date: s.end_date,
                 };
-                let admin = s.policies.iter().any(|n| n == ADMINISTRATOR);
-                Some(self.compile(gate, admin, &idx))
+                (gate, Cow::Borrowed(&s.policies[..]), &s.inline)
             }
             PrincipalId::Support => {
                 let s = dir.support.as_ref()?;
-                let idx = self.attached(&s.policies);
-                let admin = s.policies.iter().any(|n| n == ADMINISTRATOR);
                 let gate = Gate::Support {
                     end_date: s.end_date,
                 };
-                Some(self.compile(gate, admin, &idx))
+                (gate, Cow::Borrowed(&s.policies[..]), &[])
             }
-            PrincipalId::Local(_) => None,
+            PrincipalId::Local(_) => return None,
+        };
+        let mut idx = self.attached(&names);
+        if !inline.is_empty() {
+            let label = format!("inline policy of {id}");
+            idx.push(Arc::new(self.build(&label, inline.to_vec())));
         }
+        let admin = names.iter().any(|n| n == ADMINISTRATOR);
+        Some(self.compile(gate, admin, &idx))
     }
 
     /// The contiguous statement list of one principal.

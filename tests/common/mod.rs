@@ -100,6 +100,33 @@ pub fn statement(
     }
 }
 
+/// Any statement (mostly allows) naming some of `permissions` or `roles`
+/// on one or two of `selectors`, for property tests.
+pub fn arb_statement(
+    permissions: &[Permission],
+    roles: &[&'static str],
+    selectors: &[&'static str],
+) -> impl proptest::strategy::Strategy<Value = Statement> + use<> {
+    use proptest::prelude::*;
+    (
+        prop::bool::weighted(0.7),
+        prop::sample::subsequence(permissions.to_vec(), 0..3),
+        prop::sample::subsequence(roles.to_vec(), 0..2),
+        prop::sample::subsequence(selectors.to_vec(), 1..3),
+    )
+        .prop_filter("names something", |(_, p, r, _)| {
+            !p.is_empty() || !r.is_empty()
+        })
+        .prop_map(|(allow, perms, roles, meters)| {
+            statement(
+                if allow { Effect::Allow } else { Effect::Deny },
+                &perms,
+                &roles,
+                &meters,
+            )
+        })
+}
+
 pub fn uid(name: &str) -> PrincipalId {
     PrincipalId::User(name.into())
 }
